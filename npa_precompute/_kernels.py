@@ -1,0 +1,251 @@
+"""numba kernels for the neighboring pixel affinity map (Feng et al. 2020, Eq. 1).
+
+Pure array-in / array-out functions: no validation, no allocation policy, no I/O.
+The public wrapper :func:`npa_precompute.affinity.affinity_maps` validates and
+casts its inputs, allocates the output and calls one of the kernels below.
+
+All kernels take *dense* labels (values ``0 .. n_classes - 1``) and compute
+
+    A[x, y] = (2k + 1)**2 - #{(u, v) : |x - u| <= k, |y - v| <= k, C(u', v') == C(x, y)}
+
+where ``(u', v')`` is ``(u, v)`` clamped into the tile (edge-replicate padding,
+the paper's Fig. 3). Padding is never materialised: the clamped window is
+counted with multiplicities, so any ``k >= 0`` works, also ``2k + 1 > H, W``.
+
+Two exact methods:
+
+* ``integral``: per-class summed-area tables (integral images) over a band of
+  rows plus its halo; one table serves every ``k`` of the call.
+* ``columns``: per-column class histograms of the vertical window, slid one
+  row at a time, and a horizontal running sum of the pixel's own class; cost
+  independent of ``k`` and nearly independent of the number of classes.
+
+Both parallelise over row bands with ``prange``; every band writes only its own
+output rows and reduces nothing across threads, so results are bit-identical
+for any thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def _clamp(i, n):
+    if i < 0:
+        return 0
+    if i >= n:
+        return n - 1
+    return i
+
+
+# --------------------------------------------------------------------------- integral images
+
+
+@njit(cache=True)
+def _build_band_sat(dense, lo, hi, n_classes, sat):
+    """Per-class summed-area table of rows ``lo:hi``: ``sat[c, i, j]`` counts class c in
+    rows ``lo .. lo+i-1`` and columns ``0 .. j-1``."""
+    w = dense.shape[1]
+    for c in range(n_classes):
+        plane = sat[c]
+        for j in range(w + 1):
+            plane[0, j] = 0
+        for i in range(hi - lo):
+            row = dense[lo + i]
+            run = 0
+            plane[i + 1, 0] = 0
+            for j in range(w):
+                if row[j] == c:
+                    run += 1
+                plane[i + 1, j + 1] = plane[i, j + 1] + run
+
+
+@njit(cache=True, inline="always")
+def _rect(plane, lo, r0, r1, s0, s1):
+    """Class count in rows r0..r1, columns s0..s1 (inclusive, tile coordinates)."""
+    a = r0 - lo
+    b = r1 - lo + 1
+    return (
+        np.int64(plane[b, s1 + 1])
+        - np.int64(plane[a, s1 + 1])
+        - np.int64(plane[b, s0])
+        + np.int64(plane[a, s0])
+    )
+
+
+@njit(cache=True)
+def _same_class_count_border(dense, plane, lo, x, y, k, c):
+    """Same-class count in the edge-replicated window around (x, y) for windows that
+    reach past the tile border; the padded rows/columns are counted with multiplicity."""
+    h, w = dense.shape
+    r0 = max(x - k, 0)
+    r1 = min(x + k, h - 1)
+    s0 = max(y - k, 0)
+    s1 = min(y + k, w - 1)
+    e_top = max(k - x, 0)
+    e_bot = max(x + k - (h - 1), 0)
+    e_left = max(k - y, 0)
+    e_right = max(y + k - (w - 1), 0)
+    n = _rect(plane, lo, r0, r1, s0, s1)
+    if e_top:
+        n += e_top * _rect(plane, lo, 0, 0, s0, s1)
+    if e_bot:
+        n += e_bot * _rect(plane, lo, h - 1, h - 1, s0, s1)
+    if e_left:
+        n += e_left * _rect(plane, lo, r0, r1, 0, 0)
+    if e_right:
+        n += e_right * _rect(plane, lo, r0, r1, w - 1, w - 1)
+    if e_top and e_left and dense[0, 0] == c:
+        n += e_top * e_left
+    if e_top and e_right and dense[0, w - 1] == c:
+        n += e_top * e_right
+    if e_bot and e_left and dense[h - 1, 0] == c:
+        n += e_bot * e_left
+    if e_bot and e_right and dense[h - 1, w - 1] == c:
+        n += e_bot * e_right
+    return n
+
+
+@njit(cache=True, parallel=True)
+def affinity_integral(dense, ks, n_classes, band_rows, out):
+    """Eq. 1 for every k in ``ks`` from one integral-image build per row band.
+
+    dense: (H, W) uint8/uint16/int32 dense labels; ks: (K,) int64, k >= 0;
+    out: (K, H, W) unsigned integer, written in place.
+    """
+    h, w = dense.shape
+    kmax = 0
+    for k in ks:
+        kmax = max(kmax, k)
+    halo = min(kmax, h)
+    n_bands = (h + band_rows - 1) // band_rows
+    for b in prange(n_bands):
+        r0 = b * band_rows
+        r1 = min(r0 + band_rows, h)
+        lo = max(r0 - halo, 0)
+        hi = min(r1 + halo, h)
+        sat = np.empty((n_classes, hi - lo + 1, w + 1), dtype=np.int32)
+        _build_band_sat(dense, lo, hi, n_classes, sat)
+        for ki in range(ks.shape[0]):
+            k = ks[ki]
+            full = (2 * k + 1) * (2 * k + 1)
+            o = out[ki]
+            for x in range(r0, r1):
+                row = dense[x]
+                interior_rows = x - k >= 0 and x + k <= h - 1
+                a = x - k - lo
+                bb = x + k - lo + 1
+                for y in range(w):
+                    c = row[y]
+                    plane = sat[c]
+                    if interior_rows and y - k >= 0 and y + k <= w - 1:
+                        n = (
+                            np.int64(plane[bb, y + k + 1])
+                            - np.int64(plane[a, y + k + 1])
+                            - np.int64(plane[bb, y - k])
+                            + np.int64(plane[a, y - k])
+                        )
+                    else:
+                        n = _same_class_count_border(dense, plane, lo, x, y, k, c)
+                    o[x, y] = full - n
+
+
+# --------------------------------------------------------------------------- column counts
+
+
+@njit(cache=True)
+def _columns_band(dense, k, n_classes, r0, r1, hist, hvec, out):
+    """Rows r0..r1-1 of Eq. 1 for one k by sliding per-column class histograms.
+
+    hist: (W, n_classes) scratch; hvec: (n_classes,) int64 scratch.
+    """
+    h, w = dense.shape
+    full = (2 * k + 1) * (2 * k + 1)
+    # vertical window of row r0: rows r0-k .. r0+k, clamped (multiplicities at the edges)
+    hist[:, :] = 0
+    top = r0 - k
+    bot = r0 + k
+    for u in range(max(top, 0), min(bot, h - 1) + 1):
+        row = dense[u]
+        for j in range(w):
+            hist[j, row[j]] += 1
+    if top < 0:
+        row = dense[0]
+        for j in range(w):
+            hist[j, row[j]] += -top
+    if bot > h - 1:
+        row = dense[h - 1]
+        for j in range(w):
+            hist[j, row[j]] += bot - (h - 1)
+    hspan = min(2 * k + 1, w + 2)
+    for x in range(r0, r1):
+        if x > r0:
+            leave = dense[_clamp(x - k - 1, h)]
+            enter = dense[_clamp(x + k, h)]
+            for j in range(w):
+                hist[j, leave[j]] -= 1
+                hist[j, enter[j]] += 1
+        row = dense[x]
+        o = out[x]
+        # count runs of equal labels in this row to pick the cheaper horizontal scheme
+        runs = 1
+        for y in range(1, w):
+            if row[y] != row[y - 1]:
+                runs += 1
+        if runs * hspan <= n_classes * (w + hspan):
+            # restart a running sum of the pixel's own class at every run
+            y = 0
+            while y < w:
+                c = row[y]
+                s = np.int64(0)
+                for j in range(max(y - k, 0), min(y + k, w - 1) + 1):
+                    s += hist[j, c]
+                if y - k < 0:
+                    s += np.int64(k - y) * hist[0, c]
+                if y + k > w - 1:
+                    s += np.int64(y + k - (w - 1)) * hist[w - 1, c]
+                o[y] = full - s
+                y += 1
+                while y < w and row[y] == c:
+                    s += np.int64(hist[_clamp(y + k, w), c]) - np.int64(
+                        hist[_clamp(y - k - 1, w), c]
+                    )
+                    o[y] = full - s
+                    y += 1
+        else:
+            # slide a histogram over all classes: O(n_classes) per pixel, no restarts
+            hvec[:] = 0
+            for j in range(0, min(k, w - 1) + 1):
+                for c in range(n_classes):
+                    hvec[c] += hist[j, c]
+            for c in range(n_classes):
+                hvec[c] += np.int64(k) * hist[0, c]
+                if k > w - 1:
+                    hvec[c] += np.int64(k - (w - 1)) * hist[w - 1, c]
+            o[0] = full - hvec[row[0]]
+            for y in range(1, w):
+                add = _clamp(y + k, w)
+                sub = _clamp(y - k - 1, w)
+                if add != sub:
+                    for c in range(n_classes):
+                        hvec[c] += np.int64(hist[add, c]) - np.int64(hist[sub, c])
+                o[y] = full - hvec[row[y]]
+
+
+@njit(cache=True, parallel=True)
+def affinity_columns(dense, k, n_classes, band_rows, hist_dtype_probe, out):
+    """Eq. 1 for one k by sliding per-column class counts (cost independent of k).
+
+    dense: (H, W) dense labels; out: (H, W) unsigned integer, written in place;
+    hist_dtype_probe: 0-d array whose dtype is used for the column histograms.
+    """
+    h, w = dense.shape
+    n_bands = (h + band_rows - 1) // band_rows
+    for b in prange(n_bands):
+        r0 = b * band_rows
+        r1 = min(r0 + band_rows, h)
+        hist = np.empty((w, n_classes), dtype=hist_dtype_probe.dtype)
+        hvec = np.empty(n_classes, dtype=np.int64)
+        _columns_band(dense, k, n_classes, r0, r1, hist, hvec, out)

@@ -1,0 +1,188 @@
+"""Neighboring pixel affinity maps (Feng et al. 2020, Eq. 1): validation and dispatch.
+
+The kernels live in :mod:`npa_precompute._kernels`; this module checks and casts
+the inputs, picks a method, allocates the output and calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from npa_precompute import _kernels
+
+__all__ = ["MAX_K", "METHODS", "affinity_dtype", "affinity_maps", "dense_labels", "parse_ks"]
+
+#: Exact methods of :func:`affinity_maps`; ``auto`` picks one per call.
+METHODS = ("auto", "integral", "columns")
+
+#: Largest supported search region: keeps (2k + 1)**2 inside int64 arithmetic.
+MAX_K = 2**30
+
+_INTEGRAL_MAX_CLASSES = 8
+_INTEGRAL_BAND_ROWS = 128
+_COLUMNS_BAND_ROWS = 256
+
+
+def affinity_dtype(k: int) -> np.dtype:
+    """Smallest unsigned dtype that holds every count of Eq. 1 for search region ``k``.
+
+    Counts lie in ``[0, (2k + 1)**2 - 1]``: ``uint16`` up to k = 127, ``uint32`` up to
+    k = 32767, ``uint64`` beyond.
+    """
+    top = (2 * int(k) + 1) ** 2 - 1
+    for dt in (np.uint16, np.uint32, np.uint64):
+        if top <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ValueError(f"`k` must be <= {MAX_K}, got {k}")
+
+
+def parse_ks(ks: int | str | Iterable[int]) -> tuple[int, ...]:
+    """Parse search regions from an int, an iterable of ints or a string like ``"8,16,32"``.
+
+    Returns the values in the given order without duplicates.
+
+    Raises
+    ------
+    TypeError
+        If a value is not an integer (booleans and floats are refused).
+    ValueError
+        If the list is empty or a value is < 0 or > :data:`MAX_K`.
+    """
+    if isinstance(ks, str):
+        parts = [p.strip() for p in ks.split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"`k` must be comma-separated integers, got {ks!r}") from None
+    elif isinstance(ks, (int, np.integer)) and not isinstance(ks, bool):
+        values = [int(ks)]
+    else:
+        values = []
+        for v in ks:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"`k` must hold integers, got {v!r} ({type(v).__name__})")
+            values.append(int(v))
+    if not values:
+        raise ValueError("`k` must hold at least one search region")
+    out: list[int] = []
+    for v in values:
+        if v < 0:
+            raise ValueError(f"`k` must be >= 0, got {v}")
+        if v > MAX_K:
+            raise ValueError(f"`k` must be <= {MAX_K}, got {v}")
+        if v not in out:
+            out.append(v)
+    return tuple(out)
+
+
+def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber label values to ``0 .. n - 1`` in increasing order of value.
+
+    Parameters
+    ----------
+    labels : (H, W) integer array
+
+    Returns
+    -------
+    dense : (H, W) uint8, uint16 or int32 array (the narrowest that fits n values)
+    values : (n,) array of the distinct label values, ``values[dense] == labels``
+    """
+    labels = np.asarray(labels)
+    if labels.size and labels.dtype.itemsize <= 2:
+        lo = int(labels.min())
+        shifted = labels.astype(np.int64, copy=False) - lo if lo else labels
+        present = np.bincount(shifted.ravel(), minlength=1) > 0
+        values = (np.flatnonzero(present) + lo).astype(labels.dtype)
+        lut = np.cumsum(present) - 1
+        dense = lut[shifted]
+    else:
+        values, dense = np.unique(labels, return_inverse=True)
+        dense = dense.reshape(labels.shape)
+    n = len(values)
+    dt = np.uint8 if n <= 2**8 else np.uint16 if n <= 2**16 else np.int32
+    return np.ascontiguousarray(dense, dtype=dt), values
+
+
+def affinity_maps(
+    labels: np.ndarray,
+    ks: int | str | Iterable[int],
+    *,
+    method: str = "auto",
+) -> np.ndarray:
+    """Neighboring pixel affinity maps, exact Eq. 1 of Feng et al. (2020), for several k.
+
+    ``A[x, y]`` is the number of pixels in the ``(2k + 1) x (2k + 1)`` window centred
+    on ``(x, y)`` whose label differs from the label at ``(x, y)``; the label map is
+    padded with its edge pixels (replicate padding, the paper's Fig. 3), so every
+    window holds ``(2k + 1)**2`` pixels and ``A`` lies in ``[0, (2k + 1)**2 - 1]``.
+
+    Every distinct value of ``labels`` is a class of its own, including an ignore
+    value such as 255: this is the literal Eq. 1. A pixel next to an ignored
+    boundary band therefore counts the band as "different". Weights at the ignore
+    pixels themselves are zeroed later, by the weight transformation step.
+
+    Parameters
+    ----------
+    labels : (H, W) integer array
+        Ground-truth label map of a whole tile, H, W >= 1. Any integer dtype and
+        any number of distinct values.
+    ks : int, str or iterable of int
+        Search regions k >= 0 (``2k + 1`` may exceed H or W), e.g. ``(8, 16, 32, 64)``
+        or ``"8,16,32,64"``. Duplicates are dropped, order is kept.
+    method : {"auto", "integral", "columns"}, keyword-only
+        ``integral``: per-class summed-area tables built once per row band and
+        shared by every k. ``columns``: per-column class counts slid row by row,
+        cost independent of k and of the number of classes. ``auto`` (default)
+        uses ``integral`` for few classes and ``columns`` otherwise. All are exact
+        and return identical arrays.
+
+    Returns
+    -------
+    (len(ks), H, W) array
+        ``uint16`` while ``(2 * max(ks) + 1)**2 - 1`` fits (k <= 127), ``uint32``
+        up to k = 32767, ``uint64`` beyond.
+
+    Raises
+    ------
+    TypeError
+        If ``labels`` is not an integer array or ``ks`` holds non-integers.
+    ValueError
+        If ``labels`` is not 2-D or empty, a k is < 0 or > ``MAX_K``, or ``method``
+        is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.array([[0, 0, 1], [0, 0, 1], [2, 2, 1]])
+    >>> affinity_maps(labels, 1)[0]
+    array([[0, 3, 3],
+           [3, 5, 3],
+           [3, 5, 3]], dtype=uint16)
+    """
+    labels = np.asarray(labels)
+    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"`labels` must be an integer array, got dtype {labels.dtype}")
+    if labels.ndim != 2:
+        raise ValueError(f"`labels` must be 2-D (H, W), got shape {labels.shape}")
+    if labels.shape[0] < 1 or labels.shape[1] < 1:
+        raise ValueError(f"`labels` must have H, W >= 1, got shape {labels.shape}")
+    ks = parse_ks(ks)
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    dense, values = dense_labels(labels)
+    n_classes = len(values)
+    h, w = dense.shape
+    out = np.empty((len(ks), h, w), dtype=affinity_dtype(max(ks)))
+    if method == "auto":
+        method = "integral" if n_classes <= _INTEGRAL_MAX_CLASSES else "columns"
+    if method == "integral":
+        _kernels.affinity_integral(
+            dense, np.asarray(ks, dtype=np.int64), n_classes, _INTEGRAL_BAND_ROWS, out
+        )
+    else:
+        for i, k in enumerate(ks):
+            probe = np.zeros((), dtype=np.int32 if 2 * k + 1 < 2**31 else np.int64)
+            _kernels.affinity_columns(dense, k, n_classes, _COLUMNS_BAND_ROWS, probe, out[i])
+    return out

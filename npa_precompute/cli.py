@@ -1,0 +1,127 @@
+"""``npa-precompute``: thin click commands over :mod:`npa_precompute.pipeline`."""
+
+from __future__ import annotations
+
+import click
+
+from npa_precompute import __version__
+from npa_precompute.io import InputError
+from npa_precompute.presets import PRESETS
+from npa_precompute.store import StoreError
+
+_USER_ERRORS = (InputError, StoreError, ValueError, TypeError)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="npa-precompute")
+def main() -> None:
+    """Precompute NPALoss affinity maps and pixel weights (Feng et al. 2020) into a zarr store."""
+
+
+@main.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(), help="Store folder (zarr v3).")
+@click.option(
+    "--images",
+    multiple=True,
+    help="Image files, folders or globs, paired with labels by the preset's naming rules. "
+    "Repeatable. Without it only labels and weights are stored.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    default="isprs",
+    show_default=True,
+    help="isprs: RGB colour-coded ISPRS ground truth; loveda: raw LoveDA masks; "
+    "index: already-indexed labels.",
+)
+@click.option(
+    "--k", "ks", default="8,16,32,64", show_default=True, help="Search regions k, comma-separated."
+)
+@click.option(
+    "--transform",
+    "transforms",
+    multiple=True,
+    default=("log10:L=0.5",),
+    show_default=True,
+    help="Weight transformation: raw, norm:L=<f>, log10:L=<f>, ln:L=<f>, log:a=<f>,L=<f>. "
+    "Repeatable.",
+)
+@click.option(
+    "--dtype",
+    "weight_dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Weights dtype.",
+)
+@click.option("--num-classes", type=int, default=None, help="Class count (--preset index).")
+@click.option(
+    "--ignore-index", type=int, default=None, help="Ignore value (--preset index, default 255)."
+)
+@click.option(
+    "--unknown-colors",
+    type=click.Choice(["error", "ignore"]),
+    default="error",
+    show_default=True,
+    help="Colours outside the palette: stop with an error, or map them to ignore.",
+)
+@click.option("--chunk", type=int, default=256, show_default=True, help="Chunk side in pixels.")
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Tiles processed in parallel."
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Recompute tiles that are already current; recreate a store made with other settings.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, ignore_index,
+        unknown_colors, chunk, workers, overwrite, quiet):  # fmt: skip
+    """Compute affinity maps and weights for whole label tiles LABELS (files, folders, globs).
+
+    Re-running skips tiles whose files and parameters are unchanged; an interrupted
+    tile is recomputed.
+    """
+    from tqdm import tqdm
+
+    from npa_precompute.pipeline import run_precompute
+
+    bar = None
+
+    def progress(done: int, total: int, tile: str) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="tile", desc="precompute")
+        bar.set_postfix_str(tile)
+        bar.update(1)
+
+    try:
+        summary = run_precompute(
+            labels,
+            out,
+            images=images or None,
+            preset=preset,
+            ks=ks,
+            transforms=transforms,
+            weight_dtype=weight_dtype,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            unknown_colors=unknown_colors,
+            chunk=chunk,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    except _USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(summary.text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Reading label and image files, and pairing labels with images into tiles.
+
+TIFF files are read with tifffile (multi-band, 16-bit and float TIFFs that Pillow
+cannot open), everything else with Pillow. Palette-mode ('P') PNGs are read as
+their indices, never converted to RGB.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+__all__ = [
+    "InputError",
+    "TileSource",
+    "discover_tiles",
+    "expand_paths",
+    "file_sha256",
+    "read_image",
+    "read_label",
+]
+
+_TIFF = (".tif", ".tiff")
+_LOSSY = (".jpg", ".jpeg", ".jfif", ".webp")
+_FILE_TYPES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp", ".jfif")
+
+
+class InputError(ValueError):
+    """An input file or path list does not hold what was expected."""
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if path.suffix.lower() in _TIFF:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            compression = getattr(page.compression, "name", str(page.compression))
+            arr = page.asarray()
+            planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+        if planar and arr.ndim == 3:
+            arr = np.moveaxis(arr, 0, -1)
+        return arr, compression
+    with Image.open(path) as im:
+        fmt = im.format
+        if im.mode in ("P", "L", "I;16", "I;16B", "I;16L", "I", "1"):
+            arr = np.asarray(im)
+            if im.mode == "1":
+                arr = arr.astype(np.uint8)
+        elif im.mode in ("LA", "PA"):
+            arr = np.asarray(im)[..., 0]
+        else:
+            arr = np.asarray(im.convert("RGBA" if "A" in im.mode else "RGB"))
+    return arr, fmt
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a label file as stored: (H, W) indices or (H, W, 3|4) colours.
+
+    Palette PNGs give their indices, grey+alpha PNGs their grey band, 16-bit PNGs
+    and TIFFs keep 16 bits.
+
+    Raises
+    ------
+    InputError
+        Missing file, lossy format (JPEG/WebP labels, JPEG-compressed TIFF), or a file
+        that cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"label file not found: {path}")
+    if path.suffix.lower() in _LOSSY:
+        raise InputError(
+            f"{path}: lossy {path.suffix} labels are refused: compression artefacts invent "
+            "colours/classes at every boundary; use a lossless PNG or TIFF"
+        )
+    try:
+        arr, compression = _read_raw(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise InputError(f"{path}: cannot read label file ({exc})") from exc
+    if "JPEG" in str(compression).upper() and path.suffix.lower() in _TIFF:
+        raise InputError(f"{path}: JPEG-compressed TIFF labels are lossy and refused")
+    if compression == "JPEG":
+        raise InputError(f"{path}: JPEG data in a label file is lossy and refused")
+    return arr
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as (H, W, C) uint8 or uint16 (C = 1, 3 or 4, e.g. Potsdam RGBIR).
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, or a dtype other than uint8/uint16.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file not found: {path}")
+    try:
+        arr, _ = _read_raw(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise InputError(f"{path}: cannot read image file ({exc})") from exc
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise InputError(f"{path}: expected an (H, W, C) image, got shape {arr.shape}")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path}: images must be uint8 or uint16, got {arr.dtype}")
+    return arr
+
+
+def file_sha256(path: str | os.PathLike, *, block: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes (content hash recorded per tile)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def expand_paths(items: list[str] | tuple[str, ...], *, what: str) -> list[Path]:
+    """Expand files, folders (searched recursively for image files) and glob patterns.
+
+    Raises
+    ------
+    InputError
+        If an item matches nothing.
+    """
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _FILE_TYPES
+            )
+        elif p.is_file():
+            found = [p]
+        else:
+            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+        if not found:
+            raise InputError(f"{what} {item!r} matches no file")
+        out.extend(found)
+    unique = list(dict.fromkeys(f.resolve() for f in out))
+    return unique
+
+
+@dataclass(frozen=True)
+class TileSource:
+    """One tile: its id, label file and optional image file."""
+
+    tile_id: str
+    label: Path
+    image: Path | None = None
+
+
+_ISPRS_LABEL_SUFFIX = re.compile(r"(_label)?(_noBoundary)?$", re.IGNORECASE)
+_ISPRS_IMAGE_SUFFIX = re.compile(r"_(RGBIR|IRRG|RGB)$", re.IGNORECASE)
+_INDEX_LABEL_SUFFIX = re.compile(r"(_(label|labels|mask|gt))?(_noBoundary)?$", re.IGNORECASE)
+
+
+def _tile_id(path: Path, preset: str, role: str) -> str:
+    stem = path.stem
+    if preset == "isprs":
+        pattern = _ISPRS_LABEL_SUFFIX if role == "label" else _ISPRS_IMAGE_SUFFIX
+        return pattern.sub("", stem)
+    if preset == "loveda":
+        # .../{Train,Val}/{Urban,Rural}/{images_png,masks_png}/N.png -> Train_Rural_N
+        parts = path.parts
+        if len(parts) >= 4 and parts[-2] in ("images_png", "masks_png"):
+            return f"{parts[-4]}_{parts[-3]}_{stem}"
+        return stem
+    return _INDEX_LABEL_SUFFIX.sub("", stem) if role == "label" else stem
+
+
+def discover_tiles(
+    labels: list[str] | tuple[str, ...],
+    images: list[str] | tuple[str, ...] | None,
+    *,
+    preset: str,
+) -> list[TileSource]:
+    """Find label files and pair each with its image by the preset's naming rules.
+
+    Pairing (tile id in brackets):
+
+    * ``isprs``: ``top_mosaic_09cm_area1_noBoundary.tif`` or ``top_mosaic_09cm_area1.tif``
+      <-> ``top_mosaic_09cm_area1.tif`` [top_mosaic_09cm_area1];
+      ``top_potsdam_2_10_label[_noBoundary].tif`` <-> ``top_potsdam_2_10_{RGB,IRRG,RGBIR}.tif``
+      [top_potsdam_2_10].
+    * ``loveda``: ``Train/Rural/masks_png/N.png`` <-> ``Train/Rural/images_png/N.png``
+      [Train_Rural_N].
+    * ``index``: label stem with ``_label``/``_mask``/``_gt``/``_noBoundary`` removed
+      equals the image stem.
+
+    Parameters
+    ----------
+    labels : files, folders or glob patterns of label files
+    images : files, folders or glob patterns of image files, or None (weights only)
+    preset : {"isprs", "loveda", "index"}
+
+    Returns
+    -------
+    list of TileSource, sorted by tile id.
+
+    Raises
+    ------
+    InputError
+        Nothing found, two labels with the same tile id, an image that matches several
+        tiles' candidates ambiguously, or labels without an image (all listed).
+    """
+    label_files = expand_paths(labels, what="LABELS")
+    by_id: dict[str, Path] = {}
+    for f in label_files:
+        tid = _tile_id(f, preset, "label")
+        if tid in by_id:
+            raise InputError(f"labels {by_id[tid]} and {f} both give tile id {tid!r}")
+        by_id[tid] = f
+    if images is None:
+        return [TileSource(t, by_id[t]) for t in sorted(by_id)]
+    image_files = [f for f in expand_paths(images, what="--images") if f not in set(label_files)]
+    candidates: dict[str, list[Path]] = {}
+    for f in image_files:
+        candidates.setdefault(_tile_id(f, preset, "image"), []).append(f)
+    missing = [t for t in sorted(by_id) if t not in candidates]
+    if missing:
+        raise InputError(
+            f"no image found for {len(missing)} label tile(s): {', '.join(missing)} "
+            f"(looked among {len(image_files)} image file(s) with the {preset} naming rules)"
+        )
+    out = []
+    for t in sorted(by_id):
+        if len(candidates[t]) > 1:
+            names = ", ".join(str(p) for p in candidates[t])
+            raise InputError(f"tile {t!r} matches several images ({names}); pass one of them")
+        out.append(TileSource(t, by_id[t], candidates[t][0]))
+    return out

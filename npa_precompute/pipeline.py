@@ -1,0 +1,289 @@
+"""Batch precompute: labels (and images) -> affinity maps -> weights -> the zarr store.
+
+:func:`run_precompute` is what ``npa-precompute run`` calls. Tiles are processed
+whole (the edge padding of Eq. 1 happens at tile borders, as in the paper), one
+tile per worker process, each worker writing only its own tile's arrays.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from npa_precompute import __version__
+from npa_precompute.affinity import affinity_maps, parse_ks
+from npa_precompute.io import (
+    InputError,
+    TileSource,
+    discover_tiles,
+    file_sha256,
+    read_image,
+    read_label,
+)
+from npa_precompute.presets import Preset, get_preset
+from npa_precompute.store import create_or_check_store, list_tiles, open_store, write_tile
+from npa_precompute.transforms import WeightTransform, parse_transform, weights_name
+
+__all__ = ["PrecomputeConfig", "RunSummary", "process_tile", "run_precompute"]
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    """Parameters of one precompute run; ``params()`` is what decides if a tile is current."""
+
+    preset: Preset
+    ks: tuple[int, ...] = (8, 16, 32, 64)
+    transforms: tuple[WeightTransform, ...] = (parse_transform("log10:L=0.5"),)
+    weight_dtype: str = "float32"
+    unknown_colors: str = "error"
+    chunk: int = 256
+
+    def params(self) -> dict:
+        return {
+            "ks": list(self.ks),
+            "transforms": [t.spec for t in self.transforms],
+            "weight_dtype": self.weight_dtype,
+            "unknown_colors": self.unknown_colors,
+            "chunk": self.chunk,
+            "preset": self.preset.to_attrs(),
+        }
+
+
+@dataclass
+class RunSummary:
+    """What a run did: tiles written and skipped, pixels, time."""
+
+    store: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    pixels: int = 0
+    seconds: float = 0.0
+    kernel_seconds: float = 0.0
+
+    @property
+    def mpix_per_s(self) -> float:
+        return self.pixels / self.seconds / 1e6 if self.seconds > 0 else float("nan")
+
+    def text(self) -> str:
+        return (
+            f"{len(self.written)} tile(s) written, {len(self.skipped)} up to date and skipped; "
+            f"{self.pixels / 1e6:.2f} Mpix in {self.seconds:.1f} s "
+            f"({self.mpix_per_s:.1f} Mpix/s, affinity kernel {self.kernel_seconds:.1f} s) -> "
+            f"{self.store}"
+        )
+
+
+def _source_attrs(src: TileSource) -> dict:
+    return {
+        "label_path": str(src.label),
+        "label_sha256": file_sha256(src.label),
+        "image_path": str(src.image) if src.image else None,
+        "image_sha256": file_sha256(src.image) if src.image else None,
+    }
+
+
+def _is_current(attrs: dict, source: dict, params: dict) -> bool:
+    return (
+        attrs.get("complete") is True
+        and attrs.get("source") == source
+        and attrs.get("params") == params
+    )
+
+
+def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dict) -> dict:
+    """Compute and write one tile; returns {"tile", "pixels", "kernel_seconds"}.
+
+    Raises
+    ------
+    InputError
+        The label or image cannot be read or decoded, or their shapes differ.
+    """
+    from npa_precompute.presets import LabelError
+
+    raw = read_label(src.label)
+    try:
+        label = cfg.preset.decode(raw, source=str(src.label), unknown_colors=cfg.unknown_colors)
+    except LabelError as exc:
+        raise InputError(str(exc)) from None
+    image = None
+    stats = {}
+    if src.image is not None:
+        image = read_image(src.image)
+        if image.shape[:2] != label.shape:
+            raise InputError(
+                f"tile {src.tile_id!r}: image {src.image} has shape {image.shape[:2]} but label "
+                f"{src.label} has shape {label.shape}"
+            )
+        flat = image.reshape(-1, image.shape[2]).astype(np.float64)
+        stats = {"image_mean": flat.mean(0).tolist(), "image_std": flat.std(0).tolist()}
+    t0 = time.perf_counter()
+    aff = affinity_maps(label, cfg.ks)
+    kernel_s = time.perf_counter() - t0
+    ignore = label == cfg.preset.ignore_index
+    dtype = np.dtype(cfg.weight_dtype)
+
+    def weights() -> Iterable[tuple[str, np.ndarray, dict]]:
+        for i, k in enumerate(cfg.ks):
+            for t in cfg.transforms:
+                attrs = {"k": int(k), "transform": t.spec, "transform_params": t.to_dict()}
+                yield weights_name(k, t), t.apply(aff[i], ignore, dtype=dtype), attrs
+
+    attrs = {
+        "tile_id": src.tile_id,
+        "shape": list(label.shape),
+        "source": source,
+        "params": cfg.params(),
+        "npaloss_version": __version__,
+        "ignore_fraction": float(ignore.mean()),
+        "class_pixels": np.bincount(label[~ignore].ravel(), minlength=cfg.preset.num_classes)
+        .astype(int)
+        .tolist(),
+        **stats,
+    }
+    root = open_store(store, mode="r+")
+    write_tile(
+        root,
+        src.tile_id,
+        label=label,
+        ignore_index=cfg.preset.ignore_index,
+        image=image,
+        affinity={k: aff[i] for i, k in enumerate(cfg.ks)},
+        weights=weights(),
+        attrs=attrs,
+        chunk=cfg.chunk,
+    )
+    return {"tile": src.tile_id, "pixels": int(label.size), "kernel_seconds": kernel_s}
+
+
+def _init_worker(threads: int) -> None:
+    import numba
+
+    numba.set_num_threads(threads)
+
+
+def run_precompute(
+    labels: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    images: Sequence[str] | None = None,
+    preset: str = "isprs",
+    ks: int | str | Iterable[int] = (8, 16, 32, 64),
+    transforms: Sequence[str] = ("log10:L=0.5",),
+    weight_dtype: str = "float32",
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+    unknown_colors: str = "error",
+    chunk: int = 256,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> RunSummary:
+    """Precompute affinity maps and weights for whole tiles into a zarr store.
+
+    Parameters
+    ----------
+    labels : label files, folders or glob patterns
+    out : store folder (created if missing)
+    images : image files, folders or globs, paired with labels by the preset's naming
+        rules (:func:`npa_precompute.io.discover_tiles`); None stores weights only
+    preset : {"isprs", "loveda", "index"}
+    ks : search regions k (Eq. 1), default 8, 16, 32, 64
+    transforms : weight transformation specs (:func:`parse_transform`), default log10:L=0.5
+    weight_dtype : {"float32", "float16"}
+    num_classes, ignore_index : for ``preset="index"``
+    unknown_colors : {"error", "ignore"} colours outside the palette (``isprs``)
+    chunk : chunk side in pixels (default 256)
+    workers : tiles processed in parallel, one process each
+    overwrite : recompute tiles that are already current; recreate a store made with
+        other preset settings
+    progress : callback(done, total, tile_id) after each tile
+
+    Returns
+    -------
+    RunSummary
+
+    Raises
+    ------
+    ValueError
+        Bad parameters (named in the message), checked before any tile is written.
+    InputError
+        Missing, unreadable or mismatched files (pairing is checked before any tile is
+        written; a label whose content is bad stops the run naming the file, and the
+        tiles finished before it stay complete).
+    StoreError
+        ``out`` holds a store with other settings (and ``overwrite`` is False).
+    """
+    t_start = time.perf_counter()
+    preset_obj = get_preset(preset, num_classes=num_classes, ignore_index=ignore_index)
+    ks = parse_ks(ks)
+    if isinstance(transforms, str):
+        transforms = [transforms]
+    parsed = tuple(dict.fromkeys(parse_transform(t) for t in transforms))
+    if not parsed:
+        raise ValueError("`transforms` must name at least one weight transformation")
+    if weight_dtype not in ("float32", "float16"):
+        raise ValueError(f"`weight_dtype` must be 'float32' or 'float16', got {weight_dtype!r}")
+    if unknown_colors not in ("error", "ignore"):
+        raise ValueError(f"`unknown_colors` must be 'error' or 'ignore', got {unknown_colors!r}")
+    if not isinstance(chunk, int) or chunk < 16:
+        raise ValueError(f"`chunk` must be an integer >= 16, got {chunk!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
+    cfg = PrecomputeConfig(preset_obj, ks, parsed, weight_dtype, unknown_colors, chunk)
+    sources = discover_tiles(labels, images, preset=preset)
+
+    info = {**preset_obj.to_attrs(), "created_by": f"npaloss {__version__}"}
+    root = create_or_check_store(out, info, overwrite=overwrite)
+    params = cfg.params()
+    existing = set(list_tiles(root))
+    todo: list[tuple[TileSource, dict]] = []
+    summary = RunSummary(store=str(out))
+    for src in sources:
+        source = _source_attrs(src)
+        if (
+            not overwrite
+            and src.tile_id in existing
+            and _is_current(dict(root["tiles"][src.tile_id].attrs), source, params)
+        ):
+            summary.skipped.append(src.tile_id)
+        else:
+            todo.append((src, source))
+    total = len(todo)
+    store = str(Path(out))
+    if workers == 1 or total <= 1:
+        for i, (src, source) in enumerate(todo):
+            r = process_tile(store, src, cfg, source)
+            summary.written.append(r["tile"])
+            summary.pixels += r["pixels"]
+            summary.kernel_seconds += r["kernel_seconds"]
+            if progress:
+                progress(i + 1, total, r["tile"])
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(process_tile, store, s, cfg, so): s for s, so in todo}
+            for i, fut in enumerate(as_completed(futures)):
+                try:
+                    r = fut.result()
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+                summary.written.append(r["tile"])
+                summary.pixels += r["pixels"]
+                summary.kernel_seconds += r["kernel_seconds"]
+                if progress:
+                    progress(i + 1, total, r["tile"])
+    summary.written.sort()
+    summary.seconds = time.perf_counter() - t_start
+    return summary

@@ -1,0 +1,289 @@
+"""The zarr v3 weight store: layout, writing one tile, and reading tiles back.
+
+Layout (``H, W`` the tile's shape)::
+
+    <store>/                         attrs["npaloss"]: schema_version, preset, classes,
+                                     palette, ignore_index, label_remap, ...
+      tiles/<tile_id>/               attrs: complete, source paths, sha256 of the files,
+                                     params, shape, image_mean / image_std
+        label                        (H, W) uint8|uint16, fill_value = ignore index
+        image                        (H, W, C) uint8|uint16 (when images were given)
+        affinity/k<K>                (H, W) uint16|uint32 raw counts of Eq. 1
+        weights/k<K>_<transform>     (H, W) float32|float16, attrs k, transform, ...
+
+Every array has ``dimension_names`` (``y``, ``x``[, ``band``]) so xarray and napari
+can label its axes. A tile's ``complete`` attr is set last, after all of its arrays
+are written; readers refuse a tile without it (:class:`IncompleteTileError`).
+Each tile is written by one process into its own arrays, so no chunk ever has
+two writers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "IncompleteTileError",
+    "StoreError",
+    "Tile",
+    "create_or_check_store",
+    "list_tiles",
+    "open_store",
+    "open_tile",
+    "store_info",
+    "write_tile",
+]
+
+#: Version of the layout above; bumped on any incompatible change.
+SCHEMA_VERSION = 1
+_ATTR_KEY = "npaloss"
+
+
+class StoreError(RuntimeError):
+    """The store is missing, of another schema, or lacks what was asked for."""
+
+
+class IncompleteTileError(StoreError):
+    """A tile whose writing did not finish (its ``complete`` marker is missing)."""
+
+
+def _compressor(dtype: np.dtype) -> BloscCodec:
+    shuffle = "bitshuffle" if np.dtype(dtype).itemsize > 1 else "noshuffle"
+    return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
+
+
+def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    """Open an existing weight store.
+
+    Parameters
+    ----------
+    path : store folder
+    mode : {"r", "r+"}
+
+    Raises
+    ------
+    StoreError
+        No store at ``path``, not an npaloss store, or a schema version this
+        package cannot read.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"no zarr store at {path} (missing zarr.json)")
+    root = zarr.open_group(path, mode=mode, use_consolidated=False)
+    info = root.attrs.get(_ATTR_KEY)
+    if not isinstance(info, dict):
+        raise StoreError(f"{path} is a zarr group but not an npaloss weight store")
+    if info.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has store schema {info.get('schema_version')}, this package reads "
+            f"{SCHEMA_VERSION}"
+        )
+    return root
+
+
+def store_info(root: zarr.Group) -> dict:
+    """The store's root attrs (classes, palette, ignore value, preset, schema version)."""
+    return dict(root.attrs[_ATTR_KEY])
+
+
+def create_or_check_store(path: str | os.PathLike, info: dict, *, overwrite: bool) -> zarr.Group:
+    """Create a store with root attrs ``info`` or check an existing one against them.
+
+    An existing store whose preset, classes or ignore value differ is refused
+    unless ``overwrite``, which recreates it empty.
+
+    Raises
+    ------
+    StoreError
+        Existing store with other settings and ``overwrite`` False, or a path that
+        exists but is not an npaloss store.
+    """
+    path = Path(path)
+    info = {**info, "schema_version": SCHEMA_VERSION}
+    if (path / "zarr.json").is_file():
+        try:
+            root = open_store(path, mode="r+")
+        except StoreError:
+            if not overwrite:
+                raise
+            root = None
+        if root is not None:
+            old = store_info(root)
+            keys = ("preset", "classes", "ignore_index", "palette", "label_remap")
+            diff = [k for k in keys if old.get(k) != info.get(k)]
+            if not diff:
+                if "tiles" not in root:
+                    root.create_group("tiles")
+                return root
+            if not overwrite:
+                raise StoreError(
+                    f"store {path} was made with other settings ({', '.join(diff)} differ: "
+                    f"{ {k: old.get(k) for k in diff} }); pass --overwrite to recreate it"
+                )
+    elif path.exists() and any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not a zarr store; choose another --out")
+    root = zarr.open_group(path, mode="w", attributes={_ATTR_KEY: info})
+    root.create_group("tiles")
+    return root
+
+
+def list_tiles(root: zarr.Group, *, complete_only: bool = False) -> list[str]:
+    """Tile ids in the store, sorted; with ``complete_only`` only finished tiles."""
+    if "tiles" not in root:
+        return []
+    tiles = root["tiles"]
+    names = sorted(tiles.group_keys())
+    if complete_only:
+        names = [t for t in names if tiles[t].attrs.get("complete") is True]
+    return names
+
+
+def _create(group: zarr.Group, name: str, data: np.ndarray, chunk: int, dims, **kw) -> zarr.Array:
+    chunks = (min(chunk, data.shape[0]), min(chunk, data.shape[1]), *data.shape[2:])
+    arr = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        compressors=_compressor(data.dtype),
+        dimension_names=dims,
+        **kw,
+    )
+    arr[...] = data
+    return arr
+
+
+def write_tile(
+    root: zarr.Group,
+    tile_id: str,
+    *,
+    label: np.ndarray,
+    ignore_index: int,
+    image: np.ndarray | None,
+    affinity: dict[int, np.ndarray],
+    weights: Iterable[tuple[str, np.ndarray, dict]],
+    attrs: dict,
+    chunk: int = 256,
+) -> None:
+    """Write one tile, replacing any earlier version, and mark it complete last.
+
+    Parameters
+    ----------
+    label : (H, W) uint8|uint16 decoded labels
+    image : (H, W, C) uint8|uint16 or None
+    affinity : {k: (H, W) raw counts}
+    weights : iterable of (name, array, attrs) produced lazily (one weights array in
+        memory at a time)
+    attrs : tile attrs (source paths, hashes, params); ``complete`` is added last
+    chunk : chunk side in pixels
+    """
+    tiles = root["tiles"]
+    if tile_id in tiles:
+        del tiles[tile_id]
+    g = tiles.create_group(tile_id, attributes={**attrs, "complete": False})
+    _create(g, "label", label, chunk, ("y", "x"), fill_value=ignore_index)
+    if image is not None:
+        _create(g, "image", image, chunk, ("y", "x", "band"), fill_value=0)
+    aff = g.create_group("affinity")
+    for k, a in affinity.items():
+        _create(aff, f"k{k}", a, chunk, ("y", "x"), fill_value=0, attributes={"k": int(k)})
+    wg = g.create_group("weights")
+    for name, w, wattrs in weights:
+        _create(wg, name, w, chunk, ("y", "x"), fill_value=0.0, attributes=wattrs)
+    g.attrs["complete"] = True
+
+
+@dataclass
+class Tile:
+    """A complete tile of the store, opened for reading (arrays are read lazily).
+
+    Attributes
+    ----------
+    tile_id : str
+    group : zarr.Group
+    label : zarr.Array, (H, W) uint8|uint16
+    image : zarr.Array (H, W, C) or None
+    attrs : dict, the tile's attrs
+    """
+
+    tile_id: str
+    group: zarr.Group
+    label: zarr.Array
+    image: zarr.Array | None
+    attrs: dict
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.label.shape)
+
+    @property
+    def weight_names(self) -> list[str]:
+        return sorted(self.group["weights"].array_keys()) if "weights" in self.group else []
+
+    @property
+    def affinity_ks(self) -> list[int]:
+        if "affinity" not in self.group:
+            return []
+        return sorted(int(n[1:]) for n in self.group["affinity"].array_keys())
+
+    def weights(self, name: str) -> zarr.Array:
+        """The weights array ``name`` (e.g. ``"k32_log10_L0.5"``).
+
+        Raises
+        ------
+        StoreError
+            If the tile has no such array (the message lists the ones it has).
+        """
+        names = self.weight_names
+        if name not in names:
+            raise StoreError(
+                f"tile {self.tile_id!r} has no weights {name!r}; available: "
+                f"{', '.join(names) or 'none'}"
+            )
+        return self.group["weights"][name]
+
+    def affinity(self, k: int) -> zarr.Array:
+        """Raw Eq. 1 counts for search region ``k``.
+
+        Raises
+        ------
+        StoreError
+            If ``k`` was not precomputed (the message lists the k that were).
+        """
+        if int(k) not in self.affinity_ks:
+            raise StoreError(
+                f"tile {self.tile_id!r} has no affinity for k={k}; available k: {self.affinity_ks}"
+            )
+        return self.group["affinity"][f"k{int(k)}"]
+
+
+def open_tile(root: zarr.Group, tile_id: str) -> Tile:
+    """Open one tile for reading.
+
+    Raises
+    ------
+    StoreError
+        Unknown tile (the message lists the tiles present).
+    IncompleteTileError
+        The tile's writing did not finish; re-run ``npa-precompute run`` to complete it.
+    """
+    names = list_tiles(root)
+    if tile_id not in names:
+        raise StoreError(f"no tile {tile_id!r} in the store; tiles: {', '.join(names) or 'none'}")
+    g = root["tiles"][tile_id]
+    attrs = dict(g.attrs)
+    if attrs.get("complete") is not True:
+        raise IncompleteTileError(
+            f"tile {tile_id!r} is incomplete (its writing was interrupted); re-run "
+            "`npa-precompute run` on the same inputs to complete it"
+        )
+    image = g["image"] if "image" in g else None
+    return Tile(tile_id, g, g["label"], image, attrs)

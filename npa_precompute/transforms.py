@@ -1,0 +1,207 @@
+"""Weight transformations of the affinity map (Feng et al. 2020, Eq. 2 and Eq. 3).
+
+A transformation is written as a spec string with one canonical form:
+
+==========================  ==================================  ==============
+spec                        formula                             source
+==========================  ==================================  ==============
+``raw``                     ``AT = A``                          Eq. 1
+``norm:L=<f>``              ``(A - min A) / (max A - min A) + L``  Eq. 2
+``log10:L=<f>``             ``log10(A + 10**L)``                Eq. 3, a = 10
+``ln:L=<f>``                ``ln(A + e**L)``                    Eq. 3, a = e
+``log:a=<f>,L=<f>``         ``log_a(A + a**L)``                 Eq. 3
+==========================  ==================================  ==============
+
+``L`` is the weight margin (the weight of a pixel whose window holds one class
+only; the paper finds L = 0.5 best, Table 2). ``L`` may be left out and defaults
+to 0.5. Weights at ignore pixels are 0 whatever the transformation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DEFAULT_L", "WeightTransform", "parse_transform", "weights_name"]
+
+#: Weight margin used when a spec leaves ``L`` out (the paper's best, Table 2).
+DEFAULT_L = 0.5
+
+_KINDS = ("raw", "norm", "log10", "ln", "log")
+
+
+def _fmt(x: float) -> str:
+    s = repr(float(x))
+    return s[:-2] if s.endswith(".0") else s
+
+
+def _parse_float(text: str, name: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"`{name}` in transform {spec!r} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` in transform {spec!r} must be finite, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class WeightTransform:
+    """One weight transformation; build it with :func:`parse_transform`.
+
+    Attributes
+    ----------
+    kind : {"raw", "norm", "log10", "ln", "log"}
+    L : float
+        Weight margin, >= 0 (unused by ``raw``).
+    a : float
+        Logarithm base, > 1 (``log10``: 10, ``ln``: e; unused otherwise).
+    """
+
+    kind: str
+    L: float = DEFAULT_L
+    a: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"transform kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.kind == "ln":
+            object.__setattr__(self, "a", math.e)
+        elif self.kind == "log10":
+            object.__setattr__(self, "a", 10.0)
+        if self.L < 0:
+            raise ValueError(f"`L` must be >= 0, got {self.L}")
+        if self.kind in ("log10", "ln", "log") and not self.a > 1:
+            raise ValueError(f"`a` must be > 1, got {self.a}")
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string, e.g. ``"log10:L=0.5"``; parses back to an equal object."""
+        if self.kind == "raw":
+            return "raw"
+        if self.kind == "log":
+            return f"log:a={_fmt(self.a)},L={_fmt(self.L)}"
+        return f"{self.kind}:L={_fmt(self.L)}"
+
+    @property
+    def slug(self) -> str:
+        """Path-safe form used in array names, e.g. ``"log10_L0.5"``, ``"log_a2_L0.5"``."""
+        if self.kind == "raw":
+            return "raw"
+        if self.kind == "log":
+            return f"log_a{_fmt(self.a)}_L{_fmt(self.L)}"
+        return f"{self.kind}_L{_fmt(self.L)}"
+
+    def to_dict(self) -> dict:
+        """JSON-ready parameters: ``{"spec", "kind", "L", "a"}``."""
+        return {"spec": self.spec, "kind": self.kind, "L": self.L, "a": self.a}
+
+    def apply(
+        self,
+        affinity: np.ndarray,
+        ignore_mask: np.ndarray | None = None,
+        *,
+        dtype: np.dtype | type = np.float32,
+    ) -> np.ndarray:
+        """Transform an affinity map into pixel weights.
+
+        Parameters
+        ----------
+        affinity : (H, W) unsigned integer
+            Raw counts of Eq. 1 for one k (see :func:`~npa_precompute.affinity_maps`).
+        ignore_mask : (H, W) bool, optional
+            True at ignore pixels: their weight is 0 and they do not enter the
+            min/max of ``norm``.
+        dtype : float32 (default) or float16, keyword-only
+
+        Returns
+        -------
+        (H, W) array of ``dtype``. ``norm`` takes min and max over the tile's
+        non-ignore pixels; a constant map gives ``L`` everywhere (Eq. 2 would
+        divide by zero). ``log*`` gives ``L`` where A = 0 (Eq. 3).
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
+            raise ValueError(f"`dtype` must be float32 or float16, got {dtype}")
+        a = np.asarray(affinity)
+        valid = None if ignore_mask is None else ~np.asarray(ignore_mask, dtype=bool)
+        if valid is not None and valid.shape != a.shape:
+            raise ValueError(
+                f"`ignore_mask` shape {valid.shape} differs from `affinity` shape {a.shape}"
+            )
+        if self.kind == "raw":
+            w = a.astype(np.float32)
+        elif self.kind == "norm":
+            vals = a if valid is None else a[valid]
+            lo, hi = (int(vals.min()), int(vals.max())) if vals.size else (0, 0)
+            w = a.astype(np.float32)
+            if hi > lo:
+                w -= np.float32(lo)
+                w *= np.float32(1.0 / (hi - lo))
+            else:
+                w[...] = 0
+            w += np.float32(self.L)
+        else:
+            w = a.astype(np.float32)
+            w += np.float32(self.a**self.L)
+            np.log(w, out=w)
+            w *= np.float32(1.0 / math.log(self.a))
+        if valid is not None:
+            w[~valid] = 0
+        return w if dtype == np.float32 else w.astype(dtype)
+
+
+def parse_transform(spec: str | WeightTransform) -> WeightTransform:
+    """Parse a weight transformation spec such as ``"log10:L=0.5"``.
+
+    Accepted: ``raw``, ``norm[:L=<f>]``, ``log10[:L=<f>]``, ``ln[:L=<f>]``,
+    ``log:a=<f>[,L=<f>]`` (case-insensitive kind, spaces ignored).
+
+    Raises
+    ------
+    TypeError
+        If ``spec`` is not a string.
+    ValueError
+        Unknown kind or parameter, a parameter given twice or not a number,
+        ``L < 0``, ``a <= 1``, or ``log`` without ``a``.
+    """
+    if isinstance(spec, WeightTransform):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"transform spec must be a string, got {type(spec).__name__}")
+    text = spec.replace(" ", "")
+    kind, _, rest = text.partition(":")
+    kind = kind.lower()
+    if kind not in _KINDS:
+        raise ValueError(
+            f"unknown transform {spec!r}: expected raw, norm:L=<f>, log10:L=<f>, ln:L=<f> "
+            "or log:a=<f>,L=<f>"
+        )
+    allowed = {"raw": (), "norm": ("L",), "log10": ("L",), "ln": ("L",), "log": ("a", "L")}[kind]
+    params: dict[str, float] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in allowed:
+            raise ValueError(
+                f"unknown parameter {item!r} in transform {spec!r}; "
+                f"{kind} takes {', '.join(allowed) or 'no parameters'}"
+            )
+        if key in params:
+            raise ValueError(f"parameter `{key}` given twice in transform {spec!r}")
+        params[key] = _parse_float(value, key, spec)
+    if kind == "log" and "a" not in params:
+        raise ValueError(f"transform {spec!r} needs a base: log:a=<f>,L=<f>")
+    return WeightTransform(kind, L=params.get("L", DEFAULT_L), a=params.get("a", 10.0))
+
+
+def weights_name(k: int, transform: WeightTransform | str) -> str:
+    """Store name of a weights array: ``weights_name(32, "log10:L=0.5") == "k32_log10_L0.5"``.
+
+    Raises
+    ------
+    ValueError
+        If ``transform`` is not a valid spec.
+    """
+    return f"k{int(k)}_{parse_transform(transform).slug}"
