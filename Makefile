@@ -1,0 +1,39 @@
+# One-command entry points: `make demo` (set up + precompute + train on data/demo) and
+# `make test` (set up + lint + tests). Both create or update the virtual environment .venv.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed on its own first so that pip does not resolve a multi-GB CUDA build.
+# On this project's machines torch==2.13.0 is a local CPU wheel; elsewhere override, e.g.
+#   make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= runs/demo
+DEMO_ITERS ?= 150
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/npa-precompute run data/demo/gts_eroded_for_participants \
+		--images data/demo/top --out $(DEMO_OUT)/store.zarr --preset isprs \
+		--k 8,16,32,64 --transform log10:L=0.5 --transform norm:L=0.5 --workers 2
+	$(VENV)/bin/npa-train fit --store $(DEMO_OUT)/store.zarr --weights k32_log10_L0.5 \
+		--loss npa --iters $(DEMO_ITERS) --batch 4 --crop 256 --out $(DEMO_OUT)/fit --seed 0
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs .pytest_cache
