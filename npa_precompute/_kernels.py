@@ -155,97 +155,152 @@ def affinity_integral(dense, ks, n_classes, band_rows, out):
 # --------------------------------------------------------------------------- column counts
 
 
-@njit(cache=True)
-def _columns_band(dense, k, n_classes, r0, r1, hist, hvec, out):
-    """Rows r0..r1-1 of Eq. 1 for one k by sliding per-column class histograms.
+@njit(cache=True, inline="always")
+def _slide(hc, k, w, full, s, ya, yb, o):
+    """Slide the window sum ``s`` of one class's column counts ``hc`` (W,) from centre
+    ya - 1 to yb - 1, writing ``full - s`` into o[ya:yb]; returns the last sum."""
+    lo = max(ya, k + 1)
+    hi = min(yb, w - k)
+    if lo >= hi:
+        lo = hi = yb
+    for y in range(ya, lo):
+        s += np.int64(hc[_clamp(y + k, w)]) - np.int64(hc[_clamp(y - k - 1, w)])
+        o[y] = full - s
+    # interior: both window ends inside the tile, contiguous slices without clamping
+    enter = hc[lo + k : hi + k]
+    leave = hc[lo - k - 1 : hi - k - 1]
+    oo = o[lo:hi]
+    for i in range(hi - lo):
+        s += np.int64(enter[i]) - np.int64(leave[i])
+        oo[i] = full - s
+    for y in range(hi, yb):
+        s += np.int64(hc[_clamp(y + k, w)]) - np.int64(hc[_clamp(y - k - 1, w)])
+        o[y] = full - s
+    return s
 
-    hist: (W, n_classes) scratch; hvec: (n_classes,) int64 scratch.
-    """
+
+@njit(cache=True)
+def _window_sum(hc, k, w, y):
+    """Sum of hc over columns y-k .. y+k, clamped (edge columns counted with multiplicity)."""
+    s = np.int64(0)
+    for j in range(max(y - k, 0), min(y + k, w - 1) + 1):
+        s += hc[j]
+    if y - k < 0:
+        s += np.int64(k - y) * hc[0]
+    if y + k > w - 1:
+        s += np.int64(y + k - (w - 1)) * hc[w - 1]
+    return s
+
+
+@njit(cache=True)
+def _init_column_counts(dense, k, r0, hist):
+    """hist[c, j] = count of class c in column j over rows r0-k .. r0+k, clamped."""
     h, w = dense.shape
-    full = (2 * k + 1) * (2 * k + 1)
-    # vertical window of row r0: rows r0-k .. r0+k, clamped (multiplicities at the edges)
     hist[:, :] = 0
     top = r0 - k
     bot = r0 + k
     for u in range(max(top, 0), min(bot, h - 1) + 1):
         row = dense[u]
         for j in range(w):
-            hist[j, row[j]] += 1
+            hist[row[j], j] += 1
     if top < 0:
         row = dense[0]
         for j in range(w):
-            hist[j, row[j]] += -top
+            hist[row[j], j] += -top
     if bot > h - 1:
         row = dense[h - 1]
         for j in range(w):
-            hist[j, row[j]] += bot - (h - 1)
-    hspan = min(2 * k + 1, w + 2)
-    for x in range(r0, r1):
-        if x > r0:
-            leave = dense[_clamp(x - k - 1, h)]
-            enter = dense[_clamp(x + k, h)]
-            for j in range(w):
-                hist[j, leave[j]] -= 1
-                hist[j, enter[j]] += 1
-        row = dense[x]
-        o = out[x]
-        # count runs of equal labels in this row to pick the cheaper horizontal scheme
-        runs = 1
+            hist[row[j], j] += bot - (h - 1)
+
+
+@njit(cache=True)
+def _row_from_column_counts(row, starts, n_runs, hist, k, hvec, o):
+    """One output row of Eq. 1 from the column counts of its vertical window."""
+    n_classes, w = hist.shape
+    full = (2 * k + 1) * (2 * k + 1)
+    if n_runs * (min(2 * k + 1, w) // 4 + 8) <= n_classes * w:
+        # one window sum per run of equal labels, then slide it along the run
+        for r in range(n_runs):
+            y0 = starts[r]
+            hc = hist[row[y0]]
+            s = _window_sum(hc, k, w, y0)
+            o[y0] = full - s
+            _slide(hc, k, w, full, s, y0 + 1, starts[r + 1], o)
+    else:
+        # labels change almost every pixel: slide the window histogram of all classes
+        for c in range(n_classes):
+            hvec[c] = _window_sum(hist[c], k, w, 0)
+        o[0] = full - hvec[row[0]]
         for y in range(1, w):
-            if row[y] != row[y - 1]:
-                runs += 1
-        if runs * hspan <= n_classes * (w + hspan):
-            # restart a running sum of the pixel's own class at every run
-            y = 0
-            while y < w:
-                c = row[y]
-                s = np.int64(0)
-                for j in range(max(y - k, 0), min(y + k, w - 1) + 1):
-                    s += hist[j, c]
-                if y - k < 0:
-                    s += np.int64(k - y) * hist[0, c]
-                if y + k > w - 1:
-                    s += np.int64(y + k - (w - 1)) * hist[w - 1, c]
-                o[y] = full - s
-                y += 1
-                while y < w and row[y] == c:
-                    s += np.int64(hist[_clamp(y + k, w), c]) - np.int64(
-                        hist[_clamp(y - k - 1, w), c]
-                    )
-                    o[y] = full - s
-                    y += 1
-        else:
-            # slide a histogram over all classes: O(n_classes) per pixel, no restarts
-            hvec[:] = 0
-            for j in range(0, min(k, w - 1) + 1):
+            add = _clamp(y + k, w)
+            sub = _clamp(y - k - 1, w)
+            if add != sub:
                 for c in range(n_classes):
-                    hvec[c] += hist[j, c]
-            for c in range(n_classes):
-                hvec[c] += np.int64(k) * hist[0, c]
-                if k > w - 1:
-                    hvec[c] += np.int64(k - (w - 1)) * hist[w - 1, c]
-            o[0] = full - hvec[row[0]]
-            for y in range(1, w):
-                add = _clamp(y + k, w)
-                sub = _clamp(y - k - 1, w)
-                if add != sub:
-                    for c in range(n_classes):
-                        hvec[c] += np.int64(hist[add, c]) - np.int64(hist[sub, c])
-                o[y] = full - hvec[row[y]]
+                    hvec[c] += np.int64(hist[c, add]) - np.int64(hist[c, sub])
+            o[y] = full - hvec[row[y]]
 
 
 @njit(cache=True, parallel=True)
-def affinity_columns(dense, k, n_classes, band_rows, hist_dtype_probe, out):
-    """Eq. 1 for one k by sliding per-column class counts (cost independent of k).
+def affinity_columns(dense, ks, n_classes, band_rows, hist_dtype_probe, out):
+    """Eq. 1 for every k in ``ks`` by sliding per-column class counts row by row.
 
-    dense: (H, W) dense labels; out: (H, W) unsigned integer, written in place;
-    hist_dtype_probe: 0-d array whose dtype is used for the column histograms.
+    Cost per k is nearly independent of k and of the number of classes; the row
+    scan for runs of equal labels is shared by all k.
+
+    dense: (H, W) dense labels; ks: (K,) int64; out: (K, H, W) unsigned integer,
+    written in place; hist_dtype_probe: 0-d array whose dtype holds 2 * max(ks) + 1.
     """
     h, w = dense.shape
+    n_k = ks.shape[0]
     n_bands = (h + band_rows - 1) // band_rows
     for b in prange(n_bands):
         r0 = b * band_rows
         r1 = min(r0 + band_rows, h)
-        hist = np.empty((w, n_classes), dtype=hist_dtype_probe.dtype)
+        hist = np.empty((n_k, n_classes, w), dtype=hist_dtype_probe.dtype)
         hvec = np.empty(n_classes, dtype=np.int64)
-        _columns_band(dense, k, n_classes, r0, r1, hist, hvec, out)
+        starts = np.empty(w + 1, dtype=np.int32)
+        for ki in range(n_k):
+            _init_column_counts(dense, ks[ki], r0, hist[ki])
+        for x in range(r0, r1):
+            if x > r0:
+                for ki in range(n_k):
+                    k = ks[ki]
+                    hk = hist[ki]
+                    leave = dense[_clamp(x - k - 1, h)]
+                    enter = dense[_clamp(x + k, h)]
+                    for j in range(w):
+                        hk[leave[j], j] -= 1
+                        hk[enter[j], j] += 1
+            row = dense[x]
+            n = 0
+            starts[0] = 0
+            for y in range(1, w):
+                if row[y] != row[y - 1]:
+                    n += 1
+                    starts[n] = y
+            n += 1
+            starts[n] = w
+            for ki in range(n_k):
+                _row_from_column_counts(row, starts, n, hist[ki], ks[ki], hvec, out[ki, x])
+
+
+# --------------------------------------------------------------------------- label renumbering
+
+
+@njit(cache=True)
+def mark_present(labels, lo, seen):
+    """seen[v - lo] = 1 for every value v in labels (seen: (span,) uint8, zeroed)."""
+    flat = labels.ravel()
+    for i in range(flat.shape[0]):
+        seen[np.int64(flat[i]) - lo] = 1
+
+
+@njit(cache=True, parallel=True)
+def apply_lut(labels, lo, lut, out):
+    """out[x, y] = lut[labels[x, y] - lo], parallel over rows."""
+    h, w = labels.shape
+    for x in prange(h):
+        row = labels[x]
+        o = out[x]
+        for y in range(w):
+            o[y] = lut[np.int64(row[y]) - lo]

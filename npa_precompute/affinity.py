@@ -20,9 +20,17 @@ METHODS = ("auto", "integral", "columns")
 #: Largest supported search region: keeps (2k + 1)**2 inside int64 arithmetic.
 MAX_K = 2**30
 
-_INTEGRAL_MAX_CLASSES = 8
 _INTEGRAL_BAND_ROWS = 128
+_LUT_MAX_SPAN = 1 << 24
 _COLUMNS_BAND_ROWS = 256
+
+
+def _hist_dtype(k: int) -> np.dtype:
+    """Narrowest signed dtype for per-column counts of the columns kernel (at most 2k + 1)."""
+    for dt in (np.int16, np.int32):
+        if 2 * k + 1 <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
 
 
 def affinity_dtype(k: int) -> np.dtype:
@@ -84,22 +92,35 @@ def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ----------
     labels : (H, W) integer array
 
+    Value spans up to 2**24 are renumbered through a lookup table in two linear
+    passes; wider spans fall back to sorting (``np.unique``).
+
     Returns
     -------
     dense : (H, W) uint8, uint16 or int32 array (the narrowest that fits n values)
     values : (n,) array of the distinct label values, ``values[dense] == labels``
     """
     labels = np.asarray(labels)
-    if labels.size and labels.dtype.itemsize <= 2:
-        lo = int(labels.min())
-        shifted = labels.astype(np.int64, copy=False) - lo if lo else labels
-        present = np.bincount(shifted.ravel(), minlength=1) > 0
-        values = (np.flatnonzero(present) + lo).astype(labels.dtype)
-        lut = np.cumsum(present) - 1
-        dense = lut[shifted]
-    else:
-        values, dense = np.unique(labels, return_inverse=True)
-        dense = dense.reshape(labels.shape)
+    if labels.ndim != 2:
+        raise ValueError(f"`labels` must be 2-D (H, W), got shape {labels.shape}")
+    lo = int(labels.min()) if labels.size else 0
+    hi = int(labels.max()) if labels.size else 0
+    span = hi - lo + 1
+    if span <= _LUT_MAX_SPAN and hi < 2**63:
+        # one pass to mark the values present, one to renumber through a lookup table
+        seen = np.zeros(span, dtype=np.uint8)
+        _kernels.mark_present(np.ascontiguousarray(labels), lo, seen)
+        present = np.flatnonzero(seen)
+        values = (present + lo).astype(labels.dtype)
+        n = len(values)
+        dt = np.uint8 if n <= 2**8 else np.uint16 if n <= 2**16 else np.int32
+        lut = np.zeros(span, dtype=dt)
+        lut[present] = np.arange(n, dtype=dt)
+        dense = np.empty(labels.shape, dtype=dt)
+        _kernels.apply_lut(np.ascontiguousarray(labels), lo, lut, dense)
+        return dense, values
+    values, dense = np.unique(labels, return_inverse=True)
+    dense = dense.reshape(labels.shape)
     n = len(values)
     dt = np.uint8 if n <= 2**8 else np.uint16 if n <= 2**16 else np.int32
     return np.ascontiguousarray(dense, dtype=dt), values
@@ -132,11 +153,13 @@ def affinity_maps(
         Search regions k >= 0 (``2k + 1`` may exceed H or W), e.g. ``(8, 16, 32, 64)``
         or ``"8,16,32,64"``. Duplicates are dropped, order is kept.
     method : {"auto", "integral", "columns"}, keyword-only
-        ``integral``: per-class summed-area tables built once per row band and
-        shared by every k. ``columns``: per-column class counts slid row by row,
-        cost independent of k and of the number of classes. ``auto`` (default)
-        uses ``integral`` for few classes and ``columns`` otherwise. All are exact
-        and return identical arrays.
+        ``integral``: per-class summed-area tables (integral images) built once per
+        row band and shared by every k; cost grows with the number of classes.
+        ``columns``: per-column class counts slid row by row, with a running sum
+        along each run of equal labels; cost nearly independent of k and of the
+        number of classes. ``auto`` (default) picks ``columns``, the faster in
+        every case of ``benchmarks/bench_affinity.py``. All methods are exact and
+        return identical arrays.
 
     Returns
     -------
@@ -176,13 +199,14 @@ def affinity_maps(
     h, w = dense.shape
     out = np.empty((len(ks), h, w), dtype=affinity_dtype(max(ks)))
     if method == "auto":
-        method = "integral" if n_classes <= _INTEGRAL_MAX_CLASSES else "columns"
+        method = "columns"  # the faster in every case measured (docs/benchmarks.md)
     if method == "integral":
         _kernels.affinity_integral(
             dense, np.asarray(ks, dtype=np.int64), n_classes, _INTEGRAL_BAND_ROWS, out
         )
     else:
-        for i, k in enumerate(ks):
-            probe = np.zeros((), dtype=np.int32 if 2 * k + 1 < 2**31 else np.int64)
-            _kernels.affinity_columns(dense, k, n_classes, _COLUMNS_BAND_ROWS, probe, out[i])
+        probe = np.zeros((), dtype=_hist_dtype(max(ks)))
+        _kernels.affinity_columns(
+            dense, np.asarray(ks, dtype=np.int64), n_classes, _COLUMNS_BAND_ROWS, probe, out
+        )
     return out
