@@ -304,3 +304,57 @@ def apply_lut(labels, lo, lut, out):
         o = out[x]
         for y in range(w):
             o[y] = lut[np.int64(row[y]) - lo]
+
+
+# --------------------------------------------------------------------------- decoding, weights
+
+
+@njit(cache=True, parallel=True)
+def decode_colors(rgb, codes, values, unknown, out):
+    """out[x, y] = values[i] where (r << 16 | g << 8 | b) == codes[i]; else ``unknown``.
+
+    rgb: (H, W, >=3) uint8; codes: (n,) int64; values: (n,) int64; out: (H, W).
+    Returns nothing; unknown colours are left as ``unknown`` for the caller to report.
+    """
+    h, w = out.shape
+    n = codes.shape[0]
+    for x in prange(h):
+        for y in range(w):
+            code = (np.int64(rgb[x, y, 0]) << 16) | (np.int64(rgb[x, y, 1]) << 8) | rgb[x, y, 2]
+            v = unknown
+            for i in range(n):
+                if codes[i] == code:
+                    v = values[i]
+                    break
+            out[x, y] = v
+
+
+@njit(cache=True)
+def valid_min_max(aff, ignore):
+    """(min, max) of aff over pixels where ignore is False; (0, -1) if there are none."""
+    lo = np.int64(0)
+    hi = np.int64(-1)
+    first = True
+    a = aff.ravel()
+    m = ignore.ravel()
+    for i in range(a.shape[0]):
+        if not m[i]:
+            v = np.int64(a[i])
+            if first:
+                lo = v
+                hi = v
+                first = False
+            elif v < lo:
+                lo = v
+            elif v > hi:
+                hi = v
+    return lo, hi
+
+
+@njit(cache=True, parallel=True)
+def gather_weights(aff, ignore, table, out):
+    """out = table[aff], 0 where ignore: any weight transformation of integer counts."""
+    h, w = aff.shape
+    for x in prange(h):
+        for y in range(w):
+            out[x, y] = 0 if ignore[x, y] else table[aff[x, y]]

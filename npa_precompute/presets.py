@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from npa_precompute._kernels import decode_colors
+
 __all__ = ["PRESETS", "LabelError", "Preset", "get_preset"]
 
 
@@ -136,21 +138,20 @@ class Preset:
             )
         if raw.dtype != np.uint8:
             raise LabelError(f"{source}: RGB labels must be uint8, got {raw.dtype}")
-        rgb = raw[..., :3].astype(np.uint32)
-        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         colors = list(self.palette) + list(self.ignore_colors)
         values = list(range(len(self.palette))) + [self.ignore_index] * len(self.ignore_colors)
-        keys = np.array([(r << 16) | (g << 8) | b for r, g, b in colors], dtype=np.uint32)
-        order = np.argsort(keys)
-        keys, vals = keys[order], np.array(values, dtype=np.int64)[order]
-        pos = np.searchsorted(keys, code).clip(0, len(keys) - 1)
-        known = keys[pos] == code
-        out = vals[pos]
+        codes = np.array([(r << 16) | (g << 8) | b for r, g, b in colors], dtype=np.int64)
+        unknown = 1 << 20  # not a class index nor an ignore value
+        out = np.empty(raw.shape[:2], dtype=np.int32)
+        decode_colors(raw, codes, np.array(values, dtype=np.int64), unknown, out)
+        known = out != unknown
         if not known.all():
             if unknown_colors == "ignore":
                 out[~known] = self.ignore_index
             else:
-                bad, counts = np.unique(code[~known], return_counts=True)
+                rgb = raw[..., :3][~known].astype(np.int64)
+                code = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+                bad, counts = np.unique(code, return_counts=True)
                 top = np.argsort(-counts)[:8]
                 listed = ", ".join(
                     f"({b >> 16}, {(b >> 8) & 255}, {b & 255}): {c} px"

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npa_precompute._kernels import gather_weights, valid_min_max
+
 __all__ = ["DEFAULT_L", "WeightTransform", "parse_transform", "weights_name"]
 
 #: Weight margin used when a spec leaves ``L`` out (the paper's best, Table 2).
 DEFAULT_L = 0.5
 
 _KINDS = ("raw", "norm", "log10", "ln", "log")
+_MAX_TABLE = 1 << 22  # largest count evaluated through a lookup table
 
 
 def _fmt(x: float) -> str:
@@ -120,37 +123,62 @@ class WeightTransform:
         -------
         (H, W) array of ``dtype``. ``norm`` takes min and max over the tile's
         non-ignore pixels; a constant map gives ``L`` everywhere (Eq. 2 would
-        divide by zero). ``log*`` gives ``L`` where A = 0 (Eq. 3).
+        divide by zero). ``log*`` gives ``L`` where A = 0 (Eq. 3). Values are the
+        formula evaluated in float64, then rounded to ``dtype``.
+
+        Raises
+        ------
+        ValueError
+            ``affinity`` not a 2-D unsigned integer array, ``ignore_mask`` of another
+            shape, or ``dtype`` not float32/float16.
         """
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
             raise ValueError(f"`dtype` must be float32 or float16, got {dtype}")
         a = np.asarray(affinity)
-        valid = None if ignore_mask is None else ~np.asarray(ignore_mask, dtype=bool)
-        if valid is not None and valid.shape != a.shape:
+        if a.ndim != 2 or not np.issubdtype(a.dtype, np.unsignedinteger):
             raise ValueError(
-                f"`ignore_mask` shape {valid.shape} differs from `affinity` shape {a.shape}"
+                f"`affinity` must be an (H, W) unsigned integer array, got {a.dtype} {a.shape}"
             )
-        if self.kind == "raw":
-            w = a.astype(np.float32)
-        elif self.kind == "norm":
-            vals = a if valid is None else a[valid]
-            lo, hi = (int(vals.min()), int(vals.max())) if vals.size else (0, 0)
-            w = a.astype(np.float32)
-            if hi > lo:
-                w -= np.float32(lo)
-                w *= np.float32(1.0 / (hi - lo))
-            else:
-                w[...] = 0
-            w += np.float32(self.L)
+        if ignore_mask is None:
+            ignore = np.zeros(a.shape, dtype=bool)
         else:
-            w = a.astype(np.float32)
-            w += np.float32(self.a**self.L)
-            np.log(w, out=w)
-            w *= np.float32(1.0 / math.log(self.a))
-        if valid is not None:
-            w[~valid] = 0
-        return w if dtype == np.float32 else w.astype(dtype)
+            ignore = np.asarray(ignore_mask, dtype=bool)
+            if ignore.shape != a.shape:
+                raise ValueError(
+                    f"`ignore_mask` shape {ignore.shape} differs from `affinity` shape {a.shape}"
+                )
+        lo, hi = valid_min_max(a, ignore)
+        if hi < 0:  # every pixel ignored
+            return np.zeros(a.shape, dtype=dtype)
+        if hi < _MAX_TABLE:
+            # Counts are integers in [0, hi]: evaluate the formula once per possible
+            # count (in float64) and gather, instead of once per pixel.
+            table = self.table(hi + 1, lo=lo, hi=hi).astype(np.float32)
+            out = np.empty(a.shape, dtype=np.float32)
+            gather_weights(a, ignore, table, out)
+        else:  # astronomically large k: evaluate per pixel
+            out = self._formula(a.astype(np.float64), lo, hi).astype(np.float32)
+            out[ignore] = 0
+        return out if dtype == np.float32 else out.astype(dtype)
+
+    def table(self, n: int, *, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Weights of the counts ``0 .. n - 1`` as float64: the transformation's lookup table.
+
+        ``lo``/``hi`` are the tile's min and max count over non-ignore pixels (used by
+        ``norm``, Eq. 2; ``hi`` defaults to ``n - 1``).
+        """
+        hi = n - 1 if hi is None else hi
+        return self._formula(np.arange(n, dtype=np.float64), lo, hi)
+
+    def _formula(self, counts: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        if self.kind == "raw":
+            return counts
+        if self.kind == "norm":
+            if hi > lo:
+                return (counts - lo) / (hi - lo) + self.L
+            return np.full(counts.shape, self.L)
+        return np.log(counts + self.a**self.L) / math.log(self.a)
 
 
 def parse_transform(spec: str | WeightTransform) -> WeightTransform:

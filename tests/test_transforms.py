@@ -102,3 +102,21 @@ def test_bad_specs_name_the_problem(spec, message):
 def test_spec_type_error():
     with pytest.raises(TypeError, match="must be a string"):
         parse_transform(0.5)
+
+
+def test_table_and_per_pixel_paths_agree(monkeypatch):
+    import npa_precompute.transforms as tr
+
+    ignore = A == 7
+    for spec in ("log10:L=0.5", "norm:L=0.5", "ln:L=0", "raw"):
+        t = parse_transform(spec)
+        fast = t.apply(A, ignore)
+        monkeypatch.setattr(tr, "_MAX_TABLE", 0)
+        slow = t.apply(A, ignore)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(fast, slow)
+
+
+def test_all_ignored_gives_zeros():
+    w = parse_transform("norm:L=0.5").apply(A, np.ones(A.shape, bool))
+    np.testing.assert_array_equal(w, 0)
