@@ -28,7 +28,13 @@ from npa_precompute.io import (
     read_label,
 )
 from npa_precompute.presets import Preset, get_preset
-from npa_precompute.store import create_or_check_store, list_tiles, open_store, write_tile
+from npa_precompute.store import (
+    consolidate_store,
+    create_or_check_store,
+    list_tiles,
+    open_store,
+    write_tile,
+)
 from npa_precompute.transforms import WeightTransform, parse_transform, weights_name
 
 __all__ = ["PrecomputeConfig", "RunSummary", "process_tile", "run_precompute"]
@@ -285,5 +291,6 @@ def run_precompute(
                 if progress:
                     progress(i + 1, total, r["tile"])
     summary.written.sort()
+    consolidate_store(out)  # for xarray/napari, which read the consolidated listing
     summary.seconds = time.perf_counter() - t_start
     return summary
