@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from npa_precompute import __version__
+from npa_precompute.cli_inspect import export_cmd, inspect_cmd, show_cmd
 from npa_precompute.io import InputError
 from npa_precompute.presets import PRESETS
 from npa_precompute.store import StoreError
@@ -122,6 +123,10 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             bar.close()
     click.echo(summary.text())
 
+
+main.add_command(inspect_cmd)
+main.add_command(show_cmd)
+main.add_command(export_cmd)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,117 @@
+"""``npa-precompute inspect | show | export``: thin click commands over the library.
+
+Registered on the main group in :mod:`npa_precompute.cli` with ``main.add_command``.
+Each command calls one library function and turns the errors a user can cause
+(unknown tile or array, incomplete tile, bad window, missing matplotlib) into a
+:class:`click.ClickException` without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from npa_precompute.store import StoreError
+from npa_precompute.viz import MissingDependencyError
+
+__all__ = ["export_cmd", "inspect_cmd", "show_cmd"]
+
+_USER_ERRORS = (StoreError, ValueError, TypeError, MissingDependencyError)
+
+
+_STORE = click.argument("store", type=click.Path(exists=True, file_okay=False))
+_WINDOW = click.option(
+    "--window",
+    default=None,
+    metavar="X0,Y0,W,H",
+    help="Crop in pixels: x0 (column), y0 (row), width, height. Default: the whole tile.",
+)
+
+
+@click.command("inspect")
+@_STORE
+@click.option("--tile", default=None, help="Only this tile (default: every tile).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_cmd(store: str, tile: str | None, as_json: bool) -> None:
+    """Tiles and arrays of STORE: layout, size on disk and weight statistics.
+
+    Per array: shape, dtype, chunks, k, transformation, bytes of its chunk files
+    and compression ratio. Per weights array (non-ignore pixels): min, p50, p90,
+    p99, max, mean, share at the minimum, and the mean weight per class, at class
+    boundaries and inside regions. Incomplete tiles are listed without statistics.
+    """
+    from npa_precompute.inspect import format_inspect, inspect_store
+
+    try:
+        report = inspect_store(store, tile)
+    except _USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
+
+
+@click.command("show")
+@_STORE
+@click.option("--tile", required=True, help="Tile id (see `npa-precompute inspect`).")
+@click.option(
+    "--arrays",
+    "arrays",
+    multiple=True,
+    metavar="NAME",
+    help="Weights (k32_log10_L0.5) or affinity (affinity/k32) arrays to show. Repeatable, "
+    "or comma-separated. Default: every k of the tile's first transformation.",
+)
+@_WINDOW
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Output PNG of the figure."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "matplotlib", "pillow"]),
+    default="auto",
+    show_default=True,
+    help="matplotlib (pip install npaloss[viz]) or Pillow only; auto picks matplotlib when "
+    "installed.",
+)
+@click.option("--dpi", type=click.IntRange(min=20), default=100, show_default=True)
+def show_cmd(store, tile, arrays, window, out, backend, dpi) -> None:
+    """Figure of one tile of STORE: image, label, weight maps by k, weights per class."""
+    from npa_precompute.viz import show_figure
+
+    names = [n for item in arrays for n in item.split(",") if n.strip()]
+    try:
+        show_figure(
+            store, tile, arrays=names or None, window=window, out=out, backend=backend, dpi=dpi
+        )
+    except _USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {out}")
+
+
+@click.command("export")
+@_STORE
+@click.option("--tile", required=True, help="Tile id (see `npa-precompute inspect`).")
+@click.option(
+    "--array",
+    "array",
+    required=True,
+    metavar="NAME",
+    help="label, image, affinity/k32 (or k32), or a weights name such as k32_log10_L0.5.",
+)
+@_WINDOW
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output file: .npy (exact values), .tif (values, for QGIS/napari) or .png (label "
+    "colours, 16-bit counts, weights heat map).",
+)
+def export_cmd(store, tile, array, window, out) -> None:
+    """Write one array of a tile of STORE (or a window of it) to .npy, .tif or .png."""
+    from npa_precompute.export import export_array
+
+    try:
+        path = export_array(store, tile, array, out, window=window)
+    except _USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path}")

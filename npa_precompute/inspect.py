@@ -1,0 +1,544 @@
+"""Looking into a weight store: per-array layout, storage and weight statistics.
+
+:func:`inspect_store` reports, per tile, every array's shape, dtype, chunking, k,
+transformation, bytes on disk and compression ratio, and for each weights array the
+distribution of its weights (min, max, mean, percentiles, the share of pixels at
+the minimum weight) and the mean weight per class and at class boundaries, so the
+emphasis NPALoss puts on cars and boundaries is a number. :func:`format_inspect`
+renders the report as text tables (``npa-precompute inspect``).
+
+Also here, shared by ``show`` and ``export``: :func:`resolve_array` (array names
+and shorthands), :func:`parse_window` / :func:`check_window` (``x0,y0,w,h`` crops),
+and :func:`consolidate_store` (zarr consolidated metadata for other readers).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+import zarr.errors
+
+from npa_precompute.store import (
+    StoreError,
+    Tile,
+    consolidate_store,
+    list_tiles,
+    open_store,
+    store_info,
+)
+
+__all__ = [
+    "PERCENTILES",
+    "ArrayRef",
+    "check_window",
+    "consolidate_store",
+    "format_inspect",
+    "inspect_store",
+    "parse_window",
+    "resolve_array",
+    "weight_stats",
+]
+
+#: Percentiles reported for every weights array.
+PERCENTILES = (50, 90, 99)
+
+
+# -- array names and windows ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """One array of a tile, resolved from a user-given name.
+
+    Attributes
+    ----------
+    path : str
+        Canonical path inside the tile: ``"label"``, ``"image"``, ``"affinity/k32"``
+        or ``"weights/k32_log10_L0.5"``.
+    kind : {"label", "image", "affinity", "weights"}
+    array : zarr.Array
+    k : int or None
+        Search region of ``affinity`` and ``weights`` arrays.
+    transform : str or None
+        Canonical transform spec of ``weights`` arrays (e.g. ``"log10:L=0.5"``).
+    """
+
+    path: str
+    kind: str
+    array: zarr.Array
+    k: int | None = None
+    transform: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Short name: the path without ``weights/``."""
+        return self.path.removeprefix("weights/")
+
+
+def _available(tile: Tile) -> list[str]:
+    names = ["label"] + (["image"] if tile.image is not None else [])
+    names += [f"affinity/k{k}" for k in tile.affinity_ks]
+    return names + tile.weight_names
+
+
+def resolve_array(tile: Tile, name: str) -> ArrayRef:
+    """Find the array ``name`` of a tile.
+
+    Parameters
+    ----------
+    tile : Tile
+        From :func:`npa_precompute.store.open_tile`.
+    name : str
+        ``"label"``, ``"image"``, ``"affinity/k32"`` (or the shorthand ``"k32"``), a
+        weights name such as ``"k32_log10_L0.5"`` (or ``"weights/k32_log10_L0.5"``).
+
+    Returns
+    -------
+    ArrayRef
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a string.
+    StoreError
+        If the tile has no such array (the message lists the arrays it has).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a string, got {type(name).__name__}")
+    text = name.strip().strip("/")
+    if text == "label":
+        return ArrayRef("label", "label", tile.label)
+    if text == "image" and tile.image is not None:
+        return ArrayRef("image", "image", tile.image)
+    short = text.removeprefix("affinity/")
+    if short.startswith("k") and short[1:].isdigit() and int(short[1:]) in tile.affinity_ks:
+        k = int(short[1:])
+        return ArrayRef(f"affinity/k{k}", "affinity", tile.affinity(k), k=k)
+    wname = text.removeprefix("weights/")
+    if wname in tile.weight_names:
+        arr = tile.weights(wname)
+        k = arr.attrs.get("k")
+        return ArrayRef(
+            f"weights/{wname}",
+            "weights",
+            arr,
+            k=None if k is None else int(k),
+            transform=arr.attrs.get("transform"),
+        )
+    raise StoreError(
+        f"tile {tile.tile_id!r} has no array {name!r}; available: {', '.join(_available(tile))}"
+    )
+
+
+def parse_window(text: str | tuple | list | None) -> tuple[int, int, int, int] | None:
+    """Parse a window ``"x0,y0,w,h"`` (pixels; x = column, y = row) into a tuple.
+
+    Parameters
+    ----------
+    text : str, sequence of 4 ints, or None
+        None (or an empty string) means the whole tile.
+
+    Returns
+    -------
+    (x0, y0, w, h) tuple of int, or None
+
+    Raises
+    ------
+    ValueError
+        Not four integers, ``x0`` or ``y0`` < 0, or ``w`` or ``h`` < 1.
+    """
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        values = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        raise ValueError(f"`window` must be x0,y0,w,h (four integers), got {text!r}") from None
+    if len(values) != 4:
+        raise ValueError(f"`window` must be x0,y0,w,h (four integers), got {text!r}")
+    x0, y0, w, h = values
+    if x0 < 0 or y0 < 0:
+        raise ValueError(f"`window` origin x0, y0 must be >= 0, got {x0}, {y0}")
+    if w < 1 or h < 1:
+        raise ValueError(f"`window` width and height must be >= 1, got {w}, {h}")
+    return values
+
+
+def check_window(
+    window: tuple[int, int, int, int] | None, shape: tuple[int, ...], *, tile_id: str = "tile"
+) -> tuple[slice, slice]:
+    """Row and column slices of ``window`` after checking it lies inside ``shape``.
+
+    Parameters
+    ----------
+    window : (x0, y0, w, h) from :func:`parse_window`, or None for the whole tile
+    shape : (H, W, ...) the tile's shape
+    tile_id : str, keyword-only
+        Named in the error message.
+
+    Returns
+    -------
+    (rows, cols) : tuple of slice
+
+    Raises
+    ------
+    ValueError
+        If the window reaches outside the tile (the message gives the tile's shape).
+    """
+    h_tile, w_tile = int(shape[0]), int(shape[1])
+    if window is None:
+        return slice(0, h_tile), slice(0, w_tile)
+    x0, y0, w, h = window
+    if x0 + w > w_tile or y0 + h > h_tile:
+        raise ValueError(
+            f"window x0,y0,w,h = {x0},{y0},{w},{h} reaches outside tile {tile_id!r} of shape "
+            f"(H, W) = ({h_tile}, {w_tile}): need x0 + w <= {w_tile} and y0 + h <= {h_tile}"
+        )
+    return slice(y0, y0 + h), slice(x0, x0 + w)
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+def _boundary_mask(label: np.ndarray) -> np.ndarray:
+    """True where a pixel has an 8-neighbour of another label value (tile border excluded)."""
+    padded = np.pad(label, 1, mode="edge")
+    h, w = label.shape
+    out = np.zeros(label.shape, dtype=bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy == 1 and dx == 1:
+                continue
+            out |= padded[dy : dy + h, dx : dx + w] != label
+    return out
+
+
+def weight_stats(
+    weights: np.ndarray,
+    label: np.ndarray,
+    *,
+    classes: list[str] | tuple[str, ...],
+    ignore_index: int,
+    percentiles: tuple[int, ...] = PERCENTILES,
+) -> dict | None:
+    """Distribution of one weight map over the tile's non-ignore pixels.
+
+    Ignore pixels carry weight 0 by construction and are left out of every number.
+
+    Parameters
+    ----------
+    weights : (H, W) float array
+    label : (H, W) integer array, the tile's decoded labels
+    classes : class names in index order
+    ignore_index : label value of ignored pixels, keyword-only
+    percentiles : percentiles to report (numpy's default linear interpolation),
+        default (50, 90, 99)
+
+    Returns
+    -------
+    dict or None
+        None when every pixel is ignored, else ``{"pixels", "min", "max", "mean",
+        "p50", "p90", "p99", "share_at_min", "class_mean": {name: float or None},
+        "boundary_mean", "interior_mean"}``. ``share_at_min`` is the fraction of
+        pixels whose weight equals the minimum (one-class windows: weight ``L``).
+        ``class_mean`` is None for a class absent from the tile. Boundary pixels
+        have an 8-neighbour of another label value (an ignore band counts, the
+        tile border does not); ``boundary_mean`` / ``interior_mean`` are None when
+        there are none of that kind.
+
+    Raises
+    ------
+    ValueError
+        If ``weights`` and ``label`` differ in shape.
+    """
+    weights = np.asarray(weights)
+    label = np.asarray(label)
+    if weights.shape != label.shape:
+        raise ValueError(
+            f"`weights` shape {weights.shape} differs from `label` shape {label.shape}"
+        )
+    valid = label != ignore_index
+    vals = weights[valid]
+    if vals.size == 0:
+        return None
+    vals64 = vals.astype(np.float64)
+    lo = float(vals64.min())
+    out = {
+        "pixels": int(vals.size),
+        "min": lo,
+        "max": float(vals64.max()),
+        "mean": float(vals64.mean()),
+    }
+    for p, v in zip(percentiles, np.percentile(vals64, percentiles), strict=True):
+        out[f"p{p}"] = float(v)
+    out["share_at_min"] = float(np.count_nonzero(vals64 == lo) / vals.size)
+    n = len(classes)
+    lab = label[valid].astype(np.int64)
+    in_range = lab < n
+    sums = np.bincount(lab[in_range], weights=vals64[in_range], minlength=n)
+    counts = np.bincount(lab[in_range], minlength=n)
+    out["class_mean"] = {
+        name: (float(sums[i] / counts[i]) if counts[i] else None) for i, name in enumerate(classes)
+    }
+    edge = _boundary_mask(label)[valid]
+    n_edge = int(edge.sum())
+    out["boundary_mean"] = float(vals64[edge].mean()) if n_edge else None
+    out["interior_mean"] = float(vals64[~edge].mean()) if n_edge < vals.size else None
+    return out
+
+
+def _stored_bytes(folder: Path) -> int:
+    """Sum of the chunk (or shard) files of an array: every file under its folder but
+    its ``zarr.json`` (chunks of fill values only are not written and count 0)."""
+    top = folder / "zarr.json"
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f != top)
+
+
+def _array_entry(store_path: Path, arr: zarr.Array, path: str, kind: str) -> dict:
+    nbytes = int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize
+    stored = _stored_bytes(store_path / arr.path)
+    k = arr.attrs.get("k")
+    return {
+        "path": path,
+        "kind": kind,
+        "shape": list(arr.shape),
+        "dtype": str(arr.dtype),
+        "chunks": list(arr.chunks),
+        "dimension_names": list(arr.metadata.dimension_names or []),
+        "k": None if k is None else int(k),
+        "transform": arr.attrs.get("transform"),
+        "nbytes": nbytes,
+        "stored_bytes": stored,
+        "compression_ratio": nbytes / stored if stored else None,
+    }
+
+
+def _tile_arrays(store_path: Path, group: zarr.Group) -> list[tuple[str, str, zarr.Array]]:
+    out = []
+    for name in ("label", "image"):
+        if name in group:
+            out.append((name, name, group[name]))
+    for sub, kind in (("affinity", "affinity"), ("weights", "weights")):
+        if sub in group:
+            g = group[sub]
+            names = list(g.array_keys())
+            if kind == "affinity":
+                names.sort(key=lambda s: int(s[1:]) if s[1:].isdigit() else 1 << 62)
+            else:
+                names.sort(key=lambda s: (g[s].attrs.get("transform", ""), g[s].attrs.get("k", 0)))
+            out += [(f"{sub}/{n}", kind, g[n]) for n in names]
+    return out
+
+
+def inspect_store(
+    path: str | os.PathLike,
+    tile: str | None = None,
+    *,
+    percentiles: tuple[int, ...] = PERCENTILES,
+) -> dict:
+    """Layout, storage and weight statistics of a weight store, as a JSON-ready dict.
+
+    Arrays are read whole, one at a time (a tile's arrays fit in memory).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Store folder.
+    tile : str, optional
+        Only this tile (default: every tile).
+    percentiles : tuple of int, keyword-only
+        Default :data:`PERCENTILES` (50, 90, 99).
+
+    Returns
+    -------
+    dict
+        ``{"store", "preset", "classes", "ignore_index", "foreground_classes",
+        "tiles": [...]}``. Each tile: ``{"tile", "complete", "shape", "arrays"}``;
+        a complete tile adds ``"class_pixels"`` ({name: int}) and
+        ``"ignore_pixels"``. Each array: ``{"path", "kind", "shape", "dtype",
+        "chunks", "dimension_names", "k", "transform", "nbytes", "stored_bytes",
+        "compression_ratio"}`` (bytes of the chunk files on disk; ratio None when no
+        chunk was written), and weights arrays of complete tiles ``"stats"`` from
+        :func:`weight_stats`. Incomplete tiles list their arrays without stats.
+
+    Raises
+    ------
+    StoreError
+        Not a weight store, or an unknown ``tile`` (the message lists the tiles).
+    """
+    store_path = Path(path)
+    root = open_store(store_path)
+    info = store_info(root)
+    classes = list(info.get("classes") or [])
+    ignore = int(info.get("ignore_index", 255))
+    names = list_tiles(root)
+    if tile is not None:
+        if tile not in names:
+            raise StoreError(f"no tile {tile!r} in the store; tiles: {', '.join(names) or 'none'}")
+        names = [tile]
+    tiles = []
+    for tid in names:
+        g = root["tiles"][tid]
+        attrs = dict(g.attrs)
+        complete = attrs.get("complete") is True
+        arrays = _tile_arrays(store_path, g)
+        entry = {
+            "tile": tid,
+            "complete": complete,
+            "shape": attrs.get("shape") or (list(g["label"].shape) if "label" in g else None),
+            "arrays": [_array_entry(store_path, a, p, kind) for p, kind, a in arrays],
+        }
+        if complete:
+            label = g["label"][...]
+            valid = label != ignore
+            counts = np.bincount(label[valid].astype(np.int64).ravel(), minlength=len(classes))
+            entry["class_pixels"] = {c: int(counts[i]) for i, c in enumerate(classes)}
+            entry["ignore_pixels"] = int(label.size - valid.sum())
+            for (_, kind, a), e in zip(arrays, entry["arrays"], strict=True):
+                if kind == "weights":
+                    e["stats"] = weight_stats(
+                        a[...], label, classes=classes, ignore_index=ignore,
+                        percentiles=percentiles,
+                    )  # fmt: skip
+        tiles.append(entry)
+    return {
+        "store": str(store_path),
+        "preset": info.get("preset"),
+        "classes": classes,
+        "ignore_index": ignore,
+        "foreground_classes": info.get("foreground_classes"),
+        "tiles": tiles,
+    }
+
+
+# -- text rendering -------------------------------------------------------------------------
+
+
+def _fmt_bytes(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
+
+
+def _fmt_num(v: float | None, width: int = 8) -> str:
+    if v is None:
+        return "-".rjust(width)
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.2e}".rjust(width)
+    return f"{v:.4g}".rjust(width)
+
+
+def _wrap_header(name: str, width: int = 10) -> list[str]:
+    """Split a long column name in two lines at the space or slash nearest its middle."""
+    if len(name) <= width:
+        return [name]
+    cuts = [i for i, ch in enumerate(name) if ch in " /"]
+    if not cuts:
+        return [name]
+    i = min(cuts, key=lambda c: abs(c - len(name) / 2))
+    head = name[: i + 1] if name[i] == "/" else name[:i]
+    return [head, name[i + 1 :]]
+
+
+def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    heads = [_wrap_header(h) for h in header]
+    depth = max(len(h) for h in heads)
+    heads = [[""] * (depth - len(h)) + h for h in heads]
+    cells = [[h[j] for h in heads] for j in range(depth)] + rows
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        parts = [
+            c.ljust(w) if a == "l" else c.rjust(w)
+            for c, w, a in zip(row, widths, align, strict=True)
+        ]
+        return "  " + "  ".join(parts).rstrip()
+
+    return [line(r) for r in cells]
+
+
+def format_inspect(report: dict) -> str:
+    """Render a report of :func:`inspect_store` as text tables.
+
+    Per tile: an array table (shape, dtype, chunks, k, transform, stored bytes,
+    compression ratio), a weights table (min, percentiles, max, mean, share at the
+    minimum) and a table of the mean weight per class, at boundaries and inside
+    regions. Incomplete tiles are listed as such, without statistics.
+
+    Parameters
+    ----------
+    report : dict from :func:`inspect_store`
+
+    Returns
+    -------
+    str
+    """
+    classes = report["classes"]
+    lines = [
+        f"store {report['store']}: preset {report['preset']}, {len(classes)} classes, "
+        f"ignore {report['ignore_index']}, {len(report['tiles'])} tile(s)"
+    ]
+    for t in report["tiles"]:
+        shape = "x".join(str(s) for s in t["shape"]) if t["shape"] else "?"
+        state = "complete" if t["complete"] else "INCOMPLETE (writing interrupted; no statistics)"
+        lines += ["", f"tile {t['tile']}  {shape}  {state}"]
+        rows = []
+        for a in t["arrays"]:
+            ratio = a["compression_ratio"]
+            rows.append(
+                [
+                    a["path"],
+                    "x".join(map(str, a["shape"])),
+                    a["dtype"],
+                    "x".join(map(str, a["chunks"])),
+                    "-" if a["k"] is None else str(a["k"]),
+                    a["transform"] or "-",
+                    _fmt_bytes(a["stored_bytes"]),
+                    "-" if ratio is None else f"{ratio:.1f}",
+                ]
+            )
+        if rows:
+            header = ["array", "shape", "dtype", "chunks", "k", "transform", "stored", "ratio"]
+            lines += _table(header, rows, "llllrlrr")
+        if not t["complete"]:
+            continue
+        pix = ", ".join(f"{c} {n}" for c, n in t["class_pixels"].items())
+        lines.append(f"  pixels per class: {pix}; ignore {t['ignore_pixels']}")
+        weights = [a for a in t["arrays"] if a["kind"] == "weights" and a.get("stats")]
+        if not weights:
+            continue
+        pcts = [key for key in weights[0]["stats"] if key[0] == "p" and key[1:].isdigit()]
+        header = ["weights (non-ignore px)", "min", *pcts, "max", "mean", "at min"]
+        rows = []
+        for a in weights:
+            s = a["stats"]
+            rows.append(
+                [
+                    a["path"].removeprefix("weights/"),
+                    *(_fmt_num(s[key]) for key in ("min", *pcts, "max", "mean")),
+                    f"{100 * s['share_at_min']:.1f}%",
+                ]
+            )
+        lines += ["", *_table(header, rows, "l" + "r" * (len(header) - 1))]
+        header = ["mean weight per class", *classes, "boundary", "interior"]
+        rows = []
+        for a in weights:
+            s = a["stats"]
+            rows.append(
+                [
+                    a["path"].removeprefix("weights/"),
+                    *(_fmt_num(s["class_mean"][c]) for c in classes),
+                    _fmt_num(s["boundary_mean"]),
+                    _fmt_num(s["interior_mean"]),
+                ]
+            )
+        lines += ["", *_table(header, rows, "l" + "r" * (len(header) - 1))]
+    return "\n".join(lines)

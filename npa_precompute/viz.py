@@ -1,0 +1,687 @@
+"""Figures of a tile: image, labels and weight maps laid out like Feng et al. (2020), Fig. 4.
+
+:func:`show_figure` is what ``npa-precompute show`` calls. Two renderers:
+
+* ``matplotlib`` (the ``viz`` extra, ``pip install npaloss[viz]``): heat maps with
+  colour bars, a class legend, bars of the mean weight per class and k, and a
+  histogram of the weights per class; imported lazily, drawn on the Agg canvas (no
+  display needed).
+* ``pillow``: the same panels tiled with Pillow and a built-in viridis colour map
+  computed in numpy, for minimal headless installs (no histogram).
+
+The numpy helpers here (:func:`colormap_lut`, :func:`heatmap_rgb`,
+:func:`label_rgb`, :func:`class_palette`, :func:`stretch_image`) need neither
+and are shared with :mod:`npa_precompute.export`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from npa_precompute.inspect import (
+    ArrayRef,
+    _wrap_header,
+    check_window,
+    parse_window,
+    resolve_array,
+)
+from npa_precompute.presets import LOVEDA_COLORS
+from npa_precompute.store import open_store, open_tile, store_info
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+    from PIL import Image as PILImage
+
+__all__ = [
+    "BACKENDS",
+    "IGNORE_COLOR",
+    "MissingDependencyError",
+    "ShowData",
+    "class_palette",
+    "colormap_lut",
+    "heatmap_rgb",
+    "label_rgb",
+    "load_show_data",
+    "render_matplotlib",
+    "render_pillow",
+    "show_figure",
+    "stretch_image",
+]
+
+#: Renderers of :func:`show_figure`; ``auto`` uses matplotlib when it is installed.
+BACKENDS = ("auto", "matplotlib", "pillow")
+
+#: Colour of ignored pixels in label figures and heat maps.
+IGNORE_COLOR = (0, 0, 0)
+
+# matplotlib's viridis sampled at 17 evenly spaced points; interpolated to a 256 LUT.
+_VIRIDIS_ANCHORS = (
+    (68, 1, 84), (72, 24, 106), (71, 45, 123), (66, 64, 134), (59, 82, 139), (51, 99, 141),
+    (44, 114, 142), (38, 130, 142), (33, 145, 140), (31, 160, 136), (40, 174, 128),
+    (63, 188, 115), (94, 201, 98), (132, 212, 75), (173, 220, 48), (216, 226, 25),
+    (253, 231, 37),
+)  # fmt: skip
+
+# Qualitative colours for stores without a palette (matplotlib's tab10).
+_TAB10 = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency (matplotlib, the ``viz`` extra) is not installed."""
+
+
+# -- numpy colour helpers -------------------------------------------------------------------
+
+
+def colormap_lut(n: int = 256) -> np.ndarray:
+    """A viridis colour map as an ``(n, 3)`` uint8 lookup table (no matplotlib needed).
+
+    Raises
+    ------
+    ValueError
+        If ``n < 2``.
+    """
+    if n < 2:
+        raise ValueError(f"`n` must be >= 2, got {n}")
+    anchors = np.asarray(_VIRIDIS_ANCHORS, dtype=np.float64)
+    x = np.linspace(0.0, 1.0, len(anchors))
+    t = np.linspace(0.0, 1.0, n)
+    lut = np.stack([np.interp(t, x, anchors[:, c]) for c in range(3)], axis=1)
+    return np.round(lut).astype(np.uint8)
+
+
+def heatmap_rgb(
+    values: np.ndarray,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    mask: np.ndarray | None = None,
+    bad_color: tuple[int, int, int] = IGNORE_COLOR,
+) -> tuple[np.ndarray, float, float]:
+    """Colour a 2-D array with :func:`colormap_lut`.
+
+    Parameters
+    ----------
+    values : (H, W) numeric array
+    vmin, vmax : float, optional
+        Colour range; default the min / max of the unmasked finite values.
+    mask : (H, W) bool, optional
+        True where a pixel is drawn in ``bad_color`` (ignore pixels).
+    bad_color : (r, g, b), default black
+
+    Returns
+    -------
+    rgb : (H, W, 3) uint8
+    vmin, vmax : float, the range used
+    """
+    v = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(v)
+    if mask is not None:
+        bad |= np.asarray(mask, dtype=bool)
+    good = v[~bad]
+    if vmin is not None:
+        lo = float(vmin)
+    else:
+        lo = float(good.min()) if good.size else 0.0
+    if vmax is not None:
+        hi = float(vmax)
+    else:
+        hi = float(good.max()) if good.size else 1.0
+    span = hi - lo if hi > lo else 1.0
+    lut = colormap_lut(256)
+    idx = np.clip(np.nan_to_num((v - lo) / span * 255.0), 0, 255).astype(np.uint8)
+    rgb = lut[idx]
+    rgb[bad] = bad_color
+    return rgb, lo, hi
+
+
+def class_palette(info: dict) -> np.ndarray:
+    """Class colours of a store as an ``(num_classes, 3)`` uint8 array.
+
+    The store's palette (``isprs``), LoveDA's colour map for ``loveda``, else
+    matplotlib's tab10 colours, repeated as needed.
+
+    Parameters
+    ----------
+    info : dict, the store's root attrs (:func:`npa_precompute.store.store_info`)
+    """
+    n = int(info.get("num_classes") or len(info.get("classes") or []))
+    if info.get("palette"):
+        colors = info["palette"]
+    elif info.get("preset") == "loveda":
+        colors = LOVEDA_COLORS
+    else:
+        colors = [_TAB10[i % len(_TAB10)] for i in range(n)]
+    return np.asarray(colors[:n], dtype=np.uint8).reshape(-1, 3)
+
+
+def label_rgb(label: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Colour-code decoded labels: ``palette[c]`` per class, :data:`IGNORE_COLOR` elsewhere.
+
+    Parameters
+    ----------
+    label : (H, W) integer array
+    palette : (num_classes, 3) uint8 array
+    ignore_index : int, label value of ignored pixels (values outside the classes are
+        drawn like ignore)
+
+    Returns
+    -------
+    (H, W, 3) uint8
+    """
+    label = np.asarray(label)
+    lut = np.zeros((max(int(label.max(initial=0)), len(palette) - 1, ignore_index) + 1, 3))
+    lut[:] = IGNORE_COLOR
+    lut[: len(palette)] = palette
+    lut[ignore_index] = IGNORE_COLOR
+    return lut.astype(np.uint8)[label]
+
+
+def stretch_image(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
+    """First three bands, each stretched linearly from its ``low`` to ``high`` percentile.
+
+    Parameters
+    ----------
+    image : (H, W, C) array; C < 3 gives a grey image of band 0
+    low, high : percentiles, default 2 and 98
+
+    Returns
+    -------
+    (H, W, 3) float32 in [0, 1]
+    """
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    bands = img[..., :3] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2)
+    out = np.empty(bands.shape, dtype=np.float32)
+    for c in range(3):
+        b = bands[..., c].astype(np.float32)
+        lo, hi = np.percentile(b, [low, high]) if b.size else (0.0, 1.0)
+        out[..., c] = (b - lo) / (hi - lo) if hi > lo else 0.0
+    return np.clip(out, 0.0, 1.0)
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ShowData:
+    """What a figure shows, read from the store for one window.
+
+    Attributes
+    ----------
+    tile_id : str
+    window : (x0, y0, w, h)
+    image : (h, w, 3) float32 in [0, 1] (stretched) or None
+    label : (h, w) integer array
+    classes : list of str
+    palette : (num_classes, 3) uint8
+    ignore_index : int
+    rows : list of (row title, list of (ArrayRef, (h, w) float64 values)); one row per
+        transformation, panels ordered by k
+    """
+
+    tile_id: str
+    window: tuple[int, int, int, int]
+    image: np.ndarray | None
+    label: np.ndarray
+    classes: list[str]
+    palette: np.ndarray
+    ignore_index: int
+    rows: list[tuple[str, list[tuple[ArrayRef, np.ndarray]]]] = field(default_factory=list)
+
+    @property
+    def ignore_mask(self) -> np.ndarray:
+        return self.label == self.ignore_index
+
+    @property
+    def n_maps(self) -> int:
+        return sum(len(panels) for _, panels in self.rows)
+
+
+def _default_arrays(tile) -> list[str]:
+    names = tile.weight_names
+    if not names:
+        return []
+    specs = (tile.attrs.get("params") or {}).get("transforms") or []
+    first = specs[0] if specs else tile.weights(names[0]).attrs.get("transform")
+    return [n for n in names if tile.weights(n).attrs.get("transform") == first]
+
+
+def load_show_data(
+    path: str | os.PathLike,
+    tile: str,
+    *,
+    arrays: list[str] | tuple[str, ...] | None = None,
+    window: str | tuple[int, int, int, int] | None = None,
+) -> ShowData:
+    """Read the image, labels and chosen maps of one tile window.
+
+    Parameters
+    ----------
+    path : store folder
+    tile : tile id
+    arrays : weights names (``"k32_log10_L0.5"``) or affinity arrays (``"affinity/k32"``,
+        ``"k32"``), keyword-only; default every k of the tile's first transformation
+    window : ``"x0,y0,w,h"`` or a tuple (:func:`~npa_precompute.inspect.parse_window`),
+        keyword-only; default the whole tile
+
+    Returns
+    -------
+    ShowData
+
+    Raises
+    ------
+    StoreError
+        Unknown tile or array (the message lists what exists).
+    IncompleteTileError
+        The tile's writing did not finish.
+    ValueError
+        A malformed window, one reaching outside the tile, or ``label`` / ``image``
+        among ``arrays`` (they are always shown).
+    """
+    root = open_store(path)
+    info = store_info(root)
+    t = open_tile(root, tile)
+    win = parse_window(window)
+    rows_sl, cols_sl = check_window(win, t.shape, tile_id=tile)
+    win = (cols_sl.start, rows_sl.start, cols_sl.stop - cols_sl.start, rows_sl.stop - rows_sl.start)
+    names = list(arrays) if arrays else _default_arrays(t)
+    refs: list[ArrayRef] = []
+    for name in names:
+        ref = resolve_array(t, name)
+        if ref.kind in ("label", "image"):
+            raise ValueError(
+                f"{ref.kind!r} is always shown; `arrays` takes weights or affinity arrays"
+            )
+        if ref.path not in [r.path for r in refs]:
+            refs.append(ref)
+    groups: dict[str, list[ArrayRef]] = {}
+    for ref in refs:
+        key = ref.transform if ref.kind == "weights" else "raw counts (Eq. 1)"
+        groups.setdefault(key or ref.name, []).append(ref)
+    rows = []
+    for key, group in groups.items():
+        group.sort(key=lambda r: (r.k is None, r.k or 0, r.name))
+        rows.append((key, [(r, np.asarray(r.array[rows_sl, cols_sl], np.float64)) for r in group]))
+    image = None
+    if t.image is not None:
+        image = stretch_image(t.image[rows_sl, cols_sl, :])
+    classes = list(info.get("classes") or [])
+    return ShowData(
+        tile_id=tile,
+        window=win,
+        image=image,
+        label=np.asarray(t.label[rows_sl, cols_sl]),
+        classes=classes,
+        palette=class_palette(info),
+        ignore_index=int(info.get("ignore_index", 255)),
+        rows=rows,
+    )
+
+
+def _panel_title(ref: ArrayRef) -> str:
+    return f"k = {ref.k}" if ref.k is not None else ref.name
+
+
+def _hist_panel(panels: list[tuple[ArrayRef, np.ndarray]]) -> tuple[ArrayRef, np.ndarray]:
+    """The panel whose k is closest to 32 (the paper's best search region)."""
+    return min(panels, key=lambda p: (abs((p[0].k if p[0].k is not None else 32) - 32), p[0].k))
+
+
+def _present_classes(data: ShowData) -> tuple[list[int], bool]:
+    present = np.unique(data.label)
+    ids = [int(c) for c in present if int(c) < len(data.classes)]
+    return ids, bool((present == data.ignore_index).any())
+
+
+def _luminance(rgb) -> float:
+    r, g, b = (float(v) / 255.0 for v in rgb)
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+# -- matplotlib -----------------------------------------------------------------------------
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "this figure needs matplotlib: pip install npaloss[viz] "
+            "(or use the Pillow renderer: --backend pillow)"
+        ) from exc
+    return matplotlib
+
+
+def render_matplotlib(data: ShowData, *, dpi: int = 100, panel_in: float = 2.6) -> Figure:
+    """Draw a :class:`ShowData` with matplotlib (Agg canvas, no display).
+
+    Layout: a first row with the image, the colour-coded label, the class legend and
+    the mean weight per class of the first transformation's maps (grouped bars by
+    k); then one row per transformation with its maps by increasing k, each with a
+    colour bar (as in the paper's Fig. 4: k = 8, 16, 32, 64), and beside them a
+    histogram of the weights per class for the k closest to 32 (the share of each
+    class's pixels per bin, log scale). Ignore pixels are black and left out of
+    every statistic.
+
+    Parameters
+    ----------
+    data : ShowData
+    dpi : int, keyword-only, default 100
+    panel_in : float, keyword-only
+        Panel width in inches (default 2.6).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Axes: image (if any), label, legend, and when maps are shown the mean-weight
+        bars, one axes per map, one colour bar per map and one histogram per row.
+
+    Raises
+    ------
+    MissingDependencyError
+        matplotlib is not installed.
+    """
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.patheffects import Normal, Stroke
+
+    cmap = ListedColormap(colormap_lut(256) / 255.0, name="npa_viridis").with_extremes(
+        bad=np.asarray(IGNORE_COLOR) / 255.0
+    )
+    lead = (1 if data.image is not None else 0) + 1
+    max_maps = max((len(p) for _, p in data.rows), default=0)
+    n_cols = max(max_maps + 1, lead + 3) if data.rows else lead + 1
+    n_rows = 1 + len(data.rows)
+    h, w = data.label.shape
+    aspect = h / w
+    fig = Figure(
+        figsize=(n_cols * panel_in, n_rows * (panel_in * aspect + 0.45) + 0.4),
+        dpi=dpi,
+        layout="constrained",
+    )
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(n_rows, n_cols)
+    x0, y0, ww, hh = data.window
+    fig.suptitle(
+        f"NPALoss weights of {data.tile_id}, window x0,y0,w,h = {x0},{y0},{ww},{hh} "
+        "(ignore pixels black)",
+        fontsize=12,
+    )
+    col = 0
+    if data.image is not None:
+        ax = fig.add_subplot(gs[0, col])
+        ax.imshow(data.image, interpolation="nearest")
+        ax.set_title("image (2–98 % stretch)", fontsize=10)
+        col += 1
+    ax = fig.add_subplot(gs[0, col])
+    ax.imshow(label_rgb(data.label, data.palette, data.ignore_index), interpolation="nearest")
+    ax.set_title("label", fontsize=10)
+    ids, has_ignore = _present_classes(data)
+    handles = [
+        Patch(facecolor=data.palette[i] / 255.0, edgecolor="0.3", label=data.classes[i])
+        for i in ids
+    ]
+    if has_ignore:
+        handles.append(Patch(facecolor=np.asarray(IGNORE_COLOR) / 255.0, label="ignore"))
+    ax = fig.add_subplot(gs[0, col + 1])
+    ax.axis("off")
+    ax.legend(handles=handles, loc="center left", fontsize=9, frameon=False, title="classes")
+    mask = data.ignore_mask
+    valid = ~mask
+    if data.rows:
+        ax = fig.add_subplot(gs[0, col + 2 :])
+        title, panels = data.rows[0]
+        n = len(panels)
+        width = 0.8 / n
+        shades = colormap_lut(256)[np.linspace(20, 230, n).astype(int)] / 255.0
+        top = 0.0
+        for j, (ref, values) in enumerate(panels):
+            means = [float(values[data.label == i].mean()) for i in ids]
+            top = max([top, *means])
+            ax.bar(
+                np.arange(len(ids)) + (j - (n - 1) / 2) * width, means, width,
+                color=shades[j], label=_panel_title(ref),
+            )  # fmt: skip
+        ax.set_xticks(
+            np.arange(len(ids)),
+            [_short(data.classes[i]) for i in ids],
+            fontsize=8,
+            rotation=30 if len(ids) > 6 else 0,
+        )
+        ax.set_ylabel("mean weight", fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(f"mean weight per class, {title}", fontsize=10)
+        ax.legend(fontsize=8, ncol=min(n, 4), frameon=False, loc="upper left")
+        ax.set_ylim(0, top * 1.35 if top > 0 else 1.0)
+    for r, (title, panels) in enumerate(data.rows, start=1):
+        for j, (ref, values) in enumerate(panels):
+            ax = fig.add_subplot(gs[r, j])
+            shown = np.ma.masked_array(values, mask=mask)
+            im = ax.imshow(shown, cmap=cmap, interpolation="nearest")
+            ax.set_title(f"{title}, {_panel_title(ref)}", fontsize=10)
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            cb.ax.tick_params(labelsize=8)
+        ax = fig.add_subplot(gs[r, len(panels)])
+        ref, values = _hist_panel(panels)
+        lo, hi = (float(values[valid].min()), float(values[valid].max())) if valid.any() else (0, 1)
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 41)
+        # largest classes first and thickest, so small classes drawn later on top of
+        # them stay visible where their histograms coincide
+        order = sorted(ids, key=lambda c: -int((data.label == c).sum()))
+        for j, i in enumerate(order):
+            v = values[data.label == i]
+            lw = 1.0 + 0.4 * (len(order) - 1 - j)
+            *_, patches = ax.hist(
+                v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step",
+                linewidth=lw, color=data.palette[i] / 255.0, label=data.classes[i],
+            )  # fmt: skip
+            if _luminance(data.palette[i]) > 0.7:  # a dark outline keeps white, yellow visible
+                for patch in patches:
+                    patch.set_path_effects([Stroke(linewidth=lw + 1.2, foreground="0.3"), Normal()])
+        ax.set_yscale("log")
+        what = "counts" if ref.kind == "affinity" else "weights"
+        ax.set_title(f"{what} per class, {_panel_title(ref)}", fontsize=10)
+        ax.set_xlabel(what[:-1], fontsize=9)
+        ax.set_ylabel("share of class pixels", fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in fig.axes:
+        if ax.images:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def _short(name: str) -> str:
+    """A class name for a tick label: long names broken in two lines."""
+    return "\n".join(_wrap_header(name, 11))
+
+
+# -- Pillow ---------------------------------------------------------------------------------
+
+_PAD = 8
+_TITLE_H = 22
+_BAR_W = 12
+_BAR_TEXT_W = 48
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_pillow(data: ShowData, *, panel_px: int = 320) -> PILImage.Image:
+    """Draw a :class:`ShowData` with Pillow only (no matplotlib).
+
+    The grid of :func:`render_matplotlib` without the bar chart and histograms: a
+    first row with the image, the label and the class legend, then one row per
+    transformation with its maps by increasing k, each with a colour bar and its
+    min / max. Each panel is the window scaled (nearest neighbour) so that its
+    longer side is ``panel_px``.
+
+    Size: with ``pw, ph`` the panel size, ``lead`` the panels before the legend
+    (image and label: 2, label only: 1), ``m`` the most maps in a row and ``r`` the
+    number of transformations, the image is ``max(m, lead + 1) * (pw + 76)`` wide
+    and ``(r + 1) * (ph + 30) + 30`` high.
+
+    Parameters
+    ----------
+    data : ShowData
+    panel_px : int, keyword-only, default 320
+
+    Returns
+    -------
+    PIL.Image.Image, mode RGB
+
+    Raises
+    ------
+    ValueError
+        If ``panel_px < 16``.
+    """
+    from PIL import Image, ImageDraw
+
+    if panel_px < 16:
+        raise ValueError(f"`panel_px` must be >= 16, got {panel_px}")
+    h, w = data.label.shape
+    scale = panel_px / max(h, w)
+    pw, ph = max(1, round(w * scale)), max(1, round(h * scale))
+    lead = (1 if data.image is not None else 0) + 1
+    n_cols = max(max((len(p) for _, p in data.rows), default=0), lead + 1)
+    n_rows = 1 + len(data.rows)
+    cell_w = pw + 2 * _PAD + _BAR_W + _BAR_TEXT_W
+    cell_h = ph + _TITLE_H + _PAD
+    width = n_cols * cell_w
+    height = n_rows * cell_h + _PAD + _TITLE_H
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(13), _font(11)
+    x0, y0, ww, hh = data.window
+    draw.text(
+        (_PAD, _PAD // 2),
+        f"NPALoss weights of {data.tile_id}, window x0,y0,w,h = {x0},{y0},{ww},{hh}",
+        fill=(0, 0, 0),
+        font=font,
+    )
+
+    def origin(r: int, c: int) -> tuple[int, int]:
+        return c * cell_w + _PAD, _PAD + _TITLE_H + r * cell_h + _TITLE_H
+
+    def put(rgb: np.ndarray, r: int, c: int, title: str) -> tuple[int, int]:
+        left, top = origin(r, c)
+        im = Image.fromarray(np.ascontiguousarray(rgb)).resize((pw, ph), Image.Resampling.NEAREST)
+        canvas.paste(im, (left, top))
+        draw.text((left, top - _TITLE_H + 4), title, fill=(0, 0, 0), font=font)
+        return left, top
+
+    c = 0
+    if data.image is not None:
+        put((data.image * 255 + 0.5).astype(np.uint8), 0, c, "image (2-98 % stretch)")
+        c += 1
+    put(label_rgb(data.label, data.palette, data.ignore_index), 0, c, "label")
+    ids, has_ignore = _present_classes(data)
+    entries = [(data.classes[i], tuple(int(v) for v in data.palette[i])) for i in ids]
+    if has_ignore:
+        entries.append(("ignore", IGNORE_COLOR))
+    lx, ly = origin(0, lead)
+    for name, color in entries:
+        draw.rectangle((lx, ly, lx + 14, ly + 14), fill=color, outline=(80, 80, 80))
+        draw.text((lx + 20, ly), name, fill=(0, 0, 0), font=small)
+        ly += 20
+    mask = data.ignore_mask
+    bar = colormap_lut(256)[::-1]
+    for r, (title, panels) in enumerate(data.rows, start=1):
+        for j, (ref, values) in enumerate(panels):
+            rgb, lo, hi = heatmap_rgb(values, mask=mask)
+            left, top = put(rgb, r, j, f"{title}, {_panel_title(ref)}")
+            bx = left + pw + 4
+            strip = Image.fromarray(np.repeat(bar[:, None, :], _BAR_W, axis=1))
+            canvas.paste(strip.resize((_BAR_W, ph), Image.Resampling.BILINEAR), (bx, top))
+            draw.text((bx + _BAR_W + 3, top), f"{hi:.3g}", fill=(0, 0, 0), font=small)
+            draw.text((bx + _BAR_W + 3, top + ph - 12), f"{lo:.3g}", fill=(0, 0, 0), font=small)
+    return canvas
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def show_figure(
+    path: str | os.PathLike,
+    tile: str,
+    *,
+    arrays: list[str] | tuple[str, ...] | None = None,
+    window: str | tuple[int, int, int, int] | None = None,
+    out: str | os.PathLike | None = None,
+    backend: str = "auto",
+    dpi: int = 100,
+    panel_px: int = 320,
+) -> Figure | PILImage.Image:
+    """One figure of a tile window: image, labels, weight maps (and histograms).
+
+    Parameters
+    ----------
+    path : store folder
+    tile : tile id
+    arrays : names of weights or affinity arrays, keyword-only; default every k of
+        the tile's first transformation (see :func:`load_show_data`)
+    window : ``"x0,y0,w,h"`` or a tuple, keyword-only; default the whole tile
+    out : output PNG path, keyword-only; None draws without saving
+    backend : {"auto", "matplotlib", "pillow"}, keyword-only
+        ``auto`` (default) uses matplotlib when installed, else Pillow.
+    dpi : int, keyword-only
+        matplotlib resolution (default 100): the PNG is the figure size times dpi.
+    panel_px : int, keyword-only
+        Pillow panel size (default 320), see :func:`render_pillow`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure (matplotlib) or PIL.Image.Image (pillow)
+
+    Raises
+    ------
+    StoreError
+        Unknown tile or array (the message lists what exists).
+    IncompleteTileError
+        The tile's writing did not finish.
+    ValueError
+        Unknown backend, or a malformed window or one reaching outside the tile.
+    MissingDependencyError
+        ``backend="matplotlib"`` without matplotlib installed.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        try:
+            _require_matplotlib()
+            backend = "matplotlib"
+        except MissingDependencyError:
+            backend = "pillow"
+    elif backend == "matplotlib":
+        _require_matplotlib()
+    data = load_show_data(path, tile, arrays=arrays, window=window)
+    if backend == "matplotlib":
+        fig = render_matplotlib(data, dpi=dpi)
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out, dpi=dpi)
+        return fig
+    img = render_pillow(data, panel_px=panel_px)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        img.save(out)
+    return img
