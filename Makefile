@@ -9,14 +9,14 @@ PY := $(VENV)/bin/python
 #   make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
-DEMO_ITERS ?= 150
+DEMO_ITERS ?= 300
 
 .PHONY: setup demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,viz]"
 	touch $@
 
 setup: $(VENV)/.installed
