@@ -327,3 +327,50 @@ def test_store_arrays_open_with_plain_zarr(isprs_tiles, tmp_path):
     w = g["tiles/area0/weights/k4_log10_L0.5"]
     assert w.metadata.dimension_names == ("y", "x") and w.attrs["k"] == 4
     assert g["tiles/area0"].attrs["complete"] is True
+
+
+def test_killed_process_then_rerun_completes_store(tmp_path):
+    """SIGKILL a real `npa-precompute run` once a tile is complete; the re-run finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gt = tmp_path / "gt"
+    for i in range(10):
+        write_isprs_tile(gt, f"t{i:02d}.tif", _blocky((384, 384), 100 + i))
+    out = tmp_path / "s.zarr"
+    cmd = [sys.executable, "-m", "npa_precompute", "run", str(gt), "--out", str(out),
+           "--k", "8,16,32,64", "--transform", "log10:L=0.5", "--transform", "norm:L=0.5",
+           "--transform", "ln:L=0.5", "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    killed_midway = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "zarr.json").exists():
+            done = list_tiles(open_store(out), complete_only=True)
+            if done:
+                proc.send_signal(signal.SIGKILL)
+                killed_midway = len(done) < 10
+                break
+        time.sleep(0.02)
+    proc.wait()
+    root = open_store(out)
+    complete = list_tiles(root, complete_only=True)
+    assert complete, "no tile was complete when the process was killed"
+    stamps = {p: p.stat().st_mtime_ns for t in complete for p in (out / "tiles" / t).rglob("*")}
+    s = pipeline.run_precompute([str(gt)], out, ks=[8, 16, 32, 64],
+                                transforms=["log10:L=0.5", "norm:L=0.5", "ln:L=0.5"])  # fmt: skip
+    assert sorted(s.skipped) == complete
+    assert len(s.written) == 10 - len(complete)
+    assert killed_midway == bool(s.written)
+    for p, t in stamps.items():
+        assert p.stat().st_mtime_ns == t  # finished tiles were not rewritten
+    root = open_store(out)
+    assert list_tiles(root, complete_only=True) == [f"t{i:02d}" for i in range(10)]
+    labels = _blocky((384, 384), 105)
+    tile = open_tile(root, "t05")
+    np.testing.assert_array_equal(tile.label[...], labels)
+    pts = sample_points(labels.shape, n=200)
+    ys, xs = np.array(pts).T
+    np.testing.assert_array_equal(tile.affinity(64)[...][ys, xs], brute_force_at(labels, 64, pts))
