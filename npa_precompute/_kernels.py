@@ -287,12 +287,21 @@ def affinity_columns(dense, ks, n_classes, band_rows, hist_dtype_probe, out):
 # --------------------------------------------------------------------------- label renumbering
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def mark_present(labels, lo, seen):
-    """seen[v - lo] = 1 for every value v in labels (seen: (span,) uint8, zeroed)."""
-    flat = labels.ravel()
-    for i in range(flat.shape[0]):
-        seen[np.int64(flat[i]) - lo] = 1
+    """seen[t, v - lo] = 1 for every value v in row block t of labels.
+
+    seen: (n_blocks, span) uint8, zeroed; the caller ORs the blocks (no shared writes).
+    """
+    h = labels.shape[0]
+    n_blocks = seen.shape[0]
+    step = (h + n_blocks - 1) // n_blocks
+    for t in prange(n_blocks):
+        mine = seen[t]
+        for x in range(t * step, min((t + 1) * step, h)):
+            row = labels[x]
+            for y in range(row.shape[0]):
+                mine[np.int64(row[y]) - lo] = 1
 
 
 @njit(cache=True, parallel=True)

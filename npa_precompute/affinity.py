@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numba
 import numpy as np
 
 from npa_precompute import _kernels
@@ -22,7 +23,7 @@ MAX_K = 2**30
 
 _INTEGRAL_BAND_ROWS = 128
 _LUT_MAX_SPAN = 1 << 24
-_COLUMNS_BAND_ROWS = 256
+_COLUMNS_MIN_BAND_ROWS = 64
 
 
 def _hist_dtype(k: int) -> np.dtype:
@@ -108,9 +109,10 @@ def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     span = hi - lo + 1
     if span <= _LUT_MAX_SPAN and hi < 2**63:
         # one pass to mark the values present, one to renumber through a lookup table
-        seen = np.zeros(span, dtype=np.uint8)
+        blocks = numba.get_num_threads() if span <= 1 << 16 else 1
+        seen = np.zeros((blocks, span), dtype=np.uint8)
         _kernels.mark_present(np.ascontiguousarray(labels), lo, seen)
-        present = np.flatnonzero(seen)
+        present = np.flatnonzero(seen.any(axis=0))
         values = (present + lo).astype(labels.dtype)
         n = len(values)
         dt = np.uint8 if n <= 2**8 else np.uint16 if n <= 2**16 else np.int32
@@ -206,7 +208,10 @@ def affinity_maps(
         )
     else:
         probe = np.zeros((), dtype=_hist_dtype(max(ks)))
+        # Each band starts with O(W * (2k + 1)) work to fill its column counts: use as few
+        # bands as keep every thread busy (two per thread, to even out their costs).
+        band_rows = max(_COLUMNS_MIN_BAND_ROWS, -(-h // (2 * numba.get_num_threads())))
         _kernels.affinity_columns(
-            dense, np.asarray(ks, dtype=np.int64), n_classes, _COLUMNS_BAND_ROWS, probe, out
+            dense, np.asarray(ks, dtype=np.int64), n_classes, band_rows, probe, out
         )
     return out

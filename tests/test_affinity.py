@@ -184,3 +184,28 @@ def test_real_vaihingen_and_loveda_crops(shared_data, method):
         np.testing.assert_array_equal(got_sub, brute_force_affinity(sub, 32))
         if labels.shape[0] <= 512:
             np.testing.assert_array_equal(got[3], brute_force_affinity(labels, 32))
+
+
+def test_thread_count_does_not_change_results():
+    import numba
+
+    rng = np.random.default_rng(12)
+    labels = np.kron(rng.integers(0, 6, (90, 30)), np.ones((4, 4), dtype=np.uint8))
+    labels[rng.random(labels.shape) < 0.02] = 255  # scattered ignore pixels
+    threads = numba.get_num_threads()
+    try:
+        results = []
+        for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS), threads}):
+            numba.set_num_threads(n)
+            results.append(affinity_maps(labels, [2, 9, 40]))
+    finally:
+        numba.set_num_threads(threads)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    np.testing.assert_array_equal(results[0][1], brute_force_affinity(labels, 9))
+
+
+def test_uint64_labels_above_int64_range():
+    top = np.iinfo(np.uint64).max
+    labels = np.array([[top, top - 1], [top - 1, top - 1]], dtype=np.uint64)
+    np.testing.assert_array_equal(affinity_maps(labels, 1)[0], brute_force_affinity(labels, 1))
