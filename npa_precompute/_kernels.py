@@ -367,3 +367,15 @@ def gather_weights(aff, ignore, table, out):
     for x in prange(h):
         for y in range(w):
             out[x, y] = 0 if ignore[x, y] else table[aff[x, y]]
+
+
+@njit(cache=True)
+def band_sums(image, sums, squares):
+    """Per-band sum and sum of squares of an (H, W, C) integer image (exact, in uint64)."""
+    h, w, c = image.shape
+    for x in range(h):
+        for y in range(w):
+            for b in range(c):
+                v = np.uint64(image[x, y, b])
+                sums[b] += v
+                squares[b] += v * v

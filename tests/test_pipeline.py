@@ -374,3 +374,13 @@ def test_killed_process_then_rerun_completes_store(tmp_path):
     pts = sample_points(labels.shape, n=200)
     ys, xs = np.array(pts).T
     np.testing.assert_array_equal(tile.affinity(64)[...][ys, xs], brute_force_at(labels, 64, pts))
+
+
+def test_image_stats_match_numpy():
+    rng = np.random.default_rng(4)
+    for dtype in (np.uint8, np.uint16):
+        image = rng.integers(0, np.iinfo(dtype).max, (37, 41, 4), endpoint=True).astype(dtype)
+        stats = pipeline.image_stats(image)
+        flat = image.reshape(-1, 4).astype(np.float64)
+        np.testing.assert_allclose(stats["image_mean"], flat.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(stats["image_std"], flat.std(0), rtol=1e-9)
