@@ -35,5 +35,10 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest
 
+bench: setup
+	$(PY) -m pip install -e ".[bench]"
+	$(PY) benchmarks/bench_affinity.py --write
+	$(PY) benchmarks/bench_pipeline.py --write
+
 clean:
 	rm -rf runs .pytest_cache
