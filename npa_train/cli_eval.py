@@ -1,0 +1,176 @@
+"""``npa-train evaluate | predict``: thin click commands over the library.
+
+Register them on the ``npa-train`` group (:mod:`npa_train.cli`) with
+``main.add_command(evaluate_cmd)`` and ``main.add_command(predict_cmd)``. Each
+command calls one library function (:func:`npa_train.evaluate.evaluate`,
+:func:`npa_train.predict.predict`) and turns the errors a user can cause (unknown or
+incomplete tile, mismatching checkpoint, bad window/overlap, unreadable image) into
+a :class:`click.ClickException` without a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from npa_precompute.io import InputError
+from npa_precompute.store import StoreError
+from npa_train.predict import FORMATS, CheckpointError
+
+__all__ = ["evaluate_cmd", "predict_cmd"]
+
+_USER_ERRORS = (StoreError, CheckpointError, InputError, ValueError, TypeError)
+
+
+def _inference_options(f):
+    for option in reversed(
+        [
+            click.option(
+                "--window",
+                type=int,
+                default=513,
+                show_default=True,
+                help="Sliding window side in pixels (tiles smaller than it are padded).",
+            ),
+            click.option(
+                "--overlap",
+                default="1/3",
+                show_default=True,
+                help="Overlap of neighbouring windows in [0, 1): '1/3', '0.5', '0'. "
+                "Stride = window × (1 − overlap), at least 1.",
+            ),
+            click.option(
+                "--batch", type=int, default=4, show_default=True, help="Windows per forward."
+            ),
+            click.option(
+                "--device",
+                type=click.Choice(["cpu", "cuda"]),
+                default=None,
+                help="Default: cuda if available, else cpu.",
+            ),
+            click.option("--amp", is_flag=True, help="Mixed precision (autocast) on CUDA."),
+            click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@click.command("evaluate")
+@click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
+@click.option(
+    "--checkpoint", required=True, type=click.Path(), help="checkpoint.pt or its run folder."
+)
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@click.option(
+    "--tiles",
+    multiple=True,
+    help="Tile ids, comma-separated or repeated (default: every tile; all must be complete).",
+)
+@_inference_options
+@click.option(
+    "--classes-in-mean",
+    default=None,
+    help="Class names or indices (comma-separated) averaged into mF1/mIoU. Default: the "
+    "store's foreground classes (isprs: all but clutter).",
+)
+@click.option(
+    "--small-classes",
+    default=None,
+    help="Classes reported as small-object F1 (default: classes named 'car').",
+)
+@click.option(
+    "--boundary-tolerance",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Boundary pixels match within this many pixels.",
+)
+@click.option(
+    "--boundary-ignore-fill",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Ignore bands of eroded ground truth are filled this many pixels (nearest class) "
+    "before its boundaries are drawn; 0: ignore pixels have no boundaries.",
+)
+@click.option("--no-images", is_flag=True, help="Do not write the per-tile PNGs.")
+def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, amp, quiet,
+                 classes_in_mean, small_classes, boundary_tolerance, boundary_ignore_fill,
+                 no_images):  # fmt: skip
+    """Predict whole tiles of STORE with a sliding window and score them.
+
+    Writes metrics.json, metrics.md (a table laid out like Feng et al. 2020,
+    Table 1: F1 per foreground class, mF1, mIoU, OA, boundary F1) and per tile
+    <tile>_label.png (class indices), <tile>_color.png and <tile>_error.png to OUT.
+    """
+    from npa_train.evaluate import evaluate, format_table
+
+    tile_list = [t.strip() for item in tiles for t in item.split(",") if t.strip()] or None
+    try:
+        result = evaluate(
+            store,
+            checkpoint,
+            out,
+            tiles=tile_list,
+            window=window,
+            overlap=overlap,
+            batch=batch,
+            device=device,
+            amp=amp,
+            classes_in_mean=classes_in_mean,
+            small_classes=small_classes,
+            boundary_tolerance=boundary_tolerance,
+            boundary_ignore_fill=boundary_ignore_fill,
+            save_images=not no_images,
+            progress=not quiet,
+        )
+    except _USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_table(result), nl=False)
+    click.echo(
+        f"{len(result['tiles'])} tile(s), {result['windows']} windows in "
+        f"{result['seconds']:.1f} s on {result['device']}; results in {out}"
+    )
+
+
+@click.command("predict")
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "--checkpoint", required=True, type=click.Path(), help="checkpoint.pt or its run folder."
+)
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@_inference_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="png",
+    show_default=True,
+    help="Label map format (values = class indices).",
+)
+def predict_cmd(images, checkpoint, out, window, overlap, batch, device, amp, quiet, fmt):
+    """Label maps for IMAGES (files, folders or globs) with a sliding window.
+
+    Images must have as many bands as the checkpoint was trained on (3 or 4; uint8
+    or uint16). Writes <stem>_label.png|tif (class indices) and <stem>_color.png
+    to OUT.
+    """
+    from npa_train.predict import predict
+
+    try:
+        results = predict(
+            checkpoint,
+            list(images),
+            out,
+            window=window,
+            overlap=overlap,
+            batch=batch,
+            device=device,
+            amp=amp,
+            fmt=fmt,
+            progress=not quiet,
+        )
+    except _USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    seconds = sum(r["seconds"] for r in results)
+    click.echo(f"{len(results)} image(s) labelled in {seconds:.1f} s; label maps in {out}")

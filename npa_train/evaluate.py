@@ -1,0 +1,437 @@
+"""Evaluate a checkpoint on whole store tiles: ``npa-train evaluate``.
+
+Each tile is predicted with the overlapping sliding window of
+:func:`npa_train.predict.sliding_window_probs` (softmax probabilities averaged, the
+paper's inference, §4.2) and scored against the store's label
+(:mod:`npa_train.metrics`): one confusion matrix over all evaluated tiles gives
+per-class precision, recall, F1 and IoU, mF1 and mIoU over the foreground classes
+(the ``isprs`` preset leaves clutter out, as Table 1 does) and OA; boundary
+precision/recall/F1 and the F1 of small objects (``isprs``: car) come with them.
+
+The output folder receives ``metrics.json``, ``metrics.md`` (a table laid out like
+Feng et al. 2020, Table 1) and per tile ``<tile>_label.png`` (class indices),
+``<tile>_color.png`` (colour-coded prediction) and ``<tile>_error.png`` (white
+right, red wrong, black ignore).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
+from npa_train.metrics import SegmentationMetrics
+from npa_train.predict import (
+    CheckpointError,
+    ModelInfo,
+    _progress,
+    load_model,
+    normalization,
+    palette_for,
+    parse_overlap,
+    parse_window,
+    sliding_window_probs,
+    window_grid,
+    window_stride,
+    write_label_maps,
+)
+
+__all__ = [
+    "SMALL_OBJECT_CLASSES",
+    "check_compatible",
+    "evaluate",
+    "evaluate_model",
+    "format_table",
+    "parse_class_list",
+]
+
+#: Class names reported as small objects by default (the ISPRS car).
+SMALL_OBJECT_CLASSES = ("car",)
+
+
+def parse_class_list(
+    value: str | Sequence[str | int] | None, classes: Sequence[str], *, name: str
+) -> list[int] | None:
+    """Class names or indices -> sorted unique indices; None stays None.
+
+    ``"0,1,2"``, ``"building,car"``, ``["car", 1]``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name or an index outside the classes (the message lists them);
+        an empty list.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    out = []
+    lowered = [c.lower() for c in classes]
+    for v in value:
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            idx = int(v)
+        elif isinstance(v, str) and v.lstrip("-").isdigit():
+            idx = int(v)
+        elif isinstance(v, str) and v.lower() in lowered:
+            idx = lowered.index(v.lower())
+        else:
+            listed = ", ".join(f"{i} {c}" for i, c in enumerate(classes))
+            raise ValueError(f"`{name}`: unknown class {v!r}; classes: {listed}")
+        if not 0 <= idx < len(classes):
+            raise ValueError(f"`{name}`: class index {idx} outside 0..{len(classes) - 1}")
+        out.append(idx)
+    if not out:
+        raise ValueError(f"`{name}` must name at least one class")
+    return sorted(set(out))
+
+
+def check_compatible(info: ModelInfo, store: dict, *, bands: int | None, store_path: str) -> None:
+    """Refuse a checkpoint whose classes or input bands differ from the store's.
+
+    Raises
+    ------
+    CheckpointError
+        ``num_classes``, class names or ``in_channels`` differ (both values named).
+    """
+    n_store = int(store["num_classes"])
+    if info.num_classes != n_store:
+        raise CheckpointError(
+            f"checkpoint {info.path} predicts num_classes {info.num_classes} "
+            f"({', '.join(info.classes)}) but store {store_path} has num_classes {n_store} "
+            f"({', '.join(store['classes'])})"
+        )
+    if [c.lower() for c in info.classes] != [str(c).lower() for c in store["classes"]]:
+        raise CheckpointError(
+            f"checkpoint {info.path} classes ({', '.join(info.classes)}) differ from store "
+            f"{store_path} classes ({', '.join(store['classes'])})"
+        )
+    if bands is not None and bands != info.in_channels:
+        raise CheckpointError(
+            f"checkpoint {info.path} expects in_channels {info.in_channels}, but the images of "
+            f"store {store_path} have {bands} band(s)"
+        )
+
+
+def _resolve_tiles(root, tiles: str | Sequence[str] | None, store_path: str) -> list[str]:
+    if isinstance(tiles, str):
+        tiles = [t.strip() for t in tiles.split(",")]
+    if tiles is not None:
+        tiles = [str(t) for t in tiles if str(t).strip()]
+        tiles = list(dict.fromkeys(tiles)) or None
+    if tiles is None:
+        every = list_tiles(root)
+        complete = list_tiles(root, complete_only=True)
+        incomplete = [t for t in every if t not in complete]
+        if incomplete:
+            raise StoreError(
+                f"store {store_path} has incomplete tiles ({', '.join(incomplete)}); re-run "
+                "`npa-precompute run` to complete them, or pass --tiles with complete ones"
+            )
+        if not complete:
+            raise StoreError(f"store {store_path} holds no tile")
+        tiles = complete
+    return tiles
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{100 * v:.2f}"
+
+
+def format_table(metrics: dict) -> str:
+    """Markdown table of :func:`evaluate`'s metrics, laid out like Feng et al. 2020, Table 1.
+
+    Columns: the F1 of each class in the mean (%), mF1, mIoU, OA and boundary F1 (%);
+    one row, named after the model. NaN (or null) prints as "–". A note under the
+    table states the tiles, window, what the means cover and the boundary tolerance.
+    """
+    in_mean = metrics["classes_in_mean"]
+    per_class = metrics["per_class"]
+    header = ["Method", *in_mean, "mF1", "mIoU", "OA", "Boundary F1"]
+    row = [
+        metrics.get("model", "model"),
+        *(_pct(per_class[c]["f1"]) for c in in_mean),
+        _pct(metrics["mF1"]),
+        _pct(metrics["mIoU"]),
+        _pct(metrics["OA"]),
+        _pct(metrics["boundary"]["f1"]),
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        "| " + " | ".join(row) + " |",
+    ]
+    b = metrics["boundary"]
+    small = ", ".join(f"{c} {_pct(v)}" for c, v in metrics.get("small_objects", {}).items())
+    out_of_mean = [c for c in per_class if c not in in_mean]
+    notes = [
+        f"Tiles: {', '.join(metrics['tiles'])}; window {metrics['window'][0]}×"
+        f"{metrics['window'][1]}, overlap {metrics['overlap']} (stride "
+        f"{metrics['stride'][0]}×{metrics['stride'][1]}), softmax averaged.",
+        f"Per-class F1, mF1 and mIoU in %, means over {len(in_mean)} classes"
+        + (f" ({', '.join(out_of_mean)} left out)" if out_of_mean else "")
+        + "; OA over all non-ignore pixels; a class absent from ground truth and "
+        "prediction is '–' and left out of the means.",
+        f"Boundary F1: boundary pixels (a 4-neighbour of another class) matched within "
+        f"{b['tolerance']} px (precision {_pct(b['precision'])}, recall {_pct(b['recall'])}; "
+        f"ignore bands filled {b['ignore_fill']} px).",
+    ]
+    if small:
+        notes.append(f"Small objects F1: {small}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def evaluate_model(
+    store: str | os.PathLike,
+    model: torch.nn.Module,
+    info: ModelInfo,
+    out: str | os.PathLike | None,
+    *,
+    tiles: str | Sequence[str] | None = None,
+    window: int | Sequence[int] = 513,
+    overlap: float | str | Fraction = "1/3",
+    batch: int = 4,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    classes_in_mean: str | Sequence[str | int] | None = None,
+    small_classes: str | Sequence[str | int] | None = None,
+    boundary_tolerance: int = 3,
+    boundary_ignore_fill: int = 4,
+    save_images: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Evaluate an already loaded model on store tiles (what :func:`evaluate` runs).
+
+    ``model`` must be in eval mode on ``device``; ``info`` describes it (classes,
+    bands, normalization). Parameters and results as in :func:`evaluate`; with
+    ``out=None`` nothing is written.
+    """
+    # ---- validate before any work -------------------------------------------------------------
+    win = parse_window(window)
+    overlap = parse_overlap(overlap)
+    stride = window_stride(win, overlap)
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"`batch` must be an integer >= 1, got {batch!r}")
+    dev = torch.device(device)
+    if amp and dev.type != "cuda":
+        raise ValueError(f"`amp` needs a CUDA device, got device {str(dev)!r}")
+    store_path = str(store)
+    root = open_store(store)
+    sinfo = store_info(root)
+    classes = [str(c) for c in sinfo["classes"]]
+    ignore_index = int(sinfo["ignore_index"])
+    in_mean = parse_class_list(classes_in_mean, classes, name="classes_in_mean")
+    if in_mean is None:
+        in_mean = list(sinfo.get("foreground_classes") or range(len(classes)))
+    small = parse_class_list(small_classes, classes, name="small_classes")
+    if small is None:
+        small = [i for i, c in enumerate(classes) if c.lower() in SMALL_OBJECT_CLASSES]
+    metrics = SegmentationMetrics(
+        len(classes),
+        classes=classes,
+        ignore_index=ignore_index,
+        classes_in_mean=in_mean,
+        small_classes=small,
+        boundary_tolerance=boundary_tolerance,
+        ignore_fill=boundary_ignore_fill,
+    )
+    tile_ids = _resolve_tiles(root, tiles, store_path)
+    opened = [open_tile(root, t) for t in tile_ids]  # StoreError / IncompleteTileError
+    no_image = [t.tile_id for t in opened if t.image is None]
+    if no_image:
+        raise StoreError(
+            f"tile(s) {', '.join(no_image)} of {store_path} have no image; re-run "
+            "`npa-precompute run ... --images <image files>`"
+        )
+    bands = {int(t.image.shape[2]) for t in opened}
+    for b in sorted(bands):
+        check_compatible(info, sinfo, bands=b, store_path=store_path)
+    palette = palette_for(sinfo)
+    out_dir = None if out is None else Path(out)
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"`out` {out_dir} exists and is not a folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- predict and score tile by tile -----------------------------------------------------
+    total = sum(len(window_grid(t.shape, win, overlap)) for t in opened)
+    per_tile: dict[str, dict] = {}
+    t_start = time.perf_counter()
+    with _progress(total, "evaluate", progress) as bar:
+        for t in opened:
+            t0 = time.perf_counter()
+            bar.set_postfix_str(t.tile_id, refresh=False)
+            image = t.image[...]
+            probs = sliding_window_probs(
+                model,
+                image,
+                **normalization(info, image, tile_attrs=t.attrs),
+                window=win,
+                overlap=overlap,
+                batch=batch,
+                device=dev,
+                amp=amp,
+                num_classes=info.num_classes,
+                on_batch=bar.update,
+            )
+            pred = probs.argmax(axis=0).astype(np.uint8 if len(classes) <= 256 else np.uint16)
+            del probs, image
+            label = np.asarray(t.label[...])
+            scores = metrics.update(label, pred)
+            files = {}
+            if out_dir is not None and save_images:
+                files = write_label_maps(
+                    pred, out_dir, t.tile_id, palette, target=label, ignore_index=ignore_index
+                )
+            per_tile[t.tile_id] = {
+                "shape": list(t.shape),
+                "windows": len(window_grid(t.shape, win, overlap)),
+                "seconds": time.perf_counter() - t0,
+                "mF1": scores["mF1"],
+                "mIoU": scores["mIoU"],
+                "OA": scores["OA"],
+                "boundary_f1": scores["boundary"]["f1"],
+                "f1": {c: v["f1"] for c, v in scores["per_class"].items()},
+                "files": files,
+            }
+    result = {
+        "model": info.name,
+        "checkpoint": info.path,
+        "store": str(Path(store_path).resolve()),
+        "tiles": tile_ids,
+        "window": list(win),
+        "overlap": str(overlap),
+        "stride": list(stride),
+        "device": str(dev),
+        "amp": bool(amp),
+        "classes": classes,
+        "ignore_index": ignore_index,
+        **metrics.compute(),
+        "per_tile": per_tile,
+        "windows": total,
+        "seconds": time.perf_counter() - t_start,
+    }
+    if out_dir is not None:
+        (out_dir / "metrics.json").write_text(
+            json.dumps(_finite_or_none(result), indent=2, allow_nan=False) + "\n"
+        )
+        (out_dir / "metrics.md").write_text(format_table(result))
+        result["files"] = {
+            "metrics_json": str(out_dir / "metrics.json"),
+            "metrics_md": str(out_dir / "metrics.md"),
+        }
+    return result
+
+
+def evaluate(
+    store: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike | None,
+    *,
+    tiles: str | Sequence[str] | None = None,
+    window: int | Sequence[int] = 513,
+    overlap: float | str | Fraction = "1/3",
+    batch: int = 4,
+    device: str | None = None,
+    amp: bool = False,
+    classes_in_mean: str | Sequence[str | int] | None = None,
+    small_classes: str | Sequence[str | int] | None = None,
+    boundary_tolerance: int = 3,
+    boundary_ignore_fill: int = 4,
+    save_images: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Predict whole store tiles with a checkpoint and score them; write the results.
+
+    Parameters
+    ----------
+    store : weight store written by ``npa-precompute run --images ...``
+    checkpoint : ``checkpoint.pt`` or its run folder (``npa-train fit``)
+    out : output folder (created; files of an earlier evaluation are replaced), or None
+        to write nothing
+    tiles : tile ids (list or comma-separated); default every tile of the store (all
+        must be complete)
+    window : int or (h, w), default 513 (the paper's crop size)
+    overlap : fraction in [0, 1), default "1/3"; ``"1/3"``, ``"0.5"``, ``0``...
+        Stride ``max(1, floor(window * (1 - overlap)))``.
+    batch : windows per forward pass, default 4
+    device : {"cpu", "cuda"} or None (cuda if available)
+    amp : autocast on CUDA (bfloat16 where supported, else float16), default False
+    classes_in_mean : class names or indices averaged into mF1 and mIoU; default the
+        store's ``foreground_classes`` (``isprs``: all but clutter)
+    small_classes : class names or indices reported as small-object F1; default the
+        classes named "car"
+    boundary_tolerance : px within which boundary pixels match, default 3
+    boundary_ignore_fill : px of ignore band filled before drawing ground-truth
+        boundaries, default 4 (see :func:`npa_train.metrics.boundary_counts`)
+    save_images : write the per-tile PNGs, default True
+    progress : tqdm bar over windows
+
+    Returns
+    -------
+    dict
+        ``model``, ``checkpoint``, ``store``, ``tiles``, ``window``, ``overlap``,
+        ``stride``, ``device``, ``amp``, ``classes``, ``ignore_index``; the scores of
+        :meth:`npa_train.metrics.SegmentationMetrics.compute` over all tiles
+        (``per_class``, ``mF1``, ``mIoU``, ``OA``, ``boundary``, ``small_objects``,
+        ``confusion_matrix``...); ``per_tile`` (scores, windows, seconds and files per
+        tile); ``windows``, ``seconds``; ``files`` when written. Undefined scores are
+        NaN here and null in ``metrics.json``.
+
+    Raises
+    ------
+    StoreError
+        Missing store, unknown tile (the message lists the tiles), incomplete tile,
+        a tile without an image.
+    CheckpointError
+        Unreadable checkpoint, or one whose classes or input bands differ from the
+        store's (both named).
+    TypeError, ValueError
+        Bad ``window`` (< 1), ``overlap`` (outside [0, 1)), ``batch``, class lists,
+        tolerance, an unavailable device or ``amp`` off CUDA.
+    """
+    from npa_train.train import resolve_device
+
+    parse_window(window)
+    parse_overlap(overlap)
+    dev = resolve_device(device)
+    if amp and dev.type != "cuda":
+        raise ValueError(f"`amp` needs a CUDA device, got device {str(dev)!r}")
+    open_store(store)  # a missing store before loading the model
+    model, info = load_model(checkpoint, device=dev)
+    return evaluate_model(
+        store,
+        model,
+        info,
+        out,
+        tiles=tiles,
+        window=window,
+        overlap=overlap,
+        batch=batch,
+        device=dev,
+        amp=amp,
+        classes_in_mean=classes_in_mean,
+        small_classes=small_classes,
+        boundary_tolerance=boundary_tolerance,
+        boundary_ignore_fill=boundary_ignore_fill,
+        save_images=save_images,
+        progress=progress,
+    )

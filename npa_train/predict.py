@@ -1,0 +1,747 @@
+"""Sliding-window inference over whole tiles, and ``npa-train predict`` for new images.
+
+The paper's inference (Feng et al. 2020, §4.2): overlapping windows slide over the
+tile and the overlapping predictions are averaged, here as softmax probabilities.
+
+Window placement (:func:`window_starts`): along an axis of length ``L`` with window
+``w`` and stride ``s = max(1, floor(w * (1 - overlap)))``, windows start at
+``0, s, 2s, ...`` while they fit, and one more window is clamped to the far border
+(``L - w``), so every pixel is covered whatever ``L``. An axis shorter than the window
+is padded up to the window (with the image mean, i.e. 0 after normalization, as in
+training) and the prediction cropped back.
+
+:func:`predict` writes, per image, the label map (``<stem>_label.png``, 8-bit
+grey values = class indices, or ``.tif``) and a colour-coded ``<stem>_color.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pickle
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "FORMATS",
+    "CheckpointError",
+    "ModelInfo",
+    "coverage_count",
+    "load_model",
+    "model_info_from_checkpoint",
+    "normalization",
+    "palette_for",
+    "parse_overlap",
+    "parse_window",
+    "predict",
+    "sliding_window_probs",
+    "window_grid",
+    "window_starts",
+    "window_stride",
+    "write_label_maps",
+]
+
+#: Label map formats :func:`predict` writes.
+FORMATS = ("png", "tif")
+#: Image normalizations a checkpoint may record (``config["normalize"]``).
+NORMALIZE = ("store", "tile")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the data it is applied to."""
+
+
+# -- window geometry ----------------------------------------------------------------------------
+
+
+def parse_window(window: int | Sequence[int]) -> tuple[int, int]:
+    """``513`` -> ``(513, 513)``; ``(h, w)`` -> ``(h, w)``.
+
+    Raises
+    ------
+    TypeError
+        Not one or two integers.
+    ValueError
+        A side below 1.
+    """
+    pair = window
+    if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
+        pair = (int(window), int(window))
+    if (
+        not isinstance(pair, Sequence)
+        or isinstance(pair, str)
+        or len(pair) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair)
+    ):
+        raise TypeError(f"`window` must be an int or a pair (h, w) of ints, got {window!r}")
+    h, w = int(pair[0]), int(pair[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"`window` must be >= 1, got {window!r}")
+    return h, w
+
+
+def parse_overlap(overlap: float | str | Fraction) -> Fraction:
+    """Overlap of neighbouring windows as an exact fraction in ``[0, 1)``.
+
+    Parameters
+    ----------
+    overlap : float, str or Fraction
+        ``"1/3"``, ``"0.5"``, ``"0"``, ``0.25``, ``Fraction(1, 3)``.
+
+    Returns
+    -------
+    Fraction
+
+    Raises
+    ------
+    TypeError
+        Not a number or a string.
+    ValueError
+        Unparsable, or outside ``[0, 1)``.
+    """
+    if isinstance(overlap, bool):
+        raise TypeError(f"`overlap` must be a number or a string like '1/3', got {overlap!r}")
+    if isinstance(overlap, Fraction):
+        value = overlap
+    elif isinstance(overlap, (int, np.integer)):
+        value = Fraction(int(overlap))
+    elif isinstance(overlap, (float, np.floating)):
+        if not math.isfinite(overlap):
+            raise ValueError(f"`overlap` must be in [0, 1), got {overlap!r}")
+        value = Fraction(repr(float(overlap)))
+    elif isinstance(overlap, str):
+        try:
+            value = Fraction(overlap.strip())
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ValueError(
+                f"`overlap` must be a fraction like '1/3', '0.5' or '0', got {overlap!r}"
+            ) from exc
+    else:
+        raise TypeError(f"`overlap` must be a number or a string like '1/3', got {overlap!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"`overlap` must be in [0, 1), got {overlap!r}")
+    return value
+
+
+def window_stride(window: int | Sequence[int], overlap: float | str | Fraction) -> tuple[int, int]:
+    """Stride ``max(1, floor(window * (1 - overlap)))`` per axis.
+
+    ``window=513, overlap="1/3"`` gives 342; ``window=64, overlap=0.5`` gives 32.
+
+    Raises
+    ------
+    TypeError, ValueError
+        See :func:`parse_window`, :func:`parse_overlap`.
+    """
+    wh, ww = parse_window(window)
+    keep = 1 - parse_overlap(overlap)
+    return max(1, math.floor(wh * keep)), max(1, math.floor(ww * keep))
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis.
+
+    ``0, stride, 2 stride, ...`` below ``length - window``, then ``length - window``:
+    the last window is clamped to the border so that it ends at ``length``. An axis no
+    longer than the window has the single start 0 (the caller pads it).
+
+    Parameters
+    ----------
+    length, window, stride : int >= 1
+
+    Returns
+    -------
+    list of int, increasing
+
+    Raises
+    ------
+    ValueError
+        An argument below 1.
+
+    Examples
+    --------
+    >>> window_starts(144, 64, 32)
+    [0, 32, 64, 80]
+    >>> window_starts(300, 256, 170)
+    [0, 44]
+    >>> window_starts(40, 64, 32)
+    [0]
+    """
+    for name, v in (("length", length), ("window", window), ("stride", stride)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+    last = int(length) - int(window)
+    if last <= 0:
+        return [0]
+    return [*range(0, last, int(stride)), last]
+
+
+def window_grid(
+    shape: Sequence[int], window: int | Sequence[int], overlap: float | str | Fraction
+) -> list[tuple[int, int]]:
+    """Top-left corners ``(y0, x0)`` of every window over a ``shape = (H, W)`` tile, row-major.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad ``window`` or ``overlap``, or a side of ``shape`` below 1.
+    """
+    h, w = (int(s) for s in shape)
+    wh, ww = parse_window(window)
+    sh, sw = window_stride((wh, ww), overlap)
+    return [(y, x) for y in window_starts(h, wh, sh) for x in window_starts(w, ww, sw)]
+
+
+def coverage_count(
+    shape: Sequence[int], window: int | Sequence[int], overlap: float | str | Fraction
+) -> np.ndarray:
+    """How many windows of :func:`window_grid` cover each pixel of a ``(H, W)`` tile.
+
+    Returns
+    -------
+    (H, W) int64, >= 1 everywhere
+    """
+    h, w = (int(s) for s in shape)
+    wh, ww = parse_window(window)
+    count = np.zeros((max(h, wh), max(w, ww)), dtype=np.int64)
+    for y, x in window_grid((h, w), (wh, ww), overlap):
+        count[y : y + wh, x : x + ww] += 1
+    return count[:h, :w]
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What inference needs to know about a checkpoint's model and training data.
+
+    Attributes
+    ----------
+    classes : tuple of str
+    num_classes, in_channels : int
+    ignore_index : int or None
+    image_mean, image_std : tuple of float, per band (normalization ``(x - mean) / std``)
+    preset : str or None, the training store's preset
+    normalize : {"store", "tile"}
+        ``store``: every image is normalized with ``image_mean``/``image_std`` (the
+        training tiles' pooled statistics); ``tile``: each image with its own per-band
+        mean and std (as the model was trained).
+    name : str, a short description for tables (model, loss, weights)
+    path : str, the checkpoint file
+    """
+
+    classes: tuple[str, ...]
+    num_classes: int
+    in_channels: int
+    ignore_index: int | None
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    preset: str | None = None
+    name: str = "model"
+    normalize: str = "store"
+    path: str = ""
+
+
+def _ckpt_value(ckpt: dict, key: str, types: type | tuple[type, ...] = object):
+    # the entries sit at the top level, under "config" or under "args" depending on the
+    # version of npa_train.train; "model" is the state dict at the top level and the
+    # model's name in the config, hence the type filter
+    for source in (ckpt, ckpt.get("config"), ckpt.get("args")):
+        if not isinstance(source, dict):
+            continue
+        value = source.get(key)
+        if value is not None and isinstance(value, types):
+            return value
+    return None
+
+
+def model_info_from_checkpoint(ckpt: dict, path: str = "") -> ModelInfo:
+    """Read :class:`ModelInfo` from a checkpoint dict (top level, ``config`` or ``args``).
+
+    Raises
+    ------
+    CheckpointError
+        A required entry is missing or inconsistent.
+    """
+    missing = [
+        k
+        for k in ("num_classes", "in_channels", "image_mean", "image_std")
+        if _ckpt_value(ckpt, k) is None
+    ]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
+    num_classes = int(_ckpt_value(ckpt, "num_classes"))
+    in_channels = int(_ckpt_value(ckpt, "in_channels"))
+    classes = _ckpt_value(ckpt, "classes") or [f"class_{i}" for i in range(num_classes)]
+    mean = tuple(float(v) for v in _ckpt_value(ckpt, "image_mean"))
+    std = tuple(float(v) if float(v) > 1e-6 else 1.0 for v in _ckpt_value(ckpt, "image_std"))
+    if len(classes) != num_classes:
+        raise CheckpointError(
+            f"checkpoint {path} names {len(classes)} classes but has num_classes {num_classes}"
+        )
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise CheckpointError(
+            f"checkpoint {path}: image_mean/image_std have {len(mean)}/{len(std)} bands, "
+            f"in_channels is {in_channels}"
+        )
+    ignore = _ckpt_value(ckpt, "ignore_index")
+    normalize = _ckpt_value(ckpt, "normalize", str) or "store"
+    if normalize not in NORMALIZE:
+        raise CheckpointError(
+            f"checkpoint {path}: unknown normalize {normalize!r} (this version knows {NORMALIZE})"
+        )
+    parts = [str(_ckpt_value(ckpt, "model", str) or "model")]
+    loss = _ckpt_value(ckpt, "loss", str)
+    if loss:
+        parts.append(str(loss))
+    weights = _ckpt_value(ckpt, "weights", str)
+    if loss == "npa" and weights:
+        parts.append(f"({weights})")
+    return ModelInfo(
+        classes=tuple(str(c) for c in classes),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        ignore_index=None if ignore is None else int(ignore),
+        image_mean=mean,
+        image_std=std,
+        preset=_ckpt_value(ckpt, "store_preset", str),
+        normalize=normalize,
+        name=" ".join(parts),
+        path=str(path),
+    )
+
+
+def load_model(
+    checkpoint: str | os.PathLike, *, device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, ModelInfo]:
+    """Load a checkpoint written by ``npa-train fit`` (a file or its run folder).
+
+    Parameters
+    ----------
+    checkpoint : path to ``checkpoint.pt`` or the run folder holding it
+    device : {"cpu", "cuda"}, torch.device or None (cuda if available)
+
+    Returns
+    -------
+    model : torch.nn.Module in eval mode, on ``device``
+    info : ModelInfo
+
+    Raises
+    ------
+    CheckpointError
+        No such file, a file that is not a readable ``npa-train`` checkpoint, or a
+        model whose library (torchvision) is not installed.
+    ValueError
+        An unavailable device.
+    """
+    from npa_train.train import load_checkpoint, resolve_device
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    path = Path(checkpoint)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(f"no checkpoint at {file}")
+    try:
+        model, ckpt = load_checkpoint(file, map_location="cpu")
+    except (
+        KeyError,
+        RuntimeError,
+        EOFError,
+        TypeError,
+        ValueError,
+        OSError,
+        ImportError,
+        pickle.UnpicklingError,
+    ) as exc:
+        # torch.load / load_state_dict errors (not a checkpoint, or another model), or a
+        # torchvision model without torchvision installed
+        raise CheckpointError(f"cannot load checkpoint {file}: {exc}") from exc
+    info = model_info_from_checkpoint(ckpt, str(file))
+    return model.to(dev).eval(), info
+
+
+def normalization(
+    info: ModelInfo, image: np.ndarray | None = None, *, tile_attrs: dict | None = None
+) -> dict[str, tuple[float, ...]]:
+    """Per-band ``mean`` and ``std`` to normalize an image with, as the model was trained.
+
+    Parameters
+    ----------
+    info : ModelInfo
+    image : (H, W, C) uint8/uint16 array, optional
+        For ``info.normalize == "tile"`` without ``tile_attrs``: its own statistics.
+    tile_attrs : dict, optional
+        A store tile's attrs (``image_mean``, ``image_std``), for ``"tile"``.
+
+    Returns
+    -------
+    dict
+        ``{"mean": (C,) floats, "std": (C,) floats}`` (a std below 1e-6 becomes 1).
+
+    Raises
+    ------
+    ValueError
+        ``"tile"`` normalization with neither ``image`` nor usable ``tile_attrs``.
+    """
+    if info.normalize != "tile":
+        return {"mean": info.image_mean, "std": info.image_std}
+    if tile_attrs is not None and tile_attrs.get("image_mean") and tile_attrs.get("image_std"):
+        mean, std = tile_attrs["image_mean"], tile_attrs["image_std"]
+    elif image is not None:
+        from npa_precompute.pipeline import image_stats
+
+        stats = image_stats(np.asarray(image))
+        mean, std = stats["image_mean"], stats["image_std"]
+    else:
+        raise ValueError(
+            "the checkpoint normalizes per tile: an image or its statistics are needed"
+        )
+    return {
+        "mean": tuple(float(m) for m in mean),
+        "std": tuple(float(v) if float(v) > 1e-6 else 1.0 for v in std),
+    }
+
+
+# -- inference -----------------------------------------------------------------------------------
+
+
+def _logits(model: Callable, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, dict):
+        if "out" not in out:
+            raise TypeError(f"the model returned a dict without 'out' (keys {sorted(out)})")
+        out = out["out"]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model must return a Tensor or a dict with 'out', got {type(out)}")
+    return out
+
+
+def _amp_context(device: torch.device, amp: bool):
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def sliding_window_probs(
+    model: Callable[[torch.Tensor], torch.Tensor | dict],
+    image: np.ndarray,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    window: int | Sequence[int] = 513,
+    overlap: float | str | Fraction = "1/3",
+    batch: int = 4,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    num_classes: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Class probabilities of a whole tile, averaged over overlapping windows.
+
+    Each window of :func:`window_grid` is normalized (``(x - mean) / std`` per band),
+    run through ``model`` in batches of ``batch``, turned into softmax probabilities
+    (float32), and added into the tile; each pixel's sum is divided by the number of
+    windows covering it (:func:`coverage_count`). A tile smaller than the window
+    along an axis is padded with 0 after normalization (the mean) and cropped back.
+
+    Parameters
+    ----------
+    model : callable
+        ``(N, C_in, h, w)`` float32 -> ``(N, num_classes, h, w)`` logits, or a dict
+        with the logits under ``"out"`` (torchvision segmentation models). Called
+        under ``torch.inference_mode``; put it in eval mode and on ``device`` first.
+    image : (H, W, C_in) uint8, uint16 or float array
+    mean, std : per-band normalization, length ``C_in``
+    window : int or (h, w), default 513
+    overlap : fraction in [0, 1), default "1/3" (see :func:`parse_overlap`)
+    batch : int, default 4, windows per forward pass
+    device : default "cpu"
+    amp : bool, default False
+        Autocast (bfloat16 where supported, else float16) on CUDA; the softmax and
+        the average stay float32.
+    num_classes : int, optional
+        Checked against the model's output when given.
+    on_batch : callable, optional
+        Called with the number of windows after each batch (progress bars).
+
+    Returns
+    -------
+    (num_classes, H, W) float32 numpy array; sums to 1 over classes at each pixel.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad ``window``/``overlap``/``batch``, an image that is not (H, W, C) with
+        ``len(mean)`` bands, ``amp`` off CUDA, or model outputs of the wrong shape.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"`image` must be (H, W, C), got shape {image.shape}")
+    h, w, c = image.shape
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"`image` has {c} bands, `mean`/`std` have {len(mean)}/{len(std)}")
+    wh, ww = parse_window(window)
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"`batch` must be an integer >= 1, got {batch!r}")
+    dev = torch.device(device)
+    if amp and dev.type != "cuda":
+        raise ValueError(f"`amp` needs a CUDA device, got device {str(dev)!r}")
+    grid = window_grid((h, w), (wh, ww), overlap)
+    ph, pw = max(h, wh), max(w, ww)
+
+    if image.dtype == np.uint16:
+        image = image.astype(np.int32)
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(dev).permute(2, 0, 1).float()
+    m = torch.tensor(mean, dtype=torch.float32, device=dev).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=dev).view(-1, 1, 1)
+    x = (x - m) / s
+    if (ph, pw) != (h, w):
+        x = F.pad(x, (0, pw - w, 0, ph - h))  # zeros after normalization = the mean
+    acc: torch.Tensor | None = None
+    with torch.inference_mode():
+        for i in range(0, len(grid), batch):
+            corners = grid[i : i + batch]
+            xb = torch.stack([x[:, y : y + wh, x0 : x0 + ww] for y, x0 in corners])
+            with _amp_context(dev, amp):
+                logits = _logits(model, xb)
+            if logits.ndim != 4 or logits.shape[0] != len(corners) or logits.shape[2:] != (wh, ww):
+                raise ValueError(
+                    f"the model returned logits of shape {tuple(logits.shape)} for input "
+                    f"{tuple(xb.shape)}; expected (N, num_classes, {wh}, {ww})"
+                )
+            if num_classes is not None and logits.shape[1] != num_classes:
+                raise ValueError(
+                    f"the model returned {logits.shape[1]} classes, expected {num_classes}"
+                )
+            probs = torch.softmax(logits.float(), dim=1)
+            if acc is None:
+                acc = torch.zeros((probs.shape[1], ph, pw), dtype=torch.float32, device=dev)
+            for (y, x0), p in zip(corners, probs, strict=True):
+                acc[:, y : y + wh, x0 : x0 + ww] += p
+            if on_batch is not None:
+                on_batch(len(corners))
+    count = coverage_count((h, w), (wh, ww), overlap)
+    out = acc[:, :h, :w].cpu().numpy()
+    out /= count[None].astype(np.float32)
+    return out
+
+
+# -- writing label maps --------------------------------------------------------------------------
+
+
+def palette_for(info: ModelInfo | dict) -> np.ndarray:
+    """Class colours ``(num_classes, 3)`` uint8: a store's info dict, or a checkpoint's preset."""
+    from npa_precompute.viz import class_palette
+
+    if isinstance(info, dict):
+        return class_palette(info)
+    attrs: dict = {"preset": info.preset, "num_classes": info.num_classes}
+    if info.preset in ("isprs", "loveda"):
+        from npa_precompute.presets import get_preset
+
+        preset = get_preset(info.preset)
+        if preset.num_classes == info.num_classes and preset.palette:
+            attrs["palette"] = [list(c) for c in preset.palette]
+    return class_palette(attrs)
+
+
+def write_label_maps(
+    pred: np.ndarray,
+    out_dir: str | os.PathLike,
+    stem: str,
+    palette: np.ndarray,
+    *,
+    fmt: str = "png",
+    target: np.ndarray | None = None,
+    ignore_index: int | None = None,
+) -> dict[str, str]:
+    """Write a prediction as an index map and a colour-coded PNG (and an error map).
+
+    Parameters
+    ----------
+    pred : (H, W) integer array of class indices
+    out_dir : folder (must exist)
+    stem : file name stem
+    palette : (num_classes, 3) uint8 class colours
+    fmt : {"png", "tif"}, default "png"
+        ``<stem>_label.png``: 8-bit grey (16-bit for more than 256 classes) whose
+        values are the class indices; ``<stem>_label.tif``: uint8/uint16 TIFF (zlib).
+    target : (H, W) integer array, optional
+        Ground truth: also writes ``<stem>_error.png``, white where the prediction is
+        right, red where wrong, black at ignore pixels.
+    ignore_index : int, optional
+        Ignore value of ``target``.
+
+    Returns
+    -------
+    dict
+        ``label``, ``color`` and (with ``target``) ``error``: the written paths.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``fmt``.
+    """
+    from PIL import Image
+
+    from npa_precompute.viz import label_rgb
+
+    if fmt not in FORMATS:
+        raise ValueError(f"`fmt` must be one of {FORMATS}, got {fmt!r}")
+    out_dir = Path(out_dir)
+    dtype = np.uint8 if len(palette) <= 256 else np.uint16
+    index = np.ascontiguousarray(pred, dtype=dtype)
+    paths = {}
+    label_path = out_dir / f"{stem}_label.{fmt}"
+    if fmt == "png":
+        Image.fromarray(index).save(label_path)
+    else:
+        import tifffile
+
+        tifffile.imwrite(label_path, index, compression="zlib", photometric="minisblack")
+    paths["label"] = str(label_path)
+    ignore = len(palette) if ignore_index is None else int(ignore_index)
+    color_path = out_dir / f"{stem}_color.png"
+    Image.fromarray(label_rgb(index, palette, ignore)).save(color_path)
+    paths["color"] = str(color_path)
+    if target is not None:
+        target = np.asarray(target)
+        err = np.zeros((*index.shape, 3), dtype=np.uint8)
+        valid = np.ones(index.shape, bool) if ignore_index is None else target != ignore_index
+        right = valid & (target == index)
+        err[right] = (255, 255, 255)
+        err[valid & ~right] = (255, 0, 0)
+        error_path = out_dir / f"{stem}_error.png"
+        Image.fromarray(err).save(error_path)
+        paths["error"] = str(error_path)
+    return paths
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="win", disable=not enabled, dynamic_ncols=True)
+
+
+def predict(
+    checkpoint: str | os.PathLike,
+    images: str | os.PathLike | Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    window: int | Sequence[int] = 513,
+    overlap: float | str | Fraction = "1/3",
+    batch: int = 4,
+    device: str | None = None,
+    amp: bool = False,
+    fmt: str = "png",
+    progress: bool = True,
+) -> list[dict]:
+    """Label maps for new image tiles with the sliding window of :func:`sliding_window_probs`.
+
+    Parameters
+    ----------
+    checkpoint : ``checkpoint.pt`` or its run folder (``npa-train fit``)
+    images : image files, folders (searched recursively) or glob patterns; 1-, 3- or
+        4-band, uint8 or uint16, with as many bands as the checkpoint's ``in_channels``
+    out : output folder (created); per image ``<stem>_label.png|tif`` (class indices)
+        and ``<stem>_color.png``
+    window : int or (h, w), default 513
+    overlap : default "1/3"
+    batch : windows per forward pass, default 4
+    device : {"cpu", "cuda"} or None (cuda if available)
+    amp : autocast on CUDA, default False
+    fmt : {"png", "tif"}, default "png"
+    progress : tqdm bar over windows
+
+    Returns
+    -------
+    list of dict
+        Per image: ``image``, ``shape`` (H, W), ``windows``, ``seconds``, ``label``,
+        ``color`` (paths).
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable checkpoint, or an image whose band count differs from the
+        checkpoint's ``in_channels`` (both named).
+    InputError
+        A missing or unreadable image (:mod:`npa_precompute.io`).
+    TypeError, ValueError
+        Bad ``window``, ``overlap``, ``batch``, ``fmt``, device or ``amp``; two images
+        with the same file stem.
+    """
+    import time
+
+    from npa_precompute.io import expand_paths, read_image
+
+    wh, ww = parse_window(window)
+    overlap = parse_overlap(overlap)
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"`batch` must be an integer >= 1, got {batch!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"`fmt` must be one of {FORMATS}, got {fmt!r}")
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    files = expand_paths([str(i) for i in images], what="image")
+    stems = [f.stem for f in files]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise ValueError(f"images share file stems ({', '.join(dup)}); outputs would collide")
+    from npa_train.train import resolve_device
+
+    dev = resolve_device(device)
+    if amp and dev.type != "cuda":
+        raise ValueError(f"`amp` needs a CUDA device, got device {str(dev)!r}")
+    model, info = load_model(checkpoint, device=dev)
+    palette = palette_for(info)
+
+    arrays = []
+    for f in files:
+        img = read_image(f)
+        if img.shape[2] != info.in_channels:
+            raise CheckpointError(
+                f"{f} has {img.shape[2]} band(s), the checkpoint {info.path} expects "
+                f"in_channels {info.in_channels}"
+            )
+        arrays.append((f, img.shape[:2]))
+    total = sum(len(window_grid(shape, (wh, ww), overlap)) for _, shape in arrays)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with _progress(total, "predict", progress) as bar:
+        for f, _ in arrays:
+            t0 = time.perf_counter()
+            img = read_image(f)
+            probs = sliding_window_probs(
+                model,
+                img,
+                **normalization(info, img),
+                window=(wh, ww),
+                overlap=overlap,
+                batch=batch,
+                device=dev,
+                amp=amp,
+                num_classes=info.num_classes,
+                on_batch=bar.update,
+            )
+            pred = probs.argmax(axis=0)
+            paths = write_label_maps(pred, out, f.stem, palette, fmt=fmt)
+            results.append(
+                {
+                    "image": str(f),
+                    "shape": list(pred.shape),
+                    "windows": len(window_grid(pred.shape, (wh, ww), overlap)),
+                    "seconds": time.perf_counter() - t0,
+                    **paths,
+                }
+            )
+    return results
