@@ -58,6 +58,7 @@ from _common import (
 
 from npa_precompute import affinity_maps, parse_transform, weights_name
 from npa_precompute.io import file_sha256, read_image, read_label
+from npa_precompute.pipeline import image_stats as tile_image_stats
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import get_preset
 from npa_precompute.store import create_or_check_store, open_store, write_tile
@@ -70,8 +71,6 @@ _FORMAT = 1  # bump when the generated tiles change
 # -- input files ----------------------------------------------------------------------------
 def _codec_text() -> str:
     """The store's compressor as configured in npa_precompute.store (not hard-coded here)."""
-    import numpy as np
-
     from npa_precompute.store import _compressor
 
     c = _compressor(np.dtype(np.float32))
@@ -253,9 +252,7 @@ def time_steps(label_path: Path, image_path: Path, scratch: Path, repeats: int) 
         state["label"] = preset.decode(state["raw"], source=str(label_path))
 
     def image_stats():
-        flat = state["image"].reshape(-1, state["image"].shape[2]).astype(np.float64)
-        flat.mean(0)
-        flat.std(0)
+        tile_image_stats(state["image"])
 
     def hashing():
         file_sha256(label_path)
@@ -303,7 +300,7 @@ def time_steps(label_path: Path, image_path: Path, scratch: Path, repeats: int) 
         ("read image TIFF (`read_image`)", read_img, True),
         ("decode RGB → indices (`decode`)", decode, True),
         ("SHA-256 of both files (`file_sha256`)", hashing, True),
-        ("image mean and std in float64 (as `process_tile` does)", image_stats, True),
+        ("image mean and std (`pipeline.image_stats`)", image_stats, True),
         (f"kernel, 4 k, {all_threads} threads (`affinity_maps`)", kernel_all, True),
         ("kernel, 4 k, 1 thread (as in a worker of 2)", kernel_one, False),
         ("12 transforms (`WeightTransform.apply`)", transform, True),
