@@ -1,4 +1,4 @@
-"""npa_train: NPALoss (pixel-weighted cross-entropy), store crops, a small FCN and training.
+"""npa_train: NPALoss and its baselines, aligned augmented store crops, models and training.
 
 Feng et al., "Neighboring Pixel Affinity Loss for Semantic Segmentation in
 High-Resolution Aerial Imagery", ISPRS Annals V-2-2020. The weights come from the
@@ -7,21 +7,70 @@ store written by ``npa-precompute run``.
 
 from __future__ import annotations
 
-from npa_train.data import CropParams, StoreCropDataset
-from npa_train.loss import REDUCTIONS, NPALoss, npa_cross_entropy
-from npa_train.model import SmallFCN
-from npa_train.train import TrainingError, fit, load_checkpoint, poly_lr, resolve_device
+from npa_train.augment import AugmentConfig, CropParams, sample_params, warp_windows
+from npa_train.data import StoreCropDataset, write_preview
+from npa_train.loss import (
+    LOSSES,
+    REDUCTIONS,
+    ClassWeightedCE,
+    DiceLoss,
+    FocalLoss,
+    NPALoss,
+    build_criterion,
+    class_weighted_cross_entropy,
+    dice_loss,
+    focal_loss,
+    median_frequency_weights,
+    npa_cross_entropy,
+)
+from npa_train.model import (
+    MODELS,
+    SmallFCN,
+    TorchvisionSegmenter,
+    build_model,
+    load_pretrained,
+    logits_of,
+)
+from npa_train.train import (
+    SPLITS,
+    TrainingError,
+    fit,
+    load_checkpoint,
+    poly_lr,
+    resolve_device,
+    resolve_split,
+)
 
 __all__ = [
+    "LOSSES",
+    "MODELS",
     "REDUCTIONS",
+    "SPLITS",
+    "AugmentConfig",
+    "ClassWeightedCE",
     "CropParams",
+    "DiceLoss",
+    "FocalLoss",
     "NPALoss",
     "SmallFCN",
     "StoreCropDataset",
+    "TorchvisionSegmenter",
     "TrainingError",
+    "build_criterion",
+    "build_model",
+    "class_weighted_cross_entropy",
+    "dice_loss",
     "fit",
+    "focal_loss",
     "load_checkpoint",
+    "load_pretrained",
+    "logits_of",
+    "median_frequency_weights",
     "npa_cross_entropy",
     "poly_lr",
     "resolve_device",
+    "resolve_split",
+    "sample_params",
+    "warp_windows",
+    "write_preview",
 ]

@@ -1,19 +1,62 @@
-"""``npa-train``: thin click commands over :func:`npa_train.train.fit`."""
+"""``npa-train``: thin click commands over :func:`npa_train.train.fit`,
+:func:`npa_train.data.write_preview` and (from :mod:`npa_train.cli_eval`) the
+sliding-window ``evaluate`` and ``predict``."""
 
 from __future__ import annotations
 
 import click
 
 from npa_precompute.store import StoreError
-from npa_train.loss import REDUCTIONS
-from npa_train.train import LOSSES, TrainingError
+from npa_train.loss import LOSSES, REDUCTIONS
+from npa_train.model import MODELS
+from npa_train.train import SPLITS, WARP_ON, TrainingError
 
-_USER_ERRORS = (StoreError, ValueError, TypeError, TrainingError)
+_USER_ERRORS = (StoreError, ValueError, TypeError, TrainingError, ImportError)
+
+
+def _floats(text: str, name: str, count: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise click.BadParameter(f"expected {count} comma-separated numbers, got {text!r}",
+                                 param_hint=name)  # fmt: skip
+    return values
+
+
+def _scale(ctx, param, value):
+    if value is None:
+        return None
+    vals = _floats(value, "--scale", 2) if "," in value else _floats(value, "--scale", 1) * 2
+    return vals
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Train a small FCN with NPALoss (Feng et al. 2020) on a weight store from npa-precompute."""
+    """Train segmentation models with NPALoss (Feng et al. 2020) on an npa-precompute store."""
+
+
+def _augment_options(f):
+    options = [
+        click.option("--no-augment", "no_augment", is_flag=True,
+                     help="Only random crop positions: no resize, rotation, mirror or blur."),
+        click.option("--scale", default="0.5,2.0", show_default=True, callback=_scale,
+                     help="Random resize range LOW,HIGH (1,1 disables)."),
+        click.option("--rotation", type=float, default=10.0, show_default=True,
+                     help="Random rotation in [-DEG, DEG] degrees (0 disables)."),
+        click.option("--flip/--no-flip", default=True, show_default=True,
+                     help="Random left-right and top-bottom mirrors."),
+        click.option("--rotate", is_flag=True, help="Also random transposes (90° rotations)."),
+        click.option("--blur", type=float, default=0.5, show_default=True,
+                     help="Probability of a Gaussian blur of the image."),
+        click.option("--normalize", type=click.Choice(["store", "tile"]), default="store",
+                     show_default=True,
+                     help="Image mean/std: pooled over the training tiles, or per tile."),
+    ]  # fmt: skip
+    for opt in reversed(options):
+        f = opt(f)
+    return f
 
 
 @main.command()
@@ -22,32 +65,77 @@ def main() -> None:
     "--weights",
     default="none",
     show_default=True,
-    help="Weights array name (e.g. k32_log10_L0.5), or 'none' for --loss ce.",
+    help="Weights array name (e.g. k32_log10_L0.5) for --loss npa; 'none' otherwise.",
 )
 @click.option(
     "--loss",
     type=click.Choice(LOSSES),
     default="npa",
     show_default=True,
-    help="npa: cross-entropy weighted by the stored weights; ce: plain cross-entropy.",
+    help="npa: CE weighted by the stored weights; ce; ce-weighted: median-frequency "
+    "class weights; focal (gamma 2); dice.",
 )
 @click.option(
     "--reduction",
     type=click.Choice([r for r in REDUCTIONS if r != "none"]),
     default="mean",
     show_default=True,
-    help="npa loss reduction: mean over non-ignored pixels, weighted_mean (divide by the "
-    "weight sum), batch (Eq. 4 literally: divide by the batch size), sum.",
+    help="npa/focal reduction: mean over non-ignored pixels, weighted_mean (divide by "
+    "the weight sum), batch (Eq. 4 literally: divide by the batch size), sum.",
 )
-@click.option("--iters", type=int, default=1000, show_default=True, help="Optimizer steps.")
-@click.option("--batch", type=int, default=4, show_default=True, help="Crops per step.")
-@click.option("--crop", type=int, default=256, show_default=True, help="Crop side in pixels.")
+@click.option(
+    "--model",
+    type=click.Choice(MODELS),
+    default="small_fcn",
+    show_default=True,
+    help="small_fcn, or a torchvision model (needs the torchvision extra).",
+)
+@click.option("--width", type=int, default=24, show_default=True, help="small_fcn width.")
+@click.option(
+    "--pretrained",
+    type=click.Path(),
+    default=None,
+    help="Local weights file: a ResNet backbone or a full model state dict.",
+)
+@click.option(
+    "--aux-weight",
+    type=float,
+    default=0.4,
+    show_default=True,
+    help="Auxiliary loss weight of torchvision models (0: no auxiliary head).",
+)
+@click.option("--iters", type=int, default=5000, show_default=True, help="Optimizer steps.")
+@click.option("--batch", type=int, default=6, show_default=True, help="Crops per step.")
+@click.option("--crop", type=int, default=513, show_default=True, help="Crop side in pixels.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder.")
 @click.option(
-    "--tiles", default=None, help="Comma-separated tile ids (default: every complete tile)."
+    "--tiles",
+    "--train-tiles",
+    "tiles",
+    default=None,
+    help="Comma-separated training tile ids (default: every complete tile not in --val-tiles).",
+)
+@click.option("--val-tiles", default=None, help="Comma-separated validation tile ids.")
+@click.option(
+    "--split",
+    type=click.Choice(list(SPLITS)),
+    default=None,
+    help="Named split (vaihingen-paper: the paper's Vaihingen train/validation areas).",
 )
 @click.option(
     "--lr", type=float, default=0.01, show_default=True, help="Base lr (poly decay, power 0.9)."
+)
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option(
+    "--weight-decay", type=float, default=1e-4, show_default=True, help="SGD weight decay."
+)
+@click.option(
+    "--poly-power", type=float, default=0.9, show_default=True, help="Power of the poly lr decay."
+)
+@_augment_options
+@click.option("--focal-gamma", type=float, default=2.0, show_default=True, help="Focal loss gamma.")
+@click.option(
+    "--dice-smooth", type=float, default=1.0, show_default=True, help="Dice loss smoothing."
 )
 @click.option(
     "--device",
@@ -55,8 +143,33 @@ def main() -> None:
     default=None,
     help="Default: cuda if available, else cpu.",
 )
+@click.option(
+    "--amp/--no-amp",
+    default=None,
+    help="Mixed precision (CUDA only; default on with CUDA). Loss in float32.",
+)
+@click.option(
+    "--amp-dtype",
+    type=click.Choice(["bf16", "fp16"]),
+    default="bf16",
+    show_default=True,
+    help="Autocast dtype (fp16 adds a gradient scaler).",
+)
+@click.option(
+    "--warp-on",
+    type=click.Choice(WARP_ON),
+    default="auto",
+    show_default=True,
+    help="Where resize/rotation run: device (batched on the GPU), loader (CPU "
+    "workers), auto (device with CUDA, loader on the CPU).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="DataLoader workers (default: 0 on the CPU, min(8, cores - 1) with CUDA).",
+)
 @click.option(
     "--log-every", type=int, default=1, show_default=True, help="Iterations per log.csv row."
 )
@@ -67,43 +180,89 @@ def main() -> None:
     show_default=True,
     help="Save checkpoint.pt every N iterations (0: only at the end).",
 )
-@click.option("--rotate", is_flag=True, help="Also random transposes (90° rotations).")
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its checkpoint (same options)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def fit(store, weights, loss, reduction, iters, batch, crop, out, tiles, lr, device, seed,
-        workers, log_every, checkpoint_every, rotate, overwrite, quiet):  # fmt: skip
-    """Train on random crops of STORE; write config.json, log.csv and checkpoint.pt to OUT."""
+def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, iters, batch,
+        crop, out, tiles, val_tiles, split, lr, momentum, weight_decay, poly_power, no_augment,
+        scale, rotation, flip, rotate, blur, normalize, focal_gamma, dice_smooth, device, amp,
+        amp_dtype, warp_on, seed, workers, log_every, checkpoint_every, resume, overwrite,
+        quiet):  # fmt: skip
+    """Train on augmented crops of STORE; write config.json, log.csv and checkpoint.pt to OUT."""
     from npa_train.train import fit as fit_
 
     try:
         summary = fit_(
-            store,
-            out,
-            weights=weights,
-            loss=loss,
-            reduction=reduction,
-            iters=iters,
-            batch=batch,
-            crop=crop,
-            tiles=tiles,
-            lr=lr,
-            device=device,
-            seed=seed,
-            workers=workers,
-            log_every=log_every,
-            checkpoint_every=checkpoint_every,
-            rotate=rotate,
-            overwrite=overwrite,
-            progress=not quiet,
-        )
+            store, out, weights=weights, loss=loss, reduction=reduction, model=model,
+            width=width, pretrained=pretrained, aux_weight=aux_weight, iters=iters, batch=batch,
+            crop=crop, tiles=tiles, val_tiles=val_tiles, split=split, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, poly_power=poly_power, augment=not no_augment,
+            scale=scale, rotation=rotation, flip=flip, rotate=rotate, blur=blur,
+            normalize=normalize, focal_gamma=focal_gamma, dice_smooth=dice_smooth,
+            device=device, amp=amp, amp_dtype=amp_dtype, warp_on=warp_on, seed=seed,
+            workers=workers, log_every=log_every, checkpoint_every=checkpoint_every,
+            resume=resume, overwrite=overwrite, progress=not quiet,
+        )  # fmt: skip
     except _USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
+    resumed = summary["resumed_from"]
+    note = f" (resumed at iteration {resumed})" if resumed is not None else ""
     click.echo(
-        f"{summary['iterations']} iterations in {summary['seconds']:.1f} s "
+        f"{summary['iterations']} iterations{note}, this session {summary['seconds']:.1f} s "
         f"({summary['iterations_per_s']:.2f} it/s on {summary['device']}); loss "
         f"{summary['first_loss']:.4f} (first 10) -> {summary['last_loss']:.4f} (last 10); "
         f"run in {summary['out']}"
     )
+
+
+@main.command()
+@click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
+@click.option(
+    "--weights",
+    default="none",
+    show_default=True,
+    help="Weights array name (e.g. k32_log10_L0.5), or 'none' (weight 1).",
+)
+@click.option("--n", "n", type=int, default=8, show_default=True, help="Number of samples.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--crop", type=int, default=513, show_default=True, help="Crop side in pixels.")
+@click.option("--tiles", default=None, help="Comma-separated tile ids (default: all complete).")
+@_augment_options
+def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotation, flip,
+            rotate, blur, normalize):  # fmt: skip
+    """Write N augmented (image, label, weight) samples of STORE as PNGs and .npy to OUT."""
+    from npa_train.augment import AugmentConfig
+    from npa_train.data import write_preview
+
+    if isinstance(weights, str) and weights.strip().lower() in ("", "none"):
+        weights = None
+    try:
+        if no_augment:
+            aug = AugmentConfig.identity(crop, transpose=rotate)
+        else:
+            aug = AugmentConfig(crop=crop, scale=scale, rotation=rotation, hflip=flip,
+                                vflip=flip, transpose=rotate, blur_p=blur)  # fmt: skip
+        records = write_preview(store, weights, n, out, seed=seed, augment=aug, tiles=tiles,
+                                normalize=normalize)  # fmt: skip
+    except _USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{len(records)} samples written to {out} (NNN_triplet.png: image | label | "
+               "weight | overlay)")  # fmt: skip
+
+
+def _register_eval_commands() -> None:
+    try:
+        from npa_train.cli_eval import evaluate_cmd, predict_cmd
+    except ImportError:  # pragma: no cover - an install without the evaluation modules
+        return
+    main.add_command(evaluate_cmd)
+    main.add_command(predict_cmd)
+
+
+_register_eval_commands()
 
 
 if __name__ == "__main__":

@@ -1,17 +1,40 @@
-"""Random training crops streamed from the weight store written by ``npa-precompute``.
+"""Augmented training crops streamed from the weight store written by ``npa-precompute``.
 
-Each item is one random crop of (image, label, weight). Only the store chunks the
-crop's window touches are read (zarr slicing ``arr[y0:y1, x0:x1]``); tiles are
-never loaded whole. Crop ``i`` is a function of ``(seed, i)`` alone, so a seed
-reproduces the same crops whatever the number of DataLoader workers, and workers,
-which receive different indices, never produce identical augmentations.
+Item ``i`` is a function of ``(seed, i)`` alone (:func:`npa_train.augment.sample_params`):
+the same seed gives the same crops whatever the number of DataLoader workers, and
+workers, which receive different indices, never produce identical augmentations.
+Only the tile window a crop maps into (plus one pixel of margin) is read from the
+store (zarr slicing ``arr[y0:y1, x0:x1]`` touches only the chunks it needs).
+
+Two output modes (``output``):
+
+``"crop"`` (default)
+    ``dataset[i]`` reads the window and resamples it on the CPU in the process that
+    asks (a DataLoader worker): ``image`` (C, h, w) float32, ``label`` (h, w) int64,
+    ``weight`` (h, w) float32, ``tile``, ``index``. Used for CPU training and previews.
+``"window"``
+    ``dataset[i]`` returns the raw window (uint8/uint16 image, labels, weights) and its
+    affine map; :meth:`StoreCropDataset.collate` pads a batch and
+    :meth:`StoreCropDataset.warp` resamples it, batched, on the training device (GPU):
+    the workers only read and decompress.
+
+Both give the same crops up to float rounding (the same random parameters, the
+same :func:`npa_train.augment.warp_windows`).
+
+Reading: the store's arrays are zarr v3 arrays whose 256² chunks sit in one shard file
+per array. zarr's general read path costs about three times the decompression itself
+for a crop's window, so windows are read straight from the shard files
+(:class:`ShardReader`: the shard index once per worker, then one ``pread`` and one
+Blosc decompression per chunk the window touches) wherever the array has exactly the
+layout ``npa-precompute`` writes; any other layout is read through zarr (``reader``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,53 +42,197 @@ import torch
 from torch.utils.data import Dataset
 
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
+from npa_train.augment import (
+    AugmentConfig,
+    CropParams,
+    collate_windows,
+    parse_crop,
+    sample_params,
+    warp_windows,
+)
 
-__all__ = ["CropParams", "StoreCropDataset", "parse_crop", "parse_tiles"]
+__all__ = [
+    "OUTPUTS",
+    "READERS",
+    "AugmentConfig",
+    "CropParams",
+    "ShardReader",
+    "StoreCropDataset",
+    "ZarrReader",
+    "parse_crop",
+    "parse_tiles",
+    "pooled_mean_std",
+    "write_preview",
+]
 
 _NORMALIZE = ("store", "tile")
+#: Allowed values of ``output``.
+OUTPUTS = ("crop", "window")
+#: Allowed values of ``reader``: ``auto`` reads shard files directly where the layout allows
+#: (:class:`ShardReader`), else through zarr; ``zarr`` always through zarr.
+READERS = ("auto", "zarr")
+_NO_CHUNK = 2**64 - 1
 
 
-@dataclass(frozen=True)
-class CropParams:
-    """Where crop ``i`` comes from and how it is flipped.
+class ZarrReader:
+    """Windows of a zarr array through zarr's own slicing (any layout)."""
 
-    ``y0, x0``: top-left corner of the window in the tile; the window is
-    ``[y0, y0 + h) x [x0, x0 + w)`` clipped to the tile, the rest padded. The
-    transforms are applied to the read window in this order: ``transpose`` (swap
-    y and x), then ``vflip`` (reverse rows), then ``hflip`` (reverse columns).
+    def __init__(self, array) -> None:
+        self.array = array
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return np.asarray(self.array[y0:y1, x0:x1])
+
+
+class ShardReader:
+    """Windows of a sharded zarr v3 array read straight from its shard files.
+
+    Supports the layout ``npa-precompute`` writes: a local store, the default chunk key
+    encoding with ``/``, one sharding codec with the index at the end (little-endian
+    uint64 offset/length pairs and a CRC32C), and inner chunks encoded with the bytes
+    codec (little-endian) and Blosc; 2-D arrays or 3-D arrays whose last axis is one
+    chunk. Each shard's index is read once; a window then costs one ``os.pread`` and one
+    Blosc decompression per chunk it touches. Missing shards or chunks read as the fill
+    value, as in zarr. :meth:`create` returns None for any other layout.
+
+    Attributes
+    ----------
+    bytes_read : int
+        Bytes read from shard files so far (indexes included).
     """
 
-    tile: str
-    y0: int
-    x0: int
-    h: int
-    w: int
-    hflip: bool = False
-    vflip: bool = False
-    transpose: bool = False
+    def __init__(self, array, root: Path, key: str, chunk_shape, shard_shape) -> None:
+        import numcodecs
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+        self.array = array
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.fill = array.fill_value
+        self.root, self.key = root, key
+        self.chunk_shape, self.shard_shape = tuple(chunk_shape), tuple(shard_shape)
+        self.per_shard = (shard_shape[0] // chunk_shape[0], shard_shape[1] // chunk_shape[1])
+        self._codec = numcodecs.Blosc()
+        self._index: dict[tuple[int, int], np.ndarray | None] = {}
+        self._fds: dict[tuple[int, int], int] = {}
+        self.bytes_read = 0
 
+    @classmethod
+    def create(cls, array) -> ShardReader | None:
+        """A reader for ``array``, or None when its layout is not the supported one."""
+        try:
+            from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+            from zarr.codecs.sharding import ShardingCodecIndexLocation
+            from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+            from zarr.storage import LocalStore
 
-def parse_crop(crop: int | Sequence[int]) -> tuple[int, int]:
-    """``256`` -> ``(256, 256)``; ``(h, w)`` -> ``(h, w)``.
+            md = array.metadata
+            codecs = tuple(md.codecs)
+            if md.zarr_format != 3 or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+                return None
+            sc = codecs[0]
+            inner, index = tuple(sc.codecs), tuple(sc.index_codecs)
+            little = ("little", None)
+            if not (
+                sc.index_location == ShardingCodecIndexLocation.end
+                and len(index) == 2
+                and isinstance(index[0], BytesCodec)
+                and getattr(index[0].endian, "value", index[0].endian) == "little"
+                and isinstance(index[1], Crc32cCodec)
+                and len(inner) == 2
+                and isinstance(inner[0], BytesCodec)
+                and getattr(inner[0].endian, "value", inner[0].endian) in little
+                and isinstance(inner[1], BloscCodec)
+            ):
+                return None
+            enc = md.chunk_key_encoding
+            if not isinstance(enc, DefaultChunkKeyEncoding) or enc.separator != "/":
+                return None
+            store = array.store_path.store
+            if not isinstance(store, LocalStore):
+                return None
+            dtype = np.dtype(array.dtype)
+            if dtype.itemsize > 1 and dtype.byteorder == ">":
+                return None
+            chunk, shard = tuple(sc.chunk_shape), tuple(md.chunk_grid.chunk_shape)
+            nd = len(array.shape)
+            if nd not in (2, 3) or len(chunk) != nd or len(shard) != nd:
+                return None
+            if nd == 3 and not (chunk[2] == shard[2] == array.shape[2]):
+                return None
+            if shard[0] % chunk[0] or shard[1] % chunk[1]:
+                return None
+            return cls(array, Path(store.root), array.store_path.path, chunk, shard)
+        except Exception:  # an unfamiliar zarr version: fall back to zarr's reads
+            return None
 
-    Raises
-    ------
-    TypeError, ValueError
-        Not one or two positive integers.
-    """
-    if isinstance(crop, (int, np.integer)) and not isinstance(crop, bool):
-        crop = (int(crop), int(crop))
-    if not isinstance(crop, Sequence) or isinstance(crop, str) or len(crop) != 2:
-        raise TypeError(f"`crop` must be an int or a pair (h, w) of ints, got {crop!r}")
-    if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in crop):
-        raise TypeError(f"`crop` must hold ints, got {crop!r}")
-    h, w = int(crop[0]), int(crop[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"`crop` must be >= 1, got {crop!r}")
-    return h, w
+    def _path(self, sy: int, sx: int) -> str:
+        parts = ["c", str(sy), str(sx)] + (["0"] if len(self.shape) == 3 else [])
+        return os.path.join(self.root, self.key, *parts)
+
+    def _shard(self, sy: int, sx: int) -> tuple[int, np.ndarray] | None:
+        if (sy, sx) not in self._index:
+            path = self._path(sy, sx)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                self._index[(sy, sx)] = None
+                return None
+            n = self.per_shard[0] * self.per_shard[1]
+            size = os.fstat(fd).st_size
+            nbytes = 16 * n + 4
+            raw = os.pread(fd, nbytes, size - nbytes)
+            self.bytes_read += len(raw)
+            if len(raw) != nbytes:
+                os.close(fd)
+                raise OSError(f"shard {path} is truncated (no complete index)")
+            index = np.frombuffer(raw[:-4], dtype="<u8").reshape(*self.per_shard, 2)
+            self._fds[(sy, sx)] = fd
+            self._index[(sy, sx)] = index
+        index = self._index[(sy, sx)]
+        return None if index is None else (self._fds[(sy, sx)], index)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """``array[y0:y1, x0:x1]`` (within the array's bounds)."""
+        rest = self.shape[2:]
+        out = np.empty((y1 - y0, x1 - x0, *rest), dtype=self.dtype)
+        ch, cw = self.chunk_shape[:2]
+        sh, sw = self.shard_shape[:2]
+        for cy in range(y0 // ch, (y1 - 1) // ch + 1):
+            for cx in range(x0 // cw, (x1 - 1) // cw + 1):
+                ya, yb = max(y0, cy * ch), min(y1, (cy + 1) * ch)
+                xa, xb = max(x0, cx * cw), min(x1, (cx + 1) * cw)
+                dst = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
+                shard = self._shard(cy * ch // sh, cx * cw // sw)
+                entry = None
+                if shard is not None:
+                    fd, index = shard
+                    off, nb = (int(v) for v in index[(cy * ch % sh) // ch, (cx * cw % sw) // cw])
+                    if not (off == _NO_CHUNK and nb == _NO_CHUNK):
+                        entry = (fd, off, nb)
+                if entry is None:
+                    dst[...] = self.fill
+                    continue
+                fd, off, nb = entry
+                data = os.pread(fd, nb, off)
+                self.bytes_read += len(data)
+                chunk = np.frombuffer(self._codec.decode(data), dtype=self.dtype.newbyteorder("<"))
+                chunk = chunk.reshape(self.chunk_shape)
+                dst[...] = chunk[ya - cy * ch : yb - cy * ch, xa - cx * cw : xb - cx * cw]
+        return out
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+        self._index.clear()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def parse_tiles(tiles: str | Sequence[str] | None) -> list[str] | None:
@@ -80,7 +247,7 @@ def parse_tiles(tiles: str | Sequence[str] | None) -> list[str] | None:
         return None
     if isinstance(tiles, str):
         tiles = [t.strip() for t in tiles.split(",")]
-    tiles = [str(t) for t in tiles if str(t).strip()]
+    tiles = [str(t).strip() for t in tiles if str(t).strip()]
     if not tiles:
         return None
     dup = sorted({t for t in tiles if tiles.count(t) > 1})
@@ -100,44 +267,41 @@ def pooled_mean_std(means, stds, counts) -> tuple[np.ndarray, np.ndarray]:
 
 
 class StoreCropDataset(Dataset):
-    """Random (image, label, weight) crops from an ``npa-precompute`` weight store.
+    """Augmented (image, label, weight) crops from an ``npa-precompute`` weight store.
 
-    Item ``i`` draws, from a generator seeded with ``(seed, i)``: a tile (with
-    probability proportional to its pixel count), a window of size ``crop`` inside
-    it (uniform over the valid positions), and random flips (each with probability
-    1/2; also a random transpose when ``rotate``, which with the flips gives all
-    eight 90° rotations and reflections). Only that window is read from the store,
-    and the same flips are applied to image, label and weight. A tile smaller than
-    the crop is padded: label ``ignore_index``, weight 0, image 0 (after
-    normalization, i.e. the mean).
+    Item ``i`` draws from a generator seeded with ``(seed, i)`` a tile (with
+    probability proportional to its pixel count) and the augmentation of ``augment``
+    (see :mod:`npa_train.augment`); the same parameters resample image, label and
+    weight. Pixels that map outside the tile get label ``ignore_index``, weight 0 and
+    image 0 (after normalization, i.e. the mean).
 
     Parameters
     ----------
     store_path : str or PathLike
         Store written by ``npa-precompute run --images ...``.
     weights_name : str or None
-        Weights array to return (e.g. ``"k32_log10_L0.5"``); None returns weight 1 at
-        every pixel inside the tile (0 in padding): plain cross-entropy.
-    crop : int or (int, int), default 256
-        Crop size ``(h, w)``.
+        Weights array to return (e.g. ``"k32_log10_L0.5"``); None reads no weights and
+        returns weight 1 at every non-ignored pixel (0 elsewhere): plain cross-entropy.
+    augment : AugmentConfig, optional
+        Default ``AugmentConfig()``: the paper's recipe with 513 × 513 crops.
+        ``AugmentConfig.identity(crop)`` gives exact, unresampled crops.
+    crop : int or (int, int), optional
+        Replaces ``augment.crop`` when given.
     tiles : sequence of str, comma-separated str, or None
         Tile ids to draw from; None (default) uses every complete tile of the store.
     length : int, default 10000
-        Number of items (``len(dataset)``); item ``i`` is defined for any ``i >= 0``.
+        ``len(dataset)``; item ``i`` is defined for any ``i >= 0``.
     seed : int, default 0
-    flip : bool, default True
-        Random horizontal and vertical flips.
-    rotate : bool, default False
-        Random transpose as well (square crops only).
     normalize : {"store", "tile"}, default "store"
-        Per-band image normalization: with the mean/std of all the dataset's tiles
-        pooled (from each tile's ``image_mean``/``image_std`` attrs, weighted by
-        pixel count), or with each tile's own.
-
-    Returns (per item)
-    ------------------
-    dict with ``image`` (C, h, w) float32, ``label`` (h, w) int64 and ``weight``
-    (h, w) float32 tensors.
+        Per-band image normalization with the mean/std of all the dataset's tiles
+        pooled (from each tile's ``image_mean``/``image_std`` attrs, weighted by pixel
+        count), or with each tile's own.
+    output : {"crop", "window"}, default "crop"
+        See the module docstring.
+    reader : {"auto", "zarr"}, default "auto"
+        ``auto``: read windows straight from the shard files where the array has the
+        layout ``npa-precompute`` writes (:class:`ShardReader`), else through zarr;
+        ``zarr``: always through zarr. Both return the same values.
 
     Raises
     ------
@@ -145,10 +309,9 @@ class StoreCropDataset(Dataset):
         No store at ``store_path``; an unknown or incomplete tile in ``tiles`` (the
         message lists the tiles); no complete tile; a tile without an image; a
         ``weights_name`` missing from a tile (the message lists the names it has);
-        tiles with different band counts.
+        tiles with different band counts or without image statistics.
     TypeError, ValueError
-        Bad ``crop``, ``length``, ``seed``, ``normalize``, or ``rotate`` with a
-        non-square crop.
+        Bad ``crop``, ``length``, ``seed``, ``normalize`` or ``output``.
     """
 
     def __init__(
@@ -156,36 +319,47 @@ class StoreCropDataset(Dataset):
         store_path: str | os.PathLike,
         weights_name: str | None = None,
         *,
-        crop: int | Sequence[int] = 256,
+        augment: AugmentConfig | None = None,
+        crop: int | Sequence[int] | None = None,
         tiles: str | Sequence[str] | None = None,
         length: int = 10_000,
         seed: int = 0,
-        flip: bool = True,
-        rotate: bool = False,
         normalize: str = "store",
+        output: str = "crop",
+        reader: str = "auto",
     ) -> None:
-        self.crop = parse_crop(crop)
+        augment = AugmentConfig() if augment is None else augment
+        if not isinstance(augment, AugmentConfig):
+            raise TypeError(f"`augment` must be an AugmentConfig, got {type(augment).__name__}")
+        if crop is not None:
+            augment = replace(augment, crop=parse_crop(crop))
+        self.augment = augment
+        self.crop = augment.crop
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
             raise ValueError(f"`length` must be an integer >= 1, got {length!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"`seed` must be an integer >= 0, got {seed!r}")
         if normalize not in _NORMALIZE:
             raise ValueError(f"`normalize` must be one of {_NORMALIZE}, got {normalize!r}")
-        if rotate and self.crop[0] != self.crop[1]:
-            raise ValueError(f"`rotate` needs a square crop, got {self.crop}")
+        if output not in OUTPUTS:
+            raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
+        if reader not in READERS:
+            raise ValueError(f"`reader` must be one of {READERS}, got {reader!r}")
+        self.reader = reader
         self.store_path = str(Path(store_path))
         self.weights_name = weights_name
         self.length = int(length)
         self.seed = int(seed)
-        self.flip = bool(flip)
-        self.rotate = bool(rotate)
         self.normalize = normalize
+        self.output = output
 
         root = open_store(self.store_path)
         info = store_info(root)
+        self.info = info
         self.classes = list(info["classes"])
         self.num_classes = int(info["num_classes"])
         self.ignore_index = int(info["ignore_index"])
+        self.preset = info.get("preset")
         wanted = parse_tiles(tiles)
         if wanted is None:
             wanted = list_tiles(root, complete_only=True)
@@ -209,6 +383,10 @@ class StoreCropDataset(Dataset):
         self.in_channels = next(iter(bands.values()))
         pixels = np.array([h * w for h, w in self.shapes], dtype=np.float64)
         self.probabilities = pixels / pixels.sum()
+        self.class_pixels = np.array(
+            [t.attrs.get("class_pixels") or [0] * self.num_classes for t in opened],
+            dtype=np.int64,
+        ).reshape(len(opened), -1)
         tile_stats = []
         for t in opened:
             mean, std = t.attrs.get("image_mean"), t.attrs.get("image_std")
@@ -222,6 +400,13 @@ class StoreCropDataset(Dataset):
         mean, std = pooled_mean_std([m for m, _ in tile_stats], [s for _, s in tile_stats], pixels)
         self.mean = mean.astype(np.float32)
         self.std = _safe_std(std).astype(np.float32)
+        if normalize == "tile":
+            table = [self.tile_mean_std[t] for t in self.tiles]
+            self.mean_table = torch.tensor(np.stack([m for m, _ in table]))
+            self.std_table = torch.tensor(np.stack([s for _, s in table]))
+        else:
+            self.mean_table = torch.tensor(np.tile(self.mean, (len(self.tiles), 1)))
+            self.std_table = torch.tensor(np.tile(self.std, (len(self.tiles), 1)))
         self._arrays: dict | None = None
         self._pid: int | None = None
 
@@ -239,78 +424,218 @@ class StoreCropDataset(Dataset):
             for tid in self.tiles:
                 t = open_tile(root, tid)
                 w = t.weights(self.weights_name) if self.weights_name is not None else None
-                arrays[tid] = (t.image, t.label, w)
+                arrays[tid] = tuple(None if a is None else self._reader(a)
+                                    for a in (t.image, t.label, w))  # fmt: skip
             self._arrays, self._pid = arrays, os.getpid()
         return self._arrays[tile]
+
+    def _reader(self, array):
+        if self.reader == "auto":
+            fast = ShardReader.create(array)
+            if fast is not None:
+                return fast
+        return ZarrReader(array)
 
     def __len__(self) -> int:
         return self.length
 
     def sample_params(self, index: int) -> CropParams:
-        """The tile, window and flips of item ``index`` (a function of seed and index)."""
+        """The random parameters of item ``index`` (a function of seed and index only)."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
             raise IndexError(f"`index` must be an integer >= 0, got {index!r}")
-        rng = np.random.default_rng((self.seed, int(index)))
-        k = int(rng.choice(len(self.tiles), p=self.probabilities))
-        (th, tw), (ch, cw) = self.shapes[k], self.crop
-        y0 = int(rng.integers(0, th - ch + 1)) if th > ch else 0
-        x0 = int(rng.integers(0, tw - cw + 1)) if tw > cw else 0
-        hflip = vflip = transpose = False
-        if self.flip:
-            hflip, vflip = (bool(b) for b in rng.integers(0, 2, size=2))
-        if self.rotate:
-            transpose = bool(rng.integers(0, 2))
-        return CropParams(self.tiles[k], y0, x0, ch, cw, hflip, vflip, transpose)
+        return sample_params(
+            self.seed, int(index), self.tiles, self.shapes, self.probabilities, self.augment
+        )
 
-    def read_window(self, params: CropParams) -> dict[str, np.ndarray]:
-        """Read and pad the window of ``params`` (no flips, no normalization).
+    def read_window(self, params: CropParams) -> dict:
+        """Read the tile window of ``params`` from the store (only its chunks).
 
-        Returns ``image`` (h, w, C) float32 normalized (0 in padding), ``label`` (h, w)
-        int64 (ignore in padding), ``weight`` (h, w) float32 (0 in padding).
+        Returns
+        -------
+        dict with ``image`` (h, w, C) as stored (uint8/uint16), ``label`` (h, w) as
+        stored, ``weight`` (h, w) float or None, ``window`` ``(y0, y1, x0, x1)``.
         """
         image_arr, label_arr, weight_arr = self._tile_arrays(params.tile)
-        th, tw = label_arr.shape
-        y1, x1 = min(params.y0 + params.h, th), min(params.x0 + params.w, tw)
-        ys, xs = slice(params.y0, y1), slice(params.x0, x1)
-        rh, rw = y1 - params.y0, x1 - params.x0
-        if self.normalize == "tile":
-            mean, std = self.tile_mean_std[params.tile]
-        else:
-            mean, std = self.mean, self.std
-        image = np.zeros((params.h, params.w, self.in_channels), dtype=np.float32)
-        image[:rh, :rw] = (np.asarray(image_arr[ys, xs], dtype=np.float32) - mean) / std
-        label = np.full((params.h, params.w), self.ignore_index, dtype=np.int64)
-        label[:rh, :rw] = label_arr[ys, xs]
-        weight = np.zeros((params.h, params.w), dtype=np.float32)
-        if weight_arr is None:
-            weight[:rh, :rw] = 1.0
-        else:
-            weight[:rh, :rw] = weight_arr[ys, xs]
-        return {"image": image, "label": label, "weight": weight}
+        shape = self.shapes[params.tile_index]
+        y0, y1, x0, x1 = params.window(shape)
+        return {
+            "image": image_arr.read(y0, y1, x0, x1),
+            "label": label_arr.read(y0, y1, x0, x1),
+            "weight": None if weight_arr is None else weight_arr.read(y0, y1, x0, x1),
+            "window": (y0, y1, x0, x1),
+        }
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def window_item(self, index: int) -> dict:
+        """Item ``index`` in ``"window"`` form (input of :func:`collate_windows`)."""
         params = self.sample_params(index)
         win = self.read_window(params)
-        image, label, weight = win["image"], win["label"], win["weight"]
-        if params.transpose:
-            image, label, weight = image.transpose(1, 0, 2), label.T, weight.T
-        if params.vflip:
-            image, label, weight = image[::-1], label[::-1], weight[::-1]
-        if params.hflip:
-            image, label, weight = image[:, ::-1], label[:, ::-1], weight[:, ::-1]
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        image, label = win["image"], win["label"]
+        if image.dtype == np.uint16:
+            image = image.astype(np.int32)
+        if label.dtype not in (np.uint8, np.int16, np.int32, np.int64):
+            label = label.astype(np.int32)
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
             "label": torch.from_numpy(np.ascontiguousarray(label)),
-            "weight": torch.from_numpy(np.ascontiguousarray(weight)),
+            "theta": torch.from_numpy(params.window_matrix(self.shapes[params.tile_index])),
+            "tile_index": params.tile_index,
+            "index": int(index),
+            "blur_sigma": params.blur_sigma,
+            "tile": params.tile,
+        }
+        if win["weight"] is not None:
+            item["weight"] = torch.from_numpy(np.ascontiguousarray(win["weight"]))
+        return item
+
+    @property
+    def collate(self):
+        """``collate_fn`` for a DataLoader over this dataset (either output mode)."""
+        if self.output == "window":
+            return partial(collate_windows, ignore_index=self.ignore_index)
+        return None  # torch's default collate
+
+    def warp(self, batch: dict, device: torch.device | str | None = None) -> dict:
+        """Resample a collated ``"window"`` batch on ``device``; crops pass through (moved).
+
+        Returns ``image`` (N, C, h, w) float32, ``label`` (N, h, w) int64, ``weight``
+        (N, h, w) float32, ``tile`` (list of N ids) and ``index`` (N,).
+        """
+        if "theta" not in batch:
+            dev = torch.device(device) if device is not None else batch["image"].device
+            out = {k: batch[k].to(dev, non_blocking=True) for k in ("image", "label", "weight")}
+            return {**out, "tile": list(batch["tile"]), "index": batch["index"]}
+        return warp_windows(
+            batch,
+            mean=self.mean_table,
+            std=self.std_table,
+            crop=self.crop,
+            ignore_index=self.ignore_index,
+            blur_kernel=self.augment.blur_kernel,
+            device=device,
+        )
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.window_item(index)
+        if self.output == "window":
+            return item
+        out = self.warp(collate_windows([item], ignore_index=self.ignore_index), "cpu")
+        return {
+            "image": out["image"][0],
+            "label": out["label"][0],
+            "weight": out["weight"][0],
+            "tile": out["tile"][0],
+            "index": int(index),
         }
 
     def __repr__(self) -> str:
         return (
             f"StoreCropDataset({self.store_path!r}, weights_name={self.weights_name!r}, "
-            f"crop={self.crop}, tiles={self.tiles}, length={self.length}, seed={self.seed})"
+            f"crop={self.crop}, tiles={self.tiles}, length={self.length}, seed={self.seed}, "
+            f"output={self.output!r})"
         )
 
 
 def _safe_std(std: np.ndarray) -> np.ndarray:
     std = np.asarray(std, dtype=np.float64)
     return np.where(std > 1e-6, std, 1.0)
+
+
+def write_preview(
+    store_path: str | os.PathLike,
+    weights_name: str | None,
+    n: int,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    augment: AugmentConfig | None = None,
+    crop: int | Sequence[int] | None = None,
+    tiles: str | Sequence[str] | None = None,
+    normalize: str = "store",
+) -> list[dict]:
+    """Write ``n`` augmented (image, label, weight) samples as PNGs and .npy files.
+
+    What ``npa-train preview`` calls; the samples are items ``0 .. n-1`` of the
+    :class:`StoreCropDataset` a ``fit`` with the same store, seed and augmentation trains
+    on first. Per sample ``i`` (``NNN`` = ``i`` with three digits), in ``out``:
+
+    * ``NNN_image.png``: the image (first three bands) de-normalized to its stored
+      values (8-bit images as they are, others stretched 2–98 %);
+    * ``NNN_label.png``: labels colour-coded with the store's palette, ignore black;
+    * ``NNN_weight.png``: the weights as a viridis heat map, ignore black;
+    * ``NNN_triplet.png``: the three side by side, plus the label blended over the image;
+    * ``NNN_image.npy`` (C, h, w) float32 normalized, ``NNN_label.npy`` (h, w) int64,
+      ``NNN_weight.npy`` (h, w) float32: exactly what the model and the loss get;
+
+    and ``preview.json`` with each sample's parameters (tile, centre, scale, angle,
+    mirrors, blur) and weight range.
+
+    Returns
+    -------
+    list of dict, one per sample (what ``preview.json`` holds)
+
+    Raises
+    ------
+    ValueError
+        ``n`` < 1, or the arguments of :class:`StoreCropDataset`.
+    StoreError
+        As :class:`StoreCropDataset`.
+    """
+    import json
+
+    from PIL import Image
+
+    from npa_precompute.viz import class_palette, heatmap_rgb, label_rgb, stretch_image
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"`n` must be an integer >= 1, got {n!r}")
+    ds = StoreCropDataset(store_path, weights_name, augment=augment, crop=crop, tiles=tiles,
+                          length=int(n), seed=seed, normalize=normalize)  # fmt: skip
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    palette = class_palette(ds.info)
+    root = open_store(ds.store_path)
+    integer8 = open_tile(root, ds.tiles[0]).image.dtype == np.uint8
+    records = []
+    for i in range(int(n)):
+        item = ds[i]
+        params = ds.sample_params(i)
+        image, label = item["image"].numpy(), item["label"].numpy()
+        weight = item["weight"].numpy()
+        mean = ds.mean_table[params.tile_index].numpy()[:, None, None]
+        std = ds.std_table[params.tile_index].numpy()[:, None, None]
+        raw = (image * std + mean).transpose(1, 2, 0)
+        if integer8:
+            rgb = np.clip(np.rint(raw[..., :3]), 0, 255).astype(np.uint8)
+            if rgb.shape[2] < 3:
+                rgb = np.repeat(rgb[..., :1], 3, axis=2)
+        else:
+            rgb = (stretch_image(raw) * 255).round().astype(np.uint8)
+        ignored = label == ds.ignore_index
+        lab_rgb = label_rgb(label, palette, ds.ignore_index)
+        w_rgb, lo, hi = heatmap_rgb(weight, mask=ignored)
+        overlay = np.where(ignored[..., None], rgb, (0.5 * rgb + 0.5 * lab_rgb).round()).astype(
+            np.uint8
+        )
+        stem = f"{i:03d}"
+        Image.fromarray(rgb).save(out / f"{stem}_image.png")
+        Image.fromarray(lab_rgb).save(out / f"{stem}_label.png")
+        Image.fromarray(w_rgb).save(out / f"{stem}_weight.png")
+        gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+        Image.fromarray(np.concatenate([rgb, gap, lab_rgb, gap, w_rgb, gap, overlay], 1)).save(
+            out / f"{stem}_triplet.png"
+        )
+        np.save(out / f"{stem}_image.npy", image)
+        np.save(out / f"{stem}_label.npy", label)
+        np.save(out / f"{stem}_weight.npy", weight)
+        records.append({**params.to_dict(), "weight_min": lo, "weight_max": hi,
+                        "ignored_fraction": float(ignored.mean())})  # fmt: skip
+    meta = {
+        "store": ds.store_path,
+        "weights": weights_name,
+        "seed": seed,
+        "augment": ds.augment.to_dict(),
+        "normalize": normalize,
+        "samples": records,
+    }
+    (out / "preview.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return records

@@ -1,13 +1,25 @@
 """Training loop: :func:`fit` is what ``npa-train fit`` calls.
 
-SGD (momentum 0.9, weight decay 1e-4), base learning rate 0.01 with poly decay
-``lr * (1 - it / iters) ** 0.9`` (``it`` counted from 0), a fixed seed, the paper's
-settings (Feng et al. 2020, §5.1) applied to the small :class:`SmallFCN`.
+The paper's recipe (Feng et al. 2020, §4.2/§5.1) is the default: SGD with momentum 0.9
+and weight decay 1e-4, base learning rate 0.01 with poly decay
+``lr * (1 - it / iters) ** 0.9`` (``it`` counted from 0), batch 6, 513 × 513 crops with
+the augmentation of :mod:`npa_train.augment`, 5000 iterations, a fixed seed, and for
+models with an auxiliary head deep supervision with weight 0.4 (the same loss and the
+same pixel weights on the auxiliary output).
 
-A run folder holds ``config.json`` (the resolved arguments, written first),
-``log.csv`` (``iteration, lr, loss, seconds``, one row per ``log_every`` iterations)
-and ``checkpoint.pt`` (written every ``checkpoint_every`` iterations, at the end,
-and before stopping on a non-finite loss).
+A run folder holds ``config.json`` (the resolved settings, written first), ``log.csv``
+(``iteration, lr, loss, aux_loss, seconds``, one row per ``log_every`` iterations; ``loss``
+is the total that is minimized, ``aux_loss`` the auxiliary term before weighting) and
+``checkpoint.pt`` (every ``checkpoint_every`` iterations, at the end, on Ctrl-C or
+SIGTERM, and before stopping on a non-finite loss).
+
+``resume=True`` continues a run from its ``checkpoint.pt``: model, optimizer, AMP scaler,
+RNG states, the iteration and the loss history are restored, rows of ``log.csv`` past
+the checkpoint are dropped, and the data continue at the next sample (sample ``i`` is a
+function of the seed and ``i`` only), so on the CPU an interrupted and resumed run logs
+the same losses, bit for bit, and ends with the same weights as an uninterrupted one
+(given the same environment: torch build and number of threads; on CUDA, up to the
+rounding of non-deterministic kernels).
 """
 
 from __future__ import annotations
@@ -16,39 +28,80 @@ import csv
 import json
 import math
 import os
-import random
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
-from npa_precompute.store import list_tiles, open_store, open_tile, store_info
+from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
+from npa_train.augment import AugmentConfig
 from npa_train.data import StoreCropDataset, parse_crop, parse_tiles
-from npa_train.loss import NPALoss, parse_reduction
-from npa_train.model import SmallFCN
+from npa_train.loss import LOSSES, build_criterion, median_frequency_weights, parse_reduction
+from npa_train.model import (
+    TORCHVISION_MODELS,
+    build_model,
+    load_pretrained,
+    model_config,
+    parse_model_name,
+)
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "LOSSES",
+    "SPLITS",
+    "WARP_ON",
     "TrainingError",
     "fit",
     "load_checkpoint",
     "poly_lr",
     "resolve_device",
+    "resolve_split",
 ]
 
-#: Allowed values of ``loss``.
-LOSSES = ("npa", "ce")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 POLY_POWER = 0.9
+AUX_WEIGHT = 0.4
+CHECKPOINT_FORMAT = "npa_train.checkpoint/2"
+#: Where the geometric augmentation runs: ``device`` (batched on the training device),
+#: ``loader`` (per sample, on the CPU, in the DataLoader workers), ``auto`` (device on
+#: CUDA, loader on the CPU).
+WARP_ON = ("auto", "device", "loader")
 _RUN_FILES = ("config.json", "log.csv", "checkpoint.pt")
+_LOG_HEADER = ["iteration", "lr", "loss", "aux_loss", "seconds"]
+
+#: Named tile splits: preset, tile id pattern, train and validation area numbers.
+SPLITS = {
+    "vaihingen-paper": {
+        "preset": "isprs",
+        "pattern": "top_mosaic_09cm_area{}",
+        "train": (1, 3, 5, 7, 13, 17, 21, 23, 26, 32, 37),
+        "val": (11, 15, 28, 30, 34),
+    }
+}
+
+# Settings that define a run: a resumed run must have the same.
+_IDENTITY = (
+    "store", "weights", "loss", "reduction", "model", "model_config", "aux_weight", "iters",
+    "batch", "crop", "tiles", "val_tiles", "lr", "momentum", "weight_decay", "poly_power",
+    "seed", "augment", "normalize", "classes", "num_classes", "ignore_index", "in_channels",
+    "focal_gamma", "dice_smooth", "class_weight",
+)  # fmt: skip
 
 
 class TrainingError(RuntimeError):
-    """Training stopped (a non-finite loss); the message names the iteration."""
+    """Training stopped (a non-finite loss); the message names the iteration and tiles."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: save a checkpoint and stop."""
 
 
 def poly_lr(base_lr: float, it: int, iters: int, power: float = POLY_POWER) -> float:
@@ -85,10 +138,93 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def _positive_int(name: str, value, *, minimum: int = 1) -> int:
+def _int(name: str, value, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _number(name: str, value, *, minimum: float = 0.0, strict: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.number))
+    if ok:
+        value = float(value)
+        ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        op = ">" if strict else ">="
+        raise ValueError(f"`{name}` must be a finite number {op} {minimum}, got {value!r}")
+    return value
+
+
+def resolve_split(
+    store: str | os.PathLike,
+    *,
+    tiles: str | Sequence[str] | None = None,
+    val_tiles: str | Sequence[str] | None = None,
+    split: str | None = None,
+) -> tuple[list[str] | None, list[str]]:
+    """Training and validation tile ids from explicit lists or a named split.
+
+    Parameters
+    ----------
+    store : weight store
+    tiles : training tiles (list or comma-separated); None: every complete tile not in
+        ``val_tiles``
+    val_tiles : validation tiles (recorded in the run for evaluation, never trained on)
+    split : a name of :data:`SPLITS` (e.g. ``"vaihingen-paper"``) instead of the lists
+
+    Returns
+    -------
+    (train tiles or None for "all complete tiles", validation tiles)
+
+    Raises
+    ------
+    ValueError
+        Unknown split, a split together with explicit lists, a split for another preset,
+        or a tile both in training and validation.
+    StoreError
+        Tiles of the split or of ``val_tiles`` missing from the store (the message lists
+        the missing ones and the tiles present); an incomplete validation tile.
+    """
+    tiles, val = parse_tiles(tiles), parse_tiles(val_tiles) or []
+    root = open_store(store)
+    present = list_tiles(root)
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {tuple(SPLITS)}, got {split!r}")
+        if tiles or val:
+            raise ValueError("give either `split` or explicit train/validation tiles, not both")
+        spec = SPLITS[split]
+        preset = store_info(root).get("preset")
+        if preset != spec["preset"]:
+            raise ValueError(
+                f"split {split!r} is for stores made with the {spec['preset']!r} preset; "
+                f"{store} was made with {preset!r}"
+            )
+        tiles = [spec["pattern"].format(n) for n in spec["train"]]
+        val = [spec["pattern"].format(n) for n in spec["val"]]
+        missing = [t for t in tiles + val if t not in present]
+        if missing:
+            raise StoreError(
+                f"split {split!r} needs {len(missing)} tile(s) missing from {store}: "
+                f"{', '.join(missing)}; the store holds: {', '.join(present) or 'none'}"
+            )
+    unknown = [t for t in val if t not in present]
+    if unknown:
+        raise StoreError(
+            f"validation tile(s) {', '.join(unknown)} not in the store; tiles: "
+            f"{', '.join(present) or 'none'}"
+        )
+    for t in val:
+        open_tile(root, t)  # IncompleteTileError for an unfinished tile
+    if tiles is not None:
+        both = sorted(set(tiles) & set(val))
+        if both:
+            raise ValueError(f"tile(s) {', '.join(both)} are in both training and validation")
+    elif val:
+        tiles = [t for t in list_tiles(root, complete_only=True) if t not in val]
+        if not tiles:
+            raise StoreError(f"no complete tile of {store} is left for training besides {val}")
+    return tiles, val
 
 
 def _available_weights(store: str | os.PathLike, tiles: list[str] | None) -> list[str]:
@@ -96,21 +232,24 @@ def _available_weights(store: str | os.PathLike, tiles: list[str] | None) -> lis
     ids = tiles or list_tiles(root, complete_only=True)
     names: set[str] | None = None
     for t in ids:
-        have = set(open_tile(root, t).weight_names)
+        try:
+            have = set(open_tile(root, t).weight_names)
+        except StoreError:
+            continue
         names = have if names is None else names & have
     return sorted(names or ())
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global state other code may use
-    torch.manual_seed(seed)
-
-
 def _worker_init(worker_id: int) -> None:
-    # Crops are a function of (seed, index), not of worker RNG state; one thread per
-    # worker keeps workers from oversubscribing the cores.
+    # Crops are a function of (seed, index), not of worker RNG state; the workers' own
+    # generators are still seeded distinctly (torch gives each worker base_seed + id,
+    # base_seed drawn from the loader's seeded generator) for any other randomness.
+    import random
+
     torch.set_num_threads(1)
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)  # noqa: NPY002 - seeds the legacy global state other code may use
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -119,21 +258,119 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> tuple[SmallFCN, dict]:
-    """Rebuild the model from ``checkpoint.pt`` (a file or its run folder).
+def _legacy_config(ckpt: dict) -> dict:
+    """Config of a checkpoint written by the first version of the trainer."""
+    args = dict(ckpt.get("args") or {})
+    return {
+        **args,
+        "model": "small_fcn",
+        "model_config": dict(ckpt["model_config"]),
+        "classes": ckpt.get("classes", args.get("classes")),
+        "num_classes": ckpt.get("num_classes", args.get("num_classes")),
+        "ignore_index": ckpt.get("ignore_index", args.get("ignore_index")),
+        "in_channels": ckpt.get("in_channels", args.get("in_channels")),
+        "image_mean": ckpt.get("image_mean", args.get("image_mean")),
+        "image_std": ckpt.get("image_std", args.get("image_std")),
+        "store_preset": args.get("store_preset"),
+    }
+
+
+def _read_checkpoint(path: Path, map_location) -> dict:
+    if not path.is_file():
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path} is not an npa-train checkpoint (no 'model' entry)")
+    if "config" not in ckpt:
+        if "model_config" not in ckpt:
+            raise ValueError(f"{path} is not an npa-train checkpoint (no 'config' entry)")
+        ckpt["config"] = _legacy_config(ckpt)
+    return ckpt
+
+
+def _rebuild(ckpt: dict, path: Path) -> nn.Module:
+    cfg = ckpt["config"]
+    name = parse_model_name(cfg["model"])
+    model = build_model(name, **cfg["model_config"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[:3]
+        raise ValueError(
+            f"checkpoint {path}: its weights do not fit model {name} {cfg['model_config']}: "
+            + " ".join(first)
+        ) from exc
+    return model
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location="cpu", *, expect: dict | None = None
+) -> tuple[nn.Module, dict]:
+    """Rebuild the model of ``checkpoint.pt`` (a file or its run folder), in eval mode.
+
+    Every model kind of :data:`npa_train.model.MODELS` is rebuilt (the torchvision ones
+    need torchvision); in eval mode it returns the logits Tensor ``(N, C, H, W)`` (see
+    :mod:`npa_train.model`).
+
+    Parameters
+    ----------
+    path : checkpoint file or run folder
+    map_location : where tensors are loaded (as ``torch.load``); a device string or
+        ``torch.device`` also moves the model there
+    expect : optional ``{key: value}`` the checkpoint's config must hold (e.g.
+        ``{"classes": [...], "in_channels": 3}``)
 
     Returns
     -------
-    (model in eval mode, checkpoint dict)
+    (model, ckpt)
+        ``ckpt["config"]`` holds ``classes``, ``num_classes``, ``ignore_index``,
+        ``in_channels``, ``image_mean``, ``image_std``, ``store_preset``, ``model`` (name),
+        ``model_config``, ``weights``, ``loss``, ``crop``, ``tiles``, ``val_tiles``, ...;
+        ``ckpt["iteration"]`` the iterations done.
+
+    Raises
+    ------
+    ValueError
+        No file, not a checkpoint, weights that do not fit the recorded model, or a
+        config that differs from ``expect`` (the message names the keys).
+    ImportError
+        A torchvision model without torchvision.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    model = SmallFCN(**ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
+    ckpt = _read_checkpoint(path, map_location)
+    if expect:
+        diff = [f"{k}: checkpoint {ckpt['config'].get(k)!r}, expected {v!r}"
+                for k, v in expect.items() if ckpt["config"].get(k) != v]  # fmt: skip
+        if diff:
+            raise ValueError(f"checkpoint {path} does not match: " + "; ".join(diff))
+    model = _rebuild(ckpt, path)
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
     model.eval()
     return model, ckpt
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _read_log(path: Path) -> list[list[str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[1:] if rows and rows[0] == _LOG_HEADER else []
 
 
 def fit(
@@ -142,176 +379,265 @@ def fit(
     *,
     weights: str | None = None,
     loss: str = "npa",
-    iters: int = 1000,
-    batch: int = 4,
-    crop: int | Sequence[int] = 256,
-    tiles: str | Sequence[str] | None = None,
-    lr: float = 0.01,
-    device: str | None = None,
-    seed: int = 0,
-    workers: int = 0,
     reduction: str = "mean",
-    log_every: int = 1,
-    checkpoint_every: int = 500,
+    model: str = "small_fcn",
     width: int = 24,
+    pretrained: str | os.PathLike | None = None,
+    aux_weight: float = AUX_WEIGHT,
+    iters: int = 5000,
+    batch: int = 6,
+    crop: int | Sequence[int] = 513,
+    tiles: str | Sequence[str] | None = None,
+    val_tiles: str | Sequence[str] | None = None,
+    split: str | None = None,
+    lr: float = 0.01,
+    momentum: float = MOMENTUM,
+    weight_decay: float = WEIGHT_DECAY,
+    poly_power: float = POLY_POWER,
+    augment: bool = True,
+    scale: Sequence[float] = (0.5, 2.0),
+    rotation: float = 10.0,
     flip: bool = True,
     rotate: bool = False,
+    blur: float = 0.5,
+    normalize: str = "store",
+    focal_gamma: float = 2.0,
+    dice_smooth: float = 1.0,
+    device: str | None = None,
+    amp: bool | None = None,
+    amp_dtype: str = "bf16",
+    warp_on: str = "auto",
+    seed: int = 0,
+    workers: int | None = None,
+    log_every: int = 1,
+    checkpoint_every: int = 500,
+    resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     callback: Callable[[int, float, float], None] | None = None,
 ) -> dict:
-    """Train :class:`SmallFCN` on random crops of a weight store; write a run folder.
+    """Train a segmentation model on augmented crops of a weight store; write a run folder.
 
     Parameters
     ----------
     store : weight store written by ``npa-precompute run --images ...``
-    out : run folder (created; refused if it already holds a run, unless ``overwrite``)
-    weights : weights array name (e.g. ``"k32_log10_L0.5"``) for ``loss="npa"``;
-        None (or ``"none"``) for ``loss="ce"``
-    loss : {"npa", "ce"}
-        ``npa``: :func:`~npa_train.loss.npa_cross_entropy` with the stored weights;
-        ``ce``: plain cross-entropy (all weights 1), mean over non-ignored pixels.
-    iters : optimizer steps (default 1000)
-    batch : crops per step (default 4)
-    crop : crop size, int or (h, w) (default 256)
-    tiles : tile ids (list or comma-separated); None: every complete tile
-    lr : base learning rate (default 0.01), poly decay with power 0.9
-    device : {"cpu", "cuda"} or None (cuda if available)
-    seed : seeds python, numpy and torch and the crop sampler (default 0)
-    workers : DataLoader worker processes (default 0: load in the main process)
-    reduction : loss reduction for ``loss="npa"`` (default ``"mean"``; see
-        :data:`~npa_train.loss.REDUCTIONS`, ``"none"`` excepted)
-    log_every : a log row (mean loss of the iterations since the last row) every
-        this many iterations (default 1); the last iteration is always logged
-    checkpoint_every : also save ``checkpoint.pt`` every this many iterations
-        (default 500; 0: only at the end)
-    width : first-stage width of :class:`SmallFCN` (default 24)
-    flip, rotate : augmentation (random flips; random transpose)
+    out : run folder (created; refused if it already holds a run, unless ``overwrite`` or
+        ``resume``)
+    weights : weights array name (e.g. ``"k32_log10_L0.5"``) for ``loss="npa"``; None
+        (or ``"none"``) for the other losses
+    loss : one of :data:`npa_train.loss.LOSSES`
+        ``npa`` (stored weights), ``ce``, ``ce-weighted`` (median-frequency class weights
+        from the training tiles' ``class_pixels``, background classes at the lowest of the
+        others), ``focal`` (gamma ``focal_gamma``), ``dice``.
+    reduction : ``npa``/``focal`` reduction (default ``"mean"``; not ``"none"``)
+    model : one of :data:`npa_train.model.MODELS` (default ``small_fcn``)
+    width : first-stage width of ``small_fcn``
+    pretrained : local weights file for the model (:func:`npa_train.model.load_pretrained`)
+    aux_weight : weight of the auxiliary loss of torchvision models (default 0.4; 0 builds
+        the model without its auxiliary head)
+    iters, batch, crop : optimizer steps (5000), crops per step (6), crop size (513)
+    tiles, val_tiles, split : see :func:`resolve_split`
+    lr, momentum, weight_decay, poly_power : SGD and poly schedule (0.01, 0.9, 1e-4, 0.9)
+    augment : False: only random crop positions (no resize, rotation, mirror, blur)
+    scale, rotation, flip, rotate, blur : resize range (0.5, 2.0), max angle (10°),
+        random mirrors, random transposes, blur probability (0.5)
+    normalize : ``"store"`` (pooled mean/std of the training tiles) or ``"tile"``
+    focal_gamma, dice_smooth : loss parameters (2, 1)
+    device : ``"cpu"``, ``"cuda"`` or None (cuda if available)
+    amp : mixed precision (CUDA only); None: on for CUDA. The loss is computed in float32
+    amp_dtype : ``"bf16"`` (default; fp16 where bf16 is unsupported) or ``"fp16"`` (with a
+        gradient scaler)
+    warp_on : one of :data:`WARP_ON`
+    seed : seeds torch and every sample's augmentation
+    workers : DataLoader workers; None: 0 on the CPU, ``min(8, cores - 1)`` with CUDA
+    log_every : a ``log.csv`` row (mean of the iterations since the last row) every this
+        many iterations; the last iteration is always logged
+    checkpoint_every : also save ``checkpoint.pt`` every this many iterations (0: only at
+        the end)
+    resume : continue the run in ``out`` from its checkpoint (same settings required)
     overwrite : replace an existing run in ``out``
-    progress : show a tqdm progress bar with loss and lr
-    callback : called as ``callback(iteration, lr, loss)`` after each step
+    progress : tqdm progress bar with loss and lr
+    callback : ``callback(iteration, lr, loss)`` after each step
 
     Returns
     -------
     dict
-        ``iterations``, ``seconds``, ``iterations_per_s``, ``first_loss`` and
-        ``last_loss`` (mean loss of the first and last ``min(10, iters)`` iterations),
-        ``final_lr``, ``device``, ``out``, ``log``, ``checkpoint``.
-
-    Notes
-    -----
-    Crop ``i`` depends only on ``seed`` and ``i``, so the data do not change with
-    ``workers``. On the CPU a seed reproduces a run exactly; on CUDA the backward of
-    bilinear upsampling uses atomic adds, so runs agree only to rounding.
-    With ``workers=0`` reading crops can dominate a CUDA step: use a few workers there.
-    An interrupt (Ctrl-C) saves ``checkpoint.pt`` before it propagates.
+        ``iterations`` (done in total), ``seconds`` and ``iterations_per_s`` (this
+        session), ``first_loss`` and ``last_loss`` (mean total loss of the first and last
+        ``min(10, iters)`` iterations), ``final_lr``, ``device``, ``out``, ``log``,
+        ``checkpoint``, ``resumed_from`` (iteration, or None).
 
     Raises
     ------
     ValueError
-        Bad arguments (named), ``loss="npa"`` without a weights name or ``loss="ce"``
-        with one (the message lists the store's weights), an unavailable device, or
-        an existing run in ``out``.
+        Bad arguments (named); a weights name missing for ``npa`` or given for another
+        loss (the message lists the store's weights); an unavailable device; an existing
+        run in ``out``; ``resume`` without a checkpoint, or with other settings or another
+        model/classes than the checkpoint (the message names them).
     StoreError
-        Missing store, unknown/incomplete tile, no images, unknown weights name.
+        Missing store, unknown/incomplete tile, no images, unknown weights name (the
+        message lists those available), split tiles missing.
     TrainingError
-        A non-finite loss; the checkpoint of the last finite step is saved first.
+        A non-finite loss; the message names the iteration and the batch's tiles, and
+        the checkpoint of the last finite step is saved first.
+    ImportError
+        A torchvision model without torchvision.
     """
     # ---- validate everything before any work ------------------------------------------------
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
     if isinstance(weights, str) and weights.strip().lower() in ("", "none"):
         weights = None
-    iters = _positive_int("iters", iters)
-    batch = _positive_int("batch", batch)
+    model_name = parse_model_name(model)
+    iters = _int("iters", iters)
+    batch = _int("batch", batch)
     crop = parse_crop(crop)
-    tiles = parse_tiles(tiles)
-    workers = _positive_int("workers", workers, minimum=0)
-    log_every = _positive_int("log_every", log_every)
-    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, minimum=0)
-    seed = _positive_int("seed", seed, minimum=0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
-        raise ValueError(f"`lr` must be a positive number, got {lr!r}")
+    log_every = _int("log_every", log_every)
+    checkpoint_every = _int("checkpoint_every", checkpoint_every, minimum=0)
+    seed = _int("seed", seed, minimum=0)
+    lr = _number("lr", lr, strict=True)
+    momentum = _number("momentum", momentum)
+    weight_decay = _number("weight_decay", weight_decay)
+    poly_power = _number("poly_power", poly_power)
+    aux_weight = _number("aux_weight", aux_weight)
     reduction = parse_reduction(reduction)
     if reduction == "none":
         raise ValueError("`reduction` 'none' gives no scalar loss to train on")
-    if loss == "ce" and reduction != "mean":
-        raise ValueError("`reduction` applies to `loss` 'npa' only ('ce' is the plain mean)")
+    if loss not in ("npa", "focal") and reduction != "mean":
+        raise ValueError(f"`reduction` applies to `loss` 'npa' and 'focal' only, not {loss!r}")
+    if warp_on not in WARP_ON:
+        raise ValueError(f"`warp_on` must be one of {WARP_ON}, got {warp_on!r}")
+    if amp_dtype not in ("bf16", "fp16"):
+        raise ValueError(f"`amp_dtype` must be 'bf16' or 'fp16', got {amp_dtype!r}")
+    if model_name.startswith("deeplabv3") and batch < 2:
+        raise ValueError("`batch` must be >= 2 for DeepLabV3 (batch norm in its pooling branch)")
+    if augment:
+        aug = AugmentConfig(crop=crop, scale=scale, rotation=rotation, hflip=flip, vflip=flip,
+                            transpose=rotate, blur_p=blur)  # fmt: skip
+    else:
+        aug = AugmentConfig.identity(crop, transpose=rotate)
     dev = resolve_device(device)
+    if amp is None:
+        amp = dev.type == "cuda"
+    if amp and dev.type != "cuda":
+        raise ValueError("`amp` (mixed precision) needs --device cuda")
+    if workers is None:
+        workers = min(8, max((os.cpu_count() or 1) - 1, 0)) if dev.type == "cuda" else 0
+    workers = _int("workers", workers, minimum=0)
+    if warp_on == "auto":
+        warp_on = "device" if dev.type == "cuda" else "loader"
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise ValueError(f"`pretrained` file {pretrained} does not exist")
     open_store(store)  # StoreError early for a missing store
+    train_tiles, val = resolve_split(store, tiles=tiles, val_tiles=val_tiles, split=split)
     if loss == "npa" and weights is None:
-        names = _available_weights(store, tiles)
+        names = _available_weights(store, train_tiles)
         raise ValueError(
             "`loss` 'npa' needs a weights name (--weights); available in the store: "
             f"{', '.join(names) or 'none'}"
         )
-    if loss == "ce" and weights is not None:
+    if loss != "npa" and weights is not None:
         raise ValueError(
-            f"`loss` 'ce' is plain cross-entropy and uses no weights, got `weights` {weights!r}; "
+            f"`loss` {loss!r} uses no stored weights, got `weights` {weights!r}; "
             "pass --weights none, or --loss npa to train with them"
         )
     out = Path(out)
+    ckpt_path = out / "checkpoint.pt"
     existing = [f for f in _RUN_FILES if (out / f).exists()]
-    if existing and not overwrite:
+    if resume and not ckpt_path.is_file():
+        raise ValueError(f"--resume: no checkpoint.pt in {out} to resume from")
+    if existing and not (overwrite or resume):
         raise ValueError(
-            f"{out} already holds a run ({', '.join(existing)}); choose another --out or pass "
-            "--overwrite"
+            f"{out} already holds a run ({', '.join(existing)}); choose another --out, pass "
+            "--resume to continue it or --overwrite to replace it"
         )
 
-    # ---- data, model, optimizer ------------------------------------------------------------
-    _seed_everything(seed)
-    dataset = StoreCropDataset(
-        store,
-        weights,
-        crop=crop,
-        tiles=tiles,
-        length=iters * batch,
-        seed=seed,
-        flip=flip,
-        rotate=rotate,
-    )
-    info = store_info(open_store(store))
-    loader = DataLoader(
-        dataset,
-        batch_size=batch,
-        shuffle=False,
-        num_workers=workers,
-        drop_last=True,
-        pin_memory=dev.type == "cuda",
-        worker_init_fn=_worker_init if workers else None,
-        persistent_workers=False,
-    )
-    model = SmallFCN(dataset.in_channels, dataset.num_classes, width=width).to(dev)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
-    )
-    criterion = NPALoss(ignore_index=dataset.ignore_index, reduction=reduction)
+    if train_tiles is None:
+        root = open_store(store)
+        unfinished = sorted(set(list_tiles(root)) - set(list_tiles(root, complete_only=True)))
+        if unfinished:
+            warnings.warn(
+                f"skipping incomplete tile(s) {', '.join(unfinished)} of {store} (their writing "
+                "was interrupted; re-run `npa-precompute run` to complete them)",
+                stacklevel=2,
+            )
 
-    out.mkdir(parents=True, exist_ok=True)
-    for f in _RUN_FILES:
-        (out / f).unlink(missing_ok=True)
+    # ---- data, model, optimizer ------------------------------------------------------------
+    torch.manual_seed(seed)
+    dataset = StoreCropDataset(
+        store, weights, augment=aug, tiles=train_tiles, length=iters * batch, seed=seed,
+        normalize=normalize, output="window" if warp_on == "device" else "crop",
+    )  # fmt: skip
+    info = dataset.info
+    class_weight = None
+    if loss == "ce-weighted":
+        if dataset.class_pixels.sum() == 0:
+            raise StoreError(
+                "`loss` 'ce-weighted' needs the tiles' class_pixels attrs (pixels per class), "
+                f"which the training tiles of {store} lack or hold only zeros; re-run "
+                "`npa-precompute run` to write them"
+            )
+        fg = info.get("foreground_classes") or list(range(dataset.num_classes))
+        background = [c for c in range(dataset.num_classes) if c not in fg]
+        class_weight = median_frequency_weights(
+            dataset.class_pixels, background=background
+        ).tolist()
+    net = build_model(model_name, in_channels=dataset.in_channels,
+                      num_classes=dataset.num_classes, aux=aux_weight > 0, width=width)  # fmt: skip
+    has_aux = getattr(net, "aux_classifier", None) is not None
+    pretrained_report = None
+    if pretrained is not None and not resume:
+        pretrained_report = load_pretrained(net, pretrained)
+    net.to(dev)
+    channels_last = dev.type == "cuda" and model_name in TORCHVISION_MODELS
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay)  # fmt: skip
+    criterion = build_criterion(loss, ignore_index=dataset.ignore_index, reduction=reduction,
+                                class_weight=class_weight, gamma=focal_gamma,
+                                smooth=dice_smooth).to(dev)  # fmt: skip
+    amp_torch_dtype = torch.bfloat16 if amp_dtype == "bf16" else torch.float16
+    if amp and amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        amp_torch_dtype = torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(amp) and amp_torch_dtype == torch.float16)
+
     config = {
         "store": str(Path(store).resolve()),
         "weights": weights,
         "loss": loss,
         "reduction": reduction,
+        "model": model_name,
+        "model_config": model_config(net),
+        "aux_weight": aux_weight if has_aux else 0.0,
+        "pretrained": str(Path(pretrained).resolve()) if pretrained is not None else None,
+        "pretrained_report": pretrained_report,
         "iters": iters,
         "batch": batch,
         "crop": list(crop),
         "tiles": dataset.tiles,
+        "val_tiles": val,
+        "split": split,
         "lr": lr,
-        "lr_schedule": f"poly, power {POLY_POWER}",
-        "momentum": MOMENTUM,
-        "weight_decay": WEIGHT_DECAY,
+        "lr_schedule": f"poly, power {poly_power}",
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "poly_power": poly_power,
+        "augment": aug.to_dict(),
+        "normalize": normalize,
+        "focal_gamma": focal_gamma if loss == "focal" else None,
+        "dice_smooth": dice_smooth if loss == "dice" else None,
+        "class_weight": class_weight,
         "device": str(dev),
+        "amp": bool(amp),
+        "amp_dtype": str(amp_torch_dtype).replace("torch.", "") if amp else None,
+        "warp_on": warp_on,
         "seed": seed,
         "workers": workers,
         "log_every": log_every,
         "checkpoint_every": checkpoint_every,
-        "flip": flip,
-        "rotate": rotate,
-        "model": "SmallFCN",
-        "model_config": model.config(),
         "classes": dataset.classes,
         "num_classes": dataset.num_classes,
         "ignore_index": dataset.ignore_index,
@@ -321,72 +647,162 @@ def fit(
         "store_preset": info.get("preset"),
         "torch_version": str(torch.__version__),
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    def checkpoint(iteration: int) -> None:
+    start, losses, pending, seconds0, resumed_from = 0, [], [], 0.0, None
+    if resume:
+        ckpt = _read_checkpoint(ckpt_path, "cpu")
+        old = ckpt["config"]
+        diff = [
+            f"{k}: checkpoint {old.get(k)!r}, now {config.get(k)!r}"
+            for k in _IDENTITY
+            if _json_ready(old.get(k)) != _json_ready(config.get(k))
+        ]
+        if diff:
+            raise ValueError(
+                f"--resume: the run in {out} was made with other settings; pass the same "
+                "options as the first time, or start a new run. Differences: " + "; ".join(diff)
+            )
+        try:
+            net.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"--resume: checkpoint weights do not fit the model: {exc}") from exc
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        rng = ckpt.get("rng") or {}
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if dev.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
+        start = int(ckpt["iteration"])
+        losses = [float(x) for x in ckpt.get("losses", [])]
+        pending = [
+            (float(a), None if x is None else float(x)) for a, x in ckpt.get("log_pending", [])
+        ]
+        seconds0 = float(ckpt.get("seconds", 0.0))
+        resumed_from = start
+        config["pretrained_report"] = old.get("pretrained_report")
+        config["pretrained"] = old.get("pretrained")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in _RUN_FILES:
+            (out / f).unlink(missing_ok=True)
+        (out / "config.json").write_text(json.dumps(_json_ready(config), indent=2) + "\n")
+
+    def checkpoint(iteration: int, elapsed: float) -> None:
         _save_atomic(
             {
-                "model": model.state_dict(),
+                "format": CHECKPOINT_FORMAT,
+                "config": config,
+                "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "iteration": iteration,
-                "args": config,
-                "model_config": model.config(),
-                "classes": dataset.classes,
-                "in_channels": dataset.in_channels,
-                "num_classes": dataset.num_classes,
-                "ignore_index": dataset.ignore_index,
-                "weights": weights,
-                "image_mean": dataset.mean.tolist(),
-                "image_std": dataset.std.tolist(),
+                "losses": list(losses),
+                "log_pending": list(pending),
+                "seconds": elapsed,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+                },
             },
-            out / "checkpoint.pt",
+            ckpt_path,
         )
+
+    # keep the log rows up to the checkpoint; rows after it are recomputed identically
+    rows = [r for r in _read_log(out / "log.csv") if r and int(r[0]) <= start] if resume else []
+    summary_base = {"device": str(dev), "out": str(out), "log": str(out / "log.csv"),
+                    "checkpoint": str(ckpt_path), "resumed_from": resumed_from}  # fmt: skip
+    if start >= iters:
+        return _summary(losses, 0, 0.0, poly_lr(lr, iters - 1, iters, poly_power), summary_base)
+
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=range(start * batch, iters * batch),
+        num_workers=workers,
+        collate_fn=dataset.collate,
+        drop_last=True,
+        pin_memory=dev.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + start),
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
 
     # ---- loop --------------------------------------------------------------------------------
     from tqdm import tqdm
 
-    losses: list[float] = []
-    pending: list[float] = []
-    model.train()
+    aux_w = aux_weight if has_aux else 0.0
+    net.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=iters, desc="fit", unit="it", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=iters, initial=start, desc="fit", unit="it", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
     cur_lr = lr
+    done = start
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+
+        def _on_term(signum, frame):
+            raise _Terminated()
+
+        old_handler = signal.signal(signal.SIGTERM, _on_term)
     try:
         with open(out / "log.csv", "w", newline="") as log_file:
             log = csv.writer(log_file)
-            log.writerow(["iteration", "lr", "loss", "seconds"])
-            for it, sample in enumerate(loader):
+            log.writerow(_LOG_HEADER)
+            log.writerows(rows)
+            log_file.flush()
+            for it, sample in enumerate(loader, start=start):
                 iteration = it + 1
-                cur_lr = poly_lr(lr, it, iters)
+                cur_lr = poly_lr(lr, it, iters, poly_power)
                 for group in optimizer.param_groups:
                     group["lr"] = cur_lr
-                image = sample["image"].to(dev, non_blocking=True)
-                label = sample["label"].to(dev, non_blocking=True)
-                weight = sample["weight"].to(dev, non_blocking=True) if loss == "npa" else None
-                value = criterion(model(image), label, weight)
+                b = dataset.warp(sample, dev)
+                image = b["image"]
+                if channels_last:
+                    image = image.contiguous(memory_format=torch.channels_last)
+                weight = b["weight"] if loss == "npa" else None
+                with torch.autocast(device_type=dev.type, dtype=amp_torch_dtype, enabled=bool(amp)):
+                    output = net(image)
+                if isinstance(output, dict):
+                    main_out, aux_out = output["out"], output.get("aux")
+                else:
+                    main_out, aux_out = output, None
+                value = criterion(main_out.float(), b["label"], weight)
+                aux_value = None
+                if aux_out is not None and aux_w > 0:
+                    aux_value = criterion(aux_out.float(), b["label"], weight)
+                    value = value + aux_w * aux_value
                 loss_value = float(value.detach())
+                aux_float = float(aux_value.detach()) if aux_value is not None else None
                 if not math.isfinite(loss_value):
                     log_file.flush()
-                    checkpoint(iteration - 1)
+                    checkpoint(it, seconds0 + time.perf_counter() - t0)
+                    idx = b["index"].tolist()
                     raise TrainingError(
                         f"non-finite loss ({loss_value}) at iteration {iteration} of {iters} "
-                        f"(lr {cur_lr:.3g}); checkpoint of iteration {iteration - 1} saved to "
-                        f"{out / 'checkpoint.pt'}. Lower --lr, or use reduction 'mean'."
+                        f"(lr {cur_lr:.3g}); batch samples {idx[0]}-{idx[-1]} from tile(s) "
+                        f"{', '.join(sorted(set(b['tile'])))}; checkpoint of iteration {it} "
+                        f"saved to {ckpt_path} (resume with --resume). Lower --lr, or check "
+                        "the weights of those tiles."
                     )
                 optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                optimizer.step()
+                scaler.scale(value).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                done = iteration
                 losses.append(loss_value)
-                pending.append(loss_value)
+                pending.append((loss_value, aux_float))
                 if iteration % log_every == 0 or iteration == iters:
-                    log.writerow(
-                        [
-                            iteration,
-                            f"{cur_lr:.8g}",
-                            f"{sum(pending) / len(pending):.6g}",
-                            f"{time.perf_counter() - t0:.3f}",
-                        ]
-                    )
+                    auxs = [a for _, a in pending if a is not None]
+                    log.writerow([
+                        iteration,
+                        f"{cur_lr:.8g}",
+                        f"{sum(v for v, _ in pending) / len(pending):.6g}",
+                        f"{sum(auxs) / len(auxs):.6g}" if auxs else "",
+                        f"{seconds0 + time.perf_counter() - t0:.3f}",
+                    ])  # fmt: skip
                     log_file.flush()
                     pending.clear()
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", refresh=False)
@@ -394,24 +810,27 @@ def fit(
                 if callback is not None:
                     callback(iteration, cur_lr, loss_value)
                 if checkpoint_every and iteration % checkpoint_every == 0 and iteration < iters:
-                    checkpoint(iteration)
-    except KeyboardInterrupt:
-        checkpoint(len(losses))
+                    checkpoint(iteration, seconds0 + time.perf_counter() - t0)
+    except (KeyboardInterrupt, _Terminated):
+        checkpoint(done, seconds0 + time.perf_counter() - t0)
         raise
     finally:
         bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
     seconds = time.perf_counter() - t0
-    checkpoint(len(losses))
+    checkpoint(done, seconds0 + seconds)
+    return _summary(losses, done - start, seconds, cur_lr, summary_base)
+
+
+def _summary(losses: list[float], steps: int, seconds: float, final_lr: float, base: dict) -> dict:
     n = min(10, len(losses))
     return {
         "iterations": len(losses),
         "seconds": seconds,
-        "iterations_per_s": len(losses) / seconds if seconds > 0 else float("nan"),
-        "first_loss": float(np.mean(losses[:n])),
-        "last_loss": float(np.mean(losses[-n:])),
-        "final_lr": cur_lr,
-        "device": str(dev),
-        "out": str(out),
-        "log": str(out / "log.csv"),
-        "checkpoint": str(out / "checkpoint.pt"),
+        "iterations_per_s": steps / seconds if seconds > 0 else float("nan"),
+        "first_loss": float(np.mean(losses[:n])) if n else float("nan"),
+        "last_loss": float(np.mean(losses[-n:])) if n else float("nan"),
+        "final_lr": final_lr,
+        **base,
     }

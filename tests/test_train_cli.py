@@ -1,11 +1,14 @@
-"""npa-train fit: run folder contents, poly lr, checkpoint, refusals, and that the loss falls."""
+"""npa-train fit/preview: run folder, poly lr, checkpoints and resume, splits, losses, refusals."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +17,26 @@ import tifffile
 import torch
 from click.testing import CliRunner
 
-import npa_train.train as train_mod
+import npa_train.model as model_mod
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import ISPRS
+from npa_precompute.store import StoreError, open_store
 from npa_train.cli import main
+from npa_train.loss import median_frequency_weights
 from npa_train.model import SmallFCN
-from npa_train.train import TrainingError, fit, load_checkpoint, poly_lr
+from npa_train.train import TrainingError, fit, load_checkpoint, poly_lr, resolve_split
 
 WNAME = "k4_log10_L0.5"
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # small models on a shared 2-core machine train faster (and steadier) on one thread
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +88,17 @@ def test_fit_writes_log_checkpoint_and_config(store, tmp_path):
     assert config["tiles"] == ["areaA", "areaB"] and config["momentum"] == 0.9
     assert config["weight_decay"] == 1e-4
 
+    assert config["batch"] == 2 and config["crop"] == [32, 32] and config["model"] == "small_fcn"
+    assert config["augment"]["scale"] == [0.5, 2.0] and config["augment"]["rotation"] == 10.0
+
     model, ckpt = load_checkpoint(out)
-    assert ckpt["iteration"] == 10 and ckpt["weights"] == WNAME
-    assert ckpt["classes"] == list(ISPRS.classes)
-    assert (ckpt["in_channels"], ckpt["num_classes"]) == (3, 6)
+    cfg = ckpt["config"]
+    assert ckpt["iteration"] == 10 and cfg["weights"] == WNAME
+    assert cfg["classes"] == list(ISPRS.classes) and cfg["store_preset"] == "isprs"
+    assert (cfg["in_channels"], cfg["num_classes"], cfg["ignore_index"]) == (3, 6, 255)
+    assert len(cfg["image_mean"]) == len(cfg["image_std"]) == 3
+    assert cfg["model_config"] == {"in_channels": 3, "num_classes": 6, "width": 24}
+    assert not model.training
     assert ckpt["optimizer"]["param_groups"][0]["momentum"] == 0.9
     assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
     assert isinstance(model, SmallFCN)
@@ -177,10 +198,11 @@ def test_non_finite_loss_stops_naming_the_iteration(store, tmp_path, monkeypatch
             out = super().forward(x)
             return out * float("nan") if type(self).calls == 3 else out
 
-    monkeypatch.setattr(train_mod, "SmallFCN", NaNAtThirdCall)
+    monkeypatch.setattr(model_mod, "SmallFCN", NaNAtThirdCall)
     out = tmp_path / "run"
-    with pytest.raises(TrainingError, match="iteration 3 of 10"):
+    with pytest.raises(TrainingError, match=r"iteration 3 of 10.*tile\(s\) area[AB]") as exc:
         fit(store, out, weights=WNAME, iters=10, batch=1, crop=16, device="cpu", progress=False)
+    assert "samples 2-2" in str(exc.value) and "--resume" in str(exc.value)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -207,6 +229,13 @@ def test_python_dash_m():
     assert result.returncode == 0 and "--weights" in result.stdout
 
 
+def test_npa_train_group_lists_every_command():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("fit", "preview", "evaluate", "predict"):
+        assert command in result.output, command
+
+
 @pytest.mark.skipif(not (DEMO / "top").is_dir(), reason="demo data missing")
 def test_npa_fit_on_demo_lowers_the_loss(tmp_path):
     store = tmp_path / "demo.zarr"
@@ -219,6 +248,7 @@ def test_npa_fit_on_demo_lowers_the_loss(tmp_path):
     )
     summary = fit(store, tmp_path / "run", weights="k32_log10_L0.5", loss="npa", iters=60,
                   batch=4, crop=128, device="cpu", progress=False, seed=0)  # fmt: skip
+    # (full augmentation: resize 0.5-2, rotation, mirrors, blur)
     losses = [float(r["loss"]) for r in _read_log(tmp_path / "run" / "log.csv")]
     assert len(losses) == 60
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
@@ -235,5 +265,362 @@ def test_fit_on_cuda(store, tmp_path):
     assert result.exit_code == 0, result.output
     assert len(_read_log(out / "log.csv")) == 10
     model, ckpt = load_checkpoint(out)  # loads onto the CPU
-    assert ckpt["args"]["device"].startswith("cuda")
+    assert ckpt["config"]["device"].startswith("cuda") and ckpt["config"]["amp"]
     assert next(model.parameters()).device.type == "cpu"
+
+
+# ---- defaults, flags ---------------------------------------------------------------------------
+def test_paper_recipe_is_the_default():
+    import inspect
+
+    p = inspect.signature(fit).parameters
+    defaults = {k: p[k].default for k in ("lr", "momentum", "weight_decay", "poly_power",
+                                           "batch", "crop", "iters", "aux_weight", "scale",
+                                           "rotation", "blur", "flip")}  # fmt: skip
+    assert defaults == {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9,
+                        "batch": 6, "crop": 513, "iters": 5000, "aux_weight": 0.4,
+                        "scale": (0.5, 2.0), "rotation": 10.0, "blur": 0.5,
+                        "flip": True}  # fmt: skip
+    help_text = CliRunner().invoke(main, ["fit", "--help"]).output
+    flags = ("--batch", "--crop", "--iters", "--resume", "--model", "--pretrained", "--split",
+             "--train-tiles", "--val-tiles", "--amp", "--aux-weight", "--scale", "--rotation",
+             "--blur", "--warp-on", "--tiles", "--rotate")  # fmt: skip
+    for flag in flags:
+        assert flag in help_text, flag
+
+
+def test_amp_on_cpu_is_refused(store, tmp_path):
+    with pytest.raises(ValueError, match="`amp`"):
+        fit(store, tmp_path / "r", weights=WNAME, iters=1, device="cpu", amp=True)
+
+
+# ---- resume --------------------------------------------------------------------------------------
+def _losses(out: Path) -> list[str]:
+    return [r["loss"] for r in _read_log(out / "log.csv")]
+
+
+def _state(out: Path) -> dict:
+    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(n, exc=KeyboardInterrupt):
+    def callback(iteration, lr, loss):
+        if iteration == n:
+            raise exc()
+
+    return callback
+
+
+@pytest.mark.parametrize(("stop", "interrupt"), [(KeyboardInterrupt, True), (_Stop, False)])
+def test_interrupted_and_resumed_run_equals_uninterrupted(store, tmp_path, stop, interrupt):
+    kw = dict(weights=WNAME, iters=6, batch=2, crop=32, device="cpu", progress=False, seed=1,
+              checkpoint_every=2)  # fmt: skip
+    full = fit(store, tmp_path / "full", **kw)
+    out = tmp_path / "cut"
+    with pytest.raises(stop):
+        fit(store, out, callback=_stop_at(3, stop), **kw)
+    # Ctrl-C saves iteration 3; a crash (like a kill) leaves the checkpoint of iteration 2
+    # and a log row for iteration 3 that the resume drops and recomputes
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == (3 if interrupt else 2)
+    assert len(_losses(out)) == 3
+    resumed = fit(store, out, resume=True, **kw)
+    assert resumed["resumed_from"] == (3 if interrupt else 2)
+    assert _losses(out) == _losses(tmp_path / "full")  # bit-identical, as logged
+    a, b = _state(out), _state(tmp_path / "full")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["iterations"] == 6 and resumed["last_loss"] == full["last_loss"]
+    # resuming a finished run does nothing
+    again = fit(store, out, resume=True, **kw)
+    assert again["iterations"] == 6 and _losses(out) == _losses(tmp_path / "full")
+
+
+def test_resume_keeps_partial_log_averages(store, tmp_path):
+    kw = dict(weights=WNAME, iters=6, batch=1, crop=16, device="cpu", progress=False,
+              log_every=4, checkpoint_every=0)  # fmt: skip
+    fit(store, tmp_path / "full", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, tmp_path / "cut", callback=_stop_at(2), **kw)
+    fit(store, tmp_path / "cut", resume=True, **kw)
+    rows = _read_log(tmp_path / "cut" / "log.csv")
+    assert [r["iteration"] for r in rows] == ["4", "6"]
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+
+
+def test_resume_refuses_other_settings_other_model_and_no_checkpoint(store, tmp_path):
+    kw = dict(weights=WNAME, iters=3, batch=1, crop=16, device="cpu", progress=False)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, out, callback=_stop_at(1), **kw)
+    with pytest.raises(ValueError, match=r"other settings.*lr: checkpoint 0\.01, now 0\.02"):
+        fit(store, out, resume=True, **{**kw, "lr": 0.02})
+    with pytest.raises(ValueError, match="model_config"):
+        fit(store, out, resume=True, width=8, **kw)
+    with pytest.raises(ValueError, match="no checkpoint.pt"):
+        fit(store, tmp_path / "empty", resume=True, **kw)
+    # the CLI says the same
+    args = _fit_args(store, out, "--weights", WNAME, "--resume", "--iters", "3", "--batch", "1",
+                     "--crop", "16", "--loss", "ce", "--weights", "none")  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "loss: checkpoint 'npa', now 'ce'" in result.output
+
+
+def test_load_checkpoint_errors(store, tmp_path):
+    out = tmp_path / "run"
+    fit(store, out, weights=WNAME, iters=1, batch=1, crop=16, device="cpu", progress=False)
+    model, ckpt = load_checkpoint(out / "checkpoint.pt", map_location="cpu")
+    with pytest.raises(ValueError, match="classes"):
+        load_checkpoint(out, expect={"classes": ["a", "b"]})
+    assert load_checkpoint(out, expect={"num_classes": 6, "in_channels": 3})[1]["iteration"] == 1
+    ckpt["config"]["model_config"]["width"] = 12  # claims another model than the weights
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="do not fit model small_fcn"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_load_checkpoint_of_the_first_trainer_version(tmp_path):
+    net = SmallFCN(3, 6, width=4)
+    legacy = {"model": net.state_dict(), "optimizer": {}, "iteration": 5,
+              "args": {"weights": "k32_log10_L0.5", "store_preset": "isprs"},
+              "model_config": net.config(), "classes": list(ISPRS.classes), "in_channels": 3,
+              "num_classes": 6, "ignore_index": 255, "weights": "k32_log10_L0.5",
+              "image_mean": [1.0, 2.0, 3.0], "image_std": [4.0, 5.0, 6.0]}  # fmt: skip
+    torch.save(legacy, tmp_path / "checkpoint.pt")
+    model, ckpt = load_checkpoint(tmp_path)
+    assert isinstance(model, SmallFCN) and ckpt["config"]["model"] == "small_fcn"
+    assert ckpt["config"]["image_std"] == [4.0, 5.0, 6.0]
+    assert ckpt["config"]["store_preset"] == "isprs"
+
+
+def test_sigkill_then_resume_loses_nothing(store, tmp_path):
+    # three `npa-train fit` processes in the same environment: one runs through, one is
+    # killed (SIGKILL: no chance to save) mid-run, then resumed with --resume
+    def cli(out, *extra):
+        args = [sys.executable, "-m", "npa_train", *_fit_args(store, out, "--weights", WNAME),
+                "--iters", "30", "--batch", "2", "--crop", "48", "--checkpoint-every", "3",
+                "--seed", "2", *extra]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    ref = cli(tmp_path / "ref")
+    out = tmp_path / "killed"
+    proc = cli(out)
+    t0 = time.time()
+    try:
+        while time.time() - t0 < 120:
+            rows = _read_log(out / "log.csv") if (out / "log.csv").exists() else []
+            if len(rows) >= 7 or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
+    assert 3 <= done < 30 and done % 3 == 0
+    resumed = cli(out, "--resume")
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read().decode()
+    assert ref.wait(timeout=120) == 0, ref.stderr.read().decode()
+    assert len(_losses(out)) == 30
+    assert _losses(out) == _losses(tmp_path / "ref")
+    a, b = _state(out), _state(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- losses through fit ------------------------------------------------------------------------
+@pytest.mark.parametrize("loss", ["ce-weighted", "focal", "dice"])
+def test_baseline_losses_train(store, tmp_path, loss):
+    out = tmp_path / loss
+    summary = fit(store, out, loss=loss, iters=4, batch=2, crop=32, device="cpu", progress=False)
+    assert np.isfinite(summary["last_loss"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["loss"] == loss and config["weights"] is None
+    if loss == "ce-weighted":
+        root = open_store(store)
+        px = [root["tiles"][t].attrs["class_pixels"] for t in ("areaA", "areaB")]
+        expected = median_frequency_weights(px, background=[5])  # clutter/background
+        np.testing.assert_allclose(config["class_weight"], expected)
+        assert config["class_weight"][5] == pytest.approx(min(expected[:5]))
+    if loss == "focal":
+        assert config["focal_gamma"] == 2.0
+    with pytest.raises(ValueError, match="uses no stored weights"):
+        fit(store, tmp_path / "x", loss=loss, weights=WNAME, iters=1)
+
+
+def test_all_ignored_tile_gives_zero_loss_not_nan(tmp_path):
+    palette = np.array((*ISPRS.palette, (0, 0, 0)), dtype=np.uint8)
+    (tmp_path / "gts").mkdir()
+    (tmp_path / "top").mkdir()
+    tifffile.imwrite(tmp_path / "gts" / "blank_noBoundary.tif", palette[np.full((32, 32), 6)])
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "top" / "blank.tif", image)
+    path = tmp_path / "store.zarr"
+    run_precompute([str(tmp_path / "gts")], path, images=[str(tmp_path / "top")], ks="2")
+    for loss, w in (("npa", "k2_log10_L0.5"), ("ce", None), ("focal", None), ("dice", None)):
+        out = tmp_path / loss
+        fit(path, out, loss=loss, weights=w, iters=2, batch=2, crop=16, device="cpu",
+            progress=False)  # fmt: skip
+        assert [float(v) for v in _losses(out)] == [0.0, 0.0]
+
+
+# ---- splits --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vaihingen_like(tmp_path_factory) -> Path:
+    """16 tiny tiles named like the Vaihingen release (all labelled areas)."""
+    folder = tmp_path_factory.mktemp("vaihingen_like")
+    palette = np.array(ISPRS.palette, dtype=np.uint8)
+    rng = np.random.default_rng(3)
+    (folder / "gts").mkdir()
+    (folder / "top").mkdir()
+    for n in (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37):
+        name = f"top_mosaic_09cm_area{n}"
+        idx = np.kron(rng.integers(0, 6, (3, 3)), np.ones((8, 8), dtype=np.int64))
+        tifffile.imwrite(folder / "gts" / f"{name}_noBoundary.tif", palette[idx])
+        tifffile.imwrite(folder / "top" / f"{name}.tif", (idx[..., None] * 30 + 9).astype(np.uint8)
+                         .repeat(3, -1))  # fmt: skip
+    out = folder / "store.zarr"
+    run_precompute([str(folder / "gts")], out, images=[str(folder / "top")], ks="1", chunk=16)
+    return out
+
+
+def test_vaihingen_paper_split(vaihingen_like, tmp_path):
+    train, val = resolve_split(vaihingen_like, split="vaihingen-paper")
+    assert train == [f"top_mosaic_09cm_area{n}" for n in (1, 3, 5, 7, 13, 17, 21, 23, 26, 32, 37)]
+    assert val == [f"top_mosaic_09cm_area{n}" for n in (11, 15, 28, 30, 34)]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", "--store", str(vaihingen_like), "--out", str(out),
+                                       "--split", "vaihingen-paper", "--loss", "ce", "--iters",
+                                       "2", "--batch", "2", "--crop", "16", "--device", "cpu",
+                                       "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["tiles"] == train and config["val_tiles"] == val
+    assert config["split"] == "vaihingen-paper"
+
+
+def test_split_with_missing_tiles_lists_them(store, vaihingen_like):
+    with pytest.raises(StoreError, match=r"16 tile\(s\) missing.*area1,.*area34.*holds: areaA"):
+        resolve_split(store, split="vaihingen-paper")
+    with pytest.raises(ValueError, match="`split`"):
+        resolve_split(store, split="potsdam")
+    with pytest.raises(ValueError, match="not both"):
+        resolve_split(vaihingen_like, split="vaihingen-paper", tiles="top_mosaic_09cm_area1")
+
+
+def test_explicit_train_and_val_tiles(store, tmp_path):
+    assert resolve_split(store, val_tiles="areaB") == (["areaA"], ["areaB"])
+    assert resolve_split(store, tiles="areaA", val_tiles="areaB") == (["areaA"], ["areaB"])
+    assert resolve_split(store) == (None, [])
+    with pytest.raises(ValueError, match="both training and validation"):
+        resolve_split(store, tiles="areaA,areaB", val_tiles="areaB")
+    with pytest.raises(StoreError, match="validation tile.*nope.*areaA, areaB"):
+        resolve_split(store, val_tiles="nope")
+    out = tmp_path / "run"
+    args = _fit_args(store, out, "--weights", WNAME, "--train-tiles", "areaA", "--val-tiles",
+                     "areaB", "--iters", "2")  # fmt: skip
+    assert CliRunner().invoke(main, args).exit_code == 0
+    _, ckpt = load_checkpoint(out)
+    assert ckpt["config"]["tiles"] == ["areaA"] and ckpt["config"]["val_tiles"] == ["areaB"]
+
+
+# ---- the batched warp in the loop; preview -------------------------------------------------------
+def test_fit_with_the_batched_warp_on_the_cpu(store, tmp_path):
+    out = tmp_path / "run"
+    summary = fit(store, out, weights=WNAME, iters=3, batch=3, crop=24, device="cpu",
+                  warp_on="device", progress=False)  # fmt: skip
+    assert np.isfinite(summary["last_loss"])
+    assert json.loads((out / "config.json").read_text())["warp_on"] == "device"
+
+
+def test_preview_writes_aligned_triplets(store, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "preview"
+    result = CliRunner().invoke(main, ["preview", "--store", str(store), "--weights", WNAME,
+                                       "--n", "3", "--out", str(out), "--seed", "4", "--crop",
+                                       "40"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "preview.json").read_text())
+    assert len(meta["samples"]) == 3 and meta["seed"] == 4 and meta["weights"] == WNAME
+    palette = np.array((*ISPRS.palette,), dtype=np.uint8)
+    for i in range(3):
+        label = np.load(out / f"{i:03d}_label.npy")
+        weight = np.load(out / f"{i:03d}_weight.npy")
+        image = np.load(out / f"{i:03d}_image.npy")
+        assert label.shape == weight.shape == (40, 40) and image.shape == (3, 40, 40)
+        assert (weight[label == 255] == 0).all() and (weight[label != 255] > 0).all()
+        rgb = np.asarray(Image.open(out / f"{i:03d}_label.png").convert("RGB"))
+        valid = label != 255
+        np.testing.assert_array_equal(rgb[valid], palette[label[valid]])
+        assert (rgb[~valid] == 0).all()
+        heat = np.asarray(Image.open(out / f"{i:03d}_weight.png").convert("RGB"))
+        assert (heat[~valid] == 0).all() and heat.shape == (40, 40, 3)
+        assert Image.open(out / f"{i:03d}_triplet.png").size == (4 * 40 + 3 * 4, 40)
+        assert Image.open(out / f"{i:03d}_image.png").size == (40, 40)
+    # the samples are the first ones a fit with the same seed trains on
+    from npa_train.data import StoreCropDataset
+
+    ds = StoreCropDataset(store, WNAME, crop=40, seed=4)
+    np.testing.assert_array_equal(ds[1]["label"].numpy(), np.load(out / "001_label.npy"))
+
+
+def test_preview_errors(store, tmp_path):
+    result = CliRunner().invoke(main, ["preview", "--store", str(store), "--weights", "k7_raw",
+                                       "--out", str(tmp_path / "p")])  # fmt: skip
+    assert result.exit_code != 0 and "k7_raw" in result.output and WNAME in result.output
+    result = CliRunner().invoke(main, ["preview", "--store", str(store), "--n", "0", "--out",
+                                       str(tmp_path / "p")])  # fmt: skip
+    assert result.exit_code != 0 and "`n`" in result.output
+
+
+# ---- torchvision models through fit (the optional extra) ---------------------------------------
+def test_fit_resume_and_load_a_torchvision_model(store, tmp_path):
+    tv = pytest.importorskip("torchvision", exc_type=ImportError)
+    torch.save(tv.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pt")
+    kw = dict(weights=WNAME, model="fcn_resnet50", iters=4, batch=2, crop=32, device="cpu",
+              progress=False, seed=3, pretrained=tmp_path / "r50.pt")  # fmt: skip
+    fit(store, tmp_path / "full", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, tmp_path / "cut", callback=_stop_at(2), **kw)
+    fit(store, tmp_path / "cut", resume=True, **kw)
+    # dropout in the FCN heads draws from torch's RNG: restored on resume, so equal
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+    rows = _read_log(tmp_path / "full" / "log.csv")
+    assert all(float(r["aux_loss"]) > 0 for r in rows)  # deep supervision was on
+    model, ckpt = load_checkpoint(tmp_path / "full")
+    cfg = ckpt["config"]
+    assert cfg["model"] == "fcn_resnet50" and cfg["aux_weight"] == 0.4
+    assert cfg["pretrained_report"]["kind"] == "backbone"
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 40, 48))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 6, 40, 48)
+    with pytest.raises(ValueError, match="`batch`"):
+        fit(store, tmp_path / "x", weights=WNAME, model="deeplabv3_resnet50", batch=1, iters=1)
+    with pytest.raises(ValueError, match="`pretrained`"):
+        fit(store, tmp_path / "y", **{**kw, "pretrained": tmp_path / "missing.pt"})
+
+
+def test_incomplete_tiles_are_skipped_with_a_warning_and_refused_when_named(store, tmp_path):
+    import shutil
+
+    from npa_precompute.store import IncompleteTileError
+
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(store, copy)
+    open_store(copy, mode="r+")["tiles"]["areaB"].attrs["complete"] = False
+    kw = dict(weights=WNAME, iters=1, batch=1, crop=16, device="cpu", progress=False)
+    with pytest.warns(UserWarning, match="skipping incomplete tile.*areaB"):
+        fit(copy, tmp_path / "a", **kw)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["tiles"] == ["areaA"]
+    with pytest.raises(IncompleteTileError, match="areaB"):
+        fit(copy, tmp_path / "b", tiles="areaA,areaB", **kw)

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import ISPRS
 from npa_precompute.store import IncompleteTileError, StoreError, open_store, open_tile
-from npa_train.data import CropParams, StoreCropDataset, parse_crop, parse_tiles
+from npa_train.augment import AugmentConfig, CropParams
+from npa_train.data import READERS, ShardReader, StoreCropDataset, parse_crop, parse_tiles
 
 IGN = 255
 WNAME = "k2_log10_L0.5"
@@ -92,10 +93,11 @@ def decode(ds: StoreCropDataset, item: dict) -> tuple[np.ndarray, np.ndarray]:
     return rounded.astype(np.int64), pad
 
 
-# ---- alignment ---------------------------------------------------------------------------------
+# ---- alignment (no resampling: exact) ----------------------------------------------------------
 @pytest.mark.parametrize("rotate", [False, True])
 def test_crops_are_aligned_with_the_store(store, full, rotate):
-    ds = StoreCropDataset(store, WNAME, crop=48, length=40, seed=3, rotate=rotate)
+    aug = AugmentConfig.identity(48, hflip=True, vflip=True, transpose=rotate)
+    ds = StoreCropDataset(store, WNAME, augment=aug, length=40, seed=3)
     seen_flags = set()
     for i in range(len(ds)):
         item = ds[i]
@@ -112,17 +114,13 @@ def test_crops_are_aligned_with_the_store(store, full, rotate):
         np.testing.assert_array_equal(label[~pad], tile_label[ys, xs])
         np.testing.assert_array_equal(weight[~pad], tile_weight[ys, xs])
         np.testing.assert_array_equal(img[0][~pad], band0(label[~pad]))
-        # the source pixels are exactly the window, each once
+        # the source pixels are a window of the tile, each once
         th, tw = SHAPES[p.tile]
-        rh, rw = min(48, th - p.y0), min(48, tw - p.x0)
+        eh, ew = (48, 48)
+        rh, rw = min(eh, th), min(ew, tw)
         assert (~pad).sum() == rh * rw
         assert len(set(zip(ys.tolist(), xs.tolist(), strict=True))) == rh * rw
-        assert (ys.min(), ys.max(), xs.min(), xs.max()) == (
-            p.y0,
-            p.y0 + rh - 1,
-            p.x0,
-            p.x0 + rw - 1,
-        )
+        assert ys.max() - ys.min() == rh - 1 and xs.max() - xs.min() == rw - 1
         # padding: ignore label, weight 0, image 0
         assert (label[pad] == IGN).all() and (weight[pad] == 0).all()
         # rigid: crop neighbours along a row are tile neighbours, in the flagged direction
@@ -136,25 +134,35 @@ def test_crops_are_aligned_with_the_store(store, full, rotate):
     assert len(seen_flags) == (8 if rotate else 4)
 
 
-def test_crop_larger_than_tile_is_padded(store, full):
-    ds = StoreCropDataset(store, WNAME, crop=64, tiles=["areaB"], flip=False, length=3)
-    tile_image, tile_label, tile_weight = full["areaB"]
-    for i in range(3):
+def test_full_augmentation_samples_come_from_the_stored_pixels(store, full):
+    # position-coded image: with resampling, every crop pixel away from the fill comes from
+    # a tile location near where the crop's affine map says, and its label is stored there
+    ds = StoreCropDataset(store, WNAME, augment=AugmentConfig(crop=40, blur_p=0), length=10)
+    for i in range(10):
+        p = ds.sample_params(i)
         item = ds[i]
-        label, weight, image = item["label"].numpy(), item["weight"].numpy(), item["image"].numpy()
-        np.testing.assert_array_equal(label[:40, :56], tile_label)
-        np.testing.assert_array_equal(weight[:40, :56], tile_weight)
-        assert (label[40:] == IGN).all() and (label[:, 56:] == IGN).all()
-        assert (weight[40:] == 0).all() and (weight[:, 56:] == 0).all()
-        assert (image[:, 40:] == 0).all() and (image[:, :, 56:] == 0).all()
-        denorm = image[:, :40, :56] * ds.std[:, None, None] + ds.mean[:, None, None]
-        np.testing.assert_allclose(denorm, tile_image.transpose(2, 0, 1), atol=1e-3)
+        label = item["label"].numpy()
+        raw = item["image"].numpy() * ds.std[:, None, None] + ds.mean[:, None, None]
+        v, u = np.mgrid[:40, :40]
+        xy = np.stack([u, v, np.ones_like(u)], -1) @ p.matrix().T
+        th, tw = SHAPES[p.tile]
+        inner = (xy[..., 0] > 1) & (xy[..., 1] > 1) & (xy[..., 0] < tw - 2) & (xy[..., 1] < th - 2)
+        # bands 1, 2 (row, column) interpolate linearly: they give the source position back
+        np.testing.assert_allclose(raw[1][inner], xy[..., 1][inner], atol=0.02)
+        np.testing.assert_allclose(raw[2][inner], xy[..., 0][inner], atol=0.02)
+        # the label is the stored label of the nearest source pixel
+        ry, rx = np.rint(xy[..., 1][inner]).astype(int), np.rint(xy[..., 0][inner]).astype(int)
+        agree = label[inner] == full[p.tile][1][ry, rx]
+        assert agree.mean() > 0.995  # ties at exactly .5 may round either way
 
 
-def test_without_weights_name_weight_is_one_inside_zero_in_padding(store):
-    ds = StoreCropDataset(store, None, crop=64, tiles=["areaB"], flip=False, length=1)
-    w = ds[0]["weight"].numpy()
-    assert (w[:40, :56] == 1).all() and (w[40:] == 0).all() and (w[:, 56:] == 0).all()
+def test_without_weights_name_weight_is_one_at_valid_pixels(store):
+    ds = StoreCropDataset(store, None, augment=AugmentConfig.identity(64), tiles=["areaB"],
+                          length=2)  # fmt: skip
+    for i in range(2):
+        item = ds[i]
+        valid = item["label"].numpy() != IGN
+        np.testing.assert_array_equal(item["weight"].numpy(), valid.astype(np.float32))
 
 
 def test_tiles_drawn_in_proportion_to_pixels(store):
@@ -165,9 +173,11 @@ def test_tiles_drawn_in_proportion_to_pixels(store):
 
 
 def test_windows_cover_every_position(store):
-    ds = StoreCropDataset(store, WNAME, crop=32, tiles=["areaA"], length=3000)  # 96 x 80 tile
+    aug = AugmentConfig.identity(32, hflip=True, vflip=True)
+    ds = StoreCropDataset(store, WNAME, augment=aug, tiles=["areaA"], length=3000)  # 96 x 80
     params = [ds.sample_params(i) for i in range(3000)]
-    y0s, x0s = {p.y0 for p in params}, {p.x0 for p in params}
+    y0s = {p.center[0] - 15.5 for p in params}
+    x0s = {p.center[1] - 15.5 for p in params}
     assert y0s == set(range(96 - 32 + 1)) and x0s == set(range(80 - 32 + 1))
     flips = np.array([(p.hflip, p.vflip) for p in params])
     np.testing.assert_allclose(flips.mean(0), [0.5, 0.5], atol=0.04)
@@ -181,11 +191,17 @@ def test_store_normalization_pools_all_tiles(store, full):
 
 
 def test_tile_normalization_uses_each_tiles_stats(store, full):
-    ds = StoreCropDataset(store, WNAME, crop=64, tiles=["areaB"], flip=False, normalize="tile")
-    img = ds[0]["image"].numpy()[:, :40, :56]
+    aug = AugmentConfig.identity(64)
+    ds = StoreCropDataset(store, WNAME, augment=aug, tiles=["areaB"], normalize="tile")
+    p = ds.sample_params(0)
+    y0, x0 = int(p.center[0] - 31.5), int(p.center[1] - 31.5)
+    img = ds[0]["image"].numpy()[:, -y0 : -y0 + 40, -x0 : -x0 + 56]
     px = full["areaB"][0].astype(np.float64)
     expected = (px - px.reshape(-1, 3).mean(0)) / px.reshape(-1, 3).std(0)
     np.testing.assert_allclose(img, expected.transpose(2, 0, 1), atol=1e-4)
+    # the other tile's statistics differ: the two normalizations are not the same
+    pooled = StoreCropDataset(store, WNAME, augment=aug, tiles=["areaA", "areaB"])
+    assert not np.allclose(pooled.mean, ds.tile_mean_std["areaB"][0])
 
 
 # ---- reproducibility and workers ---------------------------------------------------------------
@@ -237,10 +253,28 @@ def byte_log(monkeypatch):
     return reads
 
 
-def test_reads_only_chunks_the_window_touches(store, full, byte_log):
-    # areaA is 96 x 80 on a 16-pixel chunk grid (6 x 5 chunks per array), whether each chunk
-    # is a file or all of them sit in one shard read by byte range
-    ds = StoreCropDataset(store, WNAME, crop=16, tiles=["areaA"])
+def _bytes_read(ds, byte_log, arrays) -> dict[str, int]:
+    """Bytes read per array since the last call: zarr's store reads, or the ShardReaders'."""
+    per_array = {a: 0 for a in arrays}
+    if ds.reader == "zarr":
+        for key, n in byte_log:
+            assert key.startswith("tiles/areaA/"), key
+            per_array[next(a for a in arrays if key.startswith(f"tiles/areaA/{a}/"))] += n
+        byte_log.clear()
+        return per_array
+    image, label, weight = ds._tile_arrays("areaA")
+    for a, r in zip(arrays, (label, image, weight), strict=True):
+        assert isinstance(r, ShardReader)
+        per_array[a] = r.bytes_read - getattr(r, "_seen", 0)
+        r._seen = r.bytes_read
+    return per_array
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_reads_only_chunks_the_window_touches(store, full, byte_log, reader):
+    # areaA is 96 x 80 on a 16-pixel chunk grid (6 x 5 chunks per array), all of them in one
+    # shard per array, read chunk by chunk (by byte range)
+    ds = StoreCropDataset(store, WNAME, crop=16, tiles=["areaA"], reader=reader)
     arrays = ["label", "image", f"weights/{WNAME}"]
     data_bytes = {
         a: sum(f.stat().st_size for f in (store / "tiles" / "areaA" / a / "c").rglob("*")
@@ -249,24 +283,75 @@ def test_reads_only_chunks_the_window_touches(store, full, byte_log):
     }  # fmt: skip
 
     def read(y0, x0, h=16, w=16):
-        byte_log.clear()
-        win = ds.read_window(CropParams("areaA", y0, x0, h, w))
-        per_array = {a: 0 for a in arrays}
-        for key, n in byte_log:
-            assert key.startswith("tiles/areaA/"), key
-            per_array[next(a for a in arrays if key.startswith(f"tiles/areaA/{a}/"))] += n
-        return win, per_array
+        _bytes_read(ds, byte_log, arrays) if ds._arrays else None
+        centre = (y0 + (h - 1) / 2, x0 + (w - 1) / 2)
+        p = CropParams("areaA", 0, 0, centre, 1.0, 0.0, False, False, False, 0.0, (h, w))
+        win = ds.read_window(p)
+        assert win["window"] == (y0, y0 + h, x0, x0 + w)
+        return win, _bytes_read(ds, byte_log, arrays)
 
+    _, first = read(80, 64)  # the last chunk, and the shard index (once per process)
     one, one_bytes = read(16, 32)  # exactly chunk (1, 2)
     image, label, weight = full["areaA"]
     np.testing.assert_array_equal(one["label"], label[16:32, 32:48])
     np.testing.assert_array_equal(one["weight"], weight[16:32, 32:48])
-    np.testing.assert_allclose(one["image"] * ds.std + ds.mean, image[16:32, 32:48], atol=1e-3)
+    np.testing.assert_array_equal(one["image"], image[16:32, 32:48])
     _, four_bytes = read(8, 24)  # chunks (0..1, 1..2)
-    _, all_bytes = read(0, 0, 96, 80)  # every chunk
+    every, all_bytes = read(0, 0, 96, 80)  # every chunk
+    np.testing.assert_array_equal(every["label"], label)
     for a in arrays:
         assert 0 < one_bytes[a] < four_bytes[a] < all_bytes[a] <= data_bytes[a], a
-        assert one_bytes[a] < data_bytes[a] / 4, a
+        assert one_bytes[a] < data_bytes[a] / 4 and first[a] < data_bytes[a] / 4, a
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_augmented_samples_read_only_their_window(store, byte_log, reader):
+    # resized and rotated crops of 20 px read their footprint's chunks, not the tile
+    ds = StoreCropDataset(store, WNAME, augment=AugmentConfig(crop=20, scale=(1.5, 2.0)),
+                          tiles=["areaA"], length=6, reader=reader)  # fmt: skip
+    arrays = ["label", "image", f"weights/{WNAME}"]
+    whole = sum(
+        f.stat().st_size
+        for a in arrays
+        for f in (store / "tiles" / "areaA" / a / "c").rglob("*")
+        if f.is_file()
+    )
+    for i in range(6):
+        ds[i]
+        read = sum(_bytes_read(ds, byte_log, arrays).values())
+        p = ds.sample_params(i)
+        y0, y1, x0, x1 = p.window(ds.shapes[0])
+        chunks = (-(-y1 // 16) - y0 // 16) * (-(-x1 // 16) - x0 // 16)
+        assert chunks <= 4  # a footprint of <= 20 / 1.5 * 1.17 + 4 < 20 px spans 2 x 2 chunks
+        assert 0 < read < whole / 4  # <= 4 of 30 chunks (+ the shard index, once)
+
+
+def test_shard_reader_equals_zarr_and_falls_back(store, tmp_path):
+    import zarr
+
+    root = open_store(store)
+    arrays = [root["tiles"]["areaA"][k] for k in ("image", "label", f"weights/{WNAME}")]
+    rng = np.random.default_rng(0)
+    for arr in arrays:
+        fast = ShardReader.create(arr)
+        assert fast is not None
+        for _ in range(25):
+            y0, x0 = int(rng.integers(0, 96)), int(rng.integers(0, 80))
+            y1, x1 = int(rng.integers(y0 + 1, 97)), int(rng.integers(x0 + 1, 81))
+            np.testing.assert_array_equal(fast.read(y0, y1, x0, x1), arr[y0:y1, x0:x1])
+    # another layout (no sharding, gzip) is read through zarr, with the same values
+    other = zarr.create_array(tmp_path / "plain.zarr", shape=(20, 30), chunks=(8, 8),
+                              dtype="float32", compressors=zarr.codecs.GzipCodec())  # fmt: skip
+    other[...] = np.arange(600, dtype=np.float32).reshape(20, 30)
+    assert ShardReader.create(other) is None
+    # a chunk never written reads as the fill value, as in zarr
+    sparse = zarr.create_array(tmp_path / "sparse.zarr", shape=(32, 32), chunks=(8, 8),
+                               shards=(32, 32), dtype="uint8", fill_value=255,
+                               compressors=zarr.codecs.BloscCodec())  # fmt: skip
+    sparse[8:16, 8:16] = 3
+    reader = ShardReader.create(sparse)
+    assert reader is not None
+    np.testing.assert_array_equal(reader.read(4, 20, 4, 20), sparse[4:20, 4:20])
 
 
 # ---- refusals ----------------------------------------------------------------------------------
@@ -301,8 +386,14 @@ def test_missing_store(tmp_path):
 
 
 def test_bad_arguments(store):
-    with pytest.raises(ValueError, match="`rotate`"):
-        StoreCropDataset(store, WNAME, crop=(16, 32), rotate=True)
+    with pytest.raises(ValueError, match="`transpose`"):
+        StoreCropDataset(store, WNAME, augment=AugmentConfig(crop=(16, 32), transpose=True))
+    with pytest.raises(ValueError, match="`reader`"):
+        StoreCropDataset(store, WNAME, reader="fast")
+    with pytest.raises(ValueError, match="`output`"):
+        StoreCropDataset(store, WNAME, output="tensor")
+    with pytest.raises(TypeError, match="`augment`"):
+        StoreCropDataset(store, WNAME, augment={"crop": 16})
     with pytest.raises(ValueError, match="`normalize`"):
         StoreCropDataset(store, WNAME, normalize="batch")
     with pytest.raises(ValueError, match="`length`"):

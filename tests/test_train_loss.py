@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from npa_train.loss import REDUCTIONS, NPALoss, npa_cross_entropy
+from npa_train.loss import (
+    LOSSES,
+    REDUCTIONS,
+    ClassWeightedCE,
+    DiceLoss,
+    FocalLoss,
+    NPALoss,
+    build_criterion,
+    class_weighted_cross_entropy,
+    dice_loss,
+    focal_loss,
+    median_frequency_weights,
+    npa_cross_entropy,
+)
 
 IGN = 255
 
@@ -298,3 +312,202 @@ def test_cuda_equals_cpu(reduction):
     bad[0, 0, 0] = 9
     with pytest.raises(ValueError, match=r"`target`.*\[9\]"):
         npa_cross_entropy(logits.cuda(), bad.cuda(), weight.cuda())
+
+
+# ---- fast path (custom backward) == plain autograd ---------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "weighted_mean", "batch", "sum"])
+def test_fast_path_equals_autograd_reference(reduction):
+    logits, target, weight = _random_case(n=3, c=5, h=6, w=4, seed=21, dtype=torch.float64)
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    fast = npa_cross_entropy(a, target, weight, reduction=reduction)  # weight needs no grad
+    per_pixel = npa_cross_entropy(b, target, weight, reduction="none")
+    valid = target != IGN
+    denom = {"mean": valid.sum(), "weighted_mean": (weight * valid).sum(), "batch": 3, "sum": 1}
+    ref = per_pixel.sum() / denom[reduction]
+    torch.testing.assert_close(fast, ref)
+    fast.backward()
+    ref.backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_fast_path_gradient_by_finite_differences_and_single_backward():
+    # the fast path (weights without grad) against central differences, in float64
+    logits, target, weight = _random_case(n=1, c=3, h=2, w=3, seed=22, dtype=torch.float64)
+    z = logits.clone().requires_grad_()
+    npa_cross_entropy(z, target, weight).backward()
+    eps = 1e-6
+    num = torch.zeros_like(logits)
+    for i in range(logits.numel()):
+        d = torch.zeros(logits.numel(), dtype=torch.float64)
+        d[i] = eps
+        d = d.view_as(logits)
+        hi = npa_cross_entropy(logits + d, target, weight)
+        lo = npa_cross_entropy(logits - d, target, weight)
+        num.view(-1)[i] = (hi - lo) / (2 * eps)
+    torch.testing.assert_close(z.grad, num, atol=1e-7, rtol=1e-6)
+    # its gradient buffer is reused: a second backward through it is refused, clearly
+    loss = npa_cross_entropy(logits.clone().requires_grad_(), target, weight)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()
+
+
+# ---- class-weighted CE -------------------------------------------------------------------------
+def test_class_weighted_equals_torch_weighted_cross_entropy():
+    logits, target, _ = _random_case(seed=30)
+    cw = torch.tensor([0.5, 1.0, 2.0, 0.25, 3.0, 0.0])
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    ref = F.cross_entropy(a, target, weight=cw, ignore_index=IGN)
+    got = class_weighted_cross_entropy(b, target, cw)
+    torch.testing.assert_close(got, ref)
+    ref.backward()
+    got.backward()
+    torch.testing.assert_close(b.grad, a.grad)
+    for red in ("sum", "none"):
+        torch.testing.assert_close(
+            class_weighted_cross_entropy(logits, target, cw, reduction=red),
+            F.cross_entropy(logits, target, weight=cw, ignore_index=IGN, reduction=red),
+        )
+    module = ClassWeightedCE(cw.tolist())
+    torch.testing.assert_close(module(logits, target), ref.detach())
+
+
+def test_class_weighted_all_ignored_is_zero_and_bad_weights_named():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    loss = class_weighted_cross_entropy(logits, torch.full((1, 2, 2), IGN), [1.0, 2.0, 3.0])
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    with pytest.raises(ValueError, match="`class_weight`"):
+        class_weighted_cross_entropy(logits, torch.zeros(1, 2, 2, dtype=torch.long), [1.0, 2.0])
+    with pytest.raises(ValueError, match="`class_weight`"):
+        class_weighted_cross_entropy(logits, torch.zeros(1, 2, 2, dtype=torch.long), [1, -1, 1])
+
+
+# ---- median-frequency weights ------------------------------------------------------------------
+def test_median_frequency_weights_by_hand():
+    # tile 1: 100 px (10 of class 0, 30 of 1, 60 of 2); tile 2: 200 px (50 of 1, 50 of 2,
+    # 100 of class 3 = clutter). freq: c0 10/100 = 0.1 (only tile 1 has it), c1 80/300,
+    # c2 110/300, c3 100/200 = 0.5; median of (0.1, 0.2667, 0.3667, 0.5) = 0.31667
+    w = median_frequency_weights([[10, 30, 60, 0], [0, 50, 50, 100]])
+    med = (80 / 300 + 110 / 300) / 2
+    np.testing.assert_allclose(w, [med / 0.1, med / (80 / 300), med / (110 / 300), med / 0.5])
+    # the clutter rule: class 3 takes the lowest weight of the others (class 2's)
+    wb = median_frequency_weights([[10, 30, 60, 0], [0, 50, 50, 100]], background=[3])
+    np.testing.assert_allclose(wb, [*w[:3], w[2]])
+    np.testing.assert_allclose(wb, [3.16666667, 1.1875, 0.86363636, 0.86363636])
+
+
+def test_median_frequency_weights_absent_class_and_one_image():
+    w = median_frequency_weights([20, 0, 60, 20], background=[1])
+    # one image: freq = share; median of (0.2, 0.6, 0.2) = 0.2; absent class 1 -> 0
+    np.testing.assert_allclose(w, [1.0, 0.0, 1 / 3, 1.0])
+    with pytest.raises(ValueError, match="no pixel"):
+        median_frequency_weights([0, 0])
+    with pytest.raises(ValueError, match="`background`"):
+        median_frequency_weights([1, 2], background=[5])
+    with pytest.raises(ValueError, match="`class_pixels`"):
+        median_frequency_weights([1, -2])
+
+
+# ---- focal -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_focal_with_gamma_0_is_cross_entropy(reduction):
+    logits, target, _ = _random_case(seed=40)
+    torch.testing.assert_close(
+        focal_loss(logits, target, gamma=0.0, reduction=reduction),
+        F.cross_entropy(logits, target, ignore_index=IGN, reduction=reduction),
+    )
+
+
+def test_focal_hand_computed():
+    # pixel a: p_t = 1/2 -> 0.25 * ln 2 = 0.17328680; pixel b: logits (2, 0), target 0:
+    # p_t = e^2 / (e^2 + 1) = 0.88079708, (1 - p_t)^2 = 0.01420934, -ln p_t = 0.12692801
+    logits = torch.tensor([[[[0.0, 2.0]], [[0.0, 0.0]]]], dtype=torch.float64)
+    target = torch.tensor([[[0, 0]]])
+    got = focal_loss(logits, target, reduction="none")
+    torch.testing.assert_close(
+        got, torch.tensor([[[0.17328680, 0.01420934 * 0.12692801]]], dtype=torch.float64)
+    )
+    assert focal_loss(logits, target).item() == pytest.approx((0.17328680 + 0.0018036) / 2, 1e-5)
+
+
+def test_focal_gradcheck_and_extremes():
+    logits, target, _ = _random_case(n=1, c=3, h=2, w=3, seed=41, dtype=torch.float64)
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: focal_loss(z, target), (logits,))
+    z = torch.tensor([[[[1e4, -1e4]], [[-1e4, 1e4]]]], requires_grad=True)
+    loss = focal_loss(z, torch.tensor([[[0, 0]]]))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="`gamma`"):
+        focal_loss(z, torch.tensor([[[0, 0]]]), gamma=-1)
+
+
+# ---- dice --------------------------------------------------------------------------------------
+def test_dice_hand_computed_2x2():
+    # 2 classes, 2x2 image; softmax probabilities of class 0 by pixel: p = sigmoid(z0 - z1)
+    # z0 - z1 = (0, ln 3, -ln 3, 0) -> p0 = (1/2, 3/4, 1/4, 1/2); target (0, 0, 1, ignore)
+    d = torch.tensor([[0.0, math.log(3.0)], [-math.log(3.0), 0.0]], dtype=torch.float64)
+    logits = torch.stack([d, torch.zeros_like(d)])[None]  # (1, 2, 2, 2)
+    target = torch.tensor([[[0, 0], [1, IGN]]])
+    # valid pixels: p0 = (1/2, 3/4, 1/4), p1 = (1/2, 1/4, 3/4); g0 = (1, 1, 0), g1 = (0, 0, 1)
+    # class 0: inter 5/4, sum p 3/2, sum g 2 -> dice (2.5 + s) / (3.5 + s)
+    # class 1: inter 3/4, sum p 3/2, sum g 1 -> dice (1.5 + s) / (2.5 + s)
+    for s in (0.0, 1.0):
+        expected = 1 - ((2.5 + s) / (3.5 + s) + (1.5 + s) / (2.5 + s)) / 2
+        got = dice_loss(logits, target, smooth=s)
+        assert got.item() == pytest.approx(expected, abs=1e-12)
+    assert DiceLoss(smooth=0.0)(logits, target).item() == pytest.approx(
+        1 - (2.5 / 3.5 + 1.5 / 2.5) / 2
+    )
+
+
+def test_dice_perfect_prediction_and_absent_class():
+    logits = torch.tensor([[[[20.0, -20.0]], [[-20.0, 20.0]], [[-20.0, -20.0]]]])
+    target = torch.tensor([[[0, 1]]])  # class 2 absent from target and prediction
+    assert dice_loss(logits, target).item() == pytest.approx(0.0, abs=1e-6)  # smooth 1
+    # without smoothing the absent class's tiny probabilities give it dice 0
+    assert dice_loss(logits, target, smooth=0.0).item() == pytest.approx(1 / 3, abs=1e-6)
+
+
+# ---- every loss: ignore, all-ignored, no NaN, module == function -------------------------------
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_all_ignored_is_zero_and_finite(name):
+    crit = build_criterion(name, class_weight=[1.0] * 6)
+    logits = torch.randn(2, 6, 4, 4, requires_grad=True)
+    target = torch.full((2, 4, 4), IGN)
+    loss = crit(logits, target, torch.rand(2, 4, 4))
+    assert loss.item() == 0.0 and not torch.isnan(loss)
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_ignores_ignored_pixels(name):
+    crit = build_criterion(name, class_weight=[0.5, 1, 2, 1, 3, 1])
+    logits, target, weight = _random_case(seed=50)
+    spoiled = logits.clone()
+    spoiled[:, :, target[0] == IGN] = 0  # change nothing but ignored pixels' logits (image 0)
+    ign = (target == IGN).unsqueeze(1).expand_as(logits)
+    b = torch.where(ign, torch.full_like(logits, 123.0), logits)
+    torch.testing.assert_close(crit(logits, target, weight), crit(b, target, weight))
+
+
+def test_build_criterion_modules_and_errors():
+    assert isinstance(build_criterion("npa"), NPALoss)
+    assert build_criterion("ce").reduction == "mean"
+    assert isinstance(build_criterion("ce-weighted", class_weight=[1, 2]), ClassWeightedCE)
+    assert isinstance(build_criterion("focal"), FocalLoss)
+    assert build_criterion("focal").gamma == 2.0
+    assert isinstance(build_criterion("dice"), DiceLoss)
+    with pytest.raises(ValueError, match="`loss`"):
+        build_criterion("lovasz")
+    with pytest.raises(ValueError, match="class_weight"):
+        build_criterion("ce-weighted")
+    logits, target, weight = _random_case(seed=51)
+    torch.testing.assert_close(FocalLoss(1.5)(logits, target, weight),
+                               focal_loss(logits, target, weight, gamma=1.5))  # fmt: skip
