@@ -8,31 +8,42 @@ PY := $(VENV)/bin/python
 # On this project's machines torch==2.13.0 is a local CPU wheel; elsewhere override, e.g.
 #   make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
+# The tests also run the torchvision models (the `torchvision` extra), which need a torch and
+# torchvision built as a pair; on this project's machines that pair lies on local disk.
+TORCHVISION_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
 DEMO_ITERS ?= 300
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-test demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e ".[test,viz]"
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip install $(TORCHVISION_SPEC)
+	$(PY) -m pip install -e ".[test,viz,torchvision]"
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-test: $(VENV)/.installed-test
 
 demo: setup
 	$(VENV)/bin/npa-precompute run data/demo/gts_eroded_for_participants \
 		--images data/demo/top --out $(DEMO_OUT)/store.zarr --preset isprs \
 		--k 8,16,32,64 --transform log10:L=0.5 --transform norm:L=0.5 --workers 2
 	$(VENV)/bin/npa-train fit --store $(DEMO_OUT)/store.zarr --weights k32_log10_L0.5 \
-		--loss npa --iters $(DEMO_ITERS) --batch 4 --crop 256 --out $(DEMO_OUT)/fit --seed 0
+		--loss npa --iters $(DEMO_ITERS) --batch 4 --crop 256 --out $(DEMO_OUT)/fit --seed 0 \
+		--overwrite
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+test: setup-test lint
 	$(PY) -m pytest
 
 bench: setup
