@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from npa_precompute import __version__
@@ -10,7 +12,7 @@ from npa_precompute.io import InputError
 from npa_precompute.presets import PRESETS
 from npa_precompute.store import StoreError
 
-_USER_ERRORS = (InputError, StoreError, ValueError, TypeError)
+_USER_ERRORS = (InputError, StoreError, ValueError, TypeError, OSError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,6 +101,9 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
         bar.set_postfix_str(tile)
         bar.update(1)
 
+    # SIGTERM stops like Ctrl-C: pending tiles are cancelled, the tiles being written
+    # finish (workers also die with this process), and a re-run completes the store.
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = run_precompute(
             labels,
@@ -119,6 +124,7 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     except _USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
+        signal.signal(signal.SIGTERM, old_term)
         if bar is not None:
             bar.close()
     click.echo(summary.text())

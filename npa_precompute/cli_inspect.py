@@ -17,7 +17,7 @@ from npa_precompute.viz import MissingDependencyError
 
 __all__ = ["export_cmd", "inspect_cmd", "show_cmd"]
 
-_USER_ERRORS = (StoreError, ValueError, TypeError, MissingDependencyError)
+_USER_ERRORS = (StoreError, ValueError, TypeError, MissingDependencyError, OSError)
 
 
 _STORE = click.argument("store", type=click.Path(exists=True, file_okay=False))

@@ -7,8 +7,11 @@ tile per worker process, each worker writing only its own tile's arrays.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,6 +33,7 @@ from npa_precompute.io import (
 )
 from npa_precompute.presets import Preset, get_preset
 from npa_precompute.store import (
+    StoreError,
     consolidate_store,
     create_or_check_store,
     list_tiles,
@@ -82,7 +86,8 @@ class RunSummary:
         return (
             f"{len(self.written)} tile(s) written, {len(self.skipped)} up to date and skipped; "
             f"{self.pixels / 1e6:.2f} Mpix in {self.seconds:.1f} s "
-            f"({self.mpix_per_s:.1f} Mpix/s, affinity kernel {self.kernel_seconds:.1f} s) -> "
+            f"({self.mpix_per_s:.1f} Mpix/s; affinity kernel {self.kernel_seconds:.1f} s summed "
+            f"over tiles) -> "
             f"{self.store}"
         )
 
@@ -188,6 +193,14 @@ def _init_worker(threads: int) -> None:
     import numba
 
     numba.set_num_threads(threads)
+    # Die with the parent: a killed `npa-precompute run` must not leave workers behind.
+    # Their unfinished tile stays incomplete and the next run redoes it.
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def run_precompute(
@@ -223,8 +236,10 @@ def run_precompute(
     unknown_colors : {"error", "ignore"} colours outside the palette (``isprs``)
     chunk : chunk side in pixels (default 256)
     workers : tiles processed in parallel, one process each
-    overwrite : recompute tiles that are already current; recreate a store made with
-        other preset settings
+    overwrite : recompute tiles that are already current or were made with other
+        parameters (their arrays are replaced); recreate a store made with other
+        preset settings. Without it a tile whose label or image file changed is
+        recomputed, and a complete tile made with other parameters is an error.
     progress : callback(done, total, tile_id) after each tile
 
     Returns
@@ -240,7 +255,8 @@ def run_precompute(
         written; a label whose content is bad stops the run naming the file, and the
         tiles finished before it stay complete).
     StoreError
-        ``out`` holds a store with other settings (and ``overwrite`` is False).
+        ``out`` holds a store with other settings, or complete tiles made with other
+        parameters (and ``overwrite`` is False); ``out`` is a file.
     """
     t_start = time.perf_counter()
     preset_obj = get_preset(preset, num_classes=num_classes, ignore_index=ignore_index)
@@ -267,16 +283,27 @@ def run_precompute(
     existing = set(list_tiles(root))
     todo: list[tuple[TileSource, dict]] = []
     summary = RunSummary(store=str(out))
+    changed = []
     for src in sources:
         source = _source_attrs(src)
-        if (
-            not overwrite
-            and src.tile_id in existing
-            and _is_current(dict(root["tiles"][src.tile_id].attrs), source, params)
-        ):
+        attrs = dict(root["tiles"][src.tile_id].attrs) if src.tile_id in existing else {}
+        if not overwrite and _is_current(attrs, source, params):
             summary.skipped.append(src.tile_id)
-        else:
-            todo.append((src, source))
+            continue
+        if not overwrite and attrs.get("complete") is True and attrs.get("params") != params:
+            changed.append(src.tile_id)
+        todo.append((src, source))
+    if changed:
+        old = dict(root["tiles"][changed[0]].attrs)["params"]
+        raise StoreError(
+            f"{len(changed)} complete tile(s) ({', '.join(changed[:5])}"
+            f"{', ...' if len(changed) > 5 else ''}) were made with other parameters "
+            f"(k {old.get('ks')}, transforms {old.get('transforms')}, dtype "
+            f"{old.get('weight_dtype')}, chunk {old.get('chunk')}); this run asks for k "
+            f"{params['ks']}, transforms {params['transforms']}, dtype "
+            f"{params['weight_dtype']}, chunk {params['chunk']}. Recomputing replaces their "
+            "arrays: pass --overwrite to do so, or write to another --out"
+        )
     total = len(todo)
     store = str(Path(out))
     if workers == 1 or total <= 1:

@@ -139,6 +139,8 @@ def create_or_check_store(path: str | os.PathLike, info: dict, *, overwrite: boo
                     f"store {path} was made with other settings ({', '.join(diff)} differ: "
                     f"{ {k: old.get(k) for k in diff} }); pass --overwrite to recreate it"
                 )
+    elif path.exists() and not path.is_dir():
+        raise StoreError(f"--out {path} is a file, not a store folder")
     elif path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists and is not a zarr store; choose another --out")
     root = zarr.open_group(path, mode="w", attributes={_ATTR_KEY: info})

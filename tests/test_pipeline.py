@@ -138,10 +138,15 @@ def test_changed_label_or_params_recompute_only_what_changed(isprs_tiles, tmp_pa
     s2 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2])
     assert s2.written == ["area1"] and s2.skipped == ["area0", "area2"]
     np.testing.assert_array_equal(open_tile(open_store(out), "area1").label[...], idx)
-    s3 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3])
-    assert s3.written == ["area0", "area1", "area2"]
+    # other parameters would replace stored arrays: refused without --overwrite
+    with pytest.raises(StoreError, match=r"3 complete tile\(s\) .* other parameters .*--overwrite"):
+        pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3])
+    assert open_tile(open_store(out), "area0").affinity_ks == [2]
     s4 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3], overwrite=True)
     assert s4.written == ["area0", "area1", "area2"]
+    assert open_tile(open_store(out), "area0").affinity_ks == [2, 3]
+    s5 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3], overwrite=True)
+    assert s5.written == ["area0", "area1", "area2"]  # --overwrite recomputes current tiles
 
 
 def test_interrupted_run_is_completed_and_finished_tiles_untouched(isprs_tiles, tmp_path,
@@ -384,3 +389,52 @@ def test_image_stats_match_numpy():
         flat = image.reshape(-1, 4).astype(np.float64)
         np.testing.assert_allclose(stats["image_mean"], flat.mean(0), rtol=1e-12)
         np.testing.assert_allclose(stats["image_std"], flat.std(0), rtol=1e-9)
+
+
+def test_out_that_is_a_file_is_refused(isprs_tiles, tmp_path):
+    gt, _, _ = isprs_tiles
+    target = tmp_path / "afile"
+    target.write_text("not a store")
+    res = _run(["run", str(gt), "--out", str(target), "--k", "1", "-q"])
+    assert res.exit_code != 0 and "is a file, not a store folder" in res.output
+    assert "Traceback" not in res.output and target.read_text() == "not a store"
+
+
+def test_sigterm_stops_run_and_workers(tmp_path):
+    """SIGTERM to `npa-precompute run --workers 2` ends it and its workers; re-run completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gt = tmp_path / "gt"
+    for i in range(8):
+        write_isprs_tile(gt, f"t{i}.tif", _blocky((512, 512), 200 + i))
+    out = tmp_path / "s.zarr"
+    cmd = [sys.executable, "-m", "npa_precompute", "run", str(gt), "--out", str(out),
+           "--k", "8,16,32,64", "--transform", "log10:L=0.5", "--transform", "ln:L=0.5",
+           "--workers", "2", "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "tiles").is_dir() and any((out / "tiles").iterdir()):
+            break
+        time.sleep(0.02)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    pids = [int(p) for p in children.stdout.split()]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)  # returns: no orphan keeps the pipes open
+    assert proc.returncode != 0 and b"Traceback" not in err
+    time.sleep(0.5)
+    for pid in pids:  # the worker processes are gone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().split()[2] == "Z", f"worker {pid} outlived the run"
+    s = pipeline.run_precompute([str(gt)], out, ks=[8, 16, 32, 64],
+                                transforms=["log10:L=0.5", "ln:L=0.5"])  # fmt: skip
+    assert sorted(s.written + s.skipped) == [f"t{i}" for i in range(8)]
+    assert list_tiles(open_store(out), complete_only=True) == [f"t{i}" for i in range(8)]
