@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import click
 
+from npa_precompute import __version__
 from npa_precompute.store import StoreError
 from npa_train.loss import LOSSES, REDUCTIONS
 from npa_train.model import MODELS
-from npa_train.train import SPLITS, WARP_ON, TrainingError
+from npa_train.train import SPLITS, WARP_ON, TrainingError, _Terminated
 
-_USER_ERRORS = (StoreError, ValueError, TypeError, TrainingError, ImportError)
+_USER_ERRORS = (StoreError, ValueError, TypeError, TrainingError, ImportError, OSError)
 
 
 def _floats(text: str, name: str, count: int) -> tuple[float, ...]:
@@ -33,6 +34,7 @@ def _scale(ctx, param, value):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="npa-train")
 def main() -> None:
     """Train segmentation models with NPALoss (Feng et al. 2020) on an npa-precompute store."""
 
@@ -207,6 +209,14 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
         )  # fmt: skip
     except _USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
+    except (KeyboardInterrupt, _Terminated) as exc:
+        term = isinstance(exc, _Terminated)
+        click.echo(
+            f"{'terminated' if term else 'interrupted'}: the checkpoint in {out} is saved; "
+            "run the same command with --resume to continue",
+            err=True,
+        )
+        raise SystemExit(143 if term else 130) from None
     resumed = summary["resumed_from"]
     note = f" (resumed at iteration {resumed})" if resumed is not None else ""
     click.echo(

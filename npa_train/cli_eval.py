@@ -18,7 +18,7 @@ from npa_train.predict import FORMATS, CheckpointError
 
 __all__ = ["evaluate_cmd", "predict_cmd"]
 
-_USER_ERRORS = (StoreError, CheckpointError, InputError, ValueError, TypeError)
+_USER_ERRORS = (StoreError, CheckpointError, InputError, ValueError, TypeError, OSError)
 
 
 def _inference_options(f):
