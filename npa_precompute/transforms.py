@@ -221,7 +221,10 @@ def parse_transform(spec: str | WeightTransform) -> WeightTransform:
         params[key] = _parse_float(value, key, spec)
     if kind == "log" and "a" not in params:
         raise ValueError(f"transform {spec!r} needs a base: log:a=<f>,L=<f>")
-    return WeightTransform(kind, L=params.get("L", DEFAULT_L), a=params.get("a", 10.0))
+    try:
+        return WeightTransform(kind, L=params.get("L", DEFAULT_L), a=params.get("a", 10.0))
+    except ValueError as exc:
+        raise ValueError(f"{exc} in transform {spec!r}") from None
 
 
 def weights_name(k: int, transform: WeightTransform | str) -> str:
