@@ -313,6 +313,20 @@ def verdict(ok: bool | None) -> str:
     return "stated" if ok is None else ("**met**" if ok else "**not met**")
 
 
+def add_write_option(parser, doc: str = "benchmarks.md") -> None:
+    """``--write [PATH]``: also write the report into PATH (default ``docs/<doc>``)."""
+    parser.add_argument(
+        "--write",
+        nargs="?",
+        const=ROOT / "docs" / doc,
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"also write the report into PATH (default docs/{doc}), replacing this "
+        "script's section",
+    )
+
+
 def write_section(path: Path, name: str, text: str) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``.
 

@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     POTSDAM_SHAPE,
-    ROOT,
     VAIHINGEN_SHAPE,
     Entry,
     LoadMeter,
+    add_write_option,
     fmt,
     machine_rows,
     md_table,
@@ -1134,15 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
         default=list(METHODS),
         help=f"methods of ours, comma-separated (default {','.join(METHODS)})",
     )
-    parser.add_argument(
-        "--write",
-        nargs="?",
-        const=str(ROOT / "docs" / "benchmarks.md"),
-        default=None,
-        metavar="PATH",
-        help="also write the report into PATH (default docs/benchmarks.md), "
-        "replacing this script's section",
-    )
+    add_write_option(parser)
     parser.add_argument(
         "--wait-idle",
         type=float,

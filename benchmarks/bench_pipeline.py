@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     REAL_IMAGE,
     REAL_LABEL,
-    ROOT,
     VAIHINGEN_SHAPE,
     LoadMeter,
+    add_write_option,
     cpu_seconds,
     fmt,
     machine_rows,
@@ -579,15 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where the tiles are written once and reused (default: $TMPDIR/npaloss-bench)",
     )
     parser.add_argument("--keep-stores", action="store_true", help="keep the stores written")
-    parser.add_argument(
-        "--write",
-        nargs="?",
-        const=str(ROOT / "docs" / "benchmarks.md"),
-        default=None,
-        metavar="PATH",
-        help="also write the report into PATH (default docs/benchmarks.md), replacing this "
-        "script's section",
-    )
+    add_write_option(parser)
     parser.add_argument(
         "--wait-idle",
         type=float,

@@ -51,10 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     REAL_IMAGE,
     REAL_LABEL,
-    ROOT,
     VAIHINGEN_SHAPE,
     Entry,
     LoadMeter,
+    add_write_option,
     fmt,
     machine_rows,
     md_table,
@@ -309,14 +309,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "npaloss-bench",
                         help="where inputs are written once and reused")  # fmt: skip
-    parser.add_argument(
-        "--write",
-        nargs="?",
-        const=ROOT / "docs" / "benchmarks-train.md",
-        type=Path,
-        default=None,
-        help="also write the report into this file",
-    )
+    add_write_option(parser, "benchmarks-train.md")
     args = parser.parse_args()
     require_data()
 

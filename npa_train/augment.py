@@ -156,6 +156,21 @@ class AugmentConfig:
         base = dict(scale=(1.0, 1.0), rotation=0.0, hflip=False, vflip=False, blur_p=0.0)
         return cls(crop=crop, **{**base, **kw})
 
+    @classmethod
+    def from_options(
+        cls, crop, *, augment=True, scale=(0.5, 2.0), rotation=10.0, flip=True, rotate=False,
+        blur=0.5,
+    ) -> AugmentConfig:  # fmt: skip
+        """The configuration behind the command-line options of ``fit`` and ``preview``.
+
+        ``augment=False`` gives :meth:`identity` (``rotate`` still adds transposes);
+        ``flip`` turns both mirrors on or off; ``blur`` is the blur probability.
+        """
+        if not augment:
+            return cls.identity(crop, transpose=rotate)
+        return cls(crop=crop, scale=scale, rotation=rotation, hflip=flip, vflip=flip,
+                   transpose=rotate, blur_p=blur)  # fmt: skip
+
     @property
     def is_integral(self) -> bool:
         """True when every crop is an integer shift with mirrors (exact, no resampling)."""

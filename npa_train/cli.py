@@ -8,6 +8,7 @@ import click
 
 from npa_precompute import __version__
 from npa_precompute.store import StoreError
+from npa_train.cli_eval import evaluate_cmd, predict_cmd
 from npa_train.loss import LOSSES, REDUCTIONS
 from npa_train.model import MODELS
 from npa_train.train import SPLITS, WARP_ON, TrainingError, _Terminated
@@ -250,11 +251,9 @@ def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotati
     if isinstance(weights, str) and weights.strip().lower() in ("", "none"):
         weights = None
     try:
-        if no_augment:
-            aug = AugmentConfig.identity(crop, transpose=rotate)
-        else:
-            aug = AugmentConfig(crop=crop, scale=scale, rotation=rotation, hflip=flip,
-                                vflip=flip, transpose=rotate, blur_p=blur)  # fmt: skip
+        aug = AugmentConfig.from_options(crop, augment=not no_augment, scale=scale,
+                                         rotation=rotation, flip=flip, rotate=rotate,
+                                         blur=blur)  # fmt: skip
         records = write_preview(store, weights, n, out, seed=seed, augment=aug, tiles=tiles,
                                 normalize=normalize)  # fmt: skip
     except _USER_ERRORS as exc:
@@ -263,16 +262,8 @@ def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotati
                "weight | overlay)")  # fmt: skip
 
 
-def _register_eval_commands() -> None:
-    try:
-        from npa_train.cli_eval import evaluate_cmd, predict_cmd
-    except ImportError:  # pragma: no cover - an install without the evaluation modules
-        return
-    main.add_command(evaluate_cmd)
-    main.add_command(predict_cmd)
-
-
-_register_eval_commands()
+main.add_command(evaluate_cmd)
+main.add_command(predict_cmd)
 
 
 if __name__ == "__main__":

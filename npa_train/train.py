@@ -511,11 +511,8 @@ def fit(
         raise ValueError(f"`amp_dtype` must be 'bf16' or 'fp16', got {amp_dtype!r}")
     if model_name.startswith("deeplabv3") and batch < 2:
         raise ValueError("`batch` must be >= 2 for DeepLabV3 (batch norm in its pooling branch)")
-    if augment:
-        aug = AugmentConfig(crop=crop, scale=scale, rotation=rotation, hflip=flip, vflip=flip,
-                            transpose=rotate, blur_p=blur)  # fmt: skip
-    else:
-        aug = AugmentConfig.identity(crop, transpose=rotate)
+    aug = AugmentConfig.from_options(crop, augment=augment, scale=scale, rotation=rotation,
+                                     flip=flip, rotate=rotate, blur=blur)  # fmt: skip
     dev = resolve_device(device)
     if amp is None:
         amp = dev.type == "cuda"
