@@ -9,11 +9,14 @@ suffix     what is written
 ``.npy``   the stored values and dtype, exactly
 ``.tif``   the stored values via tifffile (weights as float32, labels as their
            indices, raw counts as uint16/uint32, images as (H, W, C)), readable by
-           QGIS, napari, GDAL; a JSON description names the store, tile, array, window
+           QGIS, napari, GDAL; a JSON description names the store, tile, array, window;
+           a tile made from GeoTIFFs (``georef`` tile attr) gets its CRS and transform
+           back, shifted to the window (:mod:`npa_precompute.geo`)
 ``.png``   labels: a palette PNG holding the class indices with the class colours
            (ignore black), so it reads back as indices; raw counts: 16-bit greyscale;
            weights: a viridis heat map (ignore black) with its value range in the PNG
-           text chunks ``vmin`` / ``vmax``; images: 8-bit RGB (first three bands)
+           text chunks ``vmin`` / ``vmax``; images: 8-bit RGB (first three bands);
+           never georeferenced (as ``.npy``)
 =========  =============================================================================
 """
 
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npa_precompute.geo import geotiff_extratags, shift_georef
 from npa_precompute.inspect import check_window, parse_window, resolve_array
 from npa_precompute.store import open_store, open_tile, store_info
 from npa_precompute.viz import IGNORE_COLOR, class_palette, heatmap_rgb
@@ -74,7 +78,9 @@ def _write_png(out: Path, kind: str, values: np.ndarray, info: dict, ignore: int
         Image.fromarray(np.ascontiguousarray(bands)).save(out)
 
 
-def _write_tif(out: Path, kind: str, values: np.ndarray, description: dict) -> None:
+def _write_tif(
+    out: Path, kind: str, values: np.ndarray, description: dict, georef: dict | None = None
+) -> None:
     import tifffile
 
     if kind == "weights":
@@ -88,6 +94,7 @@ def _write_tif(out: Path, kind: str, values: np.ndarray, description: dict) -> N
         compression="zlib",
         description=json.dumps(description),
         metadata=None,
+        extratags=geotiff_extratags(georef),
         **extra,
     )
 
@@ -114,7 +121,8 @@ def export_array(
     Returns
     -------
     pathlib.Path
-        The file written (its folder is created when missing).
+        The file written (its folder is created when missing). A ``.tif`` of a tile
+        with a ``georef`` attr carries its GeoTIFF tags, its origin moved to the window.
 
     Raises
     ------
@@ -159,5 +167,6 @@ def export_array(
                 "ignore_index": ignore,
             }
         }  # fmt: skip
-        _write_tif(out, ref.kind, values, description)
+        georef = shift_georef(t.attrs.get("georef"), rows.start, cols.start)
+        _write_tif(out, ref.kind, values, description, georef)
     return out

@@ -23,6 +23,7 @@ import numpy as np
 from npa_precompute import __version__
 from npa_precompute._kernels import band_sums
 from npa_precompute.affinity import affinity_maps, parse_ks
+from npa_precompute.geo import tile_georef
 from npa_precompute.io import (
     InputError,
     TileSource,
@@ -115,7 +116,8 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
     Raises
     ------
     InputError
-        The label or image cannot be read or decoded, or their shapes differ.
+        The label or image cannot be read or decoded, their shapes differ, their GeoTIFF
+        tags are malformed, or they are georeferenced differently.
     """
     from npa_precompute.presets import LabelError
 
@@ -134,6 +136,7 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
                 f"{src.label} has shape {label.shape}"
             )
         stats = image_stats(image)
+    georef = tile_georef(src.label, src.image, tile_id=src.tile_id)
     t0 = time.perf_counter()
     aff = affinity_maps(label, cfg.ks)
     kernel_s = time.perf_counter() - t0
@@ -156,6 +159,7 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
         "class_pixels": np.bincount(label[~ignore].ravel(), minlength=cfg.preset.num_classes)
         .astype(int)
         .tolist(),
+        "georef": georef,
         **stats,
     }
     root = open_store(store, mode="r+")

@@ -11,7 +11,8 @@ is padded up to the window (with the image mean, i.e. 0 after normalization, as 
 training) and the prediction cropped back.
 
 :func:`predict` writes, per image, the label map (``<stem>_label.png``, 8-bit
-grey values = class indices, or ``.tif``) and a colour-coded ``<stem>_color.png``.
+grey values = class indices, or ``.tif``, a GeoTIFF with the image's CRS and transform
+when the image is one) and a colour-coded ``<stem>_color.png``.
 """
 
 from __future__ import annotations
@@ -563,6 +564,7 @@ def write_label_maps(
     fmt: str = "png",
     target: np.ndarray | None = None,
     ignore_index: int | None = None,
+    georef: dict | None = None,
 ) -> dict[str, str]:
     """Write a prediction as an index map and a colour-coded PNG (and an error map).
 
@@ -580,6 +582,10 @@ def write_label_maps(
         right, red where wrong, black at ignore pixels.
     ignore_index : int, optional
         Ignore value of ``target``.
+    georef : dict, optional
+        Georeferencing of ``pred``'s pixel grid (:func:`npa_precompute.geo.read_georef`,
+        or a store tile's ``georef`` attr): written as GeoTIFF tags into the ``.tif``
+        label map (PNGs stay plain).
 
     Returns
     -------
@@ -589,7 +595,7 @@ def write_label_maps(
     Raises
     ------
     ValueError
-        Unknown ``fmt``.
+        Unknown ``fmt``, or a ``georef`` that is not a georeferencing dict.
     """
     from PIL import Image
 
@@ -605,9 +611,9 @@ def write_label_maps(
     if fmt == "png":
         Image.fromarray(index).save(label_path)
     else:
-        import tifffile
+        from npa_precompute.geo import write_geotiff
 
-        tifffile.imwrite(label_path, index, compression="zlib", photometric="minisblack")
+        write_geotiff(label_path, index, georef, compression="zlib", photometric="minisblack")
     paths["label"] = str(label_path)
     ignore = len(palette) if ignore_index is None else int(ignore_index)
     color_path = out_dir / f"{stem}_color.png"
@@ -653,7 +659,8 @@ def predict(
     images : image files, folders (searched recursively) or glob patterns; 1-, 3- or
         4-band, uint8 or uint16, with as many bands as the checkpoint's ``in_channels``
     out : output folder (created); per image ``<stem>_label.png|tif`` (class indices)
-        and ``<stem>_color.png``
+        and ``<stem>_color.png``; the ``.tif`` of a GeoTIFF image carries the image's
+        georeferencing (:mod:`npa_precompute.geo`)
     window : int or (h, w), default 513
     overlap : default "1/3"
     batch : windows per forward pass, default 4
@@ -674,13 +681,15 @@ def predict(
         Unreadable checkpoint, or an image whose band count differs from the
         checkpoint's ``in_channels`` (both named).
     InputError
-        A missing or unreadable image (:mod:`npa_precompute.io`).
+        A missing or unreadable image (:mod:`npa_precompute.io`); with ``fmt="tif"``,
+        an image with malformed GeoTIFF tags.
     TypeError, ValueError
         Bad ``window``, ``overlap``, ``batch``, ``fmt``, device or ``amp``; two images
         with the same file stem.
     """
     import time
 
+    from npa_precompute.geo import tile_georef
     from npa_precompute.io import expand_paths, read_image
 
     wh, ww = parse_window(window)
@@ -712,13 +721,15 @@ def predict(
                 f"{f} has {img.shape[2]} band(s), the checkpoint {info.path} expects "
                 f"in_channels {info.in_channels}"
             )
-        arrays.append((f, img.shape[:2]))
-    total = sum(len(window_grid(shape, (wh, ww), overlap)) for _, shape in arrays)
+        # the label map is the image's pixel grid: a GeoTIFF image's georeferencing fits it
+        georef = tile_georef(f) if fmt == "tif" else None
+        arrays.append((f, img.shape[:2], georef))
+    total = sum(len(window_grid(shape, (wh, ww), overlap)) for _, shape, _ in arrays)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     with _progress(total, "predict", progress) as bar:
-        for f, _ in arrays:
+        for f, _, georef in arrays:
             t0 = time.perf_counter()
             img = read_image(f)
             probs = sliding_window_probs(
@@ -734,7 +745,7 @@ def predict(
                 on_batch=bar.update,
             )
             pred = probs.argmax(axis=0)
-            paths = write_label_maps(pred, out, f.stem, palette, fmt=fmt)
+            paths = write_label_maps(pred, out, f.stem, palette, fmt=fmt, georef=georef)
             results.append(
                 {
                     "image": str(f),
