@@ -84,6 +84,48 @@ def mirror_tile(
     return np.ascontiguousarray(a[np.ix_(rows, cols)])
 
 
+def write_mirror_tiff(
+    path: Path,
+    src: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    tile: int = 256,
+    georef: dict | None = None,
+    compression: str = "zlib",
+) -> Path:
+    """Write ``src`` mirror-tiled to ``shape`` as a tiled (Big)TIFF, one TIFF tile at a time.
+
+    The raster is never in memory whole: tifffile pulls the tiles from a generator,
+    so rasters far larger than memory can be made. ``georef`` (see
+    :mod:`npa_precompute.geo`) adds GeoTIFF tags.
+    """
+    import tifffile
+
+    from npa_precompute.geo import geotiff_extratags
+
+    h, w = shape
+
+    def tiles():
+        for r in range(0, h, tile):
+            for c in range(0, w, tile):
+                block = mirror_tile(src, (tile, tile), (r, c))
+                yield block  # tifffile crops tiles beyond the raster edge
+
+    bands = src.shape[2:]
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(h, w, *bands),
+        dtype=src.dtype,
+        tile=(tile, tile),
+        compression=compression,
+        photometric="rgb" if bands == (3,) else "minisblack",
+        bigtiff=h * w * max(1, int(np.prod(bands))) * src.dtype.itemsize > 2**31,
+        extratags=geotiff_extratags(georef),
+    )
+    return path
+
+
 # -- timing ---------------------------------------------------------------------------------
 @dataclass
 class Entry:

@@ -71,7 +71,38 @@ def main() -> None:
 )
 @click.option("--chunk", type=int, default=256, show_default=True, help="Chunk side in pixels.")
 @click.option(
-    "--workers", type=int, default=1, show_default=True, help="Tiles processed in parallel."
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Tiles processed in parallel; with --dask, worker processes of the local Dask cluster.",
+)
+@click.option(
+    "--dask",
+    "use_dask",
+    is_flag=True,
+    help="Blockwise: read each raster window by window with a halo of max k and process the "
+    "blocks on Dask. For rasters larger than memory; bit-identical results.",
+)
+@click.option(
+    "--block",
+    type=int,
+    default=2048,
+    show_default=True,
+    help="With --dask: block side in pixels (one task per block; a multiple of --chunk).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="With --dask: address of an existing Dask scheduler (e.g. tcp://host:8786) instead "
+    "of a local cluster; 'synchronous' runs the blocks in this process.",
+)
+@click.option(
+    "--memory-limit",
+    default=None,
+    metavar="SIZE",
+    help="With --dask: memory limit per local worker, e.g. 2GB (default: Dask's share).",
 )
 @click.option(
     "--overwrite",
@@ -80,7 +111,8 @@ def main() -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, ignore_index,
-        unknown_colors, chunk, workers, overwrite, quiet):  # fmt: skip
+        unknown_colors, chunk, workers, use_dask, block, scheduler, memory_limit, overwrite,
+        quiet):  # fmt: skip
     """Compute affinity maps and weights for whole label tiles LABELS (files, folders, globs).
 
     Re-running skips tiles whose files and parameters are unchanged; an interrupted
@@ -90,6 +122,18 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
 
     from npa_precompute.pipeline import run_precompute
 
+    dask = None
+    if use_dask:
+        from npa_precompute.blockwise import DaskOptions
+
+        try:
+            dask = DaskOptions(
+                block=block, scheduler=scheduler, workers=workers, memory_limit=memory_limit
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    elif scheduler or memory_limit:
+        raise click.UsageError("--scheduler and --memory-limit need --dask")
     bar = None
 
     def progress(done: int, total: int, tile: str) -> None:
@@ -97,7 +141,8 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
         if quiet:
             return
         if bar is None:
-            bar = tqdm(total=total, unit="tile", desc="precompute")
+            unit = "block" if dask else "tile"
+            bar = tqdm(total=total, unit=unit, desc="precompute")
         bar.set_postfix_str(tile)
         bar.update(1)
 
@@ -120,6 +165,7 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             workers=workers,
             overwrite=overwrite,
             progress=progress,
+            dask=dask,
         )
     except _USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc

@@ -20,6 +20,7 @@ from PIL import Image
 
 __all__ = [
     "InputError",
+    "Raster",
     "TileSource",
     "discover_tiles",
     "expand_paths",
@@ -113,6 +114,111 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if arr.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path}: images must be uint8 or uint16, got {arr.dtype}")
     return arr
+
+
+class Raster:
+    """A label or image file opened for window reads, without reading it whole.
+
+    Tiled or striped TIFF/BigTIFF files (GeoTIFFs included) are read through
+    tifffile's zarr interface, which decodes only the tiles or strips a window
+    touches; uncompressed contiguous TIFFs are memory-mapped. Other formats (PNG,
+    BMP) have no windowed access and are read whole on first use. A ``Raster``
+    holds only its path, so it pickles cheaply to Dask workers; each process opens
+    the file on its first read.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    role : {"label", "image"}
+        Decides the checks: labels refuse lossy formats, images must be uint8/uint16.
+
+    Attributes
+    ----------
+    shape : (H, W) or (H, W, C)
+        As :func:`read_label` / :func:`read_image` would return (images always 3-D).
+    dtype : numpy.dtype
+
+    Raises
+    ------
+    InputError
+        Missing, lossy (labels) or undecodable file, or an image dtype other than
+        uint8/uint16.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, role: str = "label") -> None:
+        if role not in ("label", "image"):
+            raise ValueError(f"`role` must be 'label' or 'image', got {role!r}")
+        self.path = Path(path)
+        self.role = role
+        self._arr = None
+        self._planar = False
+        arr = self._open()
+        shape = tuple(arr.shape)
+        if self._planar:
+            shape = (*shape[1:], shape[0])
+        if role == "image" and len(shape) == 2:
+            shape = (*shape, 1)
+        if role == "image" and arr.dtype not in (np.uint8, np.uint16):
+            raise InputError(f"{self.path}: images must be uint8 or uint16, got {arr.dtype}")
+        if role == "image" and len(shape) != 3:
+            raise InputError(f"{self.path}: expected an (H, W, C) image, got shape {shape}")
+        self.shape = shape
+        self.dtype = np.dtype(arr.dtype)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "role": self.role, "shape": self.shape, "dtype": self.dtype}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._arr = None
+        self._planar = False
+
+    def _open(self):
+        if self._arr is not None:
+            return self._arr
+        path = self.path
+        what = f"{self.role} file"
+        if not path.is_file():
+            raise InputError(f"{what} not found: {path}")
+        if path.suffix.lower() not in _TIFF:
+            self._arr = read_label(path) if self.role == "label" else read_image(path)
+            return self._arr
+        if self.role == "label" and path.suffix.lower() in _LOSSY:
+            read_label(path)  # raises the lossy-format error
+        try:
+            tif = tifffile.TiffFile(path)
+            page = tif.pages[0]
+            compression = getattr(page.compression, "name", str(page.compression))
+            if self.role == "label" and "JPEG" in str(compression).upper():
+                tif.close()
+                raise InputError(f"{path}: JPEG-compressed TIFF labels are lossy and refused")
+            self._planar = (
+                page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and len(page.shape) == 3
+            )
+            if page.is_memmappable:
+                arr = tif.asarray(out="memmap", key=0)
+            else:
+                import zarr
+
+                arr = zarr.open_array(page.aszarr(), mode="r")
+        except (OSError, ValueError, tifffile.TiffFileError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"{path}: cannot read {what} ({exc})") from exc
+        self._arr = arr
+        return arr
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """The window ``[rows, cols]`` as an in-memory array ((h, w) or (h, w, C))."""
+        arr = self._open()
+        if self._planar:
+            win = np.moveaxis(np.asarray(arr[:, rows, cols]), 0, -1)
+        else:
+            win = np.asarray(arr[rows, cols])
+        if self.role == "image" and win.ndim == 2:
+            win = win[..., None]
+        return np.ascontiguousarray(win)
 
 
 def file_sha256(path: str | os.PathLike, *, block: int = 1 << 22) -> str:

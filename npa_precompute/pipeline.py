@@ -23,9 +23,11 @@ import numpy as np
 from npa_precompute import __version__
 from npa_precompute._kernels import band_sums
 from npa_precompute.affinity import affinity_maps, parse_ks
+from npa_precompute.blockwise import DaskOptions, stats_from_sums
 from npa_precompute.geo import tile_georef
 from npa_precompute.io import (
     InputError,
+    Raster,
     TileSource,
     discover_tiles,
     file_sha256,
@@ -187,10 +189,7 @@ def image_stats(image: np.ndarray) -> dict:
     sums = np.zeros(c, dtype=np.uint64)
     squares = np.zeros(c, dtype=np.uint64)
     band_sums(np.ascontiguousarray(image), sums, squares)
-    n = image.shape[0] * image.shape[1]
-    mean = [int(s) / n for s in sums]
-    var = [max(int(q) / n - m * m, 0.0) for q, m in zip(squares, mean, strict=True)]
-    return {"image_mean": mean, "image_std": [v**0.5 for v in var]}
+    return stats_from_sums(sums, squares, image.shape[0] * image.shape[1])
 
 
 def _init_worker(threads: int) -> None:
@@ -205,6 +204,34 @@ def _init_worker(threads: int) -> None:
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+
+
+def _run_blockwise(store, todo, cfg, opts, summary: RunSummary, progress) -> None:
+    from npa_precompute.blockwise import count_blocks, dask_client, process_tile_blockwise
+
+    if opts.block % cfg.chunk:
+        raise ValueError(
+            f"`block` ({opts.block}) must be a multiple of `chunk` ({cfg.chunk}): each block's "
+            "task writes whole shards of the store"
+        )
+    rasters = [Raster(src.label, role="label") for src, _ in todo]
+    total = sum(count_blocks(r, cfg, opts.block) for r in rasters)
+    done = 0
+    with dask_client(opts) as client:
+        for (src, source), raster in zip(todo, rasters, strict=True):
+
+            def tick(tile=src.tile_id) -> None:
+                nonlocal done
+                done += 1
+                if progress:
+                    progress(done, total, tile)
+
+            r = process_tile_blockwise(
+                store, src, cfg, source, client=client, opts=opts, label=raster, progress=tick
+            )
+            summary.written.append(r["tile"])
+            summary.pixels += r["pixels"]
+            summary.kernel_seconds += r["kernel_seconds"]
 
 
 def run_precompute(
@@ -223,6 +250,7 @@ def run_precompute(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    dask: DaskOptions | None = None,
 ) -> RunSummary:
     """Precompute affinity maps and weights for whole tiles into a zarr store.
 
@@ -244,7 +272,12 @@ def run_precompute(
         parameters (their arrays are replaced); recreate a store made with other
         preset settings. Without it a tile whose label or image file changed is
         recomputed, and a complete tile made with other parameters is an error.
-    progress : callback(done, total, tile_id) after each tile
+    progress : callback(done, total, tile_id) after each tile (after each block with
+        ``dask``)
+    dask : process each tile block by block on Dask instead of whole in memory
+        (:class:`npa_precompute.blockwise.DaskOptions`: block side, local cluster or
+        scheduler address); bit-identical results, memory bounded by a few blocks.
+        ``workers`` is then unused (``dask.workers`` sizes the local cluster).
 
     Returns
     -------
@@ -310,7 +343,9 @@ def run_precompute(
         )
     total = len(todo)
     store = str(Path(out))
-    if workers == 1 or total <= 1:
+    if dask is not None:
+        _run_blockwise(store, todo, cfg, dask, summary, progress)
+    elif workers == 1 or total <= 1:
         for i, (src, source) in enumerate(todo):
             r = process_tile(store, src, cfg, source)
             summary.written.append(r["tile"])

@@ -41,7 +41,9 @@ __all__ = [
     "Tile",
     "consolidate_store",
     "create_or_check_store",
+    "create_tile",
     "list_tiles",
+    "mark_complete",
     "open_store",
     "open_tile",
     "store_info",
@@ -159,25 +161,44 @@ def list_tiles(root: zarr.Group, *, complete_only: bool = False) -> list[str]:
     return names
 
 
-def _create(group: zarr.Group, name: str, data: np.ndarray, chunk: int, dims, **kw) -> zarr.Array:
-    # Chunks of `chunk` px are what a crop reads; they are packed into one shard per array
-    # (one file instead of hundreds: writing is bound by per-file cost), and zarr reads a
-    # crop's chunks from the shard by byte range, never the whole shard.
-    h, w = data.shape[:2]
+def _create(
+    group: zarr.Group,
+    name: str,
+    data: np.ndarray | None,
+    chunk: int,
+    dims,
+    *,
+    shape: tuple[int, ...] | None = None,
+    dtype=None,
+    shard: int | None = None,
+    **kw,
+) -> zarr.Array:
+    # Chunks of `chunk` px are what a crop reads; they are packed into shards (one file per
+    # shard instead of one per chunk: writing is bound by per-file cost), and zarr reads a
+    # crop's chunks from a shard by byte range, never the whole shard. In-memory tiles use
+    # one shard per array; blockwise runs use one shard per block, so that each block's
+    # task writes whole shards of its own.
+    shape = tuple(data.shape) if data is not None else tuple(shape)
+    dtype = data.dtype if data is not None else np.dtype(dtype)
+    h, w = shape[:2]
     ch, cw = min(chunk, h), min(chunk, w)
-    chunks = (ch, cw, *data.shape[2:])
-    shards = (-(-h // ch) * ch, -(-w // cw) * cw, *data.shape[2:])
+    chunks = (ch, cw, *shape[2:])
+    if shard is None:
+        shards = (-(-h // ch) * ch, -(-w // cw) * cw, *shape[2:])
+    else:
+        shards = (min(shard, -(-h // ch) * ch), min(shard, -(-w // cw) * cw), *shape[2:])
     arr = group.create_array(
         name,
-        shape=data.shape,
-        dtype=data.dtype,
+        shape=shape,
+        dtype=dtype,
         chunks=chunks,
         shards=shards,
-        compressors=_compressor(data.dtype),
+        compressors=_compressor(dtype),
         dimension_names=dims,
         **kw,
     )
-    arr[...] = data
+    if data is not None:
+        arr[...] = data
     return arr
 
 
@@ -219,6 +240,75 @@ def write_tile(
     for name, w, wattrs in weights:
         _create(wg, name, w, chunk, ("y", "x"), fill_value=0.0, attributes=wattrs)
     g.attrs["complete"] = True
+
+
+def create_tile(
+    root: zarr.Group,
+    tile_id: str,
+    *,
+    shape: tuple[int, int],
+    label_dtype: np.dtype,
+    ignore_index: int,
+    image: tuple[int, np.dtype] | None,
+    affinity: dict[int, np.dtype],
+    weights: Iterable[tuple[str, dict]],
+    weight_dtype: np.dtype,
+    attrs: dict,
+    chunk: int,
+    shard: int,
+) -> zarr.Group:
+    """Create one tile's empty arrays (``complete`` False) for blockwise writing.
+
+    The layout is :func:`write_tile`'s, except that each array is sharded in
+    ``shard`` x ``shard`` pixels (a multiple of ``chunk``): the blockwise precompute
+    writes each shard from exactly one task. Call :func:`mark_complete` after the
+    last block is written.
+
+    Parameters
+    ----------
+    shape : (H, W) of the tile
+    label_dtype : dtype of the decoded labels (uint8 or uint16)
+    image : (bands, dtype) of the image, or None
+    affinity : {k: dtype of its raw counts}
+    weights : (name, attrs) of each weights array
+    weight_dtype : float32 or float16
+    attrs : tile attrs; ``complete`` is set False
+    chunk, shard : chunk and shard sides in pixels
+
+    Raises
+    ------
+    ValueError
+        ``shard`` not a positive multiple of ``chunk``.
+    """
+    if shard < chunk or shard % chunk:
+        raise ValueError(f"`shard` ({shard}) must be a positive multiple of `chunk` ({chunk})")
+    tiles = root["tiles"]
+    if tile_id in tiles:
+        del tiles[tile_id]
+    g = tiles.create_group(tile_id, attributes={**attrs, "complete": False})
+    kw = {"shape": tuple(shape), "shard": shard}
+    _create(g, "label", None, chunk, ("y", "x"), dtype=label_dtype, fill_value=ignore_index, **kw)
+    if image is not None:
+        bands, dt = image
+        kw_img = {**kw, "shape": (*shape, bands)}
+        _create(g, "image", None, chunk, ("y", "x", "band"), dtype=dt, fill_value=0, **kw_img)
+    aff = g.create_group("affinity")
+    for k, dt in affinity.items():
+        attrs_k = {"k": int(k)}
+        _create(aff, f"k{k}", None, chunk, ("y", "x"), dtype=dt, fill_value=0,
+                attributes=attrs_k, **kw)  # fmt: skip
+    wg = g.create_group("weights")
+    for name, wattrs in weights:
+        _create(wg, name, None, chunk, ("y", "x"), dtype=weight_dtype, fill_value=0.0,
+                attributes=wattrs, **kw)  # fmt: skip
+    return g
+
+
+def mark_complete(group: zarr.Group, attrs: dict | None = None) -> None:
+    """Add ``attrs`` to a tile group and set its ``complete`` marker (the tile's last write)."""
+    if attrs:
+        group.attrs.update(attrs)
+    group.attrs["complete"] = True
 
 
 @dataclass

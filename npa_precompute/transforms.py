@@ -107,6 +107,7 @@ class WeightTransform:
         ignore_mask: np.ndarray | None = None,
         *,
         dtype: np.dtype | type = np.float32,
+        value_range: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """Transform an affinity map into pixel weights.
 
@@ -118,6 +119,10 @@ class WeightTransform:
             True at ignore pixels: their weight is 0 and they do not enter the
             min/max of ``norm``.
         dtype : float32 (default) or float16, keyword-only
+        value_range : (min, max) of the whole tile's non-ignore counts, keyword-only
+            For a window of a tile (blockwise precompute): ``norm`` then uses the
+            tile's range, as Eq. 2 does, instead of the window's; ``max < 0`` means
+            every pixel of the tile is ignored. Default: taken from ``affinity``.
 
         Returns
         -------
@@ -148,7 +153,10 @@ class WeightTransform:
                 raise ValueError(
                     f"`ignore_mask` shape {ignore.shape} differs from `affinity` shape {a.shape}"
                 )
-        lo, hi = valid_min_max(a, ignore)
+        if value_range is None:
+            lo, hi = valid_min_max(a, ignore)
+        else:
+            lo, hi = (int(v) for v in value_range)
         if hi < 0:  # every pixel ignored
             return np.zeros(a.shape, dtype=dtype)
         if hi < _MAX_TABLE:

@@ -1,0 +1,387 @@
+"""Blockwise precompute of rasters larger than memory, on Dask.
+
+The affinity at a pixel (Eq. 1 of Feng et al. 2020) depends only on the labels in
+its ``(2k + 1)``-square window, and the replicate padding applies only at the
+borders of the whole raster. So a raster can be cut into blocks, each block read
+with a halo of ``k_max`` pixels on every side (clipped at the raster border),
+and the same numba kernel run per block: the halo makes the block's own pixels
+exact, and at the raster border the kernel's edge replicate padding is exactly
+the raster's. This is ``dask.array.map_overlap(depth=k_max, boundary="nearest")``
+written as one task per block, which also works when a block is smaller than
+``k_max`` and lets each task read its window straight from the file. Results are
+bit-identical to the in-memory path (:func:`npa_precompute.pipeline.process_tile`).
+
+Each block's task reads its window (tifffile's zarr interface decodes only the
+TIFF tiles it touches), decodes the labels with the preset, computes every k,
+applies the weight transformations and writes the block into the store. The
+store's arrays are sharded in blocks, so each task writes whole shards of its own
+and no shard has two writers. ``norm`` (Eq. 2) needs the tile's min and max
+count: when it is asked for, a second pass over the blocks writes it from the
+stored counts. The tile is marked complete after its last block.
+
+Peak memory per worker is a few block-sized arrays: the window with halo,
+its affinity maps, one weights array, compression buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from npa_precompute._kernels import band_sums, valid_min_max
+from npa_precompute.affinity import affinity_maps
+from npa_precompute.io import InputError, Raster
+
+__all__ = [
+    "DaskOptions",
+    "block_grid",
+    "count_blocks",
+    "dask_client",
+    "process_tile_blockwise",
+    "stats_from_sums",
+]
+
+
+#: How long to wait for a scheduler given by address before giving up.
+CONNECT_TIMEOUT = "20s"
+
+
+@dataclass(frozen=True)
+class DaskOptions:
+    """How a blockwise run is cut and where it runs.
+
+    Attributes
+    ----------
+    block : int
+        Block side in pixels (default 2048): one task per block, and the shard side
+        of the store's arrays. Must be a multiple of the store's chunk side.
+    scheduler : str or None
+        None (default): start a ``dask.distributed.LocalCluster``; an address such as
+        ``tcp://10.0.0.5:8786``: join that cluster (its workers must see the input
+        files and the store at the same paths); ``"synchronous"``: run the blocks one
+        after another in this process, without Dask.
+    workers : int
+        Worker processes of the local cluster (default 1).
+    memory_limit : str or None
+        Memory limit per local worker, e.g. ``"2GB"`` (Dask's syntax); None lets
+        Dask split the machine's memory between the workers.
+    """
+
+    block: int = 2048
+    scheduler: str | None = None
+    workers: int = 1
+    memory_limit: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block, int) or self.block < 16:
+            raise ValueError(f"`block` must be an integer >= 16, got {self.block!r}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"`workers` must be an integer >= 1, got {self.workers!r}")
+
+
+def block_grid(shape: tuple[int, int], block: int) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(r0, r1, c0, c1)`` covering an ``(H, W)`` raster, row-major, last ones clipped."""
+    h, w = shape
+    return [
+        (r, min(r + block, h), c, min(c + block, w))
+        for r in range(0, h, block)
+        for c in range(0, w, block)
+    ]
+
+
+@contextlib.contextmanager
+def dask_client(opts: DaskOptions) -> Iterator[object | None]:
+    """A ``distributed.Client`` for ``opts`` (None for ``scheduler="synchronous"``).
+
+    Raises
+    ------
+    ImportError
+        dask.distributed is not installed (``pip install 'npaloss[dask]'``).
+    OSError
+        The scheduler at ``opts.scheduler`` cannot be reached.
+    """
+    if opts.scheduler == "synchronous":
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "blockwise precompute on Dask needs dask.distributed: pip install 'npaloss[dask]'"
+        ) from exc
+    if opts.scheduler:
+        try:
+            client = Client(opts.scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise OSError(f"cannot reach the Dask scheduler at {opts.scheduler} ({exc})") from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = LocalCluster(
+        n_workers=opts.workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=opts.memory_limit or "auto",
+        dashboard_address=":0",  # a free port: None does not disable it (dask#8136)
+        silence_logs=logging.ERROR,
+    )
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def _tasks(client, fn: Callable, calls: Sequence[tuple], progress: Callable[[], None] | None):
+    """Run ``fn(*args)`` for each args of ``calls``, in this process or on the cluster."""
+    if client is None:
+        for args in calls:
+            yield fn(*args)
+            if progress:
+                progress()
+        return
+    from distributed import as_completed
+
+    futures = [client.submit(fn, *args, pure=False) for args in calls]
+    try:
+        for fut in as_completed(futures):
+            yield fut.result()
+            if progress:
+                progress()
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import numba
+
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+def _open(store: str, tile_id: str, name: str):
+    import zarr
+
+    return zarr.open_array(os.path.join(store, "tiles", tile_id, name), mode="r+")
+
+
+def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -> dict:
+    """One block: read with halo, decode, Eq. 1 for every k, write label/image/counts/weights."""
+    from npa_precompute.presets import LabelError
+    from npa_precompute.transforms import weights_name
+
+    _set_threads(threads)
+    r0, r1, c0, c1 = win
+    h, w = label.shape[:2]
+    rr0, rr1, cc0, cc1 = max(0, r0 - kmax), min(h, r1 + kmax), max(0, c0 - kmax), min(w, c1 + kmax)
+    raw = label.read(slice(rr0, rr1), slice(cc0, cc1))
+    try:
+        lab = cfg.preset.decode(
+            raw,
+            source=f"{label.path} (rows {rr0}:{rr1}, columns {cc0}:{cc1})",
+            unknown_colors=cfg.unknown_colors,
+        )
+    except LabelError as exc:
+        raise InputError(str(exc)) from None
+    t0 = time.perf_counter()
+    aff = affinity_maps(lab, cfg.ks)
+    kernel_s = time.perf_counter() - t0
+    inner = (slice(r0 - rr0, r1 - rr0), slice(c0 - cc0, c1 - cc0))
+    lab = np.ascontiguousarray(lab[inner])
+    ignore = lab == cfg.preset.ignore_index
+    dtype = np.dtype(cfg.weight_dtype)
+    _open(store, tile_id, "label")[r0:r1, c0:c1] = lab
+    out = {
+        "kernel_seconds": kernel_s,
+        "class_pixels": np.bincount(lab[~ignore].ravel(), minlength=cfg.preset.num_classes),
+        "ignored": int(ignore.sum()),
+        "ranges": [],
+    }
+    if image is not None:
+        img = image.read(slice(r0, r1), slice(c0, c1))
+        _open(store, tile_id, "image")[r0:r1, c0:c1] = img
+        sums = np.zeros(img.shape[2], dtype=np.uint64)
+        squares = np.zeros(img.shape[2], dtype=np.uint64)
+        band_sums(img, sums, squares)
+        out["band_sums"], out["band_squares"] = sums, squares
+    for i, k in enumerate(cfg.ks):
+        a = np.ascontiguousarray(aff[i][inner])
+        _open(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1] = a
+        lo, hi = valid_min_max(a, ignore)
+        out["ranges"].append((int(lo), int(hi)))
+        for t in cfg.transforms:
+            if t.kind != "norm":
+                name = weights_name(k, t)
+                _open(store, tile_id, f"weights/{name}")[r0:r1, c0:c1] = t.apply(
+                    a, ignore, dtype=dtype
+                )
+    return out
+
+
+def _norm_pass(store, tile_id, cfg, win, ranges, threads) -> None:
+    """One block of ``norm`` weights (Eq. 2) from the stored counts and the tile's range."""
+    from npa_precompute.transforms import weights_name
+
+    _set_threads(threads)
+    r0, r1, c0, c1 = win
+    ignore = _open(store, tile_id, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
+    dtype = np.dtype(cfg.weight_dtype)
+    for i, k in enumerate(cfg.ks):
+        norms = [t for t in cfg.transforms if t.kind == "norm"]
+        if not norms:
+            return
+        a = _open(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1]
+        for t in norms:
+            w = t.apply(a, ignore, dtype=dtype, value_range=ranges[i])
+            _open(store, tile_id, f"weights/{weights_name(k, t)}")[r0:r1, c0:c1] = w
+
+
+def stats_from_sums(sums: np.ndarray, squares: np.ndarray, n: int) -> dict:
+    """Per-band mean and standard deviation from exact uint64 sums of values and squares.
+
+    Returns ``{"image_mean": [C floats], "image_std": [C floats]}`` (population std),
+    the same floats whether the sums come from one tile or from its blocks.
+    """
+    mean = [int(s) / n for s in sums]
+    var = [max(int(q) / n - m * m, 0.0) for q, m in zip(squares, mean, strict=True)]
+    return {"image_mean": mean, "image_std": [v**0.5 for v in var]}
+
+
+def count_blocks(label: Raster, cfg, block: int) -> int:
+    """Tasks a tile needs: one per block, twice when a ``norm`` transformation is asked for."""
+    n = len(block_grid(label.shape[:2], block))
+    return 2 * n if any(t.kind == "norm" for t in cfg.transforms) else n
+
+
+def process_tile_blockwise(
+    store: str,
+    src,
+    cfg,
+    source: dict,
+    *,
+    client,
+    opts: DaskOptions,
+    label: Raster | None = None,
+    progress: Callable[[], None] | None = None,
+) -> dict:
+    """Compute and write one tile block by block; returns {"tile", "pixels", "kernel_seconds"}.
+
+    Parameters
+    ----------
+    store : store folder (already created, see :func:`npa_precompute.store.create_or_check_store`)
+    src : :class:`npa_precompute.io.TileSource`
+    cfg : :class:`npa_precompute.pipeline.PrecomputeConfig`
+    source : the tile's source attrs (paths and sha256)
+    client : ``distributed.Client`` or None (in this process, block after block)
+    opts : :class:`DaskOptions`; ``opts.block`` must be a multiple of ``cfg.chunk``
+    label : the label opened as a :class:`~npa_precompute.io.Raster` (opened here if None)
+    progress : called after each block's task
+
+    Raises
+    ------
+    InputError
+        Unreadable files, label content the preset refuses (the message names the
+        file and the window), or an image whose size differs from the label's.
+    ValueError
+        ``opts.block`` not a multiple of ``cfg.chunk``.
+    """
+    from npa_precompute import __version__
+    from npa_precompute.affinity import affinity_dtype
+    from npa_precompute.geo import tile_georef
+    from npa_precompute.store import create_tile, mark_complete, open_store
+    from npa_precompute.transforms import weights_name
+
+    if opts.block % cfg.chunk:
+        raise ValueError(
+            f"`block` ({opts.block}) must be a multiple of `chunk` ({cfg.chunk}): each block's "
+            "task writes whole shards of the store"
+        )
+    label = label if label is not None else Raster(src.label, role="label")
+    image = Raster(src.image, role="image") if src.image is not None else None
+    if image is not None and image.shape[:2] != label.shape[:2]:
+        raise InputError(
+            f"tile {src.tile_id!r}: image {src.image} has shape {image.shape[:2]} but label "
+            f"{src.label} has shape {label.shape[:2]}"
+        )
+    shape = label.shape[:2]
+    kmax = max(cfg.ks)
+    preset = cfg.preset
+    label_dtype = np.uint8 if max(preset.ignore_index, preset.num_classes - 1) <= 255 else np.uint16
+    attrs = {
+        "tile_id": src.tile_id,
+        "shape": list(shape),
+        "source": source,
+        "params": cfg.params(),
+        "npaloss_version": __version__,
+        "georef": tile_georef(src.label, src.image, tile_id=src.tile_id),
+        "blockwise": {"block": opts.block, "halo": kmax},
+    }
+    root = open_store(store, mode="r+")
+    aff_dtype = affinity_dtype(kmax)
+    group = create_tile(
+        root,
+        src.tile_id,
+        shape=shape,
+        label_dtype=np.dtype(label_dtype),
+        ignore_index=preset.ignore_index,
+        image=(image.shape[2], image.dtype) if image is not None else None,
+        affinity=dict.fromkeys(cfg.ks, aff_dtype),
+        weights=[
+            (
+                weights_name(k, t),
+                {"k": int(k), "transform": t.spec, "transform_params": t.to_dict()},
+            )
+            for k in cfg.ks
+            for t in cfg.transforms
+        ],
+        weight_dtype=np.dtype(cfg.weight_dtype),
+        attrs=attrs,
+        chunk=cfg.chunk,
+        shard=opts.block,
+    )
+    threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.scheduler is None else None
+    blocks = block_grid(shape, opts.block)
+    calls = [(store, src.tile_id, cfg, label, image, b, kmax, threads) for b in blocks]
+    class_pixels = np.zeros(preset.num_classes, dtype=np.int64)
+    ignored = 0
+    kernel_s = 0.0
+    lo = [None] * len(cfg.ks)
+    hi = [-1] * len(cfg.ks)
+    sums = squares = None
+    for r in _tasks(client, _first_pass, calls, progress):
+        class_pixels += r["class_pixels"][: preset.num_classes]
+        ignored += r["ignored"]
+        kernel_s += r["kernel_seconds"]
+        for i, (blo, bhi) in enumerate(r["ranges"]):
+            if bhi >= 0:
+                lo[i] = blo if lo[i] is None else min(lo[i], blo)
+                hi[i] = max(hi[i], bhi)
+        if "band_sums" in r:
+            if sums is None:
+                sums, squares = r["band_sums"].copy(), r["band_squares"].copy()
+            else:
+                sums += r["band_sums"]
+                squares += r["band_squares"]
+    ranges = [(0 if a is None else a, b) for a, b in zip(lo, hi, strict=True)]
+    if any(t.kind == "norm" for t in cfg.transforms):
+        calls2 = [(store, src.tile_id, cfg, b, ranges, threads) for b in blocks]
+        for _ in _tasks(client, _norm_pass, calls2, progress):
+            pass
+    n = shape[0] * shape[1]
+    final = {
+        "ignore_fraction": float(ignored / n),
+        "class_pixels": class_pixels.astype(int).tolist(),
+    }
+    if sums is not None:
+        final.update(stats_from_sums(sums, squares, n))
+    mark_complete(group, final)
+    return {"tile": src.tile_id, "pixels": int(n), "kernel_seconds": kernel_s}

@@ -1,0 +1,258 @@
+"""Blockwise precompute (``--dask``): bit-identical to the in-memory path, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from conftest import ROOT, SHARED_DATA, write_isprs_tile
+
+from npa_precompute.blockwise import DaskOptions, block_grid
+from npa_precompute.cli import main
+from npa_precompute.io import InputError, Raster
+from npa_precompute.pipeline import run_precompute
+from npa_precompute.store import IncompleteTileError, open_store, open_tile
+
+sys.path.insert(0, str(ROOT))
+from benchmarks._common import mirror_tile, write_mirror_tiff
+
+LABEL = "gts_eroded_for_participants/top_mosaic_09cm_area1_noBoundary.tif"
+IMAGE = "top/top_mosaic_09cm_area1.tif"
+GEOREF_SRC = {"crs": "EPSG:32632", "transform": [0.09, 0.0, 496000.0, 0.0, -0.09, 5420000.0]}
+KS = (8, 64)
+TRANSFORMS = ("log10:L=0.5", "norm:L=0.5")
+
+
+def _georef() -> dict:
+    """A UTM 32N georeferencing as read back from a GeoTIFF written with rasterio."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    from npa_precompute.geo import read_georef
+
+    path = ROOT / ".pytest_cache" / "georef_probe.tif"
+    path.parent.mkdir(exist_ok=True)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8",
+        crs="EPSG:32632", transform=Affine(*GEOREF_SRC["transform"]),
+    ) as ds:  # fmt: skip
+        ds.write(np.zeros((1, 4, 4), np.uint8))
+    return read_georef(path)
+
+
+def _arrays(tile) -> dict[str, np.ndarray]:
+    names = ["label", "image"] + [f"affinity/k{k}" for k in tile.affinity_ks]
+    names += [f"weights/{n}" for n in tile.weight_names]
+    return {n: tile.group[n][...] for n in names if n.split("/")[0] in tile.group}
+
+
+def assert_same_tile(mem_store, bw_store, tile_id="area1") -> None:
+    a = open_tile(open_store(mem_store), tile_id)
+    b = open_tile(open_store(bw_store), tile_id)
+    arrays_a, arrays_b = _arrays(a), _arrays(b)
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for name, x in arrays_a.items():
+        y = arrays_b[name]
+        assert x.dtype == y.dtype, name
+        assert np.array_equal(x, y), f"{name}: {int((x != y).sum())} pixels differ"
+    attrs_b = dict(b.attrs)
+    assert attrs_b.pop("blockwise")["halo"] == max(a.attrs["params"]["ks"])
+    assert dict(a.attrs) == attrs_b
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    """A 3000 x 4000 tiled GeoTIFF label (+ image) mirror-tiled from the real Vaihingen crop,
+    and its in-memory store as the reference."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data crops not found at {SHARED_DATA}")
+    d = tmp_path_factory.mktemp("mosaic")
+    (d / "gts").mkdir()
+    (d / "top").mkdir()
+    georef = _georef()
+    label = write_mirror_tiff(
+        d / "gts" / "area1.tif", tifffile.imread(SHARED_DATA / "vaihingen_crop" / LABEL),
+        (3000, 4000), georef=georef,
+    )  # fmt: skip
+    image = write_mirror_tiff(
+        d / "top" / "area1.tif", tifffile.imread(SHARED_DATA / "vaihingen_crop" / IMAGE),
+        (3000, 4000), georef=georef,
+    )  # fmt: skip
+    kw = {"images": [str(image)], "ks": KS, "transforms": TRANSFORMS}
+    run_precompute([str(label)], d / "mem.zarr", **kw)
+    return {"dir": d, "label": label, "image": image, "georef": georef, "kw": kw}
+
+
+def test_mosaic_is_a_tiled_geotiff_read_by_windows(mosaic):
+    r = Raster(mosaic["label"])
+    assert r.shape == (3000, 4000, 3)
+    with tifffile.TiffFile(mosaic["label"]) as tif:
+        assert tif.pages[0].is_tiled and tif.pages[0].tilelength == 256
+    src = tifffile.imread(SHARED_DATA / "vaihingen_crop" / LABEL)
+    win = r.read(slice(2900, 3000), slice(3950, 4000))
+    assert np.array_equal(win, mirror_tile(src, (3000, 4000))[2900:, 3950:])
+
+
+def test_blockwise_512_equals_in_memory_everywhere(mosaic):
+    out = mosaic["dir"] / "bw512.zarr"
+    opts = DaskOptions(block=512, scheduler="synchronous")
+    summary = run_precompute([str(mosaic["label"])], out, dask=opts, **mosaic["kw"])
+    assert summary.written == ["area1"] and summary.pixels == 12_000_000
+    assert_same_tile(mosaic["dir"] / "mem.zarr", out)
+    tile = open_tile(open_store(out), "area1")
+    assert tile.attrs["georef"] == mosaic["georef"]
+    assert tile.attrs["georef"]["crs"] == "EPSG:32632"
+    # each block's task wrote whole shards of its own: shards are the 512-pixel blocks
+    assert tile.label.shards == (512, 512) and tile.label.chunks == (256, 256)
+    # raster borders and every seam (rows/columns next to a block edge) hold real weights
+    w = tile.weights("k64_log10_L0.5")[...]
+    assert (w[tile.label[...] != 255] >= 0.5).all()
+
+
+def test_blockwise_cli_on_local_cluster_equals_in_memory(mosaic):
+    out = mosaic["dir"] / "bw_cli.zarr"
+    res = CliRunner().invoke(
+        main,
+        ["run", str(mosaic["label"]), "--images", str(mosaic["image"]), "--out", str(out),
+         "--k", "8,64", "--transform", TRANSFORMS[0], "--transform", TRANSFORMS[1],
+         "--dask", "--block", "1024", "--workers", "2", "--memory-limit", "1GB", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "1 tile(s) written" in res.output and "12.00 Mpix" in res.output
+    assert_same_tile(mosaic["dir"] / "mem.zarr", out)
+    # a re-run finds the tile current and skips it
+    res = CliRunner().invoke(
+        main,
+        ["run", str(mosaic["label"]), "--images", str(mosaic["image"]), "--out", str(out),
+         "--k", "8,64", "--transform", TRANSFORMS[0], "--transform", TRANSFORMS[1],
+         "--dask", "--scheduler", "synchronous", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "0 tile(s) written, 1 up to date" in res.output
+
+
+def test_joins_an_existing_cluster_by_address(tmp_path, shared_data):
+    distributed = pytest.importorskip("distributed")
+    label = write_mirror_tiff(
+        tmp_path / "area1.tif", tifffile.imread(shared_data / "vaihingen_crop" / LABEL), (700, 900)
+    )
+    run_precompute([str(label)], tmp_path / "mem.zarr", ks=(16,))
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
+    ) as cluster:
+        res = CliRunner().invoke(
+            main,
+            ["run", str(label), "--out", str(tmp_path / "bw.zarr"), "--k", "16", "--dask",
+             "--block", "256", "--scheduler", cluster.scheduler_address, "-q"],
+        )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert_same_tile(tmp_path / "mem.zarr", tmp_path / "bw.zarr")
+
+
+@pytest.mark.parametrize("block, chunk", [(48, 16), (32, 32)])
+def test_blocks_smaller_than_k_max(tmp_path, block, chunk):
+    """Halo (k = 64, 100) larger than the block, k beyond the raster (2k + 1 > 300)."""
+    rng = np.random.default_rng(3)
+    index = np.repeat(np.repeat(rng.integers(0, 6, (30, 42)), 10, 0), 10, 1)  # 300 x 420
+    index[rng.random(index.shape) < 0.01] = 4  # isolated "cars"
+    ignore = np.zeros(index.shape, bool)
+    ignore[100:103, :] = True
+    path = write_isprs_tile(tmp_path / "gts", "area1.tif", index, ignore_mask=ignore)
+    kw = {"ks": (1, 64, 200), "transforms": ("raw", "norm:L=0", "ln:L=0.5"), "chunk": chunk}
+    run_precompute([str(path)], tmp_path / "mem.zarr", **kw)
+    opts = DaskOptions(block=block, scheduler="synchronous")
+    run_precompute([str(path)], tmp_path / "bw.zarr", dask=opts, **kw)
+    assert_same_tile(tmp_path / "mem.zarr", tmp_path / "bw.zarr")
+    assert len(block_grid((300, 420), block)) == -(-300 // block) * -(-420 // block)
+
+
+def test_block_must_be_a_multiple_of_chunk(tmp_path):
+    path = write_isprs_tile(tmp_path, "area1.tif", np.zeros((64, 64), int))
+    res = CliRunner().invoke(
+        main, ["run", str(path), "--out", str(tmp_path / "s"), "--dask", "--block", "300"]
+    )
+    assert res.exit_code != 0
+    assert "`block` (300) must be a multiple of `chunk` (256)" in res.output
+    res = CliRunner().invoke(
+        main, ["run", str(path), "--out", str(tmp_path / "s"), "--dask", "--block", "8"]
+    )
+    assert res.exit_code != 0 and "`block` must be an integer >= 16, got 8" in res.output
+    res = CliRunner().invoke(
+        main, ["run", str(path), "--out", str(tmp_path / "s"), "--scheduler", "tcp://x:1"]
+    )
+    assert res.exit_code != 0 and "--scheduler and --memory-limit need --dask" in res.output
+
+
+def test_bad_block_content_names_file_and_window_and_leaves_tile_incomplete(tmp_path):
+    index = np.zeros((200, 300), int)
+    path = write_isprs_tile(tmp_path, "area1.tif", index)
+    rgb = tifffile.imread(path)
+    rgb[150, 250] = (12, 34, 56)
+    tifffile.imwrite(path, rgb, tile=(64, 64))
+    opts = DaskOptions(block=64, scheduler="synchronous")
+    with pytest.raises(InputError, match=r"area1\.tif \(rows \d+:\d+, columns \d+:\d+\).*"
+                       r"\(12, 34, 56\): 1 px"):  # fmt: skip
+        run_precompute([str(path)], tmp_path / "s.zarr", ks=(4,), chunk=64, dask=opts)
+    root = open_store(tmp_path / "s.zarr")
+    with pytest.raises(IncompleteTileError):
+        open_tile(root, "area1")
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("npa_precompute.blockwise.CONNECT_TIMEOUT", "2s")
+    path = write_isprs_tile(tmp_path, "area1.tif", np.zeros((64, 64), int))
+    res = CliRunner().invoke(
+        main,
+        ["run", str(path), "--out", str(tmp_path / "s"), "--dask", "--block", "256",
+         "--scheduler", "tcp://127.0.0.1:9"],
+    )  # fmt: skip
+    assert res.exit_code != 0
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in res.output
+
+
+_MEMORY_PROBE = textwrap.dedent(
+    """
+    import json, resource, sys
+    sys.path.insert(0, {root!r})
+    from pathlib import Path
+    import tifffile
+    from benchmarks._common import write_mirror_tiff
+    from npa_precompute.blockwise import DaskOptions
+    from npa_precompute.pipeline import run_precompute
+
+    d = Path({tmp!r})
+    src = tifffile.imread({label!r})
+    opts = DaskOptions(block=512, scheduler="synchronous")
+    small = write_mirror_tiff(d / "small.tif", src, (600, 600))
+    run_precompute([str(small)], d / "warm.zarr", ks=(8, 64), dask=opts)  # imports, JIT
+    big = write_mirror_tiff(d / "big.tif", src, ({n}, {n}))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_precompute([str(big)], d / "big.zarr", ks=(8, 64), dask=opts)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{"base_kib": base, "peak_kib": peak}}))
+    """
+)
+
+
+def test_blockwise_peak_memory_stays_bounded(tmp_path, shared_data):
+    """A 5120^2 raster: the in-memory path needs ~ 560 MB (RGB label, two count maps, two
+    weight maps); the blockwise path's peak grows by a few 512-pixel blocks only."""
+    code = _MEMORY_PROBE.format(
+        root=str(ROOT), tmp=str(tmp_path), label=str(shared_data / "vaihingen_crop" / LABEL),
+        n=5120,
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    grown_mib = (r["peak_kib"] - r["base_kib"]) / 1024
+    in_memory_mib = 5120 * 5120 * (3 + 1 + 2 * 2 + 2 * 4) / 2**20  # 400 MiB of arrays alone
+    assert grown_mib < 120, r
+    assert grown_mib < in_memory_mib / 3
