@@ -47,9 +47,10 @@ test: setup-test lint
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) -m pip install -e ".[bench]"
+	$(PY) -m pip install -e ".[bench,dask]"
 	$(PY) benchmarks/bench_affinity.py --write
 	$(PY) benchmarks/bench_pipeline.py --write
+	$(PY) benchmarks/bench_blockwise.py --write
 
 clean:
 	rm -rf runs .pytest_cache
