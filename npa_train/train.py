@@ -20,10 +20,25 @@ function of the seed and ``i`` only), so on the CPU an interrupted and resumed r
 the same losses, bit for bit, and ends with the same weights as an uninterrupted one
 (given the same environment: torch build and number of threads; on CUDA, up to the
 rounding of non-deterministic kernels).
+
+Under torchrun (``WORLD_SIZE`` > 1; ``torchrun --nproc-per-node N -m npa_train fit ...``)
+:func:`fit` trains with DistributedDataParallel: NCCL on CUDA (rank ``r`` of a node on
+``cuda:LOCAL_RANK``), gloo on the CPU. ``batch`` is per rank; the effective batch is
+``batch * world_size``, and step ``it`` trains on the samples a single process with that
+effective batch would draw at that step, rank ``r`` on the ``r``-th slice
+(:func:`rank_sample_indices`), so the ranks' crops are disjoint and a function of (seed,
+index) only. DDP averages the gradients, so the loss minimized (and logged, all-reduced)
+is the mean of the ranks' losses. ``lr`` is used as given, whatever the world size (no
+automatic scaling). Rank 0 alone writes ``config.json``, ``log.csv``, the progress bar
+and ``checkpoint.pt`` (the unwrapped model's state dict: it loads in a single process);
+every rank reads the checkpoint on ``resume``, which must use the same world size. Torch's
+own RNG (dropout) is reseeded from (seed, rank, step) at every step, so on the CPU a
+resumed DDP run equals an uninterrupted one bit for bit, too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -58,9 +73,12 @@ __all__ = [
     "SPLITS",
     "WARP_ON",
     "TrainingError",
+    "all_reduce_mean",
+    "distributed_env",
     "fit",
     "load_checkpoint",
     "poly_lr",
+    "rank_sample_indices",
     "resolve_device",
     "resolve_split",
 ]
@@ -373,6 +391,184 @@ def _read_log(path: Path) -> list[list[str]]:
     return rows[1:] if rows and rows[0] == _LOG_HEADER else []
 
 
+# ---- distributed (torchrun) ----------------------------------------------------------------------
+def distributed_env() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from the environment torchrun sets.
+
+    Outside torchrun (no ``WORLD_SIZE``, or ``WORLD_SIZE=1``) this is ``(0, 0, 1)``.
+
+    Returns
+    -------
+    (rank, local_rank, world_size) : tuple of int
+
+    Raises
+    ------
+    ValueError
+        ``WORLD_SIZE``, ``RANK`` or ``LOCAL_RANK`` not a non-negative integer, ``RANK`` or
+        ``LOCAL_RANK`` missing while ``WORLD_SIZE`` > 1, or ``RANK`` >= ``WORLD_SIZE`` (the
+        message names the variable).
+    """
+
+    def read(name: str, default: str | None) -> int:
+        text = os.environ.get(name, default)
+        if text is None:
+            raise ValueError(f"`{name}` is not set but WORLD_SIZE is {world}; start with torchrun")
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"`{name}` must be a non-negative integer, got {text!r}")
+        return value
+
+    world = read("WORLD_SIZE", "1")
+    if world <= 1:
+        return 0, 0, 1
+    rank, local_rank = read("RANK", None), read("LOCAL_RANK", None)
+    if rank >= world:
+        raise ValueError(f"`RANK` must be < WORLD_SIZE {world}, got {rank}")
+    return rank, local_rank, world
+
+
+class _Dist:
+    """This process's place in a DDP run (``world_size`` 1: a plain single-process run)."""
+
+    def __init__(self, rank=0, local_rank=0, world_size=1, backend=None, owned=False, device=None):
+        self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
+        self.backend, self.owned, self.device = backend, owned, device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            if self.backend == "nccl":
+                torch.distributed.barrier(device_ids=[self.device.index])
+            else:
+                torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.owned and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self.owned = False
+
+
+def _start_distributed(dev: torch.device) -> _Dist:
+    """Join (or, under torchrun, create) the default process group; pick this rank's device."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        backend, owned = dist.get_backend(), False
+    else:
+        rank, local_rank, world = distributed_env()
+        backend, owned = ("nccl" if dev.type == "cuda" else "gloo"), True
+    if world == 1:
+        return _Dist(device=dev)
+    if not dist.is_available():
+        raise ValueError(f"WORLD_SIZE is {world} but this torch build has no torch.distributed")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ValueError(
+                f"`LOCAL_RANK` {local_rank} needs device cuda:{local_rank} but only {count} CUDA "
+                f"device(s) are present; start at most {count} processes per node "
+                "(torchrun --nproc-per-node)"
+            )
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if owned:
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+    return _Dist(rank, local_rank, world, backend, owned, dev)
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the ranks of the default process group.
+
+    Parameters
+    ----------
+    values : Tensor, any shape, floating dtype (float64 recommended: the mean of float32
+        values is then exact for two ranks); on the CPU for gloo, on the rank's GPU for NCCL
+
+    Returns
+    -------
+    Tensor
+        A new tensor of the same shape and dtype: the elementwise sum over the ranks divided
+        by the world size; a copy of ``values`` outside a process group (or with one rank).
+        A collective: every rank must call it.
+
+    Raises
+    ------
+    TypeError
+        ``values`` not a floating-point tensor.
+    """
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+        raise TypeError(f"`values` must be a floating-point Tensor, got {values!r}")
+    out = values.detach().clone()
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return out
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
+def rank_sample_indices(iteration: int, batch: int, rank: int = 0, world_size: int = 1) -> range:
+    """Dataset indices rank ``rank`` trains on at step ``iteration`` (counted from 0).
+
+    Step ``iteration`` of a run on ``world_size`` processes with ``batch`` crops per rank
+    uses the global batch of samples ``iteration * world_size * batch`` up to (excluding)
+    ``(iteration + 1) * world_size * batch``, which is the batch a single process with
+    ``batch * world_size`` crops per step draws; rank ``r`` takes the ``r``-th slice of it.
+    So the ranks' crops are disjoint, depend on (seed, index) only and a resumed run
+    continues every rank's stream. With ``world_size=1`` this is ``fit``'s stream.
+
+    Parameters
+    ----------
+    iteration : int >= 0
+    batch : int >= 1, crops per rank and step
+    rank : int, 0 <= rank < world_size
+    world_size : int >= 1
+
+    Returns
+    -------
+    range of ``batch`` ints
+
+    Raises
+    ------
+    ValueError
+        An argument out of range (named).
+    """
+    iteration = _int("iteration", iteration, minimum=0)
+    batch = _int("batch", batch)
+    world_size = _int("world_size", world_size)
+    rank = _int("rank", rank, minimum=0)
+    if rank >= world_size:
+        raise ValueError(f"`rank` must be < world_size {world_size}, got {rank}")
+    first = (iteration * world_size + rank) * batch
+    return range(first, first + batch)
+
+
+class _RankSampler:
+    """Indices of steps ``start .. iters - 1`` for one rank (:func:`rank_sample_indices`)."""
+
+    def __init__(self, start: int, iters: int, batch: int, rank: int, world_size: int) -> None:
+        self.start, self.iters, self.batch = start, iters, batch
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self):
+        for it in range(self.start, self.iters):
+            yield from rank_sample_indices(it, self.batch, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return (self.iters - self.start) * self.batch
+
+
+def _step_seed(seed: int, rank: int, iteration: int) -> int:
+    """Torch seed of one rank's step in a DDP run (dropout etc.; not the crops)."""
+    return int(np.random.SeedSequence([seed, rank, iteration]).generate_state(1, np.uint64)[0])
+
+
 def fit(
     store: str | os.PathLike,
     out: str | os.PathLike,
@@ -457,7 +653,15 @@ def fit(
     resume : continue the run in ``out`` from its checkpoint (same settings required)
     overwrite : replace an existing run in ``out``
     progress : tqdm progress bar with loss and lr
-    callback : ``callback(iteration, lr, loss)`` after each step
+    callback : ``callback(iteration, lr, loss)`` after each step (on every rank under DDP,
+        with the loss averaged over the ranks)
+
+    Under torchrun (``WORLD_SIZE`` > 1, or an initialized default process group) this
+    trains with DistributedDataParallel: see the module docstring. ``device`` then picks
+    the device type only: rank ``r`` uses ``cuda:LOCAL_RANK``. A process group that
+    ``fit`` creates is destroyed when it returns or raises; one that exists already is
+    used and left as it is. ``config.json`` and the checkpoint record ``world_size``,
+    ``effective_batch`` (``batch * world_size``) and ``distributed_backend``.
 
     Returns
     -------
@@ -465,15 +669,17 @@ def fit(
         ``iterations`` (done in total), ``seconds`` and ``iterations_per_s`` (this
         session), ``first_loss`` and ``last_loss`` (mean total loss of the first and last
         ``min(10, iters)`` iterations), ``final_lr``, ``device``, ``out``, ``log``,
-        ``checkpoint``, ``resumed_from`` (iteration, or None).
+        ``checkpoint``, ``resumed_from`` (iteration, or None), ``world_size``, ``rank``.
 
     Raises
     ------
     ValueError
         Bad arguments (named); a weights name missing for ``npa`` or given for another
         loss (the message lists the store's weights); an unavailable device; an existing
-        run in ``out``; ``resume`` without a checkpoint, or with other settings or another
-        model/classes than the checkpoint (the message names them).
+        run in ``out``; ``resume`` without a checkpoint, or with other settings, another
+        model/classes or another world size than the checkpoint (the message names them);
+        bad torchrun variables (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) or a
+        ``LOCAL_RANK`` without its CUDA device.
     StoreError
         Missing store, unknown/incomplete tile, no images, unknown weights name (the
         message lists those available), split tiles missing.
@@ -514,12 +720,17 @@ def fit(
     aug = AugmentConfig.from_options(crop, augment=augment, scale=scale, rotation=rotation,
                                      flip=flip, rotate=rotate, blur=blur)  # fmt: skip
     dev = resolve_device(device)
+    env_rank, _, env_world = distributed_env()
     if amp is None:
         amp = dev.type == "cuda"
     if amp and dev.type != "cuda":
         raise ValueError("`amp` (mixed precision) needs --device cuda")
     if workers is None:
-        workers = min(8, max((os.cpu_count() or 1) - 1, 0)) if dev.type == "cuda" else 0
+        cores = os.cpu_count() or 1
+        if env_world > 1:  # the node's cores are shared by its ranks
+            local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+            cores //= max(int(local), 1) if local.isdigit() else 1
+        workers = min(8, max(cores - 1, 0)) if dev.type == "cuda" else 0
     workers = _int("workers", workers, minimum=0)
     if warp_on == "auto":
         warp_on = "device" if dev.type == "cuda" else "loader"
@@ -552,272 +763,343 @@ def fit(
     if train_tiles is None:
         root = open_store(store)
         unfinished = sorted(set(list_tiles(root)) - set(list_tiles(root, complete_only=True)))
-        if unfinished:
+        if unfinished and env_rank == 0:
             warnings.warn(
                 f"skipping incomplete tile(s) {', '.join(unfinished)} of {store} (their writing "
                 "was interrupted; re-run `npa-precompute run` to complete them)",
                 stacklevel=2,
             )
 
-    # ---- data, model, optimizer ------------------------------------------------------------
-    torch.manual_seed(seed)
-    dataset = StoreCropDataset(
-        store, weights, augment=aug, tiles=train_tiles, length=iters * batch, seed=seed,
-        normalize=normalize, output="window" if warp_on == "device" else "crop",
-    )  # fmt: skip
-    info = dataset.info
-    class_weight = None
-    if loss == "ce-weighted":
-        if dataset.class_pixels.sum() == 0:
-            raise StoreError(
-                "`loss` 'ce-weighted' needs the tiles' class_pixels attrs (pixels per class), "
-                f"which the training tiles of {store} lack or hold only zeros; re-run "
-                "`npa-precompute run` to write them"
-            )
-        fg = info.get("foreground_classes") or list(range(dataset.num_classes))
-        background = [c for c in range(dataset.num_classes) if c not in fg]
-        class_weight = median_frequency_weights(
-            dataset.class_pixels, background=background
-        ).tolist()
-    net = build_model(model_name, in_channels=dataset.in_channels,
-                      num_classes=dataset.num_classes, aux=aux_weight > 0, width=width)  # fmt: skip
-    has_aux = getattr(net, "aux_classifier", None) is not None
-    pretrained_report = None
-    if pretrained is not None and not resume:
-        pretrained_report = load_pretrained(net, pretrained)
-    net.to(dev)
-    channels_last = dev.type == "cuda" and model_name in TORCHVISION_MODELS
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
-                                weight_decay=weight_decay)  # fmt: skip
-    criterion = build_criterion(loss, ignore_index=dataset.ignore_index, reduction=reduction,
-                                class_weight=class_weight, gamma=focal_gamma,
-                                smooth=dice_smooth).to(dev)  # fmt: skip
-    amp_torch_dtype = torch.bfloat16 if amp_dtype == "bf16" else torch.float16
-    if amp and amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
-        amp_torch_dtype = torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=bool(amp) and amp_torch_dtype == torch.float16)
-
-    config = {
-        "store": str(Path(store).resolve()),
-        "weights": weights,
-        "loss": loss,
-        "reduction": reduction,
-        "model": model_name,
-        "model_config": model_config(net),
-        "aux_weight": aux_weight if has_aux else 0.0,
-        "pretrained": str(Path(pretrained).resolve()) if pretrained is not None else None,
-        "pretrained_report": pretrained_report,
-        "iters": iters,
-        "batch": batch,
-        "crop": list(crop),
-        "tiles": dataset.tiles,
-        "val_tiles": val,
-        "split": split,
-        "lr": lr,
-        "lr_schedule": f"poly, power {poly_power}",
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "poly_power": poly_power,
-        "augment": aug.to_dict(),
-        "normalize": normalize,
-        "focal_gamma": focal_gamma if loss == "focal" else None,
-        "dice_smooth": dice_smooth if loss == "dice" else None,
-        "class_weight": class_weight,
-        "device": str(dev),
-        "amp": bool(amp),
-        "amp_dtype": str(amp_torch_dtype).replace("torch.", "") if amp else None,
-        "warp_on": warp_on,
-        "seed": seed,
-        "workers": workers,
-        "log_every": log_every,
-        "checkpoint_every": checkpoint_every,
-        "classes": dataset.classes,
-        "num_classes": dataset.num_classes,
-        "ignore_index": dataset.ignore_index,
-        "in_channels": dataset.in_channels,
-        "image_mean": dataset.mean.tolist(),
-        "image_std": dataset.std.tolist(),
-        "store_preset": info.get("preset"),
-        "torch_version": str(torch.__version__),
-    }
-
-    start, losses, pending, seconds0, resumed_from = 0, [], [], 0.0, None
-    if resume:
-        ckpt = _read_checkpoint(ckpt_path, "cpu")
-        old = ckpt["config"]
-        diff = [
-            f"{k}: checkpoint {old.get(k)!r}, now {config.get(k)!r}"
-            for k in _IDENTITY
-            if _json_ready(old.get(k)) != _json_ready(config.get(k))
-        ]
-        if diff:
-            raise ValueError(
-                f"--resume: the run in {out} was made with other settings; pass the same "
-                "options as the first time, or start a new run. Differences: " + "; ".join(diff)
-            )
-        try:
-            net.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"--resume: checkpoint weights do not fit the model: {exc}") from exc
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        rng = ckpt.get("rng") or {}
-        if rng.get("torch") is not None:
-            torch.set_rng_state(rng["torch"])
-        if dev.type == "cuda" and rng.get("cuda"):
-            torch.cuda.set_rng_state_all(list(rng["cuda"]))
-        start = int(ckpt["iteration"])
-        losses = [float(x) for x in ckpt.get("losses", [])]
-        pending = [
-            (float(a), None if x is None else float(x)) for a, x in ckpt.get("log_pending", [])
-        ]
-        seconds0 = float(ckpt.get("seconds", 0.0))
-        resumed_from = start
-        config["pretrained_report"] = old.get("pretrained_report")
-        config["pretrained"] = old.get("pretrained")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for f in _RUN_FILES:
-            (out / f).unlink(missing_ok=True)
-        (out / "config.json").write_text(json.dumps(_json_ready(config), indent=2) + "\n")
-
-    def checkpoint(iteration: int, elapsed: float) -> None:
-        _save_atomic(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": config,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "iteration": iteration,
-                "losses": list(losses),
-                "log_pending": list(pending),
-                "seconds": elapsed,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
-                },
-            },
-            ckpt_path,
+    ddp = _start_distributed(dev)
+    dev = ddp.device
+    try:
+        # ---- data, model, optimizer --------------------------------------------------------
+        world = ddp.world_size
+        torch.manual_seed(seed)
+        dataset = StoreCropDataset(
+            store, weights, augment=aug, tiles=train_tiles, length=iters * batch * world,
+            seed=seed, normalize=normalize, output="window" if warp_on == "device" else "crop",
+        )  # fmt: skip
+        info = dataset.info
+        class_weight = None
+        if loss == "ce-weighted":
+            if dataset.class_pixels.sum() == 0:
+                raise StoreError(
+                    "`loss` 'ce-weighted' needs the tiles' class_pixels attrs (pixels per class), "
+                    f"which the training tiles of {store} lack or hold only zeros; re-run "
+                    "`npa-precompute run` to write them"
+                )
+            fg = info.get("foreground_classes") or list(range(dataset.num_classes))
+            background = [c for c in range(dataset.num_classes) if c not in fg]
+            class_weight = median_frequency_weights(
+                dataset.class_pixels, background=background
+            ).tolist()
+        net = build_model(model_name, in_channels=dataset.in_channels,
+                          num_classes=dataset.num_classes, aux=aux_weight > 0,
+                          width=width)  # fmt: skip
+        has_aux = getattr(net, "aux_classifier", None) is not None
+        pretrained_report = None
+        if pretrained is not None and not resume:
+            pretrained_report = load_pretrained(net, pretrained)
+        net.to(dev)
+        channels_last = dev.type == "cuda" and model_name in TORCHVISION_MODELS
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
+                                    weight_decay=weight_decay)  # fmt: skip
+        criterion = build_criterion(loss, ignore_index=dataset.ignore_index, reduction=reduction,
+                                    class_weight=class_weight, gamma=focal_gamma,
+                                    smooth=dice_smooth).to(dev)  # fmt: skip
+        amp_torch_dtype = torch.bfloat16 if amp_dtype == "bf16" else torch.float16
+        if amp and amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
+            amp_torch_dtype = torch.float16
+        scaler = torch.amp.GradScaler(
+            "cuda", enabled=bool(amp) and amp_torch_dtype == torch.float16
         )
 
-    # keep the log rows up to the checkpoint; rows after it are recomputed identically
-    rows = [r for r in _read_log(out / "log.csv") if r and int(r[0]) <= start] if resume else []
-    summary_base = {"device": str(dev), "out": str(out), "log": str(out / "log.csv"),
-                    "checkpoint": str(ckpt_path), "resumed_from": resumed_from}  # fmt: skip
-    if start >= iters:
-        return _summary(losses, 0, 0.0, poly_lr(lr, iters - 1, iters, poly_power), summary_base)
+        config = {
+            "store": str(Path(store).resolve()),
+            "weights": weights,
+            "loss": loss,
+            "reduction": reduction,
+            "model": model_name,
+            "model_config": model_config(net),
+            "aux_weight": aux_weight if has_aux else 0.0,
+            "pretrained": str(Path(pretrained).resolve()) if pretrained is not None else None,
+            "pretrained_report": pretrained_report,
+            "iters": iters,
+            "batch": batch,
+            "world_size": world,
+            "effective_batch": batch * world,
+            "distributed_backend": ddp.backend,
+            "crop": list(crop),
+            "tiles": dataset.tiles,
+            "val_tiles": val,
+            "split": split,
+            "lr": lr,
+            "lr_schedule": f"poly, power {poly_power}",
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "poly_power": poly_power,
+            "augment": aug.to_dict(),
+            "normalize": normalize,
+            "focal_gamma": focal_gamma if loss == "focal" else None,
+            "dice_smooth": dice_smooth if loss == "dice" else None,
+            "class_weight": class_weight,
+            "device": str(dev),
+            "amp": bool(amp),
+            "amp_dtype": str(amp_torch_dtype).replace("torch.", "") if amp else None,
+            "warp_on": warp_on,
+            "seed": seed,
+            "workers": workers,
+            "log_every": log_every,
+            "checkpoint_every": checkpoint_every,
+            "classes": dataset.classes,
+            "num_classes": dataset.num_classes,
+            "ignore_index": dataset.ignore_index,
+            "in_channels": dataset.in_channels,
+            "image_mean": dataset.mean.tolist(),
+            "image_std": dataset.std.tolist(),
+            "store_preset": info.get("preset"),
+            "torch_version": str(torch.__version__),
+        }
 
-    loader = DataLoader(
-        dataset,
-        batch_size=batch,
-        sampler=range(start * batch, iters * batch),
-        num_workers=workers,
-        collate_fn=dataset.collate,
-        drop_last=True,
-        pin_memory=dev.type == "cuda",
-        worker_init_fn=_worker_init if workers else None,
-        generator=torch.Generator().manual_seed(seed * 1_000_003 + start),
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+        start, losses, pending, seconds0, resumed_from = 0, [], [], 0.0, None
+        if resume:
+            # every rank reads the checkpoint (the run folder is on a file system they share)
+            ckpt = _read_checkpoint(ckpt_path, "cpu")
+            old = ckpt["config"]
+            old_world = int(old.get("world_size") or 1)
+            if old_world != world:
+                raise ValueError(
+                    f"--resume: the run in {out} was trained with world size {old_world} "
+                    f"(processes), it is now started with world size {world}; resume it with "
+                    f"{old_world} process(es) (torchrun --nnodes x --nproc-per-node): the world "
+                    f"size fixes the effective batch ({batch} x {old_world}) and the crops of "
+                    "each step"
+                )
+            diff = [
+                f"{k}: checkpoint {old.get(k)!r}, now {config.get(k)!r}"
+                for k in _IDENTITY
+                if _json_ready(old.get(k)) != _json_ready(config.get(k))
+            ]
+            if diff:
+                raise ValueError(
+                    f"--resume: the run in {out} was made with other settings; pass the same "
+                    "options as the first time, or start a new run. Differences: " + "; ".join(diff)
+                )
+            try:
+                net.load_state_dict(ckpt["model"])
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"--resume: checkpoint weights do not fit the model: {exc}"
+                ) from exc
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            rng = ckpt.get("rng") or {}
+            if rng.get("torch") is not None:
+                torch.set_rng_state(rng["torch"])
+            if dev.type == "cuda" and rng.get("cuda") and world == 1:
+                torch.cuda.set_rng_state_all(list(rng["cuda"]))
+            start = int(ckpt["iteration"])
+            losses = [float(x) for x in ckpt.get("losses", [])]
+            pending = [
+                (float(a), None if x is None else float(x)) for a, x in ckpt.get("log_pending", [])
+            ]
+            seconds0 = float(ckpt.get("seconds", 0.0))
+            resumed_from = start
+            config["pretrained_report"] = old.get("pretrained_report")
+            config["pretrained"] = old.get("pretrained")
+        else:
+            ddp.barrier()  # every rank has checked --out before rank 0 writes to it
+            if ddp.main:
+                out.mkdir(parents=True, exist_ok=True)
+                for f in _RUN_FILES:
+                    (out / f).unlink(missing_ok=True)
+                (out / "config.json").write_text(json.dumps(_json_ready(config), indent=2) + "\n")
 
-    # ---- loop --------------------------------------------------------------------------------
-    from tqdm import tqdm
+        def checkpoint(iteration: int, elapsed: float) -> None:
+            # rank 0 writes; the model, optimizer, scaler and logged losses are the same on
+            # every rank (DDP averages the gradients; the losses are all-reduced), and under
+            # DDP each step reseeds torch from (seed, rank, step), so nothing else is needed
+            if not ddp.main:
+                return
+            _save_atomic(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config": config,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "iteration": iteration,
+                    "losses": list(losses),
+                    "log_pending": list(pending),
+                    "seconds": elapsed,
+                    "rng": {
+                        "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+                    },
+                },
+                ckpt_path,
+            )
 
-    aux_w = aux_weight if has_aux else 0.0
-    net.train()
-    t0 = time.perf_counter()
-    bar = tqdm(total=iters, initial=start, desc="fit", unit="it", disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
-    cur_lr = lr
-    done = start
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
+        # keep the log rows up to the checkpoint; rows after it are recomputed identically
+        rows = []
+        if resume and ddp.main:
+            rows = [r for r in _read_log(out / "log.csv") if r and int(r[0]) <= start]
+        summary_base = {"device": str(dev), "out": str(out), "log": str(out / "log.csv"),
+                        "checkpoint": str(ckpt_path), "resumed_from": resumed_from,
+                        "world_size": world, "rank": ddp.rank}  # fmt: skip
+        if start >= iters:
+            final_lr = poly_lr(lr, iters - 1, iters, poly_power)
+            return _summary(losses, 0, 0.0, final_lr, summary_base)
 
-        def _on_term(signum, frame):
-            raise _Terminated()
+        if world == 1:
+            sampler, loader_seed = range(start * batch, iters * batch), seed * 1_000_003 + start
+        else:
+            sampler = _RankSampler(start, iters, batch, ddp.rank, world)
+            loader_seed = _step_seed(seed * 1_000_003 + start, ddp.rank, 0)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=dataset.collate,
+            drop_last=True,
+            pin_memory=dev.type == "cuda",
+            worker_init_fn=_worker_init if workers else None,
+            generator=torch.Generator().manual_seed(loader_seed),
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
+        model = net
+        if world > 1:
+            # after the resume: DDP broadcasts rank 0's parameters and buffers at construction
+            model = nn.parallel.DistributedDataParallel(
+                net, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
 
-        old_handler = signal.signal(signal.SIGTERM, _on_term)
-    try:
-        with open(out / "log.csv", "w", newline="") as log_file:
-            log = csv.writer(log_file)
-            log.writerow(_LOG_HEADER)
-            log.writerows(rows)
-            log_file.flush()
-            for it, sample in enumerate(loader, start=start):
-                iteration = it + 1
-                cur_lr = poly_lr(lr, it, iters, poly_power)
-                for group in optimizer.param_groups:
-                    group["lr"] = cur_lr
-                b = dataset.warp(sample, dev)
-                image = b["image"]
-                if channels_last:
-                    image = image.contiguous(memory_format=torch.channels_last)
-                weight = b["weight"] if loss == "npa" else None
-                with torch.autocast(device_type=dev.type, dtype=amp_torch_dtype, enabled=bool(amp)):
-                    output = net(image)
-                if isinstance(output, dict):
-                    main_out, aux_out = output["out"], output.get("aux")
-                else:
-                    main_out, aux_out = output, None
-                value = criterion(main_out.float(), b["label"], weight)
-                aux_value = None
-                if aux_out is not None and aux_w > 0:
-                    aux_value = criterion(aux_out.float(), b["label"], weight)
-                    value = value + aux_w * aux_value
-                loss_value = float(value.detach())
-                aux_float = float(aux_value.detach()) if aux_value is not None else None
-                if not math.isfinite(loss_value):
+        # ---- loop ----------------------------------------------------------------------------
+        from tqdm import tqdm
+
+        aux_w = aux_weight if has_aux else 0.0
+        net.train()
+        t0 = time.perf_counter()
+        bar = tqdm(total=iters, initial=start, desc="fit", unit="it",
+                   disable=not (progress and ddp.main), dynamic_ncols=True)  # fmt: skip
+        cur_lr = lr
+        done = start
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+
+            def _on_term(signum, frame):
+                raise _Terminated()
+
+            old_handler = signal.signal(signal.SIGTERM, _on_term)
+        stop_errors = (KeyboardInterrupt, _Terminated)
+        if world > 1:  # a collective broken by a rank that stopped ("Connection closed by peer")
+            stop_errors += (RuntimeError,)
+        log_file = open(out / "log.csv", "w", newline="") if ddp.main else None
+        try:
+            with log_file if log_file is not None else contextlib.nullcontext():
+                log = csv.writer(log_file) if log_file is not None else None
+                if log is not None:
+                    log.writerow(_LOG_HEADER)
+                    log.writerows(rows)
                     log_file.flush()
-                    checkpoint(it, seconds0 + time.perf_counter() - t0)
-                    idx = b["index"].tolist()
-                    raise TrainingError(
-                        f"non-finite loss ({loss_value}) at iteration {iteration} of {iters} "
-                        f"(lr {cur_lr:.3g}); batch samples {idx[0]}-{idx[-1]} from tile(s) "
-                        f"{', '.join(sorted(set(b['tile'])))}; checkpoint of iteration {it} "
-                        f"saved to {ckpt_path} (resume with --resume). Lower --lr, or check "
-                        "the weights of those tiles."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(value).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                done = iteration
-                losses.append(loss_value)
-                pending.append((loss_value, aux_float))
-                if iteration % log_every == 0 or iteration == iters:
-                    auxs = [a for _, a in pending if a is not None]
-                    log.writerow([
-                        iteration,
-                        f"{cur_lr:.8g}",
-                        f"{sum(v for v, _ in pending) / len(pending):.6g}",
-                        f"{sum(auxs) / len(auxs):.6g}" if auxs else "",
-                        f"{seconds0 + time.perf_counter() - t0:.3f}",
-                    ])  # fmt: skip
-                    log_file.flush()
-                    pending.clear()
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", refresh=False)
-                bar.update(1)
-                if callback is not None:
-                    callback(iteration, cur_lr, loss_value)
-                if checkpoint_every and iteration % checkpoint_every == 0 and iteration < iters:
-                    checkpoint(iteration, seconds0 + time.perf_counter() - t0)
-    except (KeyboardInterrupt, _Terminated):
-        checkpoint(done, seconds0 + time.perf_counter() - t0)
-        raise
+                for it, sample in enumerate(loader, start=start):
+                    iteration = it + 1
+                    if world > 1:
+                        torch.manual_seed(_step_seed(seed, ddp.rank, it))
+                    cur_lr = poly_lr(lr, it, iters, poly_power)
+                    for group in optimizer.param_groups:
+                        group["lr"] = cur_lr
+                    b = dataset.warp(sample, dev)
+                    image = b["image"]
+                    if channels_last:
+                        image = image.contiguous(memory_format=torch.channels_last)
+                    weight = b["weight"] if loss == "npa" else None
+                    with torch.autocast(device_type=dev.type, dtype=amp_torch_dtype,
+                                        enabled=bool(amp)):  # fmt: skip
+                        output = model(image)
+                    if isinstance(output, dict):
+                        main_out, aux_out = output["out"], output.get("aux")
+                    else:
+                        main_out, aux_out = output, None
+                    value = criterion(main_out.float(), b["label"], weight)
+                    aux_value = None
+                    if aux_out is not None and aux_w > 0:
+                        aux_value = criterion(aux_out.float(), b["label"], weight)
+                        value = value + aux_w * aux_value
+                    if world > 1:
+                        # the mean over the ranks: what DDP's averaged gradient minimizes
+                        both = [value, value if aux_value is None else aux_value]
+                        mean = all_reduce_mean(torch.stack(both).detach().double()).tolist()
+                        loss_value = mean[0]
+                        aux_float = mean[1] if aux_value is not None else None
+                    else:
+                        loss_value = float(value.detach())
+                        aux_float = float(aux_value.detach()) if aux_value is not None else None
+                    if not math.isfinite(loss_value):  # the same on every rank
+                        if log_file is not None:
+                            log_file.flush()
+                        checkpoint(it, seconds0 + time.perf_counter() - t0)
+                        idx = b["index"].tolist()
+                        where = f" on rank {ddp.rank}" if world > 1 else ""
+                        raise TrainingError(
+                            f"non-finite loss ({loss_value}) at iteration {iteration} of {iters} "
+                            f"(lr {cur_lr:.3g}); batch samples {idx[0]}-{idx[-1]}{where} from "
+                            f"tile(s) {', '.join(sorted(set(b['tile'])))}; checkpoint of "
+                            f"iteration {it} saved to {ckpt_path} (resume with --resume). Lower "
+                            "--lr, or check the weights of those tiles."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(value).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    done = iteration
+                    losses.append(loss_value)
+                    pending.append((loss_value, aux_float))
+                    if iteration % log_every == 0 or iteration == iters:
+                        auxs = [a for _, a in pending if a is not None]
+                        if log is not None:
+                            log.writerow([
+                                iteration,
+                                f"{cur_lr:.8g}",
+                                f"{sum(v for v, _ in pending) / len(pending):.6g}",
+                                f"{sum(auxs) / len(auxs):.6g}" if auxs else "",
+                                f"{seconds0 + time.perf_counter() - t0:.3f}",
+                            ])  # fmt: skip
+                            log_file.flush()
+                        pending.clear()
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", refresh=False)
+                    bar.update(1)
+                    if callback is not None:
+                        callback(iteration, cur_lr, loss_value)
+                    if checkpoint_every and iteration % checkpoint_every == 0 and iteration < iters:
+                        checkpoint(iteration, seconds0 + time.perf_counter() - t0)
+        except stop_errors as exc:
+            if not isinstance(exc, TrainingError):  # that one has saved its checkpoint
+                if world > 1 and old_handler is not None:
+                    # torchrun sends SIGTERM to the other ranks when one stops: finish the save
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                # the state of step `done` is whole: under DDP its optimizer step followed a
+                # completed gradient all-reduce
+                checkpoint(done, seconds0 + time.perf_counter() - t0)
+            raise
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+        seconds = time.perf_counter() - t0
+        checkpoint(done, seconds0 + seconds)
+        ddp.barrier()  # no rank leaves before the last checkpoint is written
+        return _summary(losses, done - start, seconds, cur_lr, summary_base)
     finally:
-        bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-    seconds = time.perf_counter() - t0
-    checkpoint(done, seconds0 + seconds)
-    return _summary(losses, done - start, seconds, cur_lr, summary_base)
+        ddp.close()
 
 
 def _summary(losses: list[float], steps: int, seconds: float, final_lr: float, base: dict) -> dict:
