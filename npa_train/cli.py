@@ -11,7 +11,7 @@ from npa_precompute.store import StoreError
 from npa_train.cli_eval import evaluate_cmd, predict_cmd
 from npa_train.loss import LOSSES, REDUCTIONS
 from npa_train.model import MODELS
-from npa_train.train import SPLITS, WARP_ON, TrainingError, _Terminated
+from npa_train.train import SPLITS, WARP_ON, TrainingError, _Terminated, distributed_env
 
 _USER_ERRORS = (StoreError, ValueError, TypeError, TrainingError, ImportError, OSError)
 
@@ -108,7 +108,13 @@ def _augment_options(f):
     help="Auxiliary loss weight of torchvision models (0: no auxiliary head).",
 )
 @click.option("--iters", type=int, default=5000, show_default=True, help="Optimizer steps.")
-@click.option("--batch", type=int, default=6, show_default=True, help="Crops per step.")
+@click.option(
+    "--batch",
+    type=int,
+    default=6,
+    show_default=True,
+    help="Crops per step and process (under torchrun the effective batch is BATCH x processes).",
+)
 @click.option("--crop", type=int, default=513, show_default=True, help="Crop side in pixels.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder.")
 @click.option(
@@ -126,7 +132,11 @@ def _augment_options(f):
     help="Named split (vaihingen-paper: the paper's Vaihingen train/validation areas).",
 )
 @click.option(
-    "--lr", type=float, default=0.01, show_default=True, help="Base lr (poly decay, power 0.9)."
+    "--lr",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Base lr (poly decay, power 0.9); used as given whatever the number of processes.",
 )
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
 @click.option(
@@ -193,9 +203,19 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
         scale, rotation, flip, rotate, blur, normalize, focal_gamma, dice_smooth, device, amp,
         amp_dtype, warp_on, seed, workers, log_every, checkpoint_every, resume, overwrite,
         quiet):  # fmt: skip
-    """Train on augmented crops of STORE; write config.json, log.csv and checkpoint.pt to OUT."""
+    """Train on augmented crops of STORE; write config.json, log.csv and checkpoint.pt to OUT.
+
+    Under torchrun (torchrun --nproc-per-node N -m npa_train fit ...) this trains with
+    DistributedDataParallel; rank 0 writes the run folder and prints.
+    """
     from npa_train.train import fit as fit_
 
+    try:
+        rank = distributed_env()[0]
+    except ValueError:
+        rank = 0  # fit_ reports the bad variable
+    # under torchrun every rank reports its own errors; ranks other than 0 say which they are
+    prefix = f"rank {rank}: " if rank else ""
     try:
         summary = fit_(
             store, out, weights=weights, loss=loss, reduction=reduction, model=model,
@@ -209,20 +229,25 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
             resume=resume, overwrite=overwrite, progress=not quiet,
         )  # fmt: skip
     except _USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(prefix + str(exc)) from exc
     except (KeyboardInterrupt, _Terminated) as exc:
         term = isinstance(exc, _Terminated)
-        click.echo(
-            f"{'terminated' if term else 'interrupted'}: the checkpoint in {out} is saved; "
-            "run the same command with --resume to continue",
-            err=True,
-        )
+        if rank == 0:
+            click.echo(
+                f"{'terminated' if term else 'interrupted'}: the checkpoint in {out} is saved; "
+                "run the same command with --resume to continue",
+                err=True,
+            )
         raise SystemExit(143 if term else 130) from None
+    if summary.get("rank", 0) != 0:
+        return
     resumed = summary["resumed_from"]
     note = f" (resumed at iteration {resumed})" if resumed is not None else ""
+    world = summary.get("world_size", 1)
+    ranks = f" x {world} ranks, effective batch {batch * world}" if world > 1 else ""
     click.echo(
         f"{summary['iterations']} iterations{note}, this session {summary['seconds']:.1f} s "
-        f"({summary['iterations_per_s']:.2f} it/s on {summary['device']}); loss "
+        f"({summary['iterations_per_s']:.2f} it/s on {summary['device']}{ranks}); loss "
         f"{summary['first_loss']:.4f} (first 10) -> {summary['last_loss']:.4f} (last 10); "
         f"run in {summary['out']}"
     )
