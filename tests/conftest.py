@@ -74,3 +74,27 @@ def sample_points(shape, n: int = 400, seed: int = 0):
     pts |= {(0, x) for x in range(w)} | {(h - 1, x) for x in range(w)}
     pts |= {(y, 0) for y in range(h)} | {(y, w - 1) for y in range(h)}
     return sorted(pts)
+
+
+def write_train_store(folder: Path) -> Path:
+    """Two small ISPRS-coded tiles (80x96, 64x64) whose image is a noisy function of the
+    label, precomputed with k = 2, 4 and 16-pixel chunks into ``folder/store.zarr``."""
+    import tifffile
+
+    from npa_precompute.pipeline import run_precompute
+    from npa_precompute.presets import ISPRS
+
+    rng = np.random.default_rng(0)
+    palette = np.array((*ISPRS.palette, (0, 0, 0)), dtype=np.uint8)
+    colours = rng.integers(0, 256, size=(7, 3))
+    (folder / "gts").mkdir()
+    (folder / "top").mkdir()
+    for tid, (h, w) in {"areaA": (80, 96), "areaB": (64, 64)}.items():
+        blocks = rng.integers(0, 7, size=(h // 8, w // 8))
+        idx = np.kron(blocks, np.ones((8, 8), dtype=np.int64))
+        tifffile.imwrite(folder / "gts" / f"{tid}_noBoundary.tif", palette[idx])
+        image = np.clip(colours[idx] + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+        tifffile.imwrite(folder / "top" / f"{tid}.tif", image)
+    out = folder / "store.zarr"
+    run_precompute([str(folder / "gts")], out, images=[str(folder / "top")], ks="2,4", chunk=16)
+    return out

@@ -16,6 +16,7 @@ import pytest
 import tifffile
 import torch
 from click.testing import CliRunner
+from conftest import write_train_store
 
 import npa_train.model as model_mod
 from npa_precompute.pipeline import run_precompute
@@ -42,21 +43,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """Two small ISPRS-coded tiles whose image is a noisy function of the label."""
-    folder = tmp_path_factory.mktemp("train_cli")
-    rng = np.random.default_rng(0)
-    palette = np.array((*ISPRS.palette, (0, 0, 0)), dtype=np.uint8)
-    colours = rng.integers(0, 256, size=(7, 3))
-    (folder / "gts").mkdir()
-    (folder / "top").mkdir()
-    for tid, (h, w) in {"areaA": (80, 96), "areaB": (64, 64)}.items():
-        blocks = rng.integers(0, 7, size=(h // 8, w // 8))
-        idx = np.kron(blocks, np.ones((8, 8), dtype=np.int64))
-        tifffile.imwrite(folder / "gts" / f"{tid}_noBoundary.tif", palette[idx])
-        image = np.clip(colours[idx] + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
-        tifffile.imwrite(folder / "top" / f"{tid}.tif", image)
-    out = folder / "store.zarr"
-    run_precompute([str(folder / "gts")], out, images=[str(folder / "top")], ks="2,4", chunk=16)
-    return out
+    return write_train_store(tmp_path_factory.mktemp("train_cli"))
 
 
 def _read_log(path: Path) -> list[dict]:

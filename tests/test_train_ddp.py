@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 from click.testing import CliRunner
+from conftest import write_train_store
 
-from npa_precompute.pipeline import run_precompute
-from npa_precompute.presets import ISPRS
 from npa_train.augment import AugmentConfig
 from npa_train.cli import main
 from npa_train.data import StoreCropDataset
@@ -46,21 +44,7 @@ _TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTE
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """Two small ISPRS-coded tiles whose image is a noisy function of the label."""
-    folder = tmp_path_factory.mktemp("train_ddp")
-    rng = np.random.default_rng(0)
-    palette = np.array((*ISPRS.palette, (0, 0, 0)), dtype=np.uint8)
-    colours = rng.integers(0, 256, size=(7, 3))
-    (folder / "gts").mkdir()
-    (folder / "top").mkdir()
-    for tid, (h, w) in {"areaA": (80, 96), "areaB": (64, 64)}.items():
-        blocks = rng.integers(0, 7, size=(h // 8, w // 8))
-        idx = np.kron(blocks, np.ones((8, 8), dtype=np.int64))
-        tifffile.imwrite(folder / "gts" / f"{tid}_noBoundary.tif", palette[idx])
-        image = np.clip(colours[idx] + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
-        tifffile.imwrite(folder / "top" / f"{tid}.tif", image)
-    out = folder / "store.zarr"
-    run_precompute([str(folder / "gts")], out, images=[str(folder / "top")], ks="2,4", chunk=16)
-    return out
+    return write_train_store(tmp_path_factory.mktemp("train_ddp"))
 
 
 def _env() -> dict:
