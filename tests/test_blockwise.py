@@ -256,3 +256,22 @@ def test_blockwise_peak_memory_stays_bounded(tmp_path, shared_data):
     in_memory_mib = 5120 * 5120 * (3 + 1 + 2 * 2 + 2 * 4) / 2**20  # 400 MiB of arrays alone
     assert grown_mib < 120, r
     assert grown_mib < in_memory_mib / 3
+
+
+def test_training_reader_reads_block_sharded_arrays(tmp_path):
+    """The trainer's direct shard reader handles one shard per block (not per array)."""
+    from npa_train.data import ShardReader
+
+    rng = np.random.default_rng(5)
+    index = np.repeat(np.repeat(rng.integers(0, 6, (14, 18)), 5, 0), 5, 1)  # 70 x 90
+    path = write_isprs_tile(tmp_path / "gts", "area1.tif", index)
+    opts = DaskOptions(block=32, scheduler="synchronous")
+    run_precompute([str(path)], tmp_path / "s.zarr", ks=(3,), chunk=16, dask=opts)
+    tile = open_tile(open_store(tmp_path / "s.zarr"), "area1")
+    for arr in (tile.label, tile.weights("k3_log10_L0.5"), tile.affinity(3)):
+        assert arr.shards == (32, 32)
+        reader = ShardReader.create(arr)
+        assert reader is not None
+        full = arr[...]
+        for y0, y1, x0, x1 in [(0, 70, 0, 90), (5, 41, 20, 77), (31, 33, 63, 65), (60, 70, 80, 90)]:
+            assert np.array_equal(reader.read(y0, y1, x0, x1), full[y0:y1, x0:x1])
