@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,10 +43,12 @@ from npa_precompute.io import InputError, Raster
 __all__ = [
     "DaskOptions",
     "block_grid",
+    "check_memory_limit",
     "count_blocks",
     "dask_client",
     "process_tile_blockwise",
     "stats_from_sums",
+    "worker_memory_needed",
 ]
 
 
@@ -68,21 +72,74 @@ class DaskOptions:
         after another in this process, without Dask.
     workers : int
         Worker processes of the local cluster (default 1).
-    memory_limit : str or None
-        Memory limit per local worker, e.g. ``"2GB"`` (Dask's syntax); None lets
-        Dask split the machine's memory between the workers.
+    memory_limit : str, int or None
+        Memory limit per local worker, e.g. ``"2GB"`` or ``"1.5 GiB"`` (Dask's byte
+        units) or bytes; None lets Dask split the machine's memory between the workers.
+        A limit below what a block needs (:func:`worker_memory_needed`) is refused:
+        Dask would pause the worker for good instead of failing.
+
+    Raises
+    ------
+    ValueError
+        ``block`` < 16, ``workers`` < 1, or a ``memory_limit`` that is not a positive size.
     """
 
     block: int = 2048
     scheduler: str | None = None
     workers: int = 1
-    memory_limit: str | None = None
+    memory_limit: str | int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.block, int) or self.block < 16:
             raise ValueError(f"`block` must be an integer >= 16, got {self.block!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"`workers` must be an integer >= 1, got {self.workers!r}")
+        if self.memory_limit is not None:
+            self.memory_limit_bytes  # noqa: B018 - validates
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """``memory_limit`` in bytes (None without a limit)."""
+        if self.memory_limit is None:
+            return None
+        value = self.memory_limit
+        if isinstance(value, str):
+            from dask.utils import parse_bytes
+
+            try:
+                value = parse_bytes(value)
+            except ValueError:
+                value = None
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(
+                f"`memory_limit` must be a positive size such as '2GB' or '1.5 GiB', got "
+                f"{self.memory_limit!r}"
+            )
+        return value
+
+
+#: Resident memory of a worker process before its first block (Python, numpy, numba's
+#: compiled kernels, zarr, distributed), measured at 200-250 MB on Linux.
+WORKER_BASE_BYTES = 250 * 2**20
+
+
+def worker_memory_needed(block: int, ks, n_transforms: int, image_bands: int = 0) -> int:
+    """A generous estimate of one worker's peak memory for one block, in bytes.
+
+    The window with its halo (``(block + 2 max k)²`` pixels) holds the raw RGB label,
+    the decoded labels and their temporaries and every k's counts; the block itself one
+    weights array at a time, the image, and compression buffers; plus
+    :data:`WORKER_BASE_BYTES`. Measured peaks stay below it (2048-pixel blocks, 4 k, one
+    transform: ~120 MB over the base, estimated 150 MB).
+    """
+    from npa_precompute.affinity import affinity_dtype
+
+    ks = tuple(ks)
+    window = (block + 2 * max(ks)) ** 2
+    count_bytes = affinity_dtype(max(ks)).itemsize
+    per_window = 3 + 4 + 1 + 4 + len(ks) * count_bytes
+    per_block = count_bytes + 4 + 4 * min(n_transforms, 1) + image_bands + 4
+    return WORKER_BASE_BYTES + window * per_window + block * block * per_block
 
 
 def block_grid(shape: tuple[int, int], block: int) -> list[tuple[int, int, int, int]]:
@@ -116,10 +173,7 @@ def dask_client(opts: DaskOptions) -> Iterator[object | None]:
             "blockwise precompute on Dask needs dask.distributed: pip install 'npaloss[dask]'"
         ) from exc
     if opts.scheduler:
-        try:
-            client = Client(opts.scheduler, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            raise OSError(f"cannot reach the Dask scheduler at {opts.scheduler} ({exc})") from exc
+        client = _connect(Client, opts.scheduler)
         try:
             yield client
         finally:
@@ -131,20 +185,61 @@ def dask_client(opts: DaskOptions) -> Iterator[object | None]:
     # glibc's adaptive mmap threshold: every block-sized buffer is then mmapped and page-
     # faulted anew, and compressing/writing a block costs 2.2x the CPU time (measured).
     # Each task's memory is a few same-sized blocks, so glibc's default is kept here.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        cluster = LocalCluster(
-            n_workers=opts.workers,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit=opts.memory_limit or "auto",
-            dashboard_address=":0",  # a free port: None does not disable it (dask#8136)
-            silence_logs=logging.ERROR,
-        )
+    # Workers ignore Ctrl-C (a SIG_IGN disposition survives the spawn): the terminal sends
+    # SIGINT to the whole process group, and this process stops the cluster itself.
+    # Task errors reach this process as exceptions with clear messages, so the workers'
+    # own error logs (a traceback per failed task) are silenced.
+    config = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        with dask.config.set(config):
+            cluster = LocalCluster(
+                n_workers=opts.workers,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=opts.memory_limit_bytes or "auto",
+                dashboard_address=":0",  # a free port: None does not disable it (dask#8136)
+                silence_logs=logging.CRITICAL,
+            )
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old_int)
     try:
         with Client(cluster) as client:
             yield client
     finally:
         cluster.close()
+
+
+def _connect(client_cls, address: str):
+    """``Client(address)``, given up after :data:`CONNECT_TIMEOUT` whatever answers there.
+
+    A port that accepts connections but does not speak Dask's protocol (a dashboard, a
+    web server) can keep ``Client`` waiting past its own timeout, so the connection is
+    made in a daemon thread and abandoned when it takes too long.
+    """
+    from dask.utils import parse_timedelta
+
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["client"] = client_cls(address, timeout=CONNECT_TIMEOUT)
+        except BaseException as exc:  # reported below, in the calling thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="npaloss-dask-connect", daemon=True)
+    thread.start()
+    thread.join(parse_timedelta(CONNECT_TIMEOUT) + 5)
+    if "client" in result:
+        return result["client"]
+    why = result.get("error")
+    why = f"{type(why).__name__}: {why}" if why else f"no answer within {CONNECT_TIMEOUT}"
+    raise OSError(
+        f"cannot reach the Dask scheduler at {address} ({why}); check --scheduler: the "
+        "scheduler's address, e.g. tcp://host:8786, not its dashboard"
+    )
 
 
 def _tasks(client, fn: Callable, calls: Sequence[tuple], progress: Callable[[], None] | None):
@@ -261,6 +356,34 @@ def stats_from_sums(sums: np.ndarray, squares: np.ndarray, n: int) -> dict:
     mean = [int(s) / n for s in sums]
     var = [max(int(q) / n - m * m, 0.0) for q, m in zip(squares, mean, strict=True)]
     return {"image_mean": mean, "image_std": [v**0.5 for v in var]}
+
+
+def check_memory_limit(opts: DaskOptions, cfg, image_bands: int = 0) -> None:
+    """Refuse a local worker memory limit below :func:`worker_memory_needed`.
+
+    Dask pauses a worker whose memory passes ``distributed.worker.memory.pause`` (80 %
+    by default) of its limit and waits for memory to be freed, which never happens
+    while its only task holds the block: the run would stall without a word.
+
+    Raises
+    ------
+    ValueError
+        The limit is too low (the message gives the estimate and what to change).
+    """
+    limit = opts.memory_limit_bytes
+    if limit is None or opts.scheduler is not None:
+        return
+    import dask
+
+    pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 1.0
+    need = worker_memory_needed(opts.block, cfg.ks, len(cfg.transforms), image_bands)
+    if limit * pause < need:
+        raise ValueError(
+            f"`memory_limit` {opts.memory_limit} is too low for {opts.block}-pixel blocks with "
+            f"k up to {max(cfg.ks)}: a worker needs about {need / 1e6:.0f} MB and Dask pauses "
+            f"it at {pause:.0%} of its limit, so give at least {need / pause / 1e6:.0f} MB "
+            "(--memory-limit) or use smaller blocks (--block)"
+        )
 
 
 def count_blocks(label: Raster, cfg, block: int) -> int:

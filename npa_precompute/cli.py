@@ -86,10 +86,10 @@ def main() -> None:
 )
 @click.option(
     "--block",
-    type=int,
+    type=click.IntRange(min=16),
     default=2048,
     show_default=True,
-    help="With --dask: block side in pixels (one task per block; a multiple of --chunk).",
+    help="With --dask: block side in pixels, >= 16 (one task per block; a multiple of --chunk).",
 )
 @click.option(
     "--scheduler",
@@ -118,22 +118,13 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     Re-running skips tiles whose files and parameters are unchanged; an interrupted
     tile is recomputed.
     """
+    import warnings
+
     from tqdm import tqdm
 
     from npa_precompute.pipeline import run_precompute
 
-    dask = None
-    if use_dask:
-        from npa_precompute.blockwise import DaskOptions
-
-        try:
-            dask = DaskOptions(
-                block=block, scheduler=scheduler, workers=workers, memory_limit=memory_limit
-            )
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    elif scheduler or memory_limit:
-        raise click.UsageError("--scheduler and --memory-limit need --dask")
+    dask = _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk)
     bar = None
 
     def progress(done: int, total: int, tile: str) -> None:
@@ -150,23 +141,25 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     # finish (workers also die with this process), and a re-run completes the store.
     old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        summary = run_precompute(
-            labels,
-            out,
-            images=images or None,
-            preset=preset,
-            ks=ks,
-            transforms=transforms,
-            weight_dtype=weight_dtype,
-            num_classes=num_classes,
-            ignore_index=ignore_index,
-            unknown_colors=unknown_colors,
-            chunk=chunk,
-            workers=workers,
-            overwrite=overwrite,
-            progress=progress,
-            dask=dask,
-        )
+        with warnings.catch_warnings():
+            warnings.showwarning = _echo_warning
+            summary = run_precompute(
+                labels,
+                out,
+                images=images or None,
+                preset=preset,
+                ks=ks,
+                transforms=transforms,
+                weight_dtype=weight_dtype,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+                unknown_colors=unknown_colors,
+                chunk=chunk,
+                workers=workers,
+                overwrite=overwrite,
+                progress=progress,
+                dask=dask,
+            )
     except _USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -174,6 +167,49 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
         if bar is not None:
             bar.close()
     click.echo(summary.text())
+
+
+def _echo_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+def _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk):
+    """DaskOptions from the ``run`` options; usage errors for options that would be ignored."""
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (
+            click.core.ParameterSource.DEFAULT,
+            click.core.ParameterSource.DEFAULT_MAP,
+        )
+
+    if not use_dask:
+        unused = [f"--{n.replace('_', '-')}" for n in ("block", "scheduler", "memory_limit")
+                  if given(n)]  # fmt: skip
+        if unused:
+            verb = "applies" if len(unused) == 1 else "apply"
+            raise click.UsageError(f"{', '.join(unused)} {verb} only with --dask")
+        return None
+    if scheduler and scheduler != "synchronous":
+        local = [f"--{n.replace('_', '-')}" for n in ("workers", "memory_limit") if given(n)]
+        if local:
+            raise click.UsageError(
+                f"{', '.join(local)} size the local Dask cluster; with --scheduler {scheduler} "
+                "the existing cluster's workers are used"
+            )
+    if block % chunk:
+        raise click.UsageError(
+            f"--block ({block}) must be a multiple of --chunk ({chunk}): each block's task "
+            "writes whole shards of the store"
+        )
+    from npa_precompute.blockwise import DaskOptions
+
+    try:
+        return DaskOptions(
+            block=block, scheduler=scheduler, workers=workers, memory_limit=memory_limit
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).replace("`memory_limit`", "--memory-limit")) from None
 
 
 main.add_command(inspect_cmd)

@@ -488,7 +488,11 @@ def format_inspect(report: dict) -> str:
     ]
     for t in report["tiles"]:
         shape = "x".join(str(s) for s in t["shape"]) if t["shape"] else "?"
-        state = "complete" if t["complete"] else "INCOMPLETE (writing interrupted; no statistics)"
+        state = (
+            "complete"
+            if t["complete"]
+            else "INCOMPLETE (not finished: interrupted or stopped by an error; no statistics)"
+        )
         lines += ["", f"tile {t['tile']}  {shape}  {state}"]
         rows = []
         for a in t["arrays"]:

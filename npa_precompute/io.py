@@ -138,6 +138,9 @@ class Raster:
     shape : (H, W) or (H, W, C)
         As :func:`read_label` / :func:`read_image` would return (images always 3-D).
     dtype : numpy.dtype
+    windowed : bool
+        False when the file has no windowed access (PNG, a TIFF stored as one strip):
+        it is then read whole once per process and kept (the last such file per role).
 
     Raises
     ------
@@ -153,6 +156,7 @@ class Raster:
         self.role = role
         self._arr = None
         self._planar = False
+        self.windowed = True
         arr = self._open()
         shape = tuple(arr.shape)
         if self._planar:
@@ -167,7 +171,13 @@ class Raster:
         self.dtype = np.dtype(arr.dtype)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "role": self.role, "shape": self.shape, "dtype": self.dtype}
+        return {
+            "path": self.path,
+            "role": self.role,
+            "shape": self.shape,
+            "dtype": self.dtype,
+            "windowed": self.windowed,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -182,7 +192,7 @@ class Raster:
         if not path.is_file():
             raise InputError(f"{what} not found: {path}")
         if path.suffix.lower() not in _TIFF:
-            self._arr = read_label(path) if self.role == "label" else read_image(path)
+            self._arr, self.windowed = _read_whole(path, self.role), False
             return self._arr
         if self.role == "label" and path.suffix.lower() in _LOSSY:
             read_label(path)  # raises the lossy-format error
@@ -202,11 +212,18 @@ class Raster:
                 import zarr
 
                 arr = zarr.open_array(page.aszarr(), mode="r")
+                yx = arr.chunks[1:3] if self._planar else arr.chunks[:2]
+                if tuple(yx) == tuple(page.shape[1:3] if self._planar else page.shape[:2]):
+                    # one strip for the whole raster: every window would decode all of it
+                    tif.close()
+                    self._planar = False
+                    self._arr, self.windowed = _read_whole(path, self.role), False
+                    return self._arr
         except (OSError, ValueError, tifffile.TiffFileError) as exc:
             if isinstance(exc, InputError):
                 raise
             raise InputError(f"{path}: cannot read {what} ({exc})") from exc
-        self._arr = arr
+        self._arr, self.windowed = arr, True
         return arr
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
@@ -219,6 +236,19 @@ class Raster:
         if self.role == "image" and win.ndim == 2:
             win = win[..., None]
         return np.ascontiguousarray(win)
+
+
+_WHOLE: dict[str, tuple[tuple, np.ndarray]] = {}
+
+
+def _read_whole(path: Path, role: str) -> np.ndarray:
+    """The whole file, read once per process and kept (one file per role)."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if role not in _WHOLE or _WHOLE[role][0] != key:
+        _WHOLE.pop(role, None)
+        _WHOLE[role] = (key, read_label(path) if role == "label" else read_image(path))
+    return _WHOLE[role][1]
 
 
 def file_sha256(path: str | os.PathLike, *, block: int = 1 << 22) -> str:

@@ -13,10 +13,10 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from npa_precompute.store import (
     StoreError,
     consolidate_store,
     create_or_check_store,
+    drop_consolidated,
     list_tiles,
     open_store,
     write_tile,
@@ -206,14 +207,27 @@ def _init_worker(threads: int) -> None:
             pass
 
 
+def _check_blockwise(sources: Sequence[TileSource], cfg, opts: DaskOptions) -> None:
+    """Before any store is touched: warn about inputs read whole, refuse a too-low limit."""
+    from npa_precompute.blockwise import check_memory_limit
+
+    labels = [Raster(src.label, role="label") for src in sources]
+    images = [Raster(src.image, role="image") for src in sources if src.image]
+    for r in labels + images:
+        if not r.windowed:
+            warnings.warn(
+                f"{r.path} has no windowed reads (a PNG, or a TIFF stored as one strip): "
+                "each worker reads it whole once; memory is then not bounded by the block "
+                "size. Convert it to a tiled TIFF for rasters larger than memory.",
+                UserWarning,
+                stacklevel=4,
+            )
+    check_memory_limit(opts, cfg, max((r.shape[2] for r in images), default=0))
+
+
 def _run_blockwise(store, todo, cfg, opts, summary: RunSummary, progress) -> None:
     from npa_precompute.blockwise import count_blocks, dask_client, process_tile_blockwise
 
-    if opts.block % cfg.chunk:
-        raise ValueError(
-            f"`block` ({opts.block}) must be a multiple of `chunk` ({cfg.chunk}): each block's "
-            "task writes whole shards of the store"
-        )
     rasters = [Raster(src.label, role="label") for src, _ in todo]
     total = sum(count_blocks(r, cfg, opts.block) for r in rasters)
     done = 0
@@ -311,8 +325,15 @@ def run_precompute(
         raise ValueError(f"`chunk` must be an integer >= 16, got {chunk!r}")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
+    if dask is not None and dask.block % chunk:
+        raise ValueError(
+            f"`block` ({dask.block}) must be a multiple of `chunk` ({chunk}): each block's "
+            "task writes whole shards of the store"
+        )
     cfg = PrecomputeConfig(preset_obj, ks, parsed, weight_dtype, unknown_colors, chunk)
     sources = discover_tiles(labels, images, preset=preset)
+    if dask is not None:
+        _check_blockwise(sources, cfg, dask)
 
     info = {**preset_obj.to_attrs(), "created_by": f"npaloss {__version__}"}
     root = create_or_check_store(out, info, overwrite=overwrite)
@@ -342,7 +363,9 @@ def run_precompute(
             "arrays: pass --overwrite to do so, or write to another --out"
         )
     total = len(todo)
-    store = str(Path(out))
+    store = os.path.abspath(out)  # workers of a Dask cluster may run in another folder
+    if todo:
+        drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
     if dask is not None:
         _run_blockwise(store, todo, cfg, dask, summary, progress)
     elif workers == 1 or total <= 1:

@@ -42,6 +42,7 @@ __all__ = [
     "consolidate_store",
     "create_or_check_store",
     "create_tile",
+    "drop_consolidated",
     "list_tiles",
     "mark_complete",
     "open_store",
@@ -130,9 +131,6 @@ def create_or_check_store(path: str | os.PathLike, info: dict, *, overwrite: boo
             keys = ("preset", "classes", "ignore_index", "palette", "label_remap")
             diff = [k for k in keys if old.get(k) != info.get(k)]
             if not diff:
-                # rewriting the root attrs drops consolidated metadata, which would go
-                # stale while tiles are rewritten; run_precompute consolidates at the end
-                root.attrs[_ATTR_KEY] = old
                 if "tiles" not in root:
                     root.create_group("tiles")
                 return root
@@ -148,6 +146,15 @@ def create_or_check_store(path: str | os.PathLike, info: dict, *, overwrite: boo
     root = zarr.open_group(path, mode="w", attributes={_ATTR_KEY: info})
     root.create_group("tiles")
     return root
+
+
+def drop_consolidated(root: zarr.Group) -> None:
+    """Rewrite the root metadata without zarr's consolidated listing.
+
+    Called before tiles are (re)written, so that readers of the consolidated listing
+    never see a stale one; :func:`consolidate_store` writes it again at the end of a run.
+    """
+    root.attrs[_ATTR_KEY] = store_info(root)
 
 
 def list_tiles(root: zarr.Group, *, complete_only: bool = False) -> list[str]:

@@ -137,22 +137,106 @@ def test_blockwise_cli_on_local_cluster_equals_in_memory(mosaic):
     assert "0 tile(s) written, 1 up to date" in res.output
 
 
-def test_joins_an_existing_cluster_by_address(tmp_path, shared_data):
+def test_joins_an_existing_cluster_by_address(tmp_path, shared_data, monkeypatch):
+    """The cluster's worker runs in another folder: a relative --out still works."""
     distributed = pytest.importorskip("distributed")
     label = write_mirror_tiff(
         tmp_path / "area1.tif", tifffile.imread(shared_data / "vaihingen_crop" / LABEL), (700, 900)
     )
     run_precompute([str(label)], tmp_path / "mem.zarr", ks=(16,))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
     ) as cluster:
+        monkeypatch.chdir(tmp_path)
         res = CliRunner().invoke(
             main,
-            ["run", str(label), "--out", str(tmp_path / "bw.zarr"), "--k", "16", "--dask",
+            ["run", "area1.tif", "--out", "bw.zarr", "--k", "16", "--dask",
              "--block", "256", "--scheduler", cluster.scheduler_address, "-q"],
         )  # fmt: skip
-    assert res.exit_code == 0, res.output
+        assert res.exit_code == 0, res.output
+        res = CliRunner().invoke(
+            main,
+            ["run", "area1.tif", "--out", "bw.zarr", "--dask", "--workers", "2",
+             "--scheduler", cluster.scheduler_address],
+        )  # fmt: skip
+        assert res.exit_code == 2
+        assert "--workers size the local Dask cluster; with --scheduler tcp://" in res.output
     assert_same_tile(tmp_path / "mem.zarr", tmp_path / "bw.zarr")
+    assert not (tmp_path / "elsewhere" / "bw.zarr").exists()
+
+
+def test_a_port_that_is_not_a_dask_scheduler_fails_in_time(tmp_path, monkeypatch):
+    """A server that accepts connections and never answers (like a wrong port)."""
+    import socket
+    import time
+
+    monkeypatch.setattr("npa_precompute.blockwise.CONNECT_TIMEOUT", "1s")
+    path = write_isprs_tile(tmp_path, "area1.tif", np.zeros((64, 64), int))
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        t0 = time.monotonic()
+        res = CliRunner().invoke(
+            main,
+            ["run", str(path), "--out", str(tmp_path / "s"), "--dask", "--block", "256",
+             "--scheduler", f"tcp://127.0.0.1:{port}"],
+        )  # fmt: skip
+        elapsed = time.monotonic() - t0
+    assert res.exit_code == 1, res.output
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in res.output
+    assert "Traceback" not in res.output
+    assert elapsed < 15
+
+
+def test_memory_limit_is_checked_before_anything_is_written(tmp_path):
+    path = write_isprs_tile(tmp_path, "area1.tif", np.zeros((64, 64), int))
+    out = tmp_path / "s.zarr"
+    for value, message in [
+        ("lots", "--memory-limit must be a positive size such as '2GB'"),
+        ("-1", "--memory-limit must be a positive size"),
+    ]:
+        res = CliRunner().invoke(
+            main, ["run", str(path), "--out", str(out), "--dask", "--memory-limit", value]
+        )
+        assert res.exit_code == 2 and message in res.output, res.output
+    with pytest.raises(ValueError, match=r"`memory_limit` 300MB is too low for 2048-pixel "
+                       r"blocks with k up to 64: a worker needs about \d+ MB"):  # fmt: skip
+        run_precompute([str(path)], out, dask=DaskOptions(memory_limit="300MB"))
+    res = CliRunner().invoke(
+        main, ["run", str(path), "--out", str(out), "--dask", "--block", "1000"]
+    )
+    assert res.exit_code == 2 and "--block (1000) must be a multiple of --chunk (256)" in res.output
+    assert not out.exists()  # refused before the store was created
+
+
+def test_dask_only_options_without_dask_are_refused(tmp_path):
+    path = write_isprs_tile(tmp_path, "area1.tif", np.zeros((64, 64), int))
+    res = CliRunner().invoke(
+        main, ["run", str(path), "--out", str(tmp_path / "s"), "--block", "512"]
+    )
+    assert res.exit_code == 2 and "--block applies only with --dask" in res.output
+
+
+def test_png_label_is_read_whole_with_a_warning(tmp_path):
+    rng = np.random.default_rng(1)
+    index = np.repeat(np.repeat(rng.integers(0, 6, (8, 10)), 12, 0), 12, 1)  # 96 x 120
+    png = write_isprs_tile(tmp_path / "png", "area1.png", index)
+    tif = write_isprs_tile(tmp_path / "tif", "area1.tif", index)
+    assert not Raster(png).windowed
+    res = CliRunner().invoke(
+        main, ["run", str(png), "--out", str(tmp_path / "bw.zarr"), "--k", "4,40", "--chunk", "16",
+               "--dask", "--block", "32", "--scheduler", "synchronous", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Warning: " in res.output and "area1.png has no windowed reads" in res.output
+    run_precompute([str(tif)], tmp_path / "mem.zarr", ks=(4, 40), chunk=16)
+    a = open_tile(open_store(tmp_path / "mem.zarr"), "area1")
+    b = open_tile(open_store(tmp_path / "bw.zarr"), "area1")
+    for k in (4, 40):
+        assert np.array_equal(a.affinity(k)[...], b.affinity(k)[...])
 
 
 @pytest.mark.parametrize("block, chunk", [(48, 16), (32, 32)])
@@ -177,16 +261,22 @@ def test_block_must_be_a_multiple_of_chunk(tmp_path):
     res = CliRunner().invoke(
         main, ["run", str(path), "--out", str(tmp_path / "s"), "--dask", "--block", "300"]
     )
-    assert res.exit_code != 0
-    assert "`block` (300) must be a multiple of `chunk` (256)" in res.output
+    assert res.exit_code == 2
+    assert "--block (300) must be a multiple of --chunk (256)" in res.output
+    with pytest.raises(ValueError, match=r"`block` \(300\) must be a multiple of `chunk`"):
+        run_precompute([str(path)], tmp_path / "s", dask=DaskOptions(block=300))
     res = CliRunner().invoke(
         main, ["run", str(path), "--out", str(tmp_path / "s"), "--dask", "--block", "8"]
     )
-    assert res.exit_code != 0 and "`block` must be an integer >= 16, got 8" in res.output
+    assert res.exit_code == 2 and "Invalid value for '--block': 8 is not in the range x>=16" in (
+        res.output
+    )
+    with pytest.raises(ValueError, match="`block` must be an integer >= 16, got 8"):
+        DaskOptions(block=8)
     res = CliRunner().invoke(
         main, ["run", str(path), "--out", str(tmp_path / "s"), "--scheduler", "tcp://x:1"]
     )
-    assert res.exit_code != 0 and "--scheduler and --memory-limit need --dask" in res.output
+    assert res.exit_code == 2 and "--scheduler applies only with --dask" in res.output
 
 
 def test_bad_block_content_names_file_and_window_and_leaves_tile_incomplete(tmp_path):

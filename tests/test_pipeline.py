@@ -142,6 +142,9 @@ def test_changed_label_or_params_recompute_only_what_changed(isprs_tiles, tmp_pa
     with pytest.raises(StoreError, match=r"3 complete tile\(s\) .* other parameters .*--overwrite"):
         pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3])
     assert open_tile(open_store(out), "area0").affinity_ks == [2]
+    # the refused run wrote nothing: the consolidated listing (xarray, napari) is intact
+    meta = json.loads((out / "zarr.json").read_text())
+    assert "tiles/area0/affinity/k2" in meta["consolidated_metadata"]["metadata"]
     s4 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3], overwrite=True)
     assert s4.written == ["area0", "area1", "area2"]
     assert open_tile(open_store(out), "area0").affinity_ks == [2, 3]
