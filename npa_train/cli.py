@@ -207,6 +207,9 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
 
     Under torchrun (torchrun --nproc-per-node N -m npa_train fit ...) this trains with
     DistributedDataParallel; rank 0 writes the run folder and prints.
+
+    Ctrl-C (or SIGTERM) finishes the current iteration, saves the checkpoint and stops
+    (exit status 130, or 143); press Ctrl-C again to abort without saving.
     """
     from npa_train.train import fit as fit_
 
@@ -232,12 +235,22 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
         raise click.ClickException(prefix + str(exc)) from exc
     except (KeyboardInterrupt, _Terminated) as exc:
         term = isinstance(exc, _Terminated)
+        kind = "terminated" if term else "interrupted"
         if rank == 0:
-            click.echo(
-                f"{'terminated' if term else 'interrupted'}: the checkpoint in {out} is saved; "
-                "run the same command with --resume to continue",
-                err=True,
-            )
+            if getattr(exc, "partial", True) is False:  # stopped at an iteration boundary
+                note = (f"{kind}: the checkpoint in {out} is saved; run the same command with "
+                        "--resume to continue")  # fmt: skip
+            else:  # aborted (a second Ctrl-C) inside an iteration, or before training began
+                kept = getattr(exc, "checkpoint_iteration", None)
+                if kept is not None:
+                    note = (f"{kind}: aborted without saving; the checkpoint in {out} (iteration "
+                            f"{kept}) is kept: run the same command with --resume to continue "
+                            "from it")  # fmt: skip
+                elif resume and not hasattr(exc, "checkpoint_iteration"):
+                    note = f"{kind}: aborted before training resumed; {out} is unchanged"
+                else:
+                    note = f"{kind}: aborted before a checkpoint was saved in {out}"
+            click.echo(note, err=True)
         raise SystemExit(143 if term else 130) from None
     if summary.get("rank", 0) != 0:
         return

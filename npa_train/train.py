@@ -13,11 +13,21 @@ is the total that is minimized, ``aux_loss`` the auxiliary term before weighting
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations, at the end, on Ctrl-C or
 SIGTERM, and before stopping on a non-finite loss).
 
+Ctrl-C (SIGINT) or SIGTERM finishes the current iteration, saves the checkpoint and stops
+(``fit`` then raises ``KeyboardInterrupt``, or ``_Terminated`` for SIGTERM): a signal only
+asks to stop, and the loop stops at the next iteration boundary, so a checkpoint never
+holds part of an iteration (BatchNorm statistics of a forward pass, an optimizer step
+not yet counted). A second Ctrl-C (or SIGTERM) aborts at once without saving; the last
+periodic checkpoint is kept. Under DDP a request on any rank travels with the loss
+all-reduce of the step, so all ranks stop after the same iteration. DataLoader workers
+ignore both signals (the main process shuts them down).
+
 ``resume=True`` continues a run from its ``checkpoint.pt``: model, optimizer, AMP scaler,
 RNG states, the iteration and the loss history are restored, rows of ``log.csv`` past
 the checkpoint are dropped, and the data continue at the next sample (sample ``i`` is a
-function of the seed and ``i`` only), so on the CPU an interrupted and resumed run logs
-the same losses, bit for bit, and ends with the same weights as an uninterrupted one
+function of the seed and ``i`` only), so on the CPU an interrupted (Ctrl-C, SIGTERM, or a
+kill after a periodic checkpoint) and resumed run logs the same losses, bit for bit, and
+ends with the same weights and BatchNorm buffers as an uninterrupted one
 (given the same environment: torch build and number of threads; on CUDA, up to the
 rounding of non-deterministic kernels).
 
@@ -119,7 +129,59 @@ class TrainingError(RuntimeError):
 
 
 class _Terminated(BaseException):
-    """SIGTERM arrived: save a checkpoint and stop."""
+    """SIGTERM stopped :func:`fit` (raised after the checkpoint is saved, or to abort)."""
+
+
+#: A second stop signal within this many seconds of the first is taken for the same
+#: request relayed (a wrapper that forwards the terminal's Ctrl-C), not a request to abort.
+_REPEAT_S = 1.0
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM while :func:`fit` trains (a context manager; main thread only).
+
+    The first signal only records the request (``signum``): the loop stops at the next
+    iteration boundary, so a checkpoint never holds part of an iteration (BatchNorm
+    statistics of a forward pass, an optimizer step without its bookkeeping). A later
+    one, at least :data:`_REPEAT_S` after it, aborts at once: ``KeyboardInterrupt`` for
+    SIGINT, :class:`_Terminated` for SIGTERM. A SIGINT that is ignored (a background job)
+    stays ignored; outside the main thread nothing is installed.
+    """
+
+    def __init__(self, announce: bool) -> None:
+        self.signum: int | None = None
+        self.announce = announce
+        self._at = 0.0
+        self._old: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                if s == signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN:
+                    continue
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, signal.SIG_DFL if old is None else old)
+        self._old.clear()
+
+    def _handle(self, signum, frame) -> None:
+        now = time.monotonic()
+        if self.signum is None:
+            self.signum, self._at = signum, now
+            if self.announce:  # os.write: no buffered stream is re-entered from a handler
+                name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+                os.write(
+                    2,
+                    f"\n{name}: stopping after the current iteration, then saving the "
+                    "checkpoint; press Ctrl-C again to abort without saving\n".encode(),
+                )
+            return
+        if now - self._at < _REPEAT_S:
+            return
+        raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated()
 
 
 def poly_lr(base_lr: float, it: int, iters: int, power: float = POLY_POWER) -> float:
@@ -265,6 +327,10 @@ def _worker_init(worker_id: int) -> None:
     import random
 
     torch.set_num_threads(1)
+    # the main process handles Ctrl-C and SIGTERM (at an iteration boundary) and then shuts
+    # the workers down; the terminal's Ctrl-C and torchrun's killpg reach the workers too
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)  # noqa: NPY002 - seeds the legacy global state other code may use
@@ -654,7 +720,8 @@ def fit(
     overwrite : replace an existing run in ``out``
     progress : tqdm progress bar with loss and lr
     callback : ``callback(iteration, lr, loss)`` after each step (on every rank under DDP,
-        with the loss averaged over the ranks)
+        with the loss averaged over the ranks); an exception it raises stops the run, and
+        a ``KeyboardInterrupt`` from it saves the checkpoint of that step first
 
     Under torchrun (``WORLD_SIZE`` > 1, or an initialized default process group) this
     trains with DistributedDataParallel: see the module docstring. ``device`` then picks
@@ -686,6 +753,12 @@ def fit(
     TrainingError
         A non-finite loss; the message names the iteration and the batch's tiles, and
         the checkpoint of the last finite step is saved first.
+    KeyboardInterrupt, npa_train.train._Terminated
+        Ctrl-C or SIGTERM (see the module docstring; signals are handled when ``fit``
+        runs in the main thread). The exception carries ``checkpoint_iteration`` (the
+        iteration ``checkpoint.pt`` holds, None if none was saved) and ``partial``
+        (False: stopped after a completed iteration, which was saved; True: aborted
+        inside an iteration, which was not).
     ImportError
         A torchvision model without torchvision.
     """
@@ -921,11 +994,15 @@ def fit(
                     (out / f).unlink(missing_ok=True)
                 (out / "config.json").write_text(json.dumps(_json_ready(config), indent=2) + "\n")
 
+        saved_at = start if resume else None  # the iteration checkpoint.pt holds
+
         def checkpoint(iteration: int, elapsed: float) -> None:
             # rank 0 writes; the model, optimizer, scaler and logged losses are the same on
             # every rank (DDP averages the gradients; the losses are all-reduced), and under
             # DDP each step reseeds torch from (seed, rank, step), so nothing else is needed
+            nonlocal saved_at
             if not ddp.main:
+                saved_at = iteration  # what rank 0 saves
                 return
             _save_atomic(
                 {
@@ -945,6 +1022,7 @@ def fit(
                 },
                 ckpt_path,
             )
+            saved_at = iteration
 
         # keep the log rows up to the checkpoint; rows after it are recomputed identically
         rows = []
@@ -992,17 +1070,18 @@ def fit(
                    disable=not (progress and ddp.main), dynamic_ncols=True)  # fmt: skip
         cur_lr = lr
         done = start
-        old_handler = None
-        if threading.current_thread() is threading.main_thread():
-
-            def _on_term(signum, frame):
-                raise _Terminated()
-
-            old_handler = signal.signal(signal.SIGTERM, _on_term)
+        # `whole`: model, optimizer, RNG and log are those of `done` completed iterations
+        # (false from the start of an iteration until its bookkeeping is done)
+        whole = True
+        stopped = None  # (interrupted, terminated) once the loop stops on a request
         stop_errors = (KeyboardInterrupt, _Terminated)
         if world > 1:  # a collective broken by a rank that stopped ("Connection closed by peer")
             stop_errors += (RuntimeError,)
         log_file = open(out / "log.csv", "w", newline="") if ddp.main else None
+        # a stop signal is a request (see _StopSignals): the loop ends at the boundary of an
+        # iteration; under DDP the requests ride on the loss all-reduce of each step, so
+        # every rank stops after the same one
+        signals = _StopSignals(announce=ddp.main).__enter__()
         try:
             with log_file if log_file is not None else contextlib.nullcontext():
                 log = csv.writer(log_file) if log_file is not None else None
@@ -1011,6 +1090,7 @@ def fit(
                     log.writerows(rows)
                     log_file.flush()
                 for it, sample in enumerate(loader, start=start):
+                    whole = False
                     iteration = it + 1
                     if world > 1:
                         torch.manual_seed(_step_seed(seed, ddp.rank, it))
@@ -1035,11 +1115,19 @@ def fit(
                         aux_value = criterion(aux_out.float(), b["label"], weight)
                         value = value + aux_w * aux_value
                     if world > 1:
-                        # the mean over the ranks: what DDP's averaged gradient minimizes
+                        # the mean over the ranks: what DDP's averaged gradient minimizes;
+                        # with it, whether any rank was asked to stop (Ctrl-C, SIGTERM)
                         both = [value, value if aux_value is None else aux_value]
-                        mean = all_reduce_mean(torch.stack(both).detach().double()).tolist()
+                        asked = signals.signum
+                        flags = value.new_tensor(
+                            [asked == signal.SIGINT, asked == signal.SIGTERM], dtype=torch.float64
+                        )
+                        mean = all_reduce_mean(
+                            torch.cat([torch.stack(both).detach().double(), flags])
+                        ).tolist()
                         loss_value = mean[0]
                         aux_float = mean[1] if aux_value is not None else None
+                        requested = (mean[2] > 0, mean[3] > 0)
                     else:
                         loss_value = float(value.detach())
                         aux_float = float(aux_value.detach()) if aux_value is not None else None
@@ -1075,25 +1163,38 @@ def fit(
                             ])  # fmt: skip
                             log_file.flush()
                         pending.clear()
+                    whole = True
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", refresh=False)
                     bar.update(1)
                     if callback is not None:
                         callback(iteration, cur_lr, loss_value)
                     if checkpoint_every and iteration % checkpoint_every == 0 and iteration < iters:
                         checkpoint(iteration, seconds0 + time.perf_counter() - t0)
+                    if world == 1:
+                        requested = (signals.signum == signal.SIGINT,
+                                     signals.signum == signal.SIGTERM)  # fmt: skip
+                    if any(requested) and iteration < iters:
+                        stopped = requested
+                        break
+            if stopped is not None:
+                if saved_at != done:
+                    checkpoint(done, seconds0 + time.perf_counter() - t0)
+                ddp.barrier()  # no rank leaves before the checkpoint is written
+                raise _Terminated() if stopped[1] else KeyboardInterrupt()
         except stop_errors as exc:
-            if not isinstance(exc, TrainingError):  # that one has saved its checkpoint
-                if world > 1 and old_handler is not None:
-                    # torchrun sends SIGTERM to the other ranks when one stops: finish the save
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                # the state of step `done` is whole: under DDP its optimizer step followed a
-                # completed gradient all-reduce
+            # saved only when whole: a stop request, an exception at a boundary (e.g. from
+            # `callback`); not an abort (a second Ctrl-C) in the middle of an iteration, nor
+            # a TrainingError (which saved the last finite step)
+            if whole and saved_at != done:
+                # under DDP the optimizer step of `done` followed a completed all-reduce
                 checkpoint(done, seconds0 + time.perf_counter() - t0)
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.checkpoint_iteration = saved_at  # what checkpoint.pt holds now
+                exc.partial = not whole  # stopped inside an iteration, which was not saved
             raise
         finally:
             bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
+            signals.__exit__()
         seconds = time.perf_counter() - t0
         checkpoint(done, seconds0 + seconds)
         ddp.barrier()  # no rank leaves before the last checkpoint is written

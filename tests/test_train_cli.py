@@ -424,6 +424,180 @@ def test_sigkill_then_resume_loses_nothing(store, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+# ---- Ctrl-C and SIGTERM inside an iteration ----------------------------------------------------
+def _signal_during(monkeypatch, where, calls, signums):
+    """Send ``signums`` to this process from inside the forward pass (after its BatchNorm
+    layers updated their running statistics) or right after ``optimizer.step()``, at the
+    ``calls``-th call: like a Ctrl-C landing in the middle of an iteration."""
+
+    def send(n):
+        if n == calls:
+            for s in signums:
+                os.kill(os.getpid(), s)
+
+    if where == "forward":
+
+        class Signalling(SmallFCN):
+            n = 0
+
+            def forward(self, x):
+                out = super().forward(x)
+                type(self).n += 1
+                send(type(self).n)
+                return out
+
+        monkeypatch.setattr(model_mod, "SmallFCN", Signalling)
+    else:
+
+        class SignallingSGD(torch.optim.SGD):
+            n = 0
+
+            def step(self, closure=None):
+                result = super().step(closure)
+                type(self).n += 1
+                send(type(self).n)
+                return result
+
+        monkeypatch.setattr(torch.optim, "SGD", SignallingSGD)
+
+
+def _log_rows(out: Path) -> list[tuple]:
+    # everything but the wall-clock seconds
+    return [(r["iteration"], r["lr"], r["loss"], r["aux_loss"]) for r in _read_log(out / "log.csv")]
+
+
+def _assert_same_run(out: Path, ref: Path) -> None:
+    assert _log_rows(out) == _log_rows(ref)
+    a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (out, ref))
+    assert a["iteration"] == b["iteration"] and a["losses"] == b["losses"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in b["model"]:  # the weights and the BatchNorm buffers, num_batches_tracked too
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"]) for k in sb)
+
+
+_SIG_KW = dict(weights=WNAME, iters=6, batch=2, crop=32, device="cpu", progress=False, seed=1,
+               checkpoint_every=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sig") / "full"
+    fit(store, out, **_SIG_KW)
+    return out
+
+
+@pytest.mark.parametrize("where", ["forward", "step"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_inside_an_iteration_stops_after_it(
+    store, tmp_path, monkeypatch, uninterrupted, signum, where
+):
+    # the signal lands inside iteration 3 (its forward pass has already moved the BatchNorm
+    # running statistics, or its optimizer step is done but not yet counted): iteration 3
+    # is finished, saved, and the run stops there
+    from npa_train.train import _Terminated
+
+    out = tmp_path / "cut"
+    _signal_during(monkeypatch, where, 3, [signum])
+    with pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else _Terminated) as info:
+        fit(store, out, **_SIG_KW)
+    assert info.value.partial is False and info.value.checkpoint_iteration == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 3 and len(ckpt["losses"]) == 3
+    tracked = [v for k, v in ckpt["model"].items() if k.endswith("num_batches_tracked")]
+    assert tracked and all(int(v) == 3 for v in tracked)
+    assert [r[0] for r in _log_rows(out)] == ["1", "2", "3"]
+    monkeypatch.undo()
+    assert fit(store, out, resume=True, **_SIG_KW)["resumed_from"] == 3
+    _assert_same_run(out, uninterrupted)
+
+
+def test_second_ctrl_c_aborts_without_saving_and_a_relayed_one_does_not(
+    store, tmp_path, monkeypatch, uninterrupted
+):
+    import npa_train.train as train_mod
+
+    kw = {**_SIG_KW, "checkpoint_every": 2}
+    # two SIGINTs at once (a wrapper relaying the terminal's Ctrl-C): one request
+    out = tmp_path / "relayed"
+    _signal_during(monkeypatch, "forward", 3, [signal.SIGINT, signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, out, **kw)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 3
+    monkeypatch.undo()
+    # a second Ctrl-C (later than train._REPEAT_S) aborts inside the iteration: the
+    # periodic checkpoint of iteration 2 is kept, nothing of iteration 3 is saved
+    out = tmp_path / "aborted"
+    monkeypatch.setattr(train_mod, "_REPEAT_S", 0.0)
+    _signal_during(monkeypatch, "forward", 3, [signal.SIGINT, signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt) as info:
+        fit(store, out, **kw)
+    assert info.value.partial is True and info.value.checkpoint_iteration == 2
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 2
+    tracked = [v for k, v in ckpt["model"].items() if k.endswith("num_batches_tracked")]
+    assert all(int(v) == 2 for v in tracked)
+    monkeypatch.undo()
+    fit(store, out, resume=True, **kw)
+    _assert_same_run(out, uninterrupted)
+
+
+_CTRL_C = """
+import os, signal, sys
+import npa_train.model as m
+
+class Signalling(m.SmallFCN):
+    n = 0
+
+    def forward(self, x):
+        out = super().forward(x)
+        type(self).n += 1
+        if type(self).n == 3:  # Ctrl-C in a terminal: the whole process group, workers too
+            os.killpg(os.getpgid(0), signal.SIGINT)
+        return out
+
+m.SmallFCN = Signalling
+from npa_train.cli import main
+main(sys.argv[1:], prog_name="npa-train")
+"""
+
+
+def test_ctrl_c_to_the_process_group_of_the_cli(store, tmp_path):
+    # `npa-train fit` with DataLoader workers in its own session; the Ctrl-C reaches the
+    # workers too: they keep going, the run stops after iteration 3 with the usual note
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C)
+    kw = _SIG_KW
+
+    def args(out, *extra):
+        return ["fit", "--store", str(store), "--out", str(out), "--weights", WNAME, "--iters",
+                str(kw["iters"]), "--batch", str(kw["batch"]), "--crop", str(kw["crop"]),
+                "--seed", str(kw["seed"]), "--checkpoint-every", "0", "--device", "cpu",
+                "--workers", "2", "--quiet", *extra]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the reference in a process of the same environment (threads, libraries)
+    ref = subprocess.Popen([sys.executable, "-m", "npa_train", *args(tmp_path / "ref")], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    out = tmp_path / "cut"
+    proc = subprocess.run([sys.executable, str(script), *args(out)], env=env, capture_output=True,
+                          text=True, timeout=120, start_new_session=True)  # fmt: skip
+    assert ref.wait(timeout=120) == 0, ref.stderr.read().decode()
+    assert proc.returncode == 130, proc.stderr
+    assert "Ctrl-C: stopping after the current iteration" in proc.stderr
+    assert f"interrupted: the checkpoint in {out} is saved" in proc.stderr
+    assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 3
+    resumed = subprocess.run([sys.executable, "-m", "npa_train", *args(out, "--resume")], env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(out, tmp_path / "ref")
+
+
 # ---- losses through fit ------------------------------------------------------------------------
 @pytest.mark.parametrize("loss", ["ce-weighted", "focal", "dice"])
 def test_baseline_losses_train(store, tmp_path, loss):

@@ -257,6 +257,67 @@ def test_ddp_interrupted_and_resumed_equals_uninterrupted(store, ddp_run, tmp_pa
     assert a["config"]["world_size"] == 2
 
 
+_SIGNAL = """
+import os, signal, sys
+import npa_train.model as m
+from npa_train.train import distributed_env, fit
+
+RANK = distributed_env()[0]
+
+class Signalling(m.SmallFCN):
+    n = 0
+
+    def forward(self, x):  # after its BatchNorm layers moved their running statistics
+        out = super().forward(x)
+        type(self).n += 1
+        if type(self).n == 2 and RANK == {rank}:  # inside iteration 2 of rank {rank} alone
+            os.kill(os.getpid(), signal.{signame})
+        return out
+
+m.SmallFCN = Signalling
+
+def record(iteration, lr, loss):  # the iterations this rank completed
+    with open(os.path.join(sys.argv[3], f"rank{{RANK}}.txt"), "a") as f:
+        f.write(f"{{iteration}}\\n")
+
+fit(sys.argv[1], sys.argv[2], weights={w!r}, iters={iters}, batch={batch}, crop={crop},
+    seed={seed}, device="cpu", checkpoint_every=0, progress=False, callback=record)
+"""
+
+
+@pytest.mark.parametrize(("rank", "signame"), [(1, "SIGTERM"), (0, "SIGINT")])
+def test_ddp_signal_inside_an_iteration_on_one_rank(store, ddp_run, tmp_path, rank, signame):
+    # one rank gets the signal in the middle of iteration 2; the request travels with the
+    # loss all-reduce of that step, so both ranks finish iteration 2 and stop there, and
+    # rank 0 saves it: resumed, the run equals an uninterrupted one, BatchNorm buffers too
+    full, _ = ddp_run
+    out = tmp_path / "cut"
+    script = tmp_path / "stop_signal.py"
+    script.write_text(textwrap.dedent(_SIGNAL).format(rank=rank, signame=signame, w=WNAME,
+                                                      iters=ITERS, batch=BATCH, crop=CROP,
+                                                      seed=SEED))  # fmt: skip
+    stopped = _torchrun(str(script), str(store), str(out), str(tmp_path))
+    assert stopped.returncode != 0
+    for r in (0, 1):
+        assert (tmp_path / f"rank{r}.txt").read_text().split() == ["1", "2"], r
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 2
+    tracked = [v for k, v in ckpt["model"].items() if k.endswith("num_batches_tracked")]
+    assert tracked and all(int(v) == 2 for v in tracked)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.csv"]
+    assert len(_rows(out)) == 2
+
+    resumed = _torchrun("-m", "npa_train", "fit", *_fit_options(store, out), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "4 iterations (resumed at iteration 2)" in resumed.stdout
+    assert _losses(out) == _losses(full)
+    a = torch.load(out / "checkpoint.pt", weights_only=True)
+    b = torch.load(full / "checkpoint.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == ITERS and a["losses"] == b["losses"]
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+
+
 def test_resume_with_another_world_size_is_refused(store, ddp_run, monkeypatch):
     full, _ = ddp_run
     for k in _TORCHRUN_VARS:
