@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import warnings
 
 import click
 
@@ -19,6 +20,7 @@ _USER_ERRORS = (InputError, StoreError, ValueError, TypeError, OSError)
 @click.version_option(__version__, prog_name="npa-precompute")
 def main() -> None:
     """Precompute NPALoss affinity maps and pixel weights (Feng et al. 2020) into a zarr store."""
+    warnings.showwarning = echo_warning
 
 
 @main.command()
@@ -118,8 +120,6 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     Re-running skips tiles whose files and parameters are unchanged; an interrupted
     tile is recomputed.
     """
-    import warnings
-
     from tqdm import tqdm
 
     from npa_precompute.pipeline import run_precompute
@@ -141,25 +141,23 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     # finish (workers also die with this process), and a re-run completes the store.
     old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _echo_warning
-            summary = run_precompute(
-                labels,
-                out,
-                images=images or None,
-                preset=preset,
-                ks=ks,
-                transforms=transforms,
-                weight_dtype=weight_dtype,
-                num_classes=num_classes,
-                ignore_index=ignore_index,
-                unknown_colors=unknown_colors,
-                chunk=chunk,
-                workers=workers,
-                overwrite=overwrite,
-                progress=progress,
-                dask=dask,
-            )
+        summary = run_precompute(
+            labels,
+            out,
+            images=images or None,
+            preset=preset,
+            ks=ks,
+            transforms=transforms,
+            weight_dtype=weight_dtype,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            unknown_colors=unknown_colors,
+            chunk=chunk,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+            dask=dask,
+        )
     except _USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -169,7 +167,8 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     click.echo(summary.text())
 
 
-def _echo_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def echo_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command lines: one ``Warning: ...`` line on stderr."""
     click.echo(f"Warning: {message}", err=True)
 
 

@@ -4,9 +4,12 @@ sliding-window ``evaluate`` and ``predict``."""
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from npa_precompute import __version__
+from npa_precompute.cli import echo_warning
 from npa_precompute.store import StoreError
 from npa_train.cli_eval import evaluate_cmd, predict_cmd
 from npa_train.loss import LOSSES, REDUCTIONS
@@ -38,6 +41,7 @@ def _scale(ctx, param, value):
 @click.version_option(__version__, prog_name="npa-train")
 def main() -> None:
     """Train segmentation models with NPALoss (Feng et al. 2020) on an npa-precompute store."""
+    warnings.showwarning = echo_warning
 
 
 def _augment_options(f):

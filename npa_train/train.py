@@ -839,7 +839,7 @@ def fit(
         if unfinished and env_rank == 0:
             warnings.warn(
                 f"skipping incomplete tile(s) {', '.join(unfinished)} of {store} (their writing "
-                "was interrupted; re-run `npa-precompute run` to complete them)",
+                "did not finish; re-run `npa-precompute run` to complete them)",
                 stacklevel=2,
             )
 
