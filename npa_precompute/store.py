@@ -399,7 +399,7 @@ def open_tile(root: zarr.Group, tile_id: str) -> Tile:
     attrs = dict(g.attrs)
     if attrs.get("complete") is not True:
         raise IncompleteTileError(
-            f"tile {tile_id!r} is incomplete (its writing was interrupted); re-run "
+            f"tile {tile_id!r} is incomplete (its writing did not finish); re-run "
             "`npa-precompute run` on the same inputs to complete it"
         )
     image = g["image"] if "image" in g else None
