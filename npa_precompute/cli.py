@@ -159,7 +159,10 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             dask=dask,
         )
     except _USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+        message = str(exc)
+        for name in ("memory_limit", "block", "chunk"):  # the options' names, not the API's
+            message = message.replace(f"`{name}`", f"--{name.replace('_', '-')}")
+        raise click.ClickException(message) from exc
     finally:
         signal.signal(signal.SIGTERM, old_term)
         if bar is not None:
@@ -189,12 +192,18 @@ def _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk):
             verb = "applies" if len(unused) == 1 else "apply"
             raise click.UsageError(f"{', '.join(unused)} {verb} only with --dask")
         return None
-    if scheduler and scheduler != "synchronous":
+    if scheduler:
         local = [f"--{n.replace('_', '-')}" for n in ("workers", "memory_limit") if given(n)]
         if local:
+            verb = "sizes" if len(local) == 1 else "size"
+            used = (
+                "the blocks run one after another in this process"
+                if scheduler == "synchronous"
+                else "the existing cluster's workers are used"
+            )
             raise click.UsageError(
-                f"{', '.join(local)} size the local Dask cluster; with --scheduler {scheduler} "
-                "the existing cluster's workers are used"
+                f"{', '.join(local)} {verb} the local Dask cluster; with --scheduler "
+                f"{scheduler} {used}"
             )
     if block % chunk:
         raise click.UsageError(

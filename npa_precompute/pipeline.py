@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -207,6 +208,16 @@ def _init_worker(threads: int) -> None:
             pass
 
 
+def _remove_store(path: Path, *, keep_folder: bool) -> None:
+    import shutil
+
+    if keep_folder:
+        for child in path.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _check_blockwise(sources: Sequence[TileSource], cfg, opts: DaskOptions) -> None:
     """Before any store is touched: warn about inputs read whole, refuse a too-low limit."""
     from npa_precompute.blockwise import check_memory_limit
@@ -336,65 +347,75 @@ def run_precompute(
         _check_blockwise(sources, cfg, dask)
 
     info = {**preset_obj.to_attrs(), "created_by": f"npaloss {__version__}"}
+    path = Path(out)
+    existed = path.exists()
+    fresh = not existed or (path.is_dir() and not any(path.iterdir()))
     root = create_or_check_store(out, info, overwrite=overwrite)
-    params = cfg.params()
-    existing = set(list_tiles(root))
-    todo: list[tuple[TileSource, dict]] = []
-    summary = RunSummary(store=str(out))
-    changed = []
-    for src in sources:
-        source = _source_attrs(src)
-        attrs = dict(root["tiles"][src.tile_id].attrs) if src.tile_id in existing else {}
-        if not overwrite and _is_current(attrs, source, params):
-            summary.skipped.append(src.tile_id)
-            continue
-        if not overwrite and attrs.get("complete") is True and attrs.get("params") != params:
-            changed.append(src.tile_id)
-        todo.append((src, source))
-    if changed:
-        old = dict(root["tiles"][changed[0]].attrs)["params"]
-        raise StoreError(
-            f"{len(changed)} complete tile(s) ({', '.join(changed[:5])}"
-            f"{', ...' if len(changed) > 5 else ''}) were made with other parameters "
-            f"(k {old.get('ks')}, transforms {old.get('transforms')}, dtype "
-            f"{old.get('weight_dtype')}, chunk {old.get('chunk')}); this run asks for k "
-            f"{params['ks']}, transforms {params['transforms']}, dtype "
-            f"{params['weight_dtype']}, chunk {params['chunk']}. Recomputing replaces their "
-            "arrays: pass --overwrite to do so, or write to another --out"
-        )
-    total = len(todo)
-    store = os.path.abspath(out)  # workers of a Dask cluster may run in another folder
-    if todo:
-        drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
-    if dask is not None:
-        _run_blockwise(store, todo, cfg, dask, summary, progress)
-    elif workers == 1 or total <= 1:
-        for i, (src, source) in enumerate(todo):
-            r = process_tile(store, src, cfg, source)
-            summary.written.append(r["tile"])
-            summary.pixels += r["pixels"]
-            summary.kernel_seconds += r["kernel_seconds"]
-            if progress:
-                progress(i + 1, total, r["tile"])
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
-        ) as pool:
-            futures = {pool.submit(process_tile, store, s, cfg, so): s for s, so in todo}
-            for i, fut in enumerate(as_completed(futures)):
-                try:
-                    r = fut.result()
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+    try:
+        params = cfg.params()
+        existing = set(list_tiles(root))
+        todo: list[tuple[TileSource, dict]] = []
+        summary = RunSummary(store=str(out))
+        changed = []
+        for src in sources:
+            source = _source_attrs(src)
+            attrs = dict(root["tiles"][src.tile_id].attrs) if src.tile_id in existing else {}
+            if not overwrite and _is_current(attrs, source, params):
+                summary.skipped.append(src.tile_id)
+                continue
+            if not overwrite and attrs.get("complete") is True and attrs.get("params") != params:
+                changed.append(src.tile_id)
+            todo.append((src, source))
+        if changed:
+            old = dict(root["tiles"][changed[0]].attrs)["params"]
+            raise StoreError(
+                f"{len(changed)} complete tile(s) ({', '.join(changed[:5])}"
+                f"{', ...' if len(changed) > 5 else ''}) were made with other parameters "
+                f"(k {old.get('ks')}, transforms {old.get('transforms')}, dtype "
+                f"{old.get('weight_dtype')}, chunk {old.get('chunk')}); this run asks for k "
+                f"{params['ks']}, transforms {params['transforms']}, dtype "
+                f"{params['weight_dtype']}, chunk {params['chunk']}. Recomputing replaces their "
+                "arrays: pass --overwrite to do so, or write to another --out"
+            )
+        total = len(todo)
+        store = os.path.abspath(out)  # workers of a Dask cluster may run in another folder
+        if todo:
+            drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
+        if dask is not None:
+            _run_blockwise(store, todo, cfg, dask, summary, progress)
+        elif workers == 1 or total <= 1:
+            for i, (src, source) in enumerate(todo):
+                r = process_tile(store, src, cfg, source)
                 summary.written.append(r["tile"])
                 summary.pixels += r["pixels"]
                 summary.kernel_seconds += r["kernel_seconds"]
                 if progress:
                     progress(i + 1, total, r["tile"])
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+            ) as pool:
+                futures = {pool.submit(process_tile, store, s, cfg, so): s for s, so in todo}
+                for i, fut in enumerate(as_completed(futures)):
+                    try:
+                        r = fut.result()
+                    except BaseException:
+                        for f in futures:
+                            f.cancel()
+                        raise
+                    summary.written.append(r["tile"])
+                    summary.pixels += r["pixels"]
+                    summary.kernel_seconds += r["kernel_seconds"]
+                    if progress:
+                        progress(i + 1, total, r["tile"])
+    except BaseException:
+        # A run that stops before its first tile (e.g. the Dask scheduler cannot be
+        # reached) leaves no empty store behind that it created itself.
+        if fresh and not list_tiles(root):
+            _remove_store(path, keep_folder=existed)
+        raise
     summary.written.sort()
     consolidate_store(out)  # for xarray/napari, which read the consolidated listing
     summary.seconds = time.perf_counter() - t_start

@@ -159,7 +159,8 @@ class Preset:
                 )
                 more = f" and {len(bad) - len(top)} more" if len(bad) > len(top) else ""
                 raise LabelError(
-                    f"{source}: {int((~known).sum())} pixels have {len(bad)} colours outside "
+                    f"{source}: {int((~known).sum())} pixels have {len(bad)} "
+                    f"colour{'s' if len(bad) != 1 else ''} outside "
                     f"the {self.name} palette: {listed}{more}. Lossy compression or "
                     "anti-aliasing? Pass --unknown-colors ignore to map them to ignore."
                 )

@@ -162,7 +162,7 @@ def test_joins_an_existing_cluster_by_address(tmp_path, shared_data, monkeypatch
              "--scheduler", cluster.scheduler_address],
         )  # fmt: skip
         assert res.exit_code == 2
-        assert "--workers size the local Dask cluster; with --scheduler tcp://" in res.output
+        assert "--workers sizes the local Dask cluster; with --scheduler tcp://" in res.output
     assert_same_tile(tmp_path / "mem.zarr", tmp_path / "bw.zarr")
     assert not (tmp_path / "elsewhere" / "bw.zarr").exists()
 
@@ -189,6 +189,7 @@ def test_a_port_that_is_not_a_dask_scheduler_fails_in_time(tmp_path, monkeypatch
     assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in res.output
     assert "Traceback" not in res.output
     assert elapsed < 15
+    assert not (tmp_path / "s").exists()  # the store this run created is removed again
 
 
 def test_memory_limit_is_checked_before_anything_is_written(tmp_path):
@@ -196,6 +197,7 @@ def test_memory_limit_is_checked_before_anything_is_written(tmp_path):
     out = tmp_path / "s.zarr"
     for value, message in [
         ("lots", "--memory-limit must be a positive size such as '2GB'"),
+        ("150%", "--memory-limit must be a positive size"),
         ("-1", "--memory-limit must be a positive size"),
     ]:
         res = CliRunner().invoke(
@@ -214,6 +216,15 @@ def test_memory_limit_is_checked_before_anything_is_written(tmp_path):
 
 def test_dask_only_options_without_dask_are_refused(tmp_path):
     path = write_isprs_tile(tmp_path, "area1.tif", np.zeros((64, 64), int))
+    res = CliRunner().invoke(
+        main,
+        ["run", str(path), "--out", str(tmp_path / "s"), "--dask", "--scheduler", "synchronous",
+         "--workers", "2"],
+    )  # fmt: skip
+    assert res.exit_code == 2
+    assert "--workers sizes the local Dask cluster; with --scheduler synchronous the blocks" in (
+        res.output
+    )
     res = CliRunner().invoke(
         main, ["run", str(path), "--out", str(tmp_path / "s"), "--block", "512"]
     )

@@ -151,6 +151,8 @@ def test_write_geotiff_round_trips(tmp_path, transform, crs, tags):
     np.testing.assert_array_equal(values[0], data)
 
 
+# rasterio's own window_transform still multiplies an Affine with `*` (deprecated there)
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 def test_shift_georef_matches_rasterio_window_transform(tmp_path):
     for t in (T_UTM, T_ROT):
         src = _write_rio(tmp_path / "s.tif", np.zeros((H, W), np.uint8), t, UTM32N)
