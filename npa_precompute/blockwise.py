@@ -39,6 +39,7 @@ import numpy as np
 from npa_precompute._kernels import band_sums, valid_min_max
 from npa_precompute.affinity import affinity_maps
 from npa_precompute.io import InputError, Raster
+from npa_precompute.transforms import weights_attrs, weights_name
 
 __all__ = [
     "DaskOptions",
@@ -279,7 +280,6 @@ def _open(store: str, tile_id: str, name: str):
 def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -> dict:
     """One block: read with halo, decode, Eq. 1 for every k, write label/image/counts/weights."""
     from npa_precompute.presets import LabelError
-    from npa_precompute.transforms import weights_name
 
     _set_threads(threads)
     r0, r1, c0, c1 = win
@@ -331,16 +331,12 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
 
 def _norm_pass(store, tile_id, cfg, win, ranges, threads) -> None:
     """One block of ``norm`` weights (Eq. 2) from the stored counts and the tile's range."""
-    from npa_precompute.transforms import weights_name
-
     _set_threads(threads)
     r0, r1, c0, c1 = win
     ignore = _open(store, tile_id, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
+    norms = [t for t in cfg.transforms if t.kind == "norm"]
     for i, k in enumerate(cfg.ks):
-        norms = [t for t in cfg.transforms if t.kind == "norm"]
-        if not norms:
-            return
         a = _open(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1]
         for t in norms:
             w = t.apply(a, ignore, dtype=dtype, value_range=ranges[i])
@@ -401,6 +397,7 @@ def process_tile_blockwise(
     client,
     opts: DaskOptions,
     label: Raster | None = None,
+    image: Raster | None = None,
     progress: Callable[[], None] | None = None,
 ) -> dict:
     """Compute and write one tile block by block; returns {"tile", "pixels", "kernel_seconds"}.
@@ -413,7 +410,8 @@ def process_tile_blockwise(
     source : the tile's source attrs (paths and sha256)
     client : ``distributed.Client`` or None (in this process, block after block)
     opts : :class:`DaskOptions`; ``opts.block`` must be a multiple of ``cfg.chunk``
-    label : the label opened as a :class:`~npa_precompute.io.Raster` (opened here if None)
+    label, image : the label and image opened as :class:`~npa_precompute.io.Raster`
+        (opened here if None)
     progress : called after each block's task
 
     Raises
@@ -428,7 +426,6 @@ def process_tile_blockwise(
     from npa_precompute.affinity import affinity_dtype
     from npa_precompute.geo import tile_georef
     from npa_precompute.store import create_tile, mark_complete, open_store
-    from npa_precompute.transforms import weights_name
 
     if opts.block % cfg.chunk:
         raise ValueError(
@@ -436,7 +433,8 @@ def process_tile_blockwise(
             "task writes whole shards of the store"
         )
     label = label if label is not None else Raster(src.label, role="label")
-    image = Raster(src.image, role="image") if src.image is not None else None
+    if image is None and src.image is not None:
+        image = Raster(src.image, role="image")
     if image is not None and image.shape[:2] != label.shape[:2]:
         raise InputError(
             f"tile {src.tile_id!r}: image {src.image} has shape {image.shape[:2]} but label "
@@ -445,7 +443,6 @@ def process_tile_blockwise(
     shape = label.shape[:2]
     kmax = max(cfg.ks)
     preset = cfg.preset
-    label_dtype = np.uint8 if max(preset.ignore_index, preset.num_classes - 1) <= 255 else np.uint16
     attrs = {
         "tile_id": src.tile_id,
         "shape": list(shape),
@@ -461,18 +458,11 @@ def process_tile_blockwise(
         root,
         src.tile_id,
         shape=shape,
-        label_dtype=np.dtype(label_dtype),
+        label_dtype=preset.label_dtype,
         ignore_index=preset.ignore_index,
         image=(image.shape[2], image.dtype) if image is not None else None,
         affinity=dict.fromkeys(cfg.ks, aff_dtype),
-        weights=[
-            (
-                weights_name(k, t),
-                {"k": int(k), "transform": t.spec, "transform_params": t.to_dict()},
-            )
-            for k in cfg.ks
-            for t in cfg.transforms
-        ],
+        weights=[(weights_name(k, t), weights_attrs(k, t)) for k in cfg.ks for t in cfg.transforms],
         weight_dtype=np.dtype(cfg.weight_dtype),
         attrs=attrs,
         chunk=cfg.chunk,

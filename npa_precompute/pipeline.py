@@ -45,7 +45,12 @@ from npa_precompute.store import (
     open_store,
     write_tile,
 )
-from npa_precompute.transforms import WeightTransform, parse_transform, weights_name
+from npa_precompute.transforms import (
+    WeightTransform,
+    parse_transform,
+    weights_attrs,
+    weights_name,
+)
 
 __all__ = ["PrecomputeConfig", "RunSummary", "process_tile", "run_precompute"]
 
@@ -150,8 +155,8 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
     def weights() -> Iterable[tuple[str, np.ndarray, dict]]:
         for i, k in enumerate(cfg.ks):
             for t in cfg.transforms:
-                attrs = {"k": int(k), "transform": t.spec, "transform_params": t.to_dict()}
-                yield weights_name(k, t), t.apply(aff[i], ignore, dtype=dtype), attrs
+                w = t.apply(aff[i], ignore, dtype=dtype)
+                yield weights_name(k, t), w, weights_attrs(k, t)
 
     attrs = {
         "tile_id": src.tile_id,
@@ -218,13 +223,22 @@ def _remove_store(path: Path, *, keep_folder: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _check_blockwise(sources: Sequence[TileSource], cfg, opts: DaskOptions) -> None:
-    """Before any store is touched: warn about inputs read whole, refuse a too-low limit."""
+def _open_rasters(
+    sources: Sequence[TileSource], cfg, opts: DaskOptions
+) -> dict[str, tuple[Raster, Raster | None]]:
+    """Before any store is touched: open every tile's label and image for window reads,
+    warn about inputs read whole, refuse a too-low memory limit."""
     from npa_precompute.blockwise import check_memory_limit
 
-    labels = [Raster(src.label, role="label") for src in sources]
-    images = [Raster(src.image, role="image") for src in sources if src.image]
-    for r in labels + images:
+    rasters = {
+        src.tile_id: (
+            Raster(src.label, role="label"),
+            Raster(src.image, role="image") if src.image else None,
+        )
+        for src in sources
+    }
+    images = [image for _, image in rasters.values() if image is not None]
+    for r in [label for label, _ in rasters.values()] + images:
         if not r.windowed:
             warnings.warn(
                 f"{r.path} has no windowed reads (a PNG, or a TIFF stored as one strip): "
@@ -234,16 +248,17 @@ def _check_blockwise(sources: Sequence[TileSource], cfg, opts: DaskOptions) -> N
                 stacklevel=4,
             )
     check_memory_limit(opts, cfg, max((r.shape[2] for r in images), default=0))
+    return rasters
 
 
-def _run_blockwise(store, todo, cfg, opts, summary: RunSummary, progress) -> None:
+def _run_blockwise(store, todo, cfg, opts, rasters, summary: RunSummary, progress) -> None:
     from npa_precompute.blockwise import count_blocks, dask_client, process_tile_blockwise
 
-    rasters = [Raster(src.label, role="label") for src, _ in todo]
-    total = sum(count_blocks(r, cfg, opts.block) for r in rasters)
+    total = sum(count_blocks(rasters[src.tile_id][0], cfg, opts.block) for src, _ in todo)
     done = 0
     with dask_client(opts) as client:
-        for (src, source), raster in zip(todo, rasters, strict=True):
+        for src, source in todo:
+            label, image = rasters[src.tile_id]
 
             def tick(tile=src.tile_id) -> None:
                 nonlocal done
@@ -252,8 +267,9 @@ def _run_blockwise(store, todo, cfg, opts, summary: RunSummary, progress) -> Non
                     progress(done, total, tile)
 
             r = process_tile_blockwise(
-                store, src, cfg, source, client=client, opts=opts, label=raster, progress=tick
-            )
+                store, src, cfg, source, client=client, opts=opts, label=label, image=image,
+                progress=tick,
+            )  # fmt: skip
             summary.written.append(r["tile"])
             summary.pixels += r["pixels"]
             summary.kernel_seconds += r["kernel_seconds"]
@@ -343,8 +359,7 @@ def run_precompute(
         )
     cfg = PrecomputeConfig(preset_obj, ks, parsed, weight_dtype, unknown_colors, chunk)
     sources = discover_tiles(labels, images, preset=preset)
-    if dask is not None:
-        _check_blockwise(sources, cfg, dask)
+    rasters = _open_rasters(sources, cfg, dask) if dask is not None else {}
 
     info = {**preset_obj.to_attrs(), "created_by": f"npaloss {__version__}"}
     path = Path(out)
@@ -382,7 +397,7 @@ def run_precompute(
         if todo:
             drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
         if dask is not None:
-            _run_blockwise(store, todo, cfg, dask, summary, progress)
+            _run_blockwise(store, todo, cfg, dask, rasters, summary, progress)
         elif workers == 1 or total <= 1:
             for i, (src, source) in enumerate(todo):
                 r = process_tile(store, src, cfg, source)

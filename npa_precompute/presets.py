@@ -70,6 +70,13 @@ class Preset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def label_dtype(self) -> np.dtype:
+        """dtype of decoded labels: uint8, or uint16 when the ignore value or a class index
+        exceeds 255."""
+        top = max(self.ignore_index, self.num_classes - 1)
+        return np.dtype(np.uint8 if top <= 255 else np.uint16)
+
     def to_attrs(self) -> dict:
         """JSON-ready description stored in the weight store's root attrs."""
         return {
@@ -113,7 +120,7 @@ class Preset:
             raise ValueError(
                 f"`unknown_colors` must be 'error' or 'ignore', got {unknown_colors!r}"
             )
-        out_dtype = np.uint8 if max(self.ignore_index, self.num_classes - 1) <= 255 else np.uint16
+        out_dtype = self.label_dtype
         if self.palette is not None:
             return self._decode_rgb(raw, source, unknown_colors).astype(out_dtype, copy=False)
         if raw.ndim != 2:

@@ -26,7 +26,7 @@ import numpy as np
 
 from npa_precompute._kernels import gather_weights, valid_min_max
 
-__all__ = ["DEFAULT_L", "WeightTransform", "parse_transform", "weights_name"]
+__all__ = ["DEFAULT_L", "WeightTransform", "parse_transform", "weights_attrs", "weights_name"]
 
 #: Weight margin used when a spec leaves ``L`` out (the paper's best, Table 2).
 DEFAULT_L = 0.5
@@ -233,6 +233,11 @@ def parse_transform(spec: str | WeightTransform) -> WeightTransform:
         return WeightTransform(kind, L=params.get("L", DEFAULT_L), a=params.get("a", 10.0))
     except ValueError as exc:
         raise ValueError(f"{exc} in transform {spec!r}") from None
+
+
+def weights_attrs(k: int, transform: WeightTransform) -> dict:
+    """Attrs of a weights array in the store: ``{"k", "transform", "transform_params"}``."""
+    return {"k": int(k), "transform": transform.spec, "transform_params": transform.to_dict()}
 
 
 def weights_name(k: int, transform: WeightTransform | str) -> str:
