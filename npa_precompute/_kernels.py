@@ -379,3 +379,27 @@ def band_sums(image, sums, squares):
                 v = np.uint64(image[x, y, b])
                 sums[b] += v
                 squares[b] += v * v
+
+
+@njit(cache=True)
+def gather_masked(aff, label, ignore_value, table, out):
+    """out = table[aff], 0 where label == ignore_value; 1-D arrays, one thread.
+
+    The weights of a window derived from its counts (:mod:`npa_precompute.derived`).
+    Returns the number of non-ignore pixels whose count lies past the table (left 0):
+    none unless the counts disagree with the tile's recorded range.
+    """
+    n = aff.shape[0]
+    m = table.shape[0]
+    bad = 0
+    for i in range(n):
+        if label[i] == ignore_value:
+            out[i] = 0
+        else:
+            a = aff[i]
+            if a < m:
+                out[i] = table[a]
+            else:
+                out[i] = 0
+                bad += 1
+    return bad

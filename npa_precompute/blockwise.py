@@ -315,13 +315,14 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
         squares = np.zeros(img.shape[2], dtype=np.uint64)
         band_sums(img, sums, squares)
         out["band_sums"], out["band_squares"] = sums, squares
+    stored = cfg.stored_pairs()
     for i, k in enumerate(cfg.ks):
         a = np.ascontiguousarray(aff[i][inner])
         _open(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1] = a
         lo, hi = valid_min_max(a, ignore)
         out["ranges"].append((int(lo), int(hi)))
         for t in cfg.transforms:
-            if t.kind != "norm":
+            if t.kind != "norm" and (k, t) in stored:
                 name = weights_name(k, t)
                 _open(store, tile_id, f"weights/{name}")[r0:r1, c0:c1] = t.apply(
                     a, ignore, dtype=dtype
@@ -335,8 +336,11 @@ def _norm_pass(store, tile_id, cfg, win, ranges, threads) -> None:
     r0, r1, c0, c1 = win
     ignore = _open(store, tile_id, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
-    norms = [t for t in cfg.transforms if t.kind == "norm"]
+    stored = cfg.stored_pairs()
     for i, k in enumerate(cfg.ks):
+        norms = [t for t in cfg.transforms if t.kind == "norm" and (k, t) in stored]
+        if not norms:
+            continue
         a = _open(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1]
         for t in norms:
             w = t.apply(a, ignore, dtype=dtype, value_range=ranges[i])
@@ -385,7 +389,7 @@ def check_memory_limit(opts: DaskOptions, cfg, image_bands: int = 0) -> None:
 def count_blocks(label: Raster, cfg, block: int) -> int:
     """Tasks a tile needs: one per block, twice when a ``norm`` transformation is asked for."""
     n = len(block_grid(label.shape[:2], block))
-    return 2 * n if any(t.kind == "norm" for t in cfg.transforms) else n
+    return 2 * n if any(t.kind == "norm" for _, t in cfg.stored_pairs()) else n
 
 
 def process_tile_blockwise(
@@ -462,7 +466,7 @@ def process_tile_blockwise(
         ignore_index=preset.ignore_index,
         image=(image.shape[2], image.dtype) if image is not None else None,
         affinity=dict.fromkeys(cfg.ks, aff_dtype),
-        weights=[(weights_name(k, t), weights_attrs(k, t)) for k in cfg.ks for t in cfg.transforms],
+        weights=[(weights_name(k, t), weights_attrs(k, t)) for k, t in cfg.stored_pairs()],
         weight_dtype=np.dtype(cfg.weight_dtype),
         attrs=attrs,
         chunk=cfg.chunk,
@@ -492,7 +496,7 @@ def process_tile_blockwise(
                 sums += r["band_sums"]
                 squares += r["band_squares"]
     ranges = [(0 if a is None else a, b) for a, b in zip(lo, hi, strict=True)]
-    if any(t.kind == "norm" for t in cfg.transforms):
+    if any(t.kind == "norm" for _, t in cfg.stored_pairs()):
         calls2 = [(store, src.tile_id, cfg, b, ranges, threads) for b in blocks]
         for _ in _tasks(client, _norm_pass, calls2, progress):
             pass
@@ -500,6 +504,8 @@ def process_tile_blockwise(
     final = {
         "ignore_fraction": float(ignored / n),
         "class_pixels": class_pixels.astype(int).tolist(),
+        "count_range": {str(k): list(r) for k, r in zip(cfg.ks, ranges, strict=True)},
+        "stored_weights": sorted(weights_name(k, t) for k, t in cfg.stored_pairs()),
     }
     if sums is not None:
         final.update(stats_from_sums(sums, squares, n))

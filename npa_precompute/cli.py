@@ -107,18 +107,25 @@ def main() -> None:
     help="With --dask: memory limit per local worker, e.g. 2GB (default: Dask's share).",
 )
 @click.option(
+    "--store-weights/--no-store-weights",
+    default=True,
+    show_default=True,
+    help="Write a weights array per k and transform, or only the counts (about a third of the "
+    "bytes): readers then derive any transform of a stored k from them, bit for bit.",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Recompute tiles that are already current; recreate a store made with other settings.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, ignore_index,
-        unknown_colors, chunk, workers, use_dask, block, scheduler, memory_limit, overwrite,
-        quiet):  # fmt: skip
+        unknown_colors, chunk, workers, use_dask, block, scheduler, memory_limit, store_weights,
+        overwrite, quiet):  # fmt: skip
     """Compute affinity maps and weights for whole label tiles LABELS (files, folders, globs).
 
     Re-running skips tiles whose files and parameters are unchanged; an interrupted
-    tile is recomputed.
+    tile is recomputed. More k or transforms than a tile holds are added to it in place.
     """
     from tqdm import tqdm
 
@@ -157,6 +164,7 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             overwrite=overwrite,
             progress=progress,
             dask=dask,
+            store_weights=store_weights,
         )
     except _USER_ERRORS as exc:
         message = str(exc)

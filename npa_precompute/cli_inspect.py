@@ -33,18 +33,29 @@ _WINDOW = click.option(
 @_STORE
 @click.option("--tile", default=None, help="Only this tile (default: every tile).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect_cmd(store: str, tile: str | None, as_json: bool) -> None:
+@click.option(
+    "--weights",
+    "weights",
+    multiple=True,
+    metavar="NAME",
+    help="Also report these weights (any transform of a stored k, e.g. k16_norm_L0, or "
+    "multi-scale ms_k8-16-32_log10_L0.5), derived from the counts. Repeatable or "
+    "comma-separated.",
+)
+def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str, ...]) -> None:
     """Tiles and arrays of STORE: layout, size on disk and weight statistics.
 
     Per array: shape, dtype, chunks, k, transformation, bytes of its chunk files
     and compression ratio. Per weights array (non-ignore pixels): min, p50, p90,
     p99, max, mean, share at the minimum, and the mean weight per class, at class
-    boundaries and inside regions. Incomplete tiles are listed without statistics.
+    boundaries and inside regions. Named weights that are not stored are derived from
+    the counts ("derived"). Incomplete tiles are listed without statistics.
     """
     from npa_precompute.inspect import format_inspect, inspect_store
 
+    names = [n.strip() for item in weights for n in item.split(",") if n.strip()]
     try:
-        report = inspect_store(store, tile)
+        report = inspect_store(store, tile, weights=names)
     except _USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
@@ -58,8 +69,9 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool) -> None:
     "arrays",
     multiple=True,
     metavar="NAME",
-    help="Weights (k32_log10_L0.5) or affinity (affinity/k32) arrays to show. Repeatable, "
-    "or comma-separated. Default: every k of the tile's first transformation.",
+    help="Weights (k32_log10_L0.5; any transform of a stored k, or ms_k8-16-32_log10_L0.5, "
+    "derived from the counts when not stored) or affinity (affinity/k32) arrays to show. "
+    "Repeatable, or comma-separated. Default: every k of the tile's first transformation.",
 )
 @_WINDOW
 @click.option(
@@ -96,7 +108,8 @@ def show_cmd(store, tile, arrays, window, out, backend, dpi) -> None:
     "array",
     required=True,
     metavar="NAME",
-    help="label, image, affinity/k32 (or k32), or a weights name such as k32_log10_L0.5.",
+    help="label, image, affinity/k32 (or k32), or a weights name such as k32_log10_L0.5 "
+    "(stored, or derived from the counts: any transform of a stored k, ms_k8-16-32_...).",
 )
 @_WINDOW
 @click.option(

@@ -163,6 +163,7 @@ def export_array(
                                      rows.stop - rows.start],
                 "k": ref.k,
                 "transform": ref.transform,
+                "derived": ref.derived,
                 "classes": info.get("classes") if ref.kind == "label" else None,
                 "ignore_index": ignore,
             }

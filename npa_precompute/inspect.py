@@ -22,12 +22,15 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from npa_precompute.derived import DerivedWeights, parse_weights_name
 from npa_precompute.store import (
     StoreError,
     Tile,
     consolidate_store,
+    leftover_arrays,
     list_tiles,
     open_store,
+    open_tile,
     store_info,
 )
 
@@ -62,9 +65,11 @@ class ArrayRef:
     kind : {"label", "image", "affinity", "weights"}
     array : zarr.Array
     k : int or None
-        Search region of ``affinity`` and ``weights`` arrays.
+        Search region of ``affinity`` and ``weights`` arrays (None for multi-scale weights).
     transform : str or None
         Canonical transform spec of ``weights`` arrays (e.g. ``"log10:L=0.5"``).
+    derived : bool
+        True for weights computed from the counts when read (not stored).
     """
 
     path: str
@@ -72,6 +77,7 @@ class ArrayRef:
     array: zarr.Array
     k: int | None = None
     transform: str | None = None
+    derived: bool = False
 
     @property
     def name(self) -> str:
@@ -94,7 +100,8 @@ def resolve_array(tile: Tile, name: str) -> ArrayRef:
         From :func:`npa_precompute.store.open_tile`.
     name : str
         ``"label"``, ``"image"``, ``"affinity/k32"`` (or the shorthand ``"k32"``), a
-        weights name such as ``"k32_log10_L0.5"`` (or ``"weights/k32_log10_L0.5"``).
+        weights name such as ``"k32_log10_L0.5"`` (or ``"weights/k32_log10_L0.5"``): stored,
+        or derived from the counts (any transformation of a stored k, ``ms_k8-16-32_...``).
 
     Returns
     -------
@@ -105,7 +112,8 @@ def resolve_array(tile: Tile, name: str) -> ArrayRef:
     TypeError
         If ``name`` is not a string.
     StoreError
-        If the tile has no such array (the message lists the arrays it has).
+        If the tile has no such array (the message lists the arrays it has), or weights of
+        a k whose counts it lacks (the message says how to add them).
     """
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a string, got {type(name).__name__}")
@@ -119,8 +127,13 @@ def resolve_array(tile: Tile, name: str) -> ArrayRef:
         k = int(short[1:])
         return ArrayRef(f"affinity/k{k}", "affinity", tile.affinity(k), k=k)
     wname = text.removeprefix("weights/")
-    if wname in tile.weight_names:
-        arr = tile.weights(wname)
+    try:
+        wname = parse_weights_name(wname).name
+        is_weights = True
+    except ValueError:
+        is_weights = wname in tile.stored_weight_names
+    if is_weights:
+        arr = tile.weights(wname)  # derived from the counts when not stored
         k = arr.attrs.get("k")
         return ArrayRef(
             f"weights/{wname}",
@@ -128,6 +141,7 @@ def resolve_array(tile: Tile, name: str) -> ArrayRef:
             arr,
             k=None if k is None else int(k),
             transform=arr.attrs.get("transform"),
+            derived=isinstance(arr, DerivedWeights),
         )
     raise StoreError(
         f"tile {tile.tile_id!r} has no array {name!r}; available: {', '.join(_available(tile))}"
@@ -317,6 +331,24 @@ def _array_entry(store_path: Path, arr: zarr.Array, path: str, kind: str) -> dic
     }
 
 
+def _derived_entry(ref: ArrayRef) -> dict:
+    arr = ref.array
+    return {
+        "path": ref.path,
+        "kind": "weights",
+        "derived": True,
+        "shape": list(arr.shape),
+        "dtype": str(arr.dtype),
+        "chunks": [],
+        "dimension_names": ["y", "x"],
+        "k": ref.k,
+        "transform": ref.transform,
+        "nbytes": int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize,
+        "stored_bytes": 0,
+        "compression_ratio": None,
+    }
+
+
 def _tile_arrays(store_path: Path, group: zarr.Group) -> list[tuple[str, str, zarr.Array]]:
     out = []
     for name in ("label", "image"):
@@ -339,6 +371,7 @@ def inspect_store(
     tile: str | None = None,
     *,
     percentiles: tuple[int, ...] = PERCENTILES,
+    weights: list[str] | tuple[str, ...] = (),
 ) -> dict:
     """Layout, storage and weight statistics of a weight store, as a JSON-ready dict.
 
@@ -352,6 +385,10 @@ def inspect_store(
         Only this tile (default: every tile).
     percentiles : tuple of int, keyword-only
         Default :data:`PERCENTILES` (50, 90, 99).
+    weights : weights names, keyword-only
+        Also report these (any transformation of a stored k, multi-scale names), derived
+        from the counts where not stored. Each tile's named weights that are not stored
+        are always reported, derived.
 
     Returns
     -------
@@ -363,12 +400,15 @@ def inspect_store(
         "chunks", "dimension_names", "k", "transform", "nbytes", "stored_bytes",
         "compression_ratio"}`` (bytes of the chunk files on disk; ratio None when no
         chunk was written), and weights arrays of complete tiles ``"stats"`` from
-        :func:`weight_stats`. Incomplete tiles list their arrays without stats.
+        :func:`weight_stats`. Derived weights have ``"derived": True`` and 0 bytes; arrays
+        left by an interrupted grow (not part of the tile) have kind ``"leftover"``.
+        Incomplete tiles list their arrays without stats.
 
     Raises
     ------
     StoreError
-        Not a weight store, or an unknown ``tile`` (the message lists the tiles).
+        Not a weight store, an unknown ``tile`` (the message lists the tiles), or a name
+        of ``weights`` that a tile cannot give (a k without counts).
     """
     store_path = Path(path)
     root = open_store(store_path)
@@ -386,6 +426,9 @@ def inspect_store(
         attrs = dict(g.attrs)
         complete = attrs.get("complete") is True
         arrays = _tile_arrays(store_path, g)
+        if complete:
+            leftovers = set(leftover_arrays(g))
+            arrays = [(p, "leftover" if p in leftovers else kind, a) for p, kind, a in arrays]
         entry = {
             "tile": tid,
             "complete": complete,
@@ -393,6 +436,15 @@ def inspect_store(
             "arrays": [_array_entry(store_path, a, p, kind) for p, kind, a in arrays],
         }
         if complete:
+            t = open_tile(root, tid)
+            stored = set(t.stored_weight_names)
+            extra = [n for n in t.weight_names if n not in stored]
+            extra += [n for n in weights if n not in extra]
+            for name in extra:
+                ref = resolve_array(t, name)
+                if ref.derived and ref.path not in [e["path"] for e in entry["arrays"]]:
+                    arrays.append((ref.path, "weights", ref.array))
+                    entry["arrays"].append(_derived_entry(ref))
             label = g["label"][...]
             valid = label != ignore
             counts = np.bincount(label[valid].astype(np.int64).ravel(), minlength=len(classes))
@@ -497,15 +549,16 @@ def format_inspect(report: dict) -> str:
         rows = []
         for a in t["arrays"]:
             ratio = a["compression_ratio"]
+            leftover = " (leftover of an interrupted grow)" if a["kind"] == "leftover" else ""
             rows.append(
                 [
-                    a["path"],
+                    a["path"] + leftover,
                     "x".join(map(str, a["shape"])),
                     a["dtype"],
-                    "x".join(map(str, a["chunks"])),
+                    "x".join(map(str, a["chunks"])) or "-",
                     "-" if a["k"] is None else str(a["k"]),
                     a["transform"] or "-",
-                    _fmt_bytes(a["stored_bytes"]),
+                    "derived" if a.get("derived") else _fmt_bytes(a["stored_bytes"]),
                     "-" if ratio is None else f"{ratio:.1f}",
                 ]
             )

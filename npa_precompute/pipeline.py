@@ -16,13 +16,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from npa_precompute import __version__
-from npa_precompute._kernels import band_sums
+from npa_precompute._kernels import band_sums, valid_min_max
 from npa_precompute.affinity import affinity_maps, parse_ks
 from npa_precompute.blockwise import DaskOptions, stats_from_sums
 from npa_precompute.geo import tile_georef
@@ -65,6 +65,17 @@ class PrecomputeConfig:
     weight_dtype: str = "float32"
     unknown_colors: str = "error"
     chunk: int = 256
+    #: weights arrays to materialize: True every k x transform, False none (counts only,
+    #: the weights are derived when read), or a tuple of weights names
+    store_weights: bool | tuple[str, ...] = True
+
+    def stored_pairs(self) -> list[tuple[int, WeightTransform]]:
+        """(k, transformation) of the weights arrays a tile written with this config holds."""
+        pairs = [(k, t) for k in self.ks for t in self.transforms]
+        if self.store_weights is True:
+            return pairs
+        names = set(self.store_weights or ())
+        return [(k, t) for k, t in pairs if weights_name(k, t) in names]
 
     def params(self) -> dict:
         return {
@@ -84,6 +95,7 @@ class RunSummary:
     store: str
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    grown: list[str] = field(default_factory=list)
     pixels: int = 0
     seconds: float = 0.0
     kernel_seconds: float = 0.0
@@ -93,8 +105,10 @@ class RunSummary:
         return self.pixels / self.seconds / 1e6 if self.seconds > 0 else float("nan")
 
     def text(self) -> str:
+        grown = f", {len(self.grown)} grown in place" if self.grown else ""
         return (
-            f"{len(self.written)} tile(s) written, {len(self.skipped)} up to date and skipped; "
+            f"{len(self.written)} tile(s) written{grown}, {len(self.skipped)} up to date and "
+            "skipped; "
             f"{self.pixels / 1e6:.2f} Mpix in {self.seconds:.1f} s "
             f"({self.mpix_per_s:.1f} Mpix/s; affinity kernel {self.kernel_seconds:.1f} s summed "
             f"over tiles) -> "
@@ -109,14 +123,6 @@ def _source_attrs(src: TileSource) -> dict:
         "image_path": str(src.image) if src.image else None,
         "image_sha256": file_sha256(src.image) if src.image else None,
     }
-
-
-def _is_current(attrs: dict, source: dict, params: dict) -> bool:
-    return (
-        attrs.get("complete") is True
-        and attrs.get("source") == source
-        and attrs.get("params") == params
-    )
 
 
 def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dict) -> dict:
@@ -151,12 +157,15 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
     kernel_s = time.perf_counter() - t0
     ignore = label == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
+    ranges = {k: tuple(int(v) for v in valid_min_max(aff[i], ignore)) for i, k in enumerate(cfg.ks)}
+    stored = cfg.stored_pairs()
 
     def weights() -> Iterable[tuple[str, np.ndarray, dict]]:
         for i, k in enumerate(cfg.ks):
             for t in cfg.transforms:
-                w = t.apply(aff[i], ignore, dtype=dtype)
-                yield weights_name(k, t), w, weights_attrs(k, t)
+                if (k, t) in stored:
+                    w = t.apply(aff[i], ignore, dtype=dtype, value_range=ranges[k])
+                    yield weights_name(k, t), w, weights_attrs(k, t)
 
     attrs = {
         "tile_id": src.tile_id,
@@ -169,6 +178,8 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
         .astype(int)
         .tolist(),
         "georef": georef,
+        "count_range": {str(k): list(r) for k, r in ranges.items()},
+        "stored_weights": sorted(weights_name(k, t) for k, t in stored),
         **stats,
     }
     root = open_store(store, mode="r+")
@@ -184,6 +195,12 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
         chunk=cfg.chunk,
     )
     return {"tile": src.tile_id, "pixels": int(label.size), "kernel_seconds": kernel_s}
+
+
+def _grow_job(store: str, tile_id: str, cfg, new_ks, new_weights) -> dict:
+    from npa_precompute.grow import grow_tile
+
+    return grow_tile(store, tile_id, cfg, new_ks, new_weights)
 
 
 def image_stats(image: np.ndarray) -> dict:
@@ -251,13 +268,17 @@ def _open_rasters(
     return rasters
 
 
-def _run_blockwise(store, todo, cfg, opts, rasters, summary: RunSummary, progress) -> None:
+def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progress) -> None:
     from npa_precompute.blockwise import count_blocks, dask_client, process_tile_blockwise
+    from npa_precompute.grow import grow_blocks, grow_tile
 
-    total = sum(count_blocks(rasters[src.tile_id][0], cfg, opts.block) for src, _ in todo)
+    total = sum(count_blocks(rasters[src.tile_id][0], c, opts.block) for src, _, c in todo)
+    total += sum(grow_blocks(rasters[src.tile_id][0].shape[:2], opts.block, nw)
+                 for src, _, _, nw in grow)  # fmt: skip
     done = 0
+    threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.scheduler is None else None
     with dask_client(opts) as client:
-        for src, source in todo:
+        for src, source, tile_cfg in todo:
             label, image = rasters[src.tile_id]
 
             def tick(tile=src.tile_id) -> None:
@@ -267,12 +288,62 @@ def _run_blockwise(store, todo, cfg, opts, rasters, summary: RunSummary, progres
                     progress(done, total, tile)
 
             r = process_tile_blockwise(
-                store, src, cfg, source, client=client, opts=opts, label=label, image=image,
+                store, src, tile_cfg, source, client=client, opts=opts, label=label, image=image,
                 progress=tick,
             )  # fmt: skip
             summary.written.append(r["tile"])
             summary.pixels += r["pixels"]
             summary.kernel_seconds += r["kernel_seconds"]
+        for src, tile_cfg, new_ks, new_weights in grow:
+
+            def tick(tile=src.tile_id) -> None:
+                nonlocal done
+                done += 1
+                if progress:
+                    progress(done, total, tile)
+
+            r = grow_tile(store, src.tile_id, tile_cfg, new_ks, new_weights, client=client,
+                          block=opts.block, threads=threads, progress=tick)  # fmt: skip
+            summary.grown.append(r["tile"])
+            summary.pixels += r["pixels"]
+            summary.kernel_seconds += r["kernel_seconds"]
+
+
+#: params that a tile and a run must share for the tile to be grown rather than recomputed
+_FIXED_PARAMS = ("weight_dtype", "unknown_colors", "chunk", "preset")
+
+
+def _plan_tile(group, attrs: dict, source: dict, cfg: PrecomputeConfig, overwrite: bool):
+    """What a run does with one existing tile.
+
+    Returns ``(action, tile_cfg, new_ks, new_weights)``, action one of ``"write"``
+    (compute the whole tile with ``tile_cfg``), ``"grow"`` (add ``new_ks`` and the
+    weights arrays ``new_weights``; the tile's params become ``tile_cfg.params()``),
+    ``"skip"`` (current), ``"changed"`` (complete, made with another dtype, chunk or
+    decoding: an error without ``overwrite``).
+    """
+    from npa_precompute.store import _stored_weights
+
+    if overwrite or attrs.get("complete") is not True:
+        return "write", cfg, (), ()
+    old = attrs.get("params") or {}
+    params = cfg.params()
+    if any(old.get(key) != params[key] for key in _FIXED_PARAMS):
+        return "changed", None, (), ()
+    old_ks = [int(k) for k in old.get("ks") or []]
+    old_t = [parse_transform(spec) for spec in old.get("transforms") or []]
+    ks = tuple(old_ks + [k for k in cfg.ks if k not in old_ks])
+    transforms = tuple(dict.fromkeys(old_t + list(cfg.transforms)))
+    have = set(_stored_weights(group, attrs))
+    asked = [(k, t) for k, t in cfg.stored_pairs() if weights_name(k, t) not in have]
+    stored = tuple(sorted(have | {weights_name(k, t) for k, t in asked}))
+    tile_cfg = replace(cfg, ks=ks, transforms=transforms, store_weights=stored)
+    if attrs.get("source") != source:
+        return "write", tile_cfg, (), ()  # the source changed: recomputed whole
+    new_ks = tuple(k for k in cfg.ks if k not in old_ks)
+    if not new_ks and not asked and set(cfg.transforms) <= set(old_t):
+        return "skip", None, (), ()
+    return "grow", tile_cfg, new_ks, tuple(asked)
 
 
 def run_precompute(
@@ -292,6 +363,7 @@ def run_precompute(
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     dask: DaskOptions | None = None,
+    store_weights: bool = True,
 ) -> RunSummary:
     """Precompute affinity maps and weights for whole tiles into a zarr store.
 
@@ -312,13 +384,21 @@ def run_precompute(
     overwrite : recompute tiles that are already current or were made with other
         parameters (their arrays are replaced); recreate a store made with other
         preset settings. Without it a tile whose label or image file changed is
-        recomputed, and a complete tile made with other parameters is an error.
+        recomputed whole (with its k and transformations and the run's), a current tile
+        that lacks some of the run's k or weights arrays grows in place
+        (:mod:`npa_precompute.grow`: only the missing arrays are written, its params become
+        the union), and a complete tile made with another dtype, chunk or decoding is an
+        error.
     progress : callback(done, total, tile_id) after each tile (after each block with
         ``dask``)
     dask : process each tile block by block on Dask instead of whole in memory
         (:class:`npa_precompute.blockwise.DaskOptions`: block side, local cluster or
         scheduler address); bit-identical results, memory bounded by a few blocks.
         ``workers`` is then unused (``dask.workers`` sizes the local cluster).
+    store_weights : write a weights array per k and transformation (default); False
+        writes the counts only and records the transformations as the tiles' named
+        weights, which every reader derives from the counts, bit for bit
+        (:mod:`npa_precompute.derived`)
 
     Returns
     -------
@@ -357,7 +437,8 @@ def run_precompute(
             f"`block` ({dask.block}) must be a multiple of `chunk` ({chunk}): each block's "
             "task writes whole shards of the store"
         )
-    cfg = PrecomputeConfig(preset_obj, ks, parsed, weight_dtype, unknown_colors, chunk)
+    cfg = PrecomputeConfig(preset_obj, ks, parsed, weight_dtype, unknown_colors, chunk,
+                           bool(store_weights))  # fmt: skip
     sources = discover_tiles(labels, images, preset=preset)
     rasters = _open_rasters(sources, cfg, dask) if dask is not None else {}
 
@@ -369,39 +450,51 @@ def run_precompute(
     try:
         params = cfg.params()
         existing = set(list_tiles(root))
-        todo: list[tuple[TileSource, dict]] = []
+        todo: list[tuple[TileSource, dict, PrecomputeConfig]] = []
+        grow: list[tuple[TileSource, PrecomputeConfig, tuple, tuple]] = []
         summary = RunSummary(store=str(out))
         changed = []
         for src in sources:
             source = _source_attrs(src)
-            attrs = dict(root["tiles"][src.tile_id].attrs) if src.tile_id in existing else {}
-            if not overwrite and _is_current(attrs, source, params):
+            group = root["tiles"][src.tile_id] if src.tile_id in existing else None
+            attrs = dict(group.attrs) if group is not None else {}
+            action, tile_cfg, new_ks, new_weights = (
+                _plan_tile(group, attrs, source, cfg, overwrite) if group is not None
+                else ("write", cfg, (), ())
+            )  # fmt: skip
+            if action == "skip":
                 summary.skipped.append(src.tile_id)
-                continue
-            if not overwrite and attrs.get("complete") is True and attrs.get("params") != params:
+            elif action == "changed":
                 changed.append(src.tile_id)
-            todo.append((src, source))
+            elif action == "grow":
+                grow.append((src, tile_cfg, new_ks, new_weights))
+            else:
+                todo.append((src, source, tile_cfg))
         if changed:
             old = dict(root["tiles"][changed[0]].attrs)["params"]
             raise StoreError(
                 f"{len(changed)} complete tile(s) ({', '.join(changed[:5])}"
                 f"{', ...' if len(changed) > 5 else ''}) were made with other parameters "
-                f"(k {old.get('ks')}, transforms {old.get('transforms')}, dtype "
-                f"{old.get('weight_dtype')}, chunk {old.get('chunk')}); this run asks for k "
-                f"{params['ks']}, transforms {params['transforms']}, dtype "
-                f"{params['weight_dtype']}, chunk {params['chunk']}. Recomputing replaces their "
-                "arrays: pass --overwrite to do so, or write to another --out"
+                f"(dtype {old.get('weight_dtype')}, chunk {old.get('chunk')}, unknown colours "
+                f"{old.get('unknown_colors')}, preset {(old.get('preset') or {}).get('preset')}); "
+                f"this run asks for dtype {params['weight_dtype']}, chunk {params['chunk']}, "
+                f"unknown colours {params['unknown_colors']}, preset "
+                f"{params['preset']['preset']} (more k or transformations would be added in "
+                "place, but these cannot). Recomputing replaces their arrays: pass --overwrite "
+                "to do so, or write to another --out"
             )
-        total = len(todo)
+        total = len(todo) + len(grow)
         store = os.path.abspath(out)  # workers of a Dask cluster may run in another folder
-        if todo:
+        if todo or grow:
             drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
+        jobs = [(process_tile, (store, s, c, so), "written") for s, so, c in todo]
+        jobs += [(_grow_job, (store, s.tile_id, c, nk, nw), "grown") for s, c, nk, nw in grow]
         if dask is not None:
-            _run_blockwise(store, todo, cfg, dask, rasters, summary, progress)
+            _run_blockwise(store, todo, grow, dask, rasters, summary, progress)
         elif workers == 1 or total <= 1:
-            for i, (src, source) in enumerate(todo):
-                r = process_tile(store, src, cfg, source)
-                summary.written.append(r["tile"])
+            for i, (fn, args, kind) in enumerate(jobs):
+                r = fn(*args)
+                getattr(summary, kind).append(r["tile"])
                 summary.pixels += r["pixels"]
                 summary.kernel_seconds += r["kernel_seconds"]
                 if progress:
@@ -412,7 +505,7 @@ def run_precompute(
             with ProcessPoolExecutor(
                 max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
             ) as pool:
-                futures = {pool.submit(process_tile, store, s, cfg, so): s for s, so in todo}
+                futures = {pool.submit(fn, *args): kind for fn, args, kind in jobs}
                 for i, fut in enumerate(as_completed(futures)):
                     try:
                         r = fut.result()
@@ -420,7 +513,7 @@ def run_precompute(
                         for f in futures:
                             f.cancel()
                         raise
-                    summary.written.append(r["tile"])
+                    getattr(summary, futures[fut]).append(r["tile"])
                     summary.pixels += r["pixels"]
                     summary.kernel_seconds += r["kernel_seconds"]
                     if progress:
@@ -432,6 +525,7 @@ def run_precompute(
             _remove_store(path, keep_folder=existed)
         raise
     summary.written.sort()
+    summary.grown.sort()
     consolidate_store(out)  # for xarray/napari, which read the consolidated listing
     summary.seconds = time.perf_counter() - t_start
     return summary

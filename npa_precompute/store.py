@@ -39,10 +39,13 @@ __all__ = [
     "IncompleteTileError",
     "StoreError",
     "Tile",
+    "add_arrays",
+    "commit_arrays",
     "consolidate_store",
     "create_or_check_store",
     "create_tile",
     "drop_consolidated",
+    "leftover_arrays",
     "list_tiles",
     "mark_complete",
     "open_store",
@@ -329,6 +332,7 @@ class Tile:
     label : zarr.Array, (H, W) uint8|uint16
     image : zarr.Array (H, W, C) or None
     attrs : dict, the tile's attrs
+    ignore_index : int, the store's ignore value
     """
 
     tile_id: str
@@ -336,36 +340,74 @@ class Tile:
     label: zarr.Array
     image: zarr.Array | None
     attrs: dict
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        self._ranges: dict[int, tuple[int, int]] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.label.shape)
 
     @property
-    def weight_names(self) -> list[str]:
-        return sorted(self.group["weights"].array_keys()) if "weights" in self.group else []
+    def weight_dtype(self) -> np.dtype:
+        """dtype of the tile's weights (``params.weight_dtype``, float32 by default)."""
+        return np.dtype((self.attrs.get("params") or {}).get("weight_dtype") or "float32")
 
     @property
     def affinity_ks(self) -> list[int]:
-        if "affinity" not in self.group:
-            return []
-        return sorted(int(n[1:]) for n in self.group["affinity"].array_keys())
+        """k whose counts the tile holds (arrays named by the tile's params; an array left
+        half-written by an interrupted grow is not among them)."""
+        return sorted(set(_tile_ks(self.group, self.attrs)))
 
-    def weights(self, name: str) -> zarr.Array:
-        """The weights array ``name`` (e.g. ``"k32_log10_L0.5"``).
+    @property
+    def stored_weight_names(self) -> list[str]:
+        """Names of the weights arrays materialized in the store."""
+        return sorted(_stored_weights(self.group, self.attrs))
+
+    @property
+    def weight_names(self) -> list[str]:
+        """The tile's named weights: every stored array, and every k x transform of its
+        params (derived from the counts when not stored). Any other transformation of a
+        stored k can be asked for too (:meth:`weights`)."""
+        from npa_precompute.transforms import weights_name
+
+        params = self.attrs.get("params") or {}
+        names = set(self.stored_weight_names)
+        ks = self.affinity_ks
+        for spec in params.get("transforms") or []:
+            try:
+                names |= {weights_name(k, spec) for k in ks}
+            except ValueError:
+                continue
+        return sorted(names)
+
+    def weights(self, name: str):
+        """The weights ``name`` (e.g. ``"k32_log10_L0.5"``, ``"ms_k8-16-32_log10_L0.5"``).
+
+        Returns the stored ``zarr.Array`` when materialized, else a
+        :class:`~npa_precompute.derived.DerivedWeights` computed from the counts (same
+        values, bit for bit).
 
         Raises
         ------
         StoreError
-            If the tile has no such array (the message lists the ones it has).
+            Not a weights name (the message lists the tile's named weights), or no counts
+            for its k (the message lists the k the tile has and how to add more).
         """
-        names = self.weight_names
-        if name not in names:
-            raise StoreError(
-                f"tile {self.tile_id!r} has no weights {name!r}; available: "
-                f"{', '.join(names) or 'none'}"
-            )
-        return self.group["weights"][name]
+        from npa_precompute.derived import derived_weights, parse_weights_name
+
+        stored = self.stored_weight_names
+        text = name.strip().removeprefix("weights/") if isinstance(name, str) else name
+        if text in stored:
+            return self.group["weights"][text]
+        try:
+            canonical = parse_weights_name(text).name
+        except (ValueError, TypeError):
+            canonical = None
+        if canonical in stored:
+            return self.group["weights"][canonical]
+        return derived_weights(self, text)
 
     def affinity(self, k: int) -> zarr.Array:
         """Raw Eq. 1 counts for search region ``k``.
@@ -380,6 +422,102 @@ class Tile:
                 f"tile {self.tile_id!r} has no affinity for k={k}; available k: {self.affinity_ks}"
             )
         return self.group["affinity"][f"k{int(k)}"]
+
+    def count_range(self, k: int, *, compute: bool = True) -> tuple[int, int] | None:
+        """(min, max) of the counts of ``k`` over the tile's non-ignore pixels.
+
+        From the tile's ``count_range`` attr; a tile written before it was recorded has it
+        computed from the counts (the whole array is read once; None with
+        ``compute=False``). ``max < 0``: every pixel is ignored.
+        """
+        k = int(k)
+        recorded = (self.attrs.get("count_range") or {}).get(str(k))
+        if recorded is not None:
+            return int(recorded[0]), int(recorded[1])
+        if k not in self._ranges:
+            if not compute:
+                return None
+            from npa_precompute._kernels import valid_min_max
+
+            counts = np.ascontiguousarray(self.affinity(k)[...])
+            ignore = np.asarray(self.label[...]) == self.ignore_index
+            lo, hi = valid_min_max(counts, ignore)
+            self._ranges[k] = (int(lo), int(hi))
+        return self._ranges[k]
+
+
+def _tile_ks(group: zarr.Group, attrs: dict) -> list[int]:
+    """k of the counts arrays that belong to a tile (named in its params)."""
+    if "affinity" not in group:
+        return []
+    present = {int(n[1:]) for n in group["affinity"].array_keys() if n[1:].isdigit()}
+    named = (attrs.get("params") or {}).get("ks")
+    return [k for k in present if named is None or k in named]
+
+
+def _stored_weights(group: zarr.Group, attrs: dict) -> list[str]:
+    """Names of the materialized weights arrays that belong to a tile: those its
+    ``stored_weights`` attr lists (every array of the group for stores written before it)."""
+    if "weights" not in group:
+        return []
+    present = list(group["weights"].array_keys())
+    named = attrs.get("stored_weights")
+    return [n for n in present if named is None or n in named]
+
+
+def leftover_arrays(group: zarr.Group) -> list[str]:
+    """Paths (``affinity/k64``, ``weights/...``) of arrays in a tile's groups that do not
+    belong to it: written by a grow that was interrupted before its commit."""
+    attrs = dict(group.attrs)
+    out = []
+    if "affinity" in group:
+        ks = set(_tile_ks(group, attrs))
+        out += [f"affinity/{n}" for n in group["affinity"].array_keys()
+                if not (n[1:].isdigit() and int(n[1:]) in ks)]  # fmt: skip
+    if "weights" in group:
+        kept = set(_stored_weights(group, attrs))
+        out += [f"weights/{n}" for n in group["weights"].array_keys() if n not in kept]
+    return sorted(out)
+
+
+def add_arrays(
+    group: zarr.Group,
+    *,
+    shape: tuple[int, int],
+    affinity: dict[int, np.dtype],
+    weights: Iterable[tuple[str, dict]],
+    weight_dtype: np.dtype,
+    chunk: int,
+    shard: int | None = None,
+) -> None:
+    """Create new, empty counts and weights arrays in a complete tile (for a grow).
+
+    Leftovers of an interrupted grow (:func:`leftover_arrays`) are deleted first. The
+    tile's own arrays are not touched, and the new ones do not belong to it until
+    :func:`commit_arrays` names them in its attrs.
+    """
+    if "stored_weights" not in group.attrs:
+        # a tile written before stored_weights was recorded: name its arrays first, so that
+        # the new ones stay outside it until commit_arrays
+        group.attrs["stored_weights"] = _stored_weights(group, dict(group.attrs))
+    for path in leftover_arrays(group):
+        sub, name = path.split("/")
+        del group[sub][name]
+    aff = group["affinity"] if "affinity" in group else group.create_group("affinity")
+    wg = group["weights"] if "weights" in group else group.create_group("weights")
+    kw = {"shape": tuple(shape), "shard": shard}
+    for k, dt in affinity.items():
+        _create(aff, f"k{k}", None, chunk, ("y", "x"), dtype=dt, fill_value=0,
+                attributes={"k": int(k)}, **kw)  # fmt: skip
+    for name, wattrs in weights:
+        _create(wg, name, None, chunk, ("y", "x"), dtype=weight_dtype, fill_value=0.0,
+                attributes=wattrs, **kw)  # fmt: skip
+
+
+def commit_arrays(group: zarr.Group, attrs: dict) -> None:
+    """Make a grow's new arrays part of the tile: one atomic write of its attrs
+    (``params`` naming the new k, ``stored_weights`` the new weights, ``count_range``)."""
+    group.attrs.update(attrs)
 
 
 def open_tile(root: zarr.Group, tile_id: str) -> Tile:
@@ -403,7 +541,8 @@ def open_tile(root: zarr.Group, tile_id: str) -> Tile:
             "`npa-precompute run` on the same inputs to complete it"
         )
     image = g["image"] if "image" in g else None
-    return Tile(tile_id, g, g["label"], image, attrs)
+    ignore = int(store_info(root).get("ignore_index", 255))
+    return Tile(tile_id, g, g["label"], image, attrs, ignore)
 
 
 def consolidate_store(path: str | os.PathLike) -> None:

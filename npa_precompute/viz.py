@@ -329,12 +329,15 @@ def load_show_data(
 
 
 def _panel_title(ref: ArrayRef) -> str:
-    return f"k = {ref.k}" if ref.k is not None else ref.name
+    if ref.k is not None:
+        return f"k = {ref.k}"
+    ks = ref.array.attrs.get("ks") if ref.kind == "weights" else None
+    return f"mean of k = {', '.join(map(str, ks))}" if ks else ref.name
 
 
 def _hist_panel(panels: list[tuple[ArrayRef, np.ndarray]]) -> tuple[ArrayRef, np.ndarray]:
     """The panel whose k is closest to 32 (the paper's best search region)."""
-    return min(panels, key=lambda p: (abs((p[0].k if p[0].k is not None else 32) - 32), p[0].k))
+    return min(panels, key=lambda p: (p[0].k is None, abs((p[0].k or 0) - 32), p[0].k or 0))
 
 
 def _present_classes(data: ShowData) -> tuple[list[int], bool]:

@@ -21,6 +21,13 @@ Two output modes (``output``):
 Both give the same crops up to float rounding (the same random parameters, the
 same :func:`npa_train.augment.warp_windows`).
 
+Weights that the store does not hold as arrays (``npa-precompute run --no-store-weights``,
+or any other transformation of a stored k, or multi-scale ``ms_k8-16-32_...``) are
+derived from the stored counts (:mod:`npa_precompute.derived`), bit for bit the values
+the precompute would have stored: in ``"crop"`` mode in the worker, from the count
+windows it reads instead of float windows; in ``"window"`` mode on the training device,
+in :meth:`StoreCropDataset.warp` (the workers ship the 2- or 4-byte counts).
+
 Reading: the store's arrays are zarr v3 arrays whose 256² chunks sit in one shard file
 per array. zarr's general read path costs about three times the decompression itself
 for a crop's window, so windows are read straight from the shard files
@@ -41,6 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from npa_precompute.derived import DerivedWeights, TorchDeriver
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
 from npa_train.augment import (
     AugmentConfig,
@@ -280,8 +288,10 @@ class StoreCropDataset(Dataset):
     store_path : str or PathLike
         Store written by ``npa-precompute run --images ...``.
     weights_name : str or None
-        Weights array to return (e.g. ``"k32_log10_L0.5"``); None reads no weights and
-        returns weight 1 at every non-ignored pixel (0 elsewhere): plain cross-entropy.
+        Weights to return (e.g. ``"k32_log10_L0.5"``): a stored array, or any
+        transformation of a stored k or a multi-scale name (``"ms_k8-16-32_log10_L0.5"``),
+        derived from the counts; None reads no weights and returns weight 1 at every
+        non-ignored pixel (0 elsewhere): plain cross-entropy.
     augment : AugmentConfig, optional
         Default ``AugmentConfig()``: the paper's recipe with 513 × 513 crops.
         ``AugmentConfig.identity(crop)`` gives exact, unresampled crops.
@@ -308,8 +318,9 @@ class StoreCropDataset(Dataset):
     StoreError
         No store at ``store_path``; an unknown or incomplete tile in ``tiles`` (the
         message lists the tiles); no complete tile; a tile without an image; a
-        ``weights_name`` missing from a tile (the message lists the names it has);
-        tiles with different band counts or without image statistics.
+        ``weights_name`` a tile cannot give (not a weights name, or a k without counts:
+        the message lists the k it has and the command that adds them); tiles with
+        different band counts or without image statistics.
     TypeError, ValueError
         Bad ``crop``, ``length``, ``seed``, ``normalize`` or ``output``.
     """
@@ -375,9 +386,23 @@ class StoreCropDataset(Dataset):
         bands = {t.tile_id: int(t.image.shape[2]) for t in opened}
         if len(set(bands.values())) > 1:
             raise StoreError(f"tiles have different band counts: {bands}")
+        # per tile: None where the weights are stored, else the Deriver of their values
+        self._derivers: list = [None] * len(opened)
         if weights_name is not None:
-            for t in opened:
-                t.weights(weights_name)  # raises StoreError listing the names the tile has
+            for i, t in enumerate(opened):
+                w = t.weights(weights_name)  # StoreError: not a name, or a k without counts
+                if isinstance(w, DerivedWeights):
+                    self._derivers[i] = w.deriver
+        # derive on the training device ("window" mode) when every tile derives
+        self._torch_deriver = None
+        if output == "window" and opened and all(d is not None for d in self._derivers):
+            try:
+                self._torch_deriver = TorchDeriver(
+                    self._derivers[0].spec, [d.ranges for d in self._derivers],
+                    ignore_index=self.ignore_index,
+                )  # fmt: skip
+            except ValueError:  # k too large for a table on the device: derive in the workers
+                self._torch_deriver = None
         self.tiles = [t.tile_id for t in opened]
         self.shapes = [tuple(int(s) for s in t.shape) for t in opened]
         self.in_channels = next(iter(bands.values()))
@@ -408,25 +433,32 @@ class StoreCropDataset(Dataset):
             self.mean_table = torch.tensor(np.tile(self.mean, (len(self.tiles), 1)))
             self.std_table = torch.tensor(np.tile(self.std, (len(self.tiles), 1)))
         self._arrays: dict | None = None
+        self._counts: dict | None = None
         self._pid: int | None = None
 
     # -- pickling for DataLoader workers: reopen the store in each process ---------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"] = None
+        state["_counts"] = None
         state["_pid"] = None
         return state
 
     def _tile_arrays(self, tile: str):
+        """(image, label, weights) readers of a tile; weights None when derived or absent."""
         if self._arrays is None or self._pid != os.getpid():
             root = open_store(self.store_path)
-            arrays = {}
-            for tid in self.tiles:
+            arrays, counts = {}, {}
+            for i, tid in enumerate(self.tiles):
                 t = open_tile(root, tid)
-                w = t.weights(self.weights_name) if self.weights_name is not None else None
+                w = None
+                if self.weights_name is not None and self._derivers[i] is None:
+                    w = t.weights(self.weights_name)
                 arrays[tid] = tuple(None if a is None else self._reader(a)
                                     for a in (t.image, t.label, w))  # fmt: skip
-            self._arrays, self._pid = arrays, os.getpid()
+                if self._derivers[i] is not None:
+                    counts[tid] = [self._reader(t.affinity(k)) for k in self._derivers[i].spec.ks]
+            self._arrays, self._counts, self._pid = arrays, counts, os.getpid()
         return self._arrays[tile]
 
     def _reader(self, array):
@@ -458,12 +490,21 @@ class StoreCropDataset(Dataset):
         image_arr, label_arr, weight_arr = self._tile_arrays(params.tile)
         shape = self.shapes[params.tile_index]
         y0, y1, x0, x1 = params.window(shape)
-        return {
+        label = label_arr.read(y0, y1, x0, x1)
+        out = {
             "image": image_arr.read(y0, y1, x0, x1),
-            "label": label_arr.read(y0, y1, x0, x1),
+            "label": label,
             "weight": None if weight_arr is None else weight_arr.read(y0, y1, x0, x1),
             "window": (y0, y1, x0, x1),
         }
+        deriver = self._derivers[params.tile_index]
+        if deriver is not None:
+            counts = [c.read(y0, y1, x0, x1) for c in self._counts[params.tile]]
+            if self._torch_deriver is not None:
+                out["counts"] = counts  # derived in warp(), on the training device
+            else:
+                out["weight"] = deriver(counts, label)
+        return out
 
     def window_item(self, index: int) -> dict:
         """Item ``index`` in ``"window"`` form (input of :func:`collate_windows`)."""
@@ -485,13 +526,17 @@ class StoreCropDataset(Dataset):
         }
         if win["weight"] is not None:
             item["weight"] = torch.from_numpy(np.ascontiguousarray(win["weight"]))
+        if win.get("counts") is not None:
+            counts = np.stack(win["counts"])  # (K, h, w) uint16|uint32, as signed bits
+            signed = np.int16 if counts.dtype == np.uint16 else np.int32
+            item["counts"] = torch.from_numpy(counts.view(signed))
         return item
 
     @property
     def collate(self):
         """``collate_fn`` for a DataLoader over this dataset (either output mode)."""
         if self.output == "window":
-            return partial(collate_windows, ignore_index=self.ignore_index)
+            return partial(_collate_windows, ignore_index=self.ignore_index)
         return None  # torch's default collate
 
     def warp(self, batch: dict, device: torch.device | str | None = None) -> dict:
@@ -504,6 +549,12 @@ class StoreCropDataset(Dataset):
             dev = torch.device(device) if device is not None else batch["image"].device
             out = {k: batch[k].to(dev, non_blocking=True) for k in ("image", "label", "weight")}
             return {**out, "tile": list(batch["tile"]), "index": batch["index"]}
+        if "counts" in batch:
+            dev = torch.device(device) if device is not None else batch["image"].device
+            label = batch["label"].to(dev, non_blocking=True)
+            weight = self._torch_deriver(batch["counts"].to(dev, non_blocking=True), label,
+                                         batch["tile_index"].to(dev))  # fmt: skip
+            batch = {**batch, "label": label, "weight": weight}
         return warp_windows(
             batch,
             mean=self.mean_table,
@@ -518,7 +569,7 @@ class StoreCropDataset(Dataset):
         item = self.window_item(index)
         if self.output == "window":
             return item
-        out = self.warp(collate_windows([item], ignore_index=self.ignore_index), "cpu")
+        out = self.warp(_collate_windows([item], ignore_index=self.ignore_index), "cpu")
         return {
             "image": out["image"][0],
             "label": out["label"][0],
@@ -533,6 +584,23 @@ class StoreCropDataset(Dataset):
             f"crop={self.crop}, tiles={self.tiles}, length={self.length}, seed={self.seed}, "
             f"output={self.output!r})"
         )
+
+
+def _collate_windows(items, *, ignore_index: int) -> dict:
+    """:func:`collate_windows`, plus the count windows of derived weights padded with 0
+    (``counts`` (N, K, Hp, Wp); their padding is ignore in ``label``, so weight 0)."""
+    if items[0].get("counts") is None:
+        return collate_windows(items, ignore_index=ignore_index)
+    out = collate_windows([{k: v for k, v in it.items() if k != "counts"} for it in items],
+                          ignore_index=ignore_index)  # fmt: skip
+    n, hp, wp = out["label"].shape
+    first = items[0]["counts"]
+    counts = torch.zeros((n, first.shape[0], hp, wp), dtype=first.dtype)
+    for i, it in enumerate(items):
+        c = it["counts"]
+        counts[i, :, : c.shape[1], : c.shape[2]] = c
+    out["counts"] = counts
+    return out
 
 
 def _safe_std(std: np.ndarray) -> np.ndarray:

@@ -359,7 +359,14 @@ def test_export_cli_and_errors(store, tmp_path):
     )
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(np.load(out), _stored(store, "affinity/k1"))
-    with pytest.raises(StoreError, match=r"no array 'k9_raw'; available: .*k1_log10_L0.5"):
+    with pytest.raises(StoreError, match=r"no array 'k9raw'; available: .*k1_log10_L0.5"):
+        export_array(store, "t1", "k9raw", tmp_path / "x.npy")
+    # a weights name of a k without counts: the k the tile has and the command adding it
+    with pytest.raises(
+        StoreError,
+        match=r"no affinity counts for k = 9, .* it has k = 1, 2\. "
+        r"Add them .* npa-precompute run \S+t1_noBoundary.png .*--k 9",
+    ):
         export_array(store, "t1", "k9_raw", tmp_path / "x.npy")
     with pytest.raises(IncompleteTileError, match="re-run `npa-precompute run`"):
         export_array(store, "t2", "label", tmp_path / "x.npy")

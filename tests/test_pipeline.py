@@ -138,13 +138,20 @@ def test_changed_label_or_params_recompute_only_what_changed(isprs_tiles, tmp_pa
     s2 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2])
     assert s2.written == ["area1"] and s2.skipped == ["area0", "area2"]
     np.testing.assert_array_equal(open_tile(open_store(out), "area1").label[...], idx)
-    # other parameters would replace stored arrays: refused without --overwrite
+    # another dtype would replace stored arrays: refused without --overwrite
     with pytest.raises(StoreError, match=r"3 complete tile\(s\) .* other parameters .*--overwrite"):
-        pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3])
+        pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3],
+                                weight_dtype="float16")  # fmt: skip
     assert open_tile(open_store(out), "area0").affinity_ks == [2]
     # the refused run wrote nothing: the consolidated listing (xarray, napari) is intact
     meta = json.loads((out / "zarr.json").read_text())
     assert "tiles/area0/affinity/k2" in meta["consolidated_metadata"]["metadata"]
+    # more k: the tiles grow in place (tests/test_derived.py checks the arrays)
+    s3 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3])
+    assert s3.grown == ["area0", "area1", "area2"] and s3.written == []
+    assert open_tile(open_store(out), "area0").affinity_ks == [2, 3]
+    s4 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[3])
+    assert s4.skipped == ["area0", "area1", "area2"]  # a subset of what the tiles hold
     s4 = pipeline.run_precompute([str(gt)], out, images=[str(top)], ks=[2, 3], overwrite=True)
     assert s4.written == ["area0", "area1", "area2"]
     assert open_tile(open_store(out), "area0").affinity_ks == [2, 3]

@@ -356,7 +356,14 @@ def test_shard_reader_equals_zarr_and_falls_back(store, tmp_path):
 
 # ---- refusals ----------------------------------------------------------------------------------
 def test_unknown_weights_name_lists_available(store):
-    with pytest.raises(StoreError, match=r"k2_log10_L0\.5.*k4_log10_L0\.5"):
+    with pytest.raises(StoreError, match=r"not a weights name.*k2_log10_L0\.5.*k4_log10_L0\.5"):
+        StoreCropDataset(store, "k32_log10")
+    # a k without counts: the k the tile has and the command that adds the missing one
+    with pytest.raises(
+        StoreError,
+        match=r"no affinity counts for k = 32.*it has k = 2, 4\..*"
+        r"npa-precompute run .*--k 32",
+    ):
         StoreCropDataset(store, "k32_log10_L0.5")
 
 
