@@ -72,7 +72,9 @@ def _augment_options(f):
     "--weights",
     default="none",
     show_default=True,
-    help="Weights array name (e.g. k32_log10_L0.5) for --loss npa; 'none' otherwise.",
+    help="Weights name for --loss npa: stored (e.g. k32_log10_L0.5), any other transform of a "
+    "stored k (k16_norm_L0) or multi-scale ms_k8-16-32_log10_L0.5, derived from the counts; "
+    "'none' otherwise.",
 )
 @click.option(
     "--loss",
@@ -276,7 +278,8 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
     "--weights",
     default="none",
     show_default=True,
-    help="Weights array name (e.g. k32_log10_L0.5), or 'none' (weight 1).",
+    help="Weights name (e.g. k32_log10_L0.5, k16_norm_L0, ms_k8-16-32_log10_L0.5; derived "
+    "from the counts when not stored), or 'none' (weight 1).",
 )
 @click.option("--n", "n", type=int, default=8, show_default=True, help="Number of samples.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
