@@ -367,8 +367,10 @@ def tile_deriver(tile, name: str | WeightsSpec) -> Deriver:
         ks = ", ".join(map(str, missing))
         raise StoreError(
             f"tile {tile.tile_id!r} has no affinity counts for k = {ks}, which weights "
-            f"{spec.name!r} are derived from; it has k = {', '.join(map(str, have)) or 'none'}. "
-            f"Add them to the store in place (existing arrays are kept) with: "
+            f"{spec.name!r} are derived from; it has k = {', '.join(map(str, have)) or 'none'} "
+            f"(named weights: {', '.join(tile.weight_names) or 'none'}; any other transform "
+            "of these k works too). Add the missing k to the store in place (existing arrays "
+            "are kept) with: "
             f"{add_command(tile, missing)} (pass all the store's label files to add them "
             "to every tile)"
         )

@@ -364,8 +364,9 @@ def test_export_cli_and_errors(store, tmp_path):
     # a weights name of a k without counts: the k the tile has and the command adding it
     with pytest.raises(
         StoreError,
-        match=r"no affinity counts for k = 9, .* it has k = 1, 2\. "
-        r"Add them .* npa-precompute run \S+t1_noBoundary.png .*--k 9",
+        match=r"no affinity counts for k = 9, .* it has k = 1, 2 "
+        r"\(named weights: .*k1_log10_L0\.5.*\)\. "
+        r"Add the missing k .* npa-precompute run \S+t1_noBoundary.png .*--k 9",
     ):
         export_array(store, "t1", "k9_raw", tmp_path / "x.npy")
     with pytest.raises(IncompleteTileError, match="re-run `npa-precompute run`"):

@@ -118,9 +118,14 @@ def test_npa_without_weights_lists_available(store, tmp_path):
 
 
 def test_unknown_weights_name_lists_available(store, tmp_path):
+    result = CliRunner().invoke(main, _fit_args(store, tmp_path / "run", "--weights", "k9raw"))
+    assert result.exit_code != 0
+    assert "k9raw" in result.output and WNAME in result.output
+    # a weights name of a k without counts: the k the store has and the command adding it
     result = CliRunner().invoke(main, _fit_args(store, tmp_path / "run", "--weights", "k9_raw"))
     assert result.exit_code != 0
-    assert "k9_raw" in result.output and WNAME in result.output
+    assert "k9_raw" in result.output and "it has k = 2, 4" in result.output
+    assert "npa-precompute run" in result.output and "--k 9" in result.output
 
 
 def test_ce_with_weights_name_refused(store, tmp_path):

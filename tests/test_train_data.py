@@ -361,7 +361,7 @@ def test_unknown_weights_name_lists_available(store):
     # a k without counts: the k the tile has and the command that adds the missing one
     with pytest.raises(
         StoreError,
-        match=r"no affinity counts for k = 32.*it has k = 2, 4\..*"
+        match=r"no affinity counts for k = 32.*it has k = 2, 4 .*"
         r"npa-precompute run .*--k 32",
     ):
         StoreCropDataset(store, "k32_log10_L0.5")
