@@ -403,3 +403,43 @@ def gather_masked(aff, label, ignore_value, table, out):
                 out[i] = 0
                 bad += 1
     return bad
+
+
+@njit(cache=True, parallel=True)
+def count_ranges(aff, ignore, out):
+    """out[i] = (min, max) of aff[i] over pixels where ignore is False, (0, -1) if none.
+
+    aff: (K, H, W) counts of every k; ignore: (H, W) bool; out: (K, 2) int64. Every k in
+    one pass over the mask, parallel over row bands (each band its own partial min/max).
+    """
+    n_k, h, w = aff.shape
+    n_bands = max(1, min(h, 64))
+    step = (h + n_bands - 1) // n_bands
+    lo = np.full((n_bands, n_k), np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full((n_bands, n_k), -1, dtype=np.int64)
+    for b in prange(n_bands):
+        for x in range(b * step, min((b + 1) * step, h)):
+            ig = ignore[x]
+            for i in range(n_k):
+                row = aff[i, x]
+                mn = lo[b, i]
+                mx = hi[b, i]
+                for y in range(w):
+                    if not ig[y]:
+                        v = np.int64(row[y])
+                        mn = min(mn, v)
+                        mx = max(mx, v)
+                lo[b, i] = mn
+                hi[b, i] = mx
+    for i in range(n_k):
+        mn = lo[0, i]
+        mx = hi[0, i]
+        for b in range(1, n_bands):
+            mn = min(mn, lo[b, i])
+            mx = max(mx, hi[b, i])
+        if mx < 0:
+            out[i, 0] = 0
+            out[i, 1] = -1
+        else:
+            out[i, 0] = mn
+            out[i, 1] = mx

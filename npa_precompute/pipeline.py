@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from npa_precompute import __version__
-from npa_precompute._kernels import band_sums, valid_min_max
+from npa_precompute._kernels import band_sums, count_ranges
 from npa_precompute.affinity import affinity_maps, parse_ks
 from npa_precompute.blockwise import DaskOptions, stats_from_sums
 from npa_precompute.geo import tile_georef
@@ -157,7 +157,9 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
     kernel_s = time.perf_counter() - t0
     ignore = label == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
-    ranges = {k: tuple(int(v) for v in valid_min_max(aff[i], ignore)) for i, k in enumerate(cfg.ks)}
+    minmax = np.empty((len(cfg.ks), 2), dtype=np.int64)
+    count_ranges(aff, ignore, minmax)  # min/max count per k over non-ignore pixels (Eq. 2)
+    ranges = {k: (int(minmax[i, 0]), int(minmax[i, 1])) for i, k in enumerate(cfg.ks)}
     stored = cfg.stored_pairs()
 
     def weights() -> Iterable[tuple[str, np.ndarray, dict]]:

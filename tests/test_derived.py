@@ -75,6 +75,20 @@ def test_weights_names_parse_to_canonical_specs():
             parse_weights_name(bad)
 
 
+def test_count_ranges_equal_valid_min_max():
+    from npa_precompute._kernels import count_ranges, valid_min_max
+
+    rng = np.random.default_rng(3)
+    for shape in ((1, 1), (3, 70), (129, 5), (200, 131)):
+        aff = rng.integers(0, 5000, size=(3, *shape)).astype(np.uint16)
+        for p in (0.0, 0.3, 1.0):
+            ignore = rng.random(shape) < p
+            out = np.empty((3, 2), dtype=np.int64)
+            count_ranges(aff, ignore, out)
+            want = [tuple(int(v) for v in valid_min_max(a, ignore)) for a in aff]
+            assert [tuple(r) for r in out.tolist()] == want
+
+
 def test_lookup_tables_do_not_depend_on_their_length():
     # the precompute sizes each table by the tile's (or a block's) largest count; derived
     # weights and the device path size them otherwise, so values must not depend on it
