@@ -443,3 +443,23 @@ def count_ranges(aff, ignore, out):
         else:
             out[i, 0] = mn
             out[i, 1] = mx
+
+
+@njit(cache=True)
+def gather_masked_add(aff, label, ignore_value, table, acc):
+    """acc += float64(table[aff]) where label != ignore_value; 1-D arrays, one thread.
+
+    One k of a multi-scale mean (:mod:`npa_precompute.derived`); returns the number of
+    non-ignore pixels whose count lies past the table (see :func:`gather_masked`).
+    """
+    n = aff.shape[0]
+    m = table.shape[0]
+    bad = 0
+    for i in range(n):
+        if label[i] != ignore_value:
+            a = aff[i]
+            if a < m:
+                acc[i] += np.float64(table[a])
+            else:
+                bad += 1
+    return bad

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npa_precompute._kernels import gather_masked, valid_min_max
+from npa_precompute._kernels import gather_masked, gather_masked_add, valid_min_max
 from npa_precompute.transforms import _MAX_TABLE, WeightTransform, parse_transform, weights_name
 
 __all__ = [
@@ -214,6 +214,25 @@ class Deriver:
         out = np.empty(counts.shape, dtype=np.float32)
         bad = gather_masked(counts.reshape(-1), label.reshape(-1), self.ignore_index, table,
                             out.reshape(-1))  # fmt: skip
+        self._check(bad, k, table)
+        return out
+
+    def _add_k(self, k: int, counts: np.ndarray, label: np.ndarray, acc: np.ndarray) -> None:
+        """acc += float64 weights of one k (acc: float64, the window's shape, contiguous)."""
+        table = self.table(k)
+        if table is None:
+            acc += self.derive_k(k, counts, label)
+            return
+        counts = np.ascontiguousarray(counts)
+        label = np.ascontiguousarray(label)
+        if counts.shape != label.shape:
+            raise ValueError(f"counts shape {counts.shape} differs from label shape {label.shape}")
+        bad = gather_masked_add(counts.reshape(-1), label.reshape(-1), self.ignore_index, table,
+                                acc.reshape(-1))  # fmt: skip
+        self._check(bad, k, table)
+
+    @staticmethod
+    def _check(bad: int, k: int, table: np.ndarray) -> None:
         if bad:
             from npa_precompute.store import StoreError
 
@@ -222,7 +241,6 @@ class Deriver:
                 f"{len(table) - 1}: the counts or the tile's count_range attr are corrupted; "
                 "recompute the tile (npa-precompute run --overwrite)"
             )
-        return out
 
     def __call__(self, counts: Sequence[np.ndarray], label: np.ndarray) -> np.ndarray:
         """Weights of a window: ``counts[i]`` the window of ``affinity/k<ks[i]>``."""
@@ -231,10 +249,10 @@ class Deriver:
             raise ValueError(f"{self.spec.name!r} needs {len(ks)} count windows, got {len(counts)}")
         if not self.spec.multiscale:
             out = self.derive_k(ks[0], counts[0], label)
-        else:
-            acc = self.derive_k(ks[0], counts[0], label).astype(np.float64)
-            for k, c in zip(ks[1:], counts[1:], strict=True):
-                acc += self.derive_k(k, c, label)
+        else:  # sum of the float32 per-k weights in float64, in increasing k
+            acc = np.zeros(np.shape(label), dtype=np.float64)
+            for k, c in zip(ks, counts, strict=True):
+                self._add_k(k, c, label, acc)
             acc /= len(ks)
             out = acc.astype(np.float32)
         return out if self.dtype == np.float32 else out.astype(self.dtype)
