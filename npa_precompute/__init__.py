@@ -2,14 +2,31 @@
 
 Feng et al., "Neighboring Pixel Affinity Loss for Semantic Segmentation in
 High-Resolution Aerial Imagery", ISPRS Annals V-2-2020.
+
+The names below are imported on first use (numba and zarr load only when needed), so
+``npa-precompute --help`` and ``npa-train --help`` start fast.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from npa_precompute.affinity import affinity_maps, parse_ks
-from npa_precompute.transforms import WeightTransform, parse_transform, weights_name
+_LAZY = {
+    "affinity_maps": "npa_precompute.affinity",
+    "open_weights": "npa_precompute.derived",
+    "parse_ks": "npa_precompute.affinity",
+    "WeightTransform": "npa_precompute.transforms",
+    "parse_transform": "npa_precompute.transforms",
+    "weights_name": "npa_precompute.transforms",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from npa_precompute.affinity import affinity_maps, parse_ks
+    from npa_precompute.derived import open_weights
+    from npa_precompute.transforms import WeightTransform, parse_transform, weights_name
 
 __all__ = [
     "WeightTransform",
@@ -22,14 +39,14 @@ __all__ = [
 ]
 
 
-def open_weights(store, tile: str, name: str):
-    """Open the weights ``name`` of a tile, stored or derived from its counts.
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'npa_precompute' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-    Any transformation of a k whose counts the store holds (``k32_ln_L0.5``,
-    ``k16_norm_L0``, ...) or a multi-scale mean (``ms_k8-16-32_log10_L0.5``); the
-    values equal what ``npa-precompute run`` would have stored, bit for bit. Returns a
-    read-only array (numpy-style slicing); see :func:`npa_precompute.derived.open_weights`.
-    """
-    from npa_precompute.derived import open_weights as _open_weights
 
-    return _open_weights(store, tile, name)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

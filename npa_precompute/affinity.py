@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 from npa_precompute import _kernels
+from npa_precompute.errors import ParameterError
 
 __all__ = ["MAX_K", "METHODS", "affinity_dtype", "affinity_maps", "dense_labels", "parse_ks"]
 
@@ -44,7 +45,7 @@ def affinity_dtype(k: int) -> np.dtype:
     for dt in (np.uint16, np.uint32, np.uint64):
         if top <= np.iinfo(dt).max:
             return np.dtype(dt)
-    raise ValueError(f"`k` must be <= {MAX_K}, got {k}")
+    raise ParameterError("k", f"must be <= {MAX_K}, got {k}")
 
 
 def parse_ks(ks: int | str | Iterable[int]) -> tuple[int, ...]:
@@ -64,7 +65,7 @@ def parse_ks(ks: int | str | Iterable[int]) -> tuple[int, ...]:
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(f"`k` must be comma-separated integers, got {ks!r}") from None
+            raise ParameterError("k", f"must be comma-separated integers, got {ks!r}") from None
     elif isinstance(ks, (int, np.integer)) and not isinstance(ks, bool):
         values = [int(ks)]
     else:
@@ -74,13 +75,13 @@ def parse_ks(ks: int | str | Iterable[int]) -> tuple[int, ...]:
                 raise TypeError(f"`k` must hold integers, got {v!r} ({type(v).__name__})")
             values.append(int(v))
     if not values:
-        raise ValueError("`k` must hold at least one search region")
+        raise ParameterError("k", "must hold at least one search region")
     out: list[int] = []
     for v in values:
         if v < 0:
-            raise ValueError(f"`k` must be >= 0, got {v}")
+            raise ParameterError("k", f"must be >= 0, got {v}")
         if v > MAX_K:
-            raise ValueError(f"`k` must be <= {MAX_K}, got {v}")
+            raise ParameterError("k", f"must be <= {MAX_K}, got {v}")
         if v not in out:
             out.append(v)
     return tuple(out)

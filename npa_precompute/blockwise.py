@@ -38,6 +38,7 @@ import numpy as np
 
 from npa_precompute._kernels import band_sums, valid_min_max
 from npa_precompute.affinity import affinity_maps
+from npa_precompute.errors import ParameterError
 from npa_precompute.io import InputError, Raster
 from npa_precompute.transforms import weights_attrs, weights_name
 
@@ -92,9 +93,9 @@ class DaskOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.block, int) or self.block < 16:
-            raise ValueError(f"`block` must be an integer >= 16, got {self.block!r}")
+            raise ParameterError("block", f"must be an integer >= 16, got {self.block!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"`workers` must be an integer >= 1, got {self.workers!r}")
+            raise ParameterError("workers", f"must be an integer >= 1, got {self.workers!r}")
         if self.memory_limit is not None:
             self.memory_limit_bytes  # noqa: B018 - validates
 
@@ -112,9 +113,9 @@ class DaskOptions:
             except ValueError:
                 value = None
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(
-                f"`memory_limit` must be a positive size such as '2GB' or '1.5 GiB', got "
-                f"{self.memory_limit!r}"
+            raise ParameterError(
+                "memory_limit",
+                f"must be a positive size such as '2GB' or '1.5 GiB', got {self.memory_limit!r}",
             )
         return value
 
@@ -378,11 +379,12 @@ def check_memory_limit(opts: DaskOptions, cfg, image_bands: int = 0) -> None:
     pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 1.0
     need = worker_memory_needed(opts.block, cfg.ks, len(cfg.transforms), image_bands)
     if limit * pause < need:
-        raise ValueError(
-            f"`memory_limit` {opts.memory_limit} is too low for {opts.block}-pixel blocks with "
+        raise ParameterError(
+            "memory_limit",
+            f"{opts.memory_limit} is too low for {opts.block}-pixel blocks with "
             f"k up to {max(cfg.ks)}: a worker needs about {need / 1e6:.0f} MB and Dask pauses "
             f"it at {pause:.0%} of its limit, so give at least {need / pause / 1e6:.0f} MB "
-            "(--memory-limit) or use smaller blocks (--block)"
+            "(--memory-limit) or use smaller blocks (--block)",
         )
 
 
@@ -432,9 +434,10 @@ def process_tile_blockwise(
     from npa_precompute.store import create_tile, mark_complete, open_store
 
     if opts.block % cfg.chunk:
-        raise ValueError(
-            f"`block` ({opts.block}) must be a multiple of `chunk` ({cfg.chunk}): each block's "
-            "task writes whole shards of the store"
+        raise ParameterError(
+            "block",
+            f"({opts.block}) must be a multiple of `chunk` ({cfg.chunk}): each block's "
+            "task writes whole shards of the store",
         )
     label = label if label is not None else Raster(src.label, role="label")
     if image is None and src.image is not None:

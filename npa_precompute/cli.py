@@ -8,12 +8,18 @@ import warnings
 import click
 
 from npa_precompute import __version__
+from npa_precompute.cli_common import echo_warning, user_error
 from npa_precompute.cli_inspect import export_cmd, inspect_cmd, show_cmd
-from npa_precompute.io import InputError
 from npa_precompute.presets import PRESETS
-from npa_precompute.store import StoreError
 
-_USER_ERRORS = (InputError, StoreError, ValueError, TypeError, OSError)
+__all__ = ["echo_warning", "main"]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from npa_precompute.io import InputError
+    from npa_precompute.store import StoreError
+
+    return (InputError, StoreError, ValueError, TypeError, OSError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,7 +97,8 @@ def main() -> None:
     type=click.IntRange(min=16),
     default=2048,
     show_default=True,
-    help="With --dask: block side in pixels, >= 16 (one task per block; a multiple of --chunk).",
+    help="With --dask: block side in pixels, >= 16 (one task and one shard per block; a "
+    "multiple of --chunk).",
 )
 @click.option(
     "--scheduler",
@@ -104,7 +111,9 @@ def main() -> None:
     "--memory-limit",
     default=None,
     metavar="SIZE",
-    help="With --dask: memory limit per local worker, e.g. 2GB (default: Dask's share).",
+    help="With --dask: memory limit per local worker, e.g. 2GB (default: Dask's share); a "
+    "limit below what a block needs is refused with the estimate (Dask would pause the worker "
+    "for good).",
 )
 @click.option(
     "--store-weights/--no-store-weights",
@@ -116,7 +125,8 @@ def main() -> None:
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Recompute tiles that are already current; recreate a store made with other settings.",
+    help="Recompute tiles that are current or were made with other parameters (replacing "
+    "their arrays); recreate a store made with other preset settings.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, ignore_index,
@@ -166,21 +176,13 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             dask=dask,
             store_weights=store_weights,
         )
-    except _USER_ERRORS as exc:
-        message = str(exc)
-        for name in ("memory_limit", "block", "chunk"):  # the options' names, not the API's
-            message = message.replace(f"`{name}`", f"--{name.replace('_', '-')}")
-        raise click.ClickException(message) from exc
+    except _user_errors() as exc:
+        raise user_error(exc) from exc
     finally:
         signal.signal(signal.SIGTERM, old_term)
         if bar is not None:
             bar.close()
     click.echo(summary.text())
-
-
-def echo_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` for the command lines: one ``Warning: ...`` line on stderr."""
-    click.echo(f"Warning: {message}", err=True)
 
 
 def _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk):
@@ -225,7 +227,7 @@ def _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk):
             block=block, scheduler=scheduler, workers=workers, memory_limit=memory_limit
         )
     except ValueError as exc:
-        raise click.BadParameter(str(exc).replace("`memory_limit`", "--memory-limit")) from None
+        raise user_error(exc) from None
 
 
 main.add_command(inspect_cmd)

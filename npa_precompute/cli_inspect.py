@@ -12,12 +12,16 @@ import json
 
 import click
 
-from npa_precompute.store import StoreError
-from npa_precompute.viz import MissingDependencyError
+from npa_precompute.cli_common import user_error
 
 __all__ = ["export_cmd", "inspect_cmd", "show_cmd"]
 
-_USER_ERRORS = (StoreError, ValueError, TypeError, MissingDependencyError, OSError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from npa_precompute.store import StoreError
+    from npa_precompute.viz import MissingDependencyError
+
+    return (StoreError, ValueError, TypeError, MissingDependencyError, OSError)
 
 
 _STORE = click.argument("store", type=click.Path(exists=True, file_okay=False))
@@ -56,8 +60,8 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     names = [n.strip() for item in weights for n in item.split(",") if n.strip()]
     try:
         report = inspect_store(store, tile, weights=names)
-    except _USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    except _user_errors() as exc:
+        raise user_error(exc) from exc
     click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
 
 
@@ -85,18 +89,36 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     help="matplotlib (pip install npaloss[viz]) or Pillow only; auto picks matplotlib when "
     "installed.",
 )
-@click.option("--dpi", type=click.IntRange(min=20), default=100, show_default=True)
-def show_cmd(store, tile, arrays, window, out, backend, dpi) -> None:
-    """Figure of one tile of STORE: image, label, weight maps by k, weights per class."""
+@click.option(
+    "--color-scale",
+    type=click.Choice(["shared", "panel"]),
+    default="shared",
+    show_default=True,
+    help="Colour range of the weight maps: one for all k of a transformation (colours "
+    "compare across k), or one per map.",
+)
+@click.option(
+    "--dpi",
+    type=click.IntRange(min=20),
+    default=100,
+    show_default=True,
+    help="matplotlib resolution (dots per inch of the figure).",
+)
+def show_cmd(store, tile, arrays, window, out, backend, color_scale, dpi) -> None:
+    """Figure of one tile of STORE: image, label, weight maps by k, weights per class.
+
+    Like Feng et al. 2020, Fig. 4: a row per transformation with its maps by k,
+    the mean weight per class in the window, and a histogram of the weights per
+    class (k closest to 32). Ignore pixels are black and left out of every statistic.
+    """
     from npa_precompute.viz import show_figure
 
     names = [n for item in arrays for n in item.split(",") if n.strip()]
     try:
-        show_figure(
-            store, tile, arrays=names or None, window=window, out=out, backend=backend, dpi=dpi
-        )
-    except _USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+        show_figure(store, tile, arrays=names or None, window=window, out=out, backend=backend,
+                    dpi=dpi, color_scale=color_scale)  # fmt: skip
+    except _user_errors() as exc:
+        raise user_error(exc) from exc
     click.echo(f"wrote {out}")
 
 
@@ -125,6 +147,6 @@ def export_cmd(store, tile, array, window, out) -> None:
 
     try:
         path = export_array(store, tile, array, out, window=window)
-    except _USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    except _user_errors() as exc:
+        raise user_error(exc) from exc
     click.echo(f"wrote {path}")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npa_precompute.errors import ParameterError
 from npa_precompute.geo import geotiff_extratags, shift_georef
 from npa_precompute.inspect import check_window, parse_window, resolve_array
 from npa_precompute.store import open_store, open_tile, store_info
@@ -138,7 +139,7 @@ def export_array(
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"`out` must end in one of {', '.join(FORMATS)}, got {out.name!r}")
+        raise ParameterError("out", f"must end in one of {', '.join(FORMATS)}, got {out.name!r}")
     win = parse_window(window)
     root = open_store(path)
     info = store_info(root)

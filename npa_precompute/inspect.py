@@ -23,6 +23,7 @@ import zarr
 import zarr.errors
 
 from npa_precompute.derived import DerivedWeights, parse_weights_name
+from npa_precompute.errors import ParameterError
 from npa_precompute.store import (
     StoreError,
     Tile,
@@ -171,14 +172,14 @@ def parse_window(text: str | tuple | list | None) -> tuple[int, int, int, int] |
     try:
         values = tuple(int(str(p).strip()) for p in parts)
     except ValueError:
-        raise ValueError(f"`window` must be x0,y0,w,h (four integers), got {text!r}") from None
+        raise ParameterError("window", f"must be x0,y0,w,h (four integers), got {text!r}") from None
     if len(values) != 4:
-        raise ValueError(f"`window` must be x0,y0,w,h (four integers), got {text!r}")
+        raise ParameterError("window", f"must be x0,y0,w,h (four integers), got {text!r}")
     x0, y0, w, h = values
     if x0 < 0 or y0 < 0:
-        raise ValueError(f"`window` origin x0, y0 must be >= 0, got {x0}, {y0}")
+        raise ParameterError("window", f"origin x0, y0 must be >= 0, got {x0}, {y0}")
     if w < 1 or h < 1:
-        raise ValueError(f"`window` width and height must be >= 1, got {w}, {h}")
+        raise ParameterError("window", f"width and height must be >= 1, got {w}, {h}")
     return values
 
 

@@ -25,6 +25,7 @@ from npa_precompute import __version__
 from npa_precompute._kernels import band_sums, count_ranges
 from npa_precompute.affinity import affinity_maps, parse_ks
 from npa_precompute.blockwise import DaskOptions, stats_from_sums
+from npa_precompute.errors import ParameterError
 from npa_precompute.geo import tile_georef
 from npa_precompute.io import (
     InputError,
@@ -423,17 +424,24 @@ def run_precompute(
     ks = parse_ks(ks)
     if isinstance(transforms, str):
         transforms = [transforms]
-    parsed = tuple(dict.fromkeys(parse_transform(t) for t in transforms))
+    try:
+        parsed = tuple(dict.fromkeys(parse_transform(t) for t in transforms))
+    except ValueError as exc:
+        raise ParameterError("transforms", str(exc), message=str(exc)) from None
     if not parsed:
-        raise ValueError("`transforms` must name at least one weight transformation")
+        raise ParameterError("transforms", "must name at least one weight transformation")
     if weight_dtype not in ("float32", "float16"):
-        raise ValueError(f"`weight_dtype` must be 'float32' or 'float16', got {weight_dtype!r}")
+        raise ParameterError(
+            "weight_dtype", f"must be 'float32' or 'float16', got {weight_dtype!r}"
+        )
     if unknown_colors not in ("error", "ignore"):
-        raise ValueError(f"`unknown_colors` must be 'error' or 'ignore', got {unknown_colors!r}")
+        raise ParameterError(
+            "unknown_colors", f"must be 'error' or 'ignore', got {unknown_colors!r}"
+        )
     if not isinstance(chunk, int) or chunk < 16:
-        raise ValueError(f"`chunk` must be an integer >= 16, got {chunk!r}")
+        raise ParameterError("chunk", f"must be an integer >= 16, got {chunk!r}")
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
+        raise ParameterError("workers", f"must be an integer >= 1, got {workers!r}")
     if dask is not None and dask.block % chunk:
         raise ValueError(
             f"`block` ({dask.block}) must be a multiple of `chunk` ({chunk}): each block's "

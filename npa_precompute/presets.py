@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npa_precompute._kernels import decode_colors
+from npa_precompute.errors import ParameterError
 
 __all__ = ["PRESETS", "LabelError", "Preset", "get_preset"]
 
@@ -117,8 +118,8 @@ class Preset:
             index that is also a class.
         """
         if unknown_colors not in ("error", "ignore"):
-            raise ValueError(
-                f"`unknown_colors` must be 'error' or 'ignore', got {unknown_colors!r}"
+            raise ParameterError(
+                "unknown_colors", f"must be 'error' or 'ignore', got {unknown_colors!r}"
             )
         out_dtype = self.label_dtype
         if self.palette is not None:
@@ -262,16 +263,21 @@ def get_preset(
     """
     if name == "index":
         if num_classes is None:
-            raise ValueError("preset 'index' needs `num_classes` (--num-classes)")
+            raise ParameterError(
+                "num_classes",
+                "must be given with preset 'index'",
+                message="preset 'index' needs `num_classes` (--num-classes)",
+            )
         if num_classes < 1:
-            raise ValueError(f"`num_classes` must be >= 1, got {num_classes}")
+            raise ParameterError("num_classes", f"must be >= 1, got {num_classes}")
         ignore = 255 if ignore_index is None else int(ignore_index)
         if not 0 <= ignore <= 65535:
-            raise ValueError(f"`ignore_index` must be in 0..65535, got {ignore}")
+            raise ParameterError("ignore_index", f"must be in 0..65535, got {ignore}")
         if ignore < num_classes:
-            raise ValueError(
-                f"`ignore_index` {ignore} collides with class index {ignore} of "
-                f"{num_classes} classes; choose a value >= {num_classes}"
+            raise ParameterError(
+                "ignore_index",
+                f"{ignore} collides with class index {ignore} of "
+                f"{num_classes} classes; choose a value >= {num_classes}",
             )
         return Preset(
             name="index",
@@ -280,16 +286,22 @@ def get_preset(
         )
     presets = {"isprs": ISPRS, "loveda": LOVEDA}
     if name not in presets:
-        raise ValueError(f"`preset` must be one of {PRESETS}, got {name!r}")
+        raise ParameterError("preset", f"must be one of {PRESETS}, got {name!r}")
     preset = presets[name]
     if num_classes is not None and num_classes != preset.num_classes:
-        raise ValueError(
-            f"preset {name!r} has {preset.num_classes} classes; `num_classes` {num_classes} "
-            "applies to --preset index only"
+        raise ParameterError(
+            "num_classes",
+            f"{num_classes}: applies to preset 'index' only; preset {name!r} has "
+            f"{preset.num_classes} classes",
+            message=f"preset {name!r} has {preset.num_classes} classes; `num_classes` "
+            f"{num_classes} applies to --preset index only",
         )
     if ignore_index is not None and ignore_index != preset.ignore_index:
-        raise ValueError(
-            f"preset {name!r} uses ignore value {preset.ignore_index}; "
-            "`ignore_index` applies to --preset index only"
+        raise ParameterError(
+            "ignore_index",
+            f"{ignore_index}: applies to preset 'index' only; preset {name!r} uses ignore value "
+            f"{preset.ignore_index}",
+            message=f"preset {name!r} uses ignore value {preset.ignore_index}; "
+            "`ignore_index` applies to --preset index only",
         )
     return preset

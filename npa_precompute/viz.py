@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from npa_precompute.errors import ParameterError
 from npa_precompute.inspect import (
     ArrayRef,
     _wrap_header,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BACKENDS",
+    "COLOR_SCALES",
     "IGNORE_COLOR",
     "MissingDependencyError",
     "ShowData",
@@ -47,6 +49,7 @@ __all__ = [
     "heatmap_rgb",
     "label_rgb",
     "load_show_data",
+    "panel_row",
     "render_matplotlib",
     "render_pillow",
     "show_figure",
@@ -55,6 +58,9 @@ __all__ = [
 
 #: Renderers of :func:`show_figure`; ``auto`` uses matplotlib when it is installed.
 BACKENDS = ("auto", "matplotlib", "pillow")
+#: Colour ranges of the maps of :func:`show_figure`: ``shared`` by all maps of a row
+#: (one transformation, every k: colours compare across k), or one per ``panel``.
+COLOR_SCALES = ("shared", "panel")
 
 #: Colour of ignored pixels in label figures and heat maps.
 IGNORE_COLOR = (0, 0, 0)
@@ -340,6 +346,22 @@ def _hist_panel(panels: list[tuple[ArrayRef, np.ndarray]]) -> tuple[ArrayRef, np
     return min(panels, key=lambda p: (p[0].k is None, abs((p[0].k or 0) - 32), p[0].k or 0))
 
 
+def _row_ranges(
+    panels: list[tuple[ArrayRef, np.ndarray]], valid: np.ndarray, color_scale: str
+) -> list[tuple[float, float]]:
+    """``(vmin, vmax)`` per panel over the valid pixels: the row's range when ``shared``."""
+    if color_scale not in COLOR_SCALES:
+        raise ParameterError("color_scale", f"must be one of {COLOR_SCALES}, got {color_scale!r}")
+    ranges = []
+    for _, values in panels:
+        v = values[valid & np.isfinite(values)]
+        ranges.append((float(v.min()), float(v.max())) if v.size else (0.0, 1.0))
+    if color_scale == "shared":
+        row = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
+        ranges = [row] * len(ranges)
+    return ranges
+
+
 def _present_classes(data: ShowData) -> tuple[list[int], bool]:
     present = np.unique(data.label)
     ids = [int(c) for c in present if int(c) < len(data.classes)]
@@ -365,16 +387,19 @@ def _require_matplotlib():
     return matplotlib
 
 
-def render_matplotlib(data: ShowData, *, dpi: int = 100, panel_in: float = 2.6) -> Figure:
+def render_matplotlib(
+    data: ShowData, *, dpi: int = 100, panel_in: float = 2.6, color_scale: str = "shared"
+) -> Figure:
     """Draw a :class:`ShowData` with matplotlib (Agg canvas, no display).
 
     Layout: a first row with the image, the colour-coded label, the class legend and
-    the mean weight per class of the first transformation's maps (grouped bars by
-    k); then one row per transformation with its maps by increasing k, each with a
-    colour bar (as in the paper's Fig. 4: k = 8, 16, 32, 64), and beside them a
-    histogram of the weights per class for the k closest to 32 (the share of each
-    class's pixels per bin, log scale). Ignore pixels are black and left out of
-    every statistic.
+    the mean weight per class of the first transformation's maps in the window
+    (grouped bars by k); then one row per transformation with its maps by increasing
+    k (as in the paper's Fig. 4: k = 8, 16, 32, 64) on one colour scale with one
+    colour bar (``color_scale="shared"``), or each on its own with its own colour bar
+    (``"panel"``), and beside them a histogram of the weights per class for the k
+    closest to 32 (the share of each class's pixels per bin, log scale; a legend
+    names the classes). Ignore pixels are black and left out of every statistic.
 
     Parameters
     ----------
@@ -382,22 +407,28 @@ def render_matplotlib(data: ShowData, *, dpi: int = 100, panel_in: float = 2.6) 
     dpi : int, keyword-only, default 100
     panel_in : float, keyword-only
         Panel width in inches (default 2.6).
+    color_scale : {"shared", "panel"}, keyword-only, default "shared"
+        One colour range per row (all k of a transformation), or one per map.
 
     Returns
     -------
     matplotlib.figure.Figure
         Axes: image (if any), label, legend, and when maps are shown the mean-weight
-        bars, one axes per map, one colour bar per map and one histogram per row.
+        bars, one axes per map, one colour bar per row (``"shared"``) or per map
+        (``"panel"``) and one histogram per row.
 
     Raises
     ------
     MissingDependencyError
         matplotlib is not installed.
+    ValueError
+        Unknown ``color_scale``.
     """
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.patheffects import Normal, Stroke
 
@@ -466,16 +497,26 @@ def render_matplotlib(data: ShowData, *, dpi: int = 100, panel_in: float = 2.6) 
         )
         ax.set_ylabel("mean weight", fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
-        ax.set_title(f"mean weight per class, {title}", fontsize=10)
+        ax.set_title(
+            f"mean weight per class in window x0,y0,w,h = {x0},{y0},{ww},{hh}, {title}",
+            fontsize=10,
+        )
         ax.legend(fontsize=8, ncol=min(n, 4), frameon=False, loc="upper left")
         ax.set_ylim(0, top * 1.35 if top > 0 else 1.0)
     for r, (title, panels) in enumerate(data.rows, start=1):
-        for j, (ref, values) in enumerate(panels):
+        ranges = _row_ranges(panels, valid, color_scale)
+        row_axes = []
+        for j, ((ref, values), (lo, hi)) in enumerate(zip(panels, ranges, strict=True)):
             ax = fig.add_subplot(gs[r, j])
+            row_axes.append(ax)
             shown = np.ma.masked_array(values, mask=mask)
-            im = ax.imshow(shown, cmap=cmap, interpolation="nearest")
+            im = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
             ax.set_title(f"{title}, {_panel_title(ref)}", fontsize=10)
-            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            if color_scale == "panel":
+                cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+                cb.ax.tick_params(labelsize=8)
+        if color_scale == "shared":  # one bar for the row: the same colour, the same value
+            cb = fig.colorbar(im, ax=row_axes, fraction=0.046 / len(row_axes), pad=0.02)
             cb.ax.tick_params(labelsize=8)
         ax = fig.add_subplot(gs[r, len(panels)])
         ref, values = _hist_panel(panels)
@@ -484,6 +525,7 @@ def render_matplotlib(data: ShowData, *, dpi: int = 100, panel_in: float = 2.6) 
         # largest classes first and thickest, so small classes drawn later on top of
         # them stay visible where their histograms coincide
         order = sorted(ids, key=lambda c: -int((data.label == c).sum()))
+        legend = []
         for j, i in enumerate(order):
             v = values[data.label == i]
             lw = 1.0 + 0.4 * (len(order) - 1 - j)
@@ -491,9 +533,16 @@ def render_matplotlib(data: ShowData, *, dpi: int = 100, panel_in: float = 2.6) 
                 v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step",
                 linewidth=lw, color=data.palette[i] / 255.0, label=data.classes[i],
             )  # fmt: skip
+            effects = None
             if _luminance(data.palette[i]) > 0.7:  # a dark outline keeps white, yellow visible
+                effects = [Stroke(linewidth=lw + 1.2, foreground="0.3"), Normal()]
                 for patch in patches:
-                    patch.set_path_effects([Stroke(linewidth=lw + 1.2, foreground="0.3"), Normal()])
+                    patch.set_path_effects(effects)
+            legend.append(
+                Line2D([], [], color=data.palette[i] / 255.0, linewidth=lw,
+                       path_effects=effects, label=data.classes[i])
+            )  # fmt: skip
+        ax.legend(handles=legend, fontsize=7, frameon=False, loc="best")
         ax.set_yscale("log")
         what = "counts" if ref.kind == "affinity" else "weights"
         ax.set_title(f"{what} per class, {_panel_title(ref)}", fontsize=10)
@@ -529,14 +578,16 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def render_pillow(data: ShowData, *, panel_px: int = 320) -> PILImage.Image:
+def render_pillow(
+    data: ShowData, *, panel_px: int = 320, color_scale: str = "shared"
+) -> PILImage.Image:
     """Draw a :class:`ShowData` with Pillow only (no matplotlib).
 
     The grid of :func:`render_matplotlib` without the bar chart and histograms: a
     first row with the image, the label and the class legend, then one row per
     transformation with its maps by increasing k, each with a colour bar and its
-    min / max. Each panel is the window scaled (nearest neighbour) so that its
-    longer side is ``panel_px``.
+    min / max (the row's, with ``color_scale="shared"``). Each panel is the window
+    scaled (nearest neighbour) so that its longer side is ``panel_px``.
 
     Size: with ``pw, ph`` the panel size, ``lead`` the panels before the legend
     (image and label: 2, label only: 1), ``m`` the most maps in a row and ``r`` the
@@ -547,6 +598,8 @@ def render_pillow(data: ShowData, *, panel_px: int = 320) -> PILImage.Image:
     ----------
     data : ShowData
     panel_px : int, keyword-only, default 320
+    color_scale : {"shared", "panel"}, keyword-only, default "shared"
+        One colour range per row (all k of a transformation), or one per map.
 
     Returns
     -------
@@ -555,12 +608,12 @@ def render_pillow(data: ShowData, *, panel_px: int = 320) -> PILImage.Image:
     Raises
     ------
     ValueError
-        If ``panel_px < 16``.
+        If ``panel_px < 16``, or an unknown ``color_scale``.
     """
     from PIL import Image, ImageDraw
 
     if panel_px < 16:
-        raise ValueError(f"`panel_px` must be >= 16, got {panel_px}")
+        raise ParameterError("panel_px", f"must be >= 16, got {panel_px}")
     h, w = data.label.shape
     scale = panel_px / max(h, w)
     pw, ph = max(1, round(w * scale)), max(1, round(h * scale))
@@ -609,14 +662,100 @@ def render_pillow(data: ShowData, *, panel_px: int = 320) -> PILImage.Image:
     mask = data.ignore_mask
     bar = colormap_lut(256)[::-1]
     for r, (title, panels) in enumerate(data.rows, start=1):
-        for j, (ref, values) in enumerate(panels):
-            rgb, lo, hi = heatmap_rgb(values, mask=mask)
+        ranges = _row_ranges(panels, ~mask, color_scale)
+        for j, ((ref, values), (lo, hi)) in enumerate(zip(panels, ranges, strict=True)):
+            rgb, lo, hi = heatmap_rgb(values, vmin=lo, vmax=hi, mask=mask)
             left, top = put(rgb, r, j, f"{title}, {_panel_title(ref)}")
             bx = left + pw + 4
             strip = Image.fromarray(np.repeat(bar[:, None, :], _BAR_W, axis=1))
             canvas.paste(strip.resize((_BAR_W, ph), Image.Resampling.BILINEAR), (bx, top))
             draw.text((bx + _BAR_W + 3, top), f"{hi:.3g}", fill=(0, 0, 0), font=small)
             draw.text((bx + _BAR_W + 3, top + ph - 12), f"{lo:.3g}", fill=(0, 0, 0), font=small)
+    return canvas
+
+
+def panel_row(
+    panels: list[np.ndarray],
+    titles: list[str],
+    *,
+    colorbar: tuple[int, float, float] | None = None,
+    gap: int = 4,
+) -> PILImage.Image:
+    """Panels side by side under their titles, with an optional colour bar (Pillow).
+
+    Parameters
+    ----------
+    panels : list of (h, w, 3) uint8 arrays, drawn at their own size, top-aligned
+    titles : list of str, one per panel; wrapped at spaces to the panel's width (a
+        column is widened to its longest word)
+    colorbar : (index, vmin, vmax), optional, keyword-only
+        A viridis bar (:func:`colormap_lut`, ``vmax`` at the top) with its two values,
+        right of panel ``index``: the range of a :func:`heatmap_rgb` panel.
+    gap : int, keyword-only, default 4
+        White pixels between columns.
+
+    Returns
+    -------
+    PIL.Image.Image, mode RGB
+        Panels start ``top`` pixels down, where ``top`` is 13 px per title line plus 4.
+
+    Raises
+    ------
+    ValueError
+        ``titles`` and ``panels`` differ in length.
+    """
+    from PIL import Image, ImageDraw
+
+    if len(titles) != len(panels):
+        raise ValueError(f"{len(panels)} panels but {len(titles)} titles")
+    font = _font(11)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def width(text: str) -> int:
+        return int(np.ceil(measure.textlength(text, font=font)))
+
+    cols = []
+    for i, (panel, title) in enumerate(zip(panels, titles, strict=True)):
+        extra = 0
+        if colorbar is not None and colorbar[0] == i:
+            labels = (f"{colorbar[2]:.3g}", f"{colorbar[1]:.3g}")
+            extra = 3 + _BAR_W + 3 + max(width(t) for t in labels)
+        words = title.split() or [""]
+        col_w = max(panel.shape[1] + extra, *(width(w) for w in words))
+        lines, line = [], ""
+        for word in words:
+            trial = f"{line} {word}".strip()
+            if line and width(trial) > col_w:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+        cols.append((panel, lines, col_w, extra))
+    line_h = 13
+    top = max(len(lines) for _, lines, _, _ in cols) * line_h + 4
+    height = top + max(p.shape[0] for p in panels)
+    canvas = Image.new("RGB", (sum(c[2] for c in cols) + gap * (len(cols) - 1), height), "white")
+    draw = ImageDraw.Draw(canvas)
+    bar = colormap_lut(256)[::-1]
+    x = 0
+    for panel, lines, col_w, extra in cols:
+        for j, line in enumerate(lines):
+            draw.text((x, 2 + j * line_h), line, fill=(0, 0, 0), font=font)
+        canvas.paste(Image.fromarray(np.ascontiguousarray(panel)), (x, top))
+        if extra:
+            ph = panel.shape[0]
+            bx = x + panel.shape[1] + 3
+            strip = Image.fromarray(np.repeat(bar[:, None, :], _BAR_W, axis=1))
+            canvas.paste(strip.resize((_BAR_W, ph), Image.Resampling.BILINEAR), (bx, top))
+            draw.text((bx + _BAR_W + 3, top), f"{colorbar[2]:.3g}", fill=(0, 0, 0), font=font)
+            draw.text(
+                (bx + _BAR_W + 3, top + max(ph - 12, 12)),
+                f"{colorbar[1]:.3g}",
+                fill=(0, 0, 0),
+                font=font,
+            )
+        x += col_w + gap
     return canvas
 
 
@@ -633,6 +772,7 @@ def show_figure(
     backend: str = "auto",
     dpi: int = 100,
     panel_px: int = 320,
+    color_scale: str = "shared",
 ) -> Figure | PILImage.Image:
     """One figure of a tile window: image, labels, weight maps (and histograms).
 
@@ -650,6 +790,9 @@ def show_figure(
         matplotlib resolution (default 100): the PNG is the figure size times dpi.
     panel_px : int, keyword-only
         Pillow panel size (default 320), see :func:`render_pillow`.
+    color_scale : {"shared", "panel"}, keyword-only, default "shared"
+        One colour range for all maps of a row (every k of a transformation), or one
+        per map.
 
     Returns
     -------
@@ -662,12 +805,15 @@ def show_figure(
     IncompleteTileError
         The tile's writing did not finish.
     ValueError
-        Unknown backend, or a malformed window or one reaching outside the tile.
+        Unknown backend or colour scale, or a malformed window or one reaching outside
+        the tile.
     MissingDependencyError
         ``backend="matplotlib"`` without matplotlib installed.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+        raise ParameterError("backend", f"must be one of {BACKENDS}, got {backend!r}")
+    if color_scale not in COLOR_SCALES:
+        raise ParameterError("color_scale", f"must be one of {COLOR_SCALES}, got {color_scale!r}")
     if backend == "auto":
         try:
             _require_matplotlib()
@@ -678,12 +824,12 @@ def show_figure(
         _require_matplotlib()
     data = load_show_data(path, tile, arrays=arrays, window=window)
     if backend == "matplotlib":
-        fig = render_matplotlib(data, dpi=dpi)
+        fig = render_matplotlib(data, dpi=dpi, color_scale=color_scale)
         if out is not None:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(out, dpi=dpi)
         return fig
-    img = render_pillow(data, panel_px=panel_px)
+    img = render_pillow(data, panel_px=panel_px, color_scale=color_scale)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         img.save(out)

@@ -3,43 +3,87 @@
 Feng et al., "Neighboring Pixel Affinity Loss for Semantic Segmentation in
 High-Resolution Aerial Imagery", ISPRS Annals V-2-2020. The weights come from the
 store written by ``npa-precompute run``.
+
+The names below are imported on first use (torch loads only when needed), so
+``npa-train --help`` starts fast.
 """
 
 from __future__ import annotations
 
-from npa_train.augment import AugmentConfig, CropParams, sample_params, warp_windows
-from npa_train.data import StoreCropDataset, write_preview
-from npa_train.loss import (
-    LOSSES,
-    REDUCTIONS,
-    ClassWeightedCE,
-    DiceLoss,
-    FocalLoss,
-    NPALoss,
-    build_criterion,
-    class_weighted_cross_entropy,
-    dice_loss,
-    focal_loss,
-    median_frequency_weights,
-    npa_cross_entropy,
-)
-from npa_train.model import (
-    MODELS,
-    SmallFCN,
-    TorchvisionSegmenter,
-    build_model,
-    load_pretrained,
-    logits_of,
-)
-from npa_train.train import (
-    SPLITS,
-    TrainingError,
-    fit,
-    load_checkpoint,
-    poly_lr,
-    resolve_device,
-    resolve_split,
-)
+import importlib
+from typing import TYPE_CHECKING
+
+_MODULES = {
+    "npa_train.augment": ("AugmentConfig", "CropParams", "sample_params", "warp_windows"),
+    "npa_train.data": ("StoreCropDataset", "write_preview"),
+    "npa_train.loss": (
+        "LOSSES",
+        "REDUCTIONS",
+        "ClassWeightedCE",
+        "DiceLoss",
+        "FocalLoss",
+        "NPALoss",
+        "build_criterion",
+        "class_weighted_cross_entropy",
+        "dice_loss",
+        "focal_loss",
+        "median_frequency_weights",
+        "npa_cross_entropy",
+    ),
+    "npa_train.model": (
+        "MODELS",
+        "SmallFCN",
+        "TorchvisionSegmenter",
+        "build_model",
+        "load_pretrained",
+        "logits_of",
+    ),
+    "npa_train.train": (
+        "SPLITS",
+        "TrainingError",
+        "fit",
+        "load_checkpoint",
+        "poly_lr",
+        "resolve_device",
+        "resolve_split",
+    ),
+}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from npa_train.augment import AugmentConfig, CropParams, sample_params, warp_windows
+    from npa_train.data import StoreCropDataset, write_preview
+    from npa_train.loss import (
+        LOSSES,
+        REDUCTIONS,
+        ClassWeightedCE,
+        DiceLoss,
+        FocalLoss,
+        NPALoss,
+        build_criterion,
+        class_weighted_cross_entropy,
+        dice_loss,
+        focal_loss,
+        median_frequency_weights,
+        npa_cross_entropy,
+    )
+    from npa_train.model import (
+        MODELS,
+        SmallFCN,
+        TorchvisionSegmenter,
+        build_model,
+        load_pretrained,
+        logits_of,
+    )
+    from npa_train.train import (
+        SPLITS,
+        TrainingError,
+        fit,
+        load_checkpoint,
+        poly_lr,
+        resolve_device,
+        resolve_split,
+    )
 
 __all__ = [
     "LOSSES",
@@ -74,3 +118,16 @@ __all__ = [
     "warp_windows",
     "write_preview",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'npa_train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

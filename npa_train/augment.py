@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from npa_precompute.errors import ParameterError
+
 __all__ = [
     "AugmentConfig",
     "CropParams",
@@ -83,7 +85,7 @@ def parse_crop(crop) -> tuple[int, int]:
         raise TypeError(f"`crop` must hold ints, got {crop!r}")
     h, w = int(crop[0]), int(crop[1])
     if h < 1 or w < 1:
-        raise ValueError(f"`crop` must be >= 1, got {crop!r}")
+        raise ParameterError("crop", f"must be >= 1, got {crop!r}")
     return h, w
 
 
@@ -128,14 +130,16 @@ class AugmentConfig:
         object.__setattr__(self, "crop", parse_crop(self.crop))
         scale = _pair("scale", self.scale)
         if not (0 < scale[0] <= scale[1] < math.inf):
-            raise ValueError(f"`scale` must satisfy 0 < low <= high, got {self.scale!r}")
+            raise ParameterError("scale", f"must satisfy 0 < low <= high, got {self.scale!r}")
         object.__setattr__(self, "scale", scale)
         rot = self.rotation
         if isinstance(rot, bool) or not isinstance(rot, (int, float)) or not 0 <= rot <= 180:
-            raise ValueError(f"`rotation` must be a number of degrees in [0, 180], got {rot!r}")
+            raise ParameterError(
+                "rotation", f"must be a number of degrees in [0, 180], got {rot!r}"
+            )
         object.__setattr__(self, "rotation", float(rot))
         if not isinstance(self.blur_p, (int, float)) or not 0 <= self.blur_p <= 1:
-            raise ValueError(f"`blur_p` must be a probability in [0, 1], got {self.blur_p!r}")
+            raise ParameterError("blur_p", f"must be a probability in [0, 1], got {self.blur_p!r}")
         object.__setattr__(self, "blur_p", float(self.blur_p))
         sig = _pair("blur_sigma", self.blur_sigma)
         if not (0 < sig[0] <= sig[1] < math.inf):
@@ -148,7 +152,7 @@ class AugmentConfig:
         for name in ("hflip", "vflip", "transpose"):
             object.__setattr__(self, name, bool(getattr(self, name)))
         if self.transpose and self.crop[0] != self.crop[1]:
-            raise ValueError(f"`transpose` needs a square crop, got {self.crop}")
+            raise ParameterError("transpose", f"needs a square crop, got {self.crop}")
 
     @classmethod
     def identity(cls, crop=(513, 513), **kw) -> AugmentConfig:

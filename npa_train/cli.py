@@ -1,6 +1,10 @@
 """``npa-train``: thin click commands over :func:`npa_train.train.fit`,
 :func:`npa_train.data.write_preview` and (from :mod:`npa_train.cli_eval`) the
-sliding-window ``evaluate`` and ``predict``."""
+sliding-window ``evaluate`` and ``predict``.
+
+torch and the library modules are imported inside the commands, so ``npa-train --help``
+(and each command's ``--help``) starts without them.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,24 @@ import warnings
 import click
 
 from npa_precompute import __version__
-from npa_precompute.cli import echo_warning
-from npa_precompute.store import StoreError
-from npa_train.cli_eval import evaluate_cmd, predict_cmd
-from npa_train.loss import LOSSES, REDUCTIONS
-from npa_train.model import MODELS
-from npa_train.train import SPLITS, WARP_ON, TrainingError, _Terminated, distributed_env
+from npa_precompute.cli_common import echo_warning, user_error
+from npa_train.choices import DEFAULT_WEIGHTS, LOSSES, MODELS, REDUCTIONS, SPLITS, WARP_ON
+from npa_train.cli_eval import evaluate_cmd, predict_cmd, set_threads, threads_option
 
-_USER_ERRORS = (StoreError, ValueError, TypeError, TrainingError, ImportError, OSError)
+#: Library arguments set by options of another name.
+_ALIASES = {"blur_p": "blur", "transpose": "rotate", "gamma": "focal_gamma",
+            "smooth": "dice_smooth"}  # fmt: skip
+
+
+def _areas(part: str) -> str:
+    return ", ".join(str(n) for n in SPLITS["vaihingen-paper"][part])
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from npa_precompute.store import StoreError
+    from npa_train.train import TrainingError
+
+    return (StoreError, ValueError, TypeError, TrainingError, ImportError, OSError)
 
 
 def _floats(text: str, name: str, count: int) -> tuple[float, ...]:
@@ -56,7 +70,8 @@ def _augment_options(f):
                      help="Random left-right and top-bottom mirrors."),
         click.option("--rotate", is_flag=True, help="Also random transposes (90° rotations)."),
         click.option("--blur", type=float, default=0.5, show_default=True,
-                     help="Probability of a Gaussian blur of the image."),
+                     help="Probability of a Gaussian blur of the image (never of labels or "
+                          "weights)."),
         click.option("--normalize", type=click.Choice(["store", "tile"]), default="store",
                      show_default=True,
                      help="Image mean/std: pooled over the training tiles, or per tile."),
@@ -70,19 +85,21 @@ def _augment_options(f):
 @click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
 @click.option(
     "--weights",
-    default="none",
-    show_default=True,
+    default=None,
     help="Weights name for --loss npa: stored (e.g. k32_log10_L0.5), any other transform of a "
     "stored k (k16_norm_L0) or multi-scale ms_k8-16-32_log10_L0.5, derived from the counts; "
-    "'none' otherwise.",
+    f"'none' for the other losses. Default: {DEFAULT_WEIGHTS} with --loss npa when the store "
+    "holds it, else none.",
 )
 @click.option(
     "--loss",
     type=click.Choice(LOSSES),
     default="npa",
     show_default=True,
-    help="npa: CE weighted by the stored weights; ce; ce-weighted: median-frequency "
-    "class weights; focal (gamma 2); dice.",
+    help="npa: cross-entropy weighted by the stored weights (--weights); ce; ce-weighted: "
+    "median-frequency class weights from the training tiles' class counts (background classes "
+    "such as clutter get the lowest of the others' weights, as in the paper); focal (gamma "
+    "--focal-gamma); dice.",
 )
 @click.option(
     "--reduction",
@@ -104,14 +121,16 @@ def _augment_options(f):
     "--pretrained",
     type=click.Path(),
     default=None,
-    help="Local weights file: a ResNet backbone or a full model state dict.",
+    help="Local weights file: a ResNet backbone or a full model state dict (nothing is "
+    "downloaded).",
 )
 @click.option(
     "--aux-weight",
     type=float,
     default=0.4,
     show_default=True,
-    help="Auxiliary loss weight of torchvision models (0: no auxiliary head).",
+    help="Weight of the auxiliary (deep supervision) loss of torchvision models, with the "
+    "same pixel weights (0: no auxiliary head, as the paper's FCN).",
 )
 @click.option("--iters", type=int, default=5000, show_default=True, help="Optimizer steps.")
 @click.option(
@@ -130,12 +149,18 @@ def _augment_options(f):
     default=None,
     help="Comma-separated training tile ids (default: every complete tile not in --val-tiles).",
 )
-@click.option("--val-tiles", default=None, help="Comma-separated validation tile ids.")
+@click.option(
+    "--val-tiles",
+    default=None,
+    help="Comma-separated validation tile ids: never trained on, recorded in the run "
+    "(npa-train evaluate scores them by default).",
+)
 @click.option(
     "--split",
     type=click.Choice(list(SPLITS)),
     default=None,
-    help="Named split (vaihingen-paper: the paper's Vaihingen train/validation areas).",
+    help="Named split instead of the tile lists. vaihingen-paper: the paper's Vaihingen "
+    f"areas, train {_areas('train')}; validation {_areas('val')}.",
 )
 @click.option(
     "--lr",
@@ -182,7 +207,14 @@ def _augment_options(f):
     help="Where resize/rotation run: device (batched on the GPU), loader (CPU "
     "workers), auto (device with CUDA, loader on the CPU).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Random seed. On the CPU it reproduces a run exactly for the same --threads.",
+)
+@threads_option
 @click.option(
     "--workers",
     type=int,
@@ -190,7 +222,11 @@ def _augment_options(f):
     help="DataLoader workers (default: 0 on the CPU, min(8, cores - 1) with CUDA).",
 )
 @click.option(
-    "--log-every", type=int, default=1, show_default=True, help="Iterations per log.csv row."
+    "--log-every",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Iterations per log.csv row (iteration, lr, mean loss, aux_loss, seconds).",
 )
 @click.option(
     "--checkpoint-every",
@@ -200,16 +236,23 @@ def _augment_options(f):
     help="Save checkpoint.pt every N iterations (0: only at the end).",
 )
 @click.option(
-    "--resume", is_flag=True, help="Continue the run in --out from its checkpoint (same options)."
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its checkpoint exactly (model, optimizer, schedule, "
+    "RNG states), with the same options (--iters too: a finished run is not extended).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, iters, batch,
         crop, out, tiles, val_tiles, split, lr, momentum, weight_decay, poly_power, no_augment,
         scale, rotation, flip, rotate, blur, normalize, focal_gamma, dice_smooth, device, amp,
-        amp_dtype, warp_on, seed, workers, log_every, checkpoint_every, resume, overwrite,
-        quiet):  # fmt: skip
+        amp_dtype, warp_on, seed, threads, workers, log_every, checkpoint_every, resume,
+        overwrite, quiet):  # fmt: skip
     """Train on augmented crops of STORE; write config.json, log.csv and checkpoint.pt to OUT.
+
+    Defaults are the paper's recipe (Feng et al. 2020, §4.2): batch 6, 513² crops, 5000
+    iterations, SGD with lr 0.01, poly decay (power 0.9), momentum 0.9, weight decay 1e-4,
+    random resize 0.5–2, rotation ±10°, mirrors and blur.
 
     Under torchrun (torchrun --nproc-per-node N -m npa_train fit ...) this trains with
     DistributedDataParallel; rank 0 writes the run folder and prints.
@@ -217,6 +260,7 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
     Ctrl-C (or SIGTERM) finishes the current iteration, saves the checkpoint and stops
     (exit status 130, or 143); press Ctrl-C again to abort without saving.
     """
+    from npa_train.train import _Terminated, distributed_env
     from npa_train.train import fit as fit_
 
     try:
@@ -225,6 +269,17 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
         rank = 0  # fit_ reports the bad variable
     # under torchrun every rank reports its own errors; ranks other than 0 say which they are
     prefix = f"rank {rank}: " if rank else ""
+    set_threads(threads)
+    if weights is None:
+        weights = "none"
+        if loss == "npa" and _store_has_default_weights(store, tiles, val_tiles, split):
+            weights = DEFAULT_WEIGHTS
+            if rank == 0:
+                click.echo(
+                    f"--weights not given: training with {DEFAULT_WEIGHTS} (k = 32, log10, "
+                    "L = 0.5, the paper's best), which the store holds",
+                    err=True,
+                )
     try:
         summary = fit_(
             store, out, weights=weights, loss=loss, reduction=reduction, model=model,
@@ -237,8 +292,8 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
             workers=workers, log_every=log_every, checkpoint_every=checkpoint_every,
             resume=resume, overwrite=overwrite, progress=not quiet,
         )  # fmt: skip
-    except _USER_ERRORS as exc:
-        raise click.ClickException(prefix + str(exc)) from exc
+    except _user_errors() as exc:
+        raise user_error(exc, prefix=prefix, aliases=_ALIASES) from exc
     except (KeyboardInterrupt, _Terminated) as exc:
         term = isinstance(exc, _Terminated)
         kind = "terminated" if term else "interrupted"
@@ -272,6 +327,19 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
     )
 
 
+def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
+    """Whether every training tile of ``store`` holds :data:`DEFAULT_WEIGHTS` (False when the
+    store or the split cannot be read: ``fit`` then reports why)."""
+    from npa_precompute.store import StoreError
+    from npa_train.train import _available_weights, resolve_split
+
+    try:
+        train_tiles, _ = resolve_split(store, tiles=tiles, val_tiles=val_tiles, split=split)
+        return DEFAULT_WEIGHTS in _available_weights(store, train_tiles)
+    except (StoreError, ValueError, TypeError, OSError):
+        return False
+
+
 @main.command()
 @click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
 @click.option(
@@ -289,7 +357,13 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
 @_augment_options
 def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotation, flip,
             rotate, blur, normalize):  # fmt: skip
-    """Write N augmented (image, label, weight) samples of STORE as PNGs and .npy to OUT."""
+    """Write N augmented (image, label, weight) samples of STORE as PNGs and .npy to OUT.
+
+    The samples are the first crops a fit with the same store, seed and augmentation
+    trains on: see that image, label and weights stay aligned. NNN_triplet.png shows
+    them side by side with the label over the image; the .npy files hold exactly what
+    the model and the loss get.
+    """
     from npa_train.augment import AugmentConfig
     from npa_train.data import write_preview
 
@@ -301,8 +375,8 @@ def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotati
                                          blur=blur)  # fmt: skip
         records = write_preview(store, weights, n, out, seed=seed, augment=aug, tiles=tiles,
                                 normalize=normalize)  # fmt: skip
-    except _USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    except _user_errors() as exc:
+        raise user_error(exc, aliases=_ALIASES) from exc
     click.echo(f"{len(records)} samples written to {out} (NNN_triplet.png: image | label | "
                "weight | overlay)")  # fmt: skip
 

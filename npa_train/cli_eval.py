@@ -5,20 +5,47 @@ Register them on the ``npa-train`` group (:mod:`npa_train.cli`) with
 command calls one library function (:func:`npa_train.evaluate.evaluate`,
 :func:`npa_train.predict.predict`) and turns the errors a user can cause (unknown or
 incomplete tile, mismatching checkpoint, bad window/overlap, unreadable image) into
-a :class:`click.ClickException` without a traceback.
+a :class:`click.ClickException` without a traceback (a bad option value names the
+option). torch and the library are imported inside the commands.
 """
 
 from __future__ import annotations
 
 import click
 
-from npa_precompute.io import InputError
-from npa_precompute.store import StoreError
-from npa_train.predict import FORMATS, CheckpointError
+from npa_precompute.cli_common import user_error
+from npa_train.choices import FORMATS
 
-__all__ = ["evaluate_cmd", "predict_cmd"]
+__all__ = ["evaluate_cmd", "predict_cmd", "set_threads", "threads_option"]
 
-_USER_ERRORS = (StoreError, CheckpointError, InputError, ValueError, TypeError, OSError)
+
+#: Library arguments set by options of another name.
+_ALIASES = {"save_images": "no_images", "ignore_fill": "boundary_ignore_fill"}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from npa_precompute.io import InputError
+    from npa_precompute.store import StoreError
+    from npa_train.predict import CheckpointError
+
+    return (StoreError, CheckpointError, InputError, ValueError, TypeError, OSError)
+
+
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads of torch's operators (torch.set_num_threads; default: torch's "
+    "choice, usually one per core).",
+)
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` unless ``threads`` is None."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _inference_options(f):
@@ -48,6 +75,7 @@ def _inference_options(f):
                 help="Default: cuda if available, else cpu.",
             ),
             click.option("--amp", is_flag=True, help="Mixed precision (autocast) on CUDA."),
+            threads_option,
             click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         ]
     ):
@@ -64,7 +92,8 @@ def _inference_options(f):
 @click.option(
     "--tiles",
     multiple=True,
-    help="Tile ids, comma-separated or repeated (default: every tile; all must be complete).",
+    help="Tile ids, comma-separated or repeated. Default: the checkpoint's validation tiles "
+    "(fit --val-tiles) when the store holds them, else every tile (all must be complete).",
 )
 @_inference_options
 @click.option(
@@ -94,8 +123,8 @@ def _inference_options(f):
     "before its boundaries are drawn; 0: ignore pixels have no boundaries.",
 )
 @click.option("--no-images", is_flag=True, help="Do not write the per-tile PNGs.")
-def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, amp, quiet,
-                 classes_in_mean, small_classes, boundary_tolerance, boundary_ignore_fill,
+def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, amp, threads,
+                 quiet, classes_in_mean, small_classes, boundary_tolerance, boundary_ignore_fill,
                  no_images):  # fmt: skip
     """Predict whole tiles of STORE with a sliding window and score them.
 
@@ -105,6 +134,7 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
     """
     from npa_train.evaluate import evaluate, format_table
 
+    set_threads(threads)
     tile_list = [t.strip() for item in tiles for t in item.split(",") if t.strip()] or None
     try:
         result = evaluate(
@@ -124,11 +154,12 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
             save_images=not no_images,
             progress=not quiet,
         )
-    except _USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    except _user_errors() as exc:
+        raise user_error(exc, aliases=_ALIASES) from exc
     click.echo(format_table(result), nl=False)
+    which = " (the checkpoint's validation tiles)" if result["tiles_from"] == "val_tiles" else ""
     click.echo(
-        f"{len(result['tiles'])} tile(s), {result['windows']} windows in "
+        f"{len(result['tiles'])} tile(s){which}, {result['windows']} windows in "
         f"{result['seconds']:.1f} s on {result['device']}; results in {out}"
     )
 
@@ -148,7 +179,8 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
     show_default=True,
     help="Label map format (values = class indices).",
 )
-def predict_cmd(images, checkpoint, out, window, overlap, batch, device, amp, quiet, fmt):
+def predict_cmd(images, checkpoint, out, window, overlap, batch, device, amp, threads, quiet,
+                fmt):  # fmt: skip
     """Label maps for IMAGES (files, folders or globs) with a sliding window.
 
     Images must have as many bands as the checkpoint was trained on (3 or 4; uint8
@@ -157,6 +189,7 @@ def predict_cmd(images, checkpoint, out, window, overlap, batch, device, amp, qu
     """
     from npa_train.predict import predict
 
+    set_threads(threads)
     try:
         results = predict(
             checkpoint,
@@ -170,7 +203,7 @@ def predict_cmd(images, checkpoint, out, window, overlap, batch, device, amp, qu
             fmt=fmt,
             progress=not quiet,
         )
-    except _USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    except _user_errors() as exc:
+        raise user_error(exc, aliases=_ALIASES) from exc
     seconds = sum(r["seconds"] for r in results)
     click.echo(f"{len(results)} image(s) labelled in {seconds:.1f} s; label maps in {out}")

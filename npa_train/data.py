@@ -49,6 +49,7 @@ import torch
 from torch.utils.data import Dataset
 
 from npa_precompute.derived import DerivedWeights, TorchDeriver
+from npa_precompute.errors import ParameterError
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
 from npa_train.augment import (
     AugmentConfig,
@@ -260,7 +261,7 @@ def parse_tiles(tiles: str | Sequence[str] | None) -> list[str] | None:
         return None
     dup = sorted({t for t in tiles if tiles.count(t) > 1})
     if dup:
-        raise ValueError(f"`tiles` lists {', '.join(dup)} more than once")
+        raise ParameterError("tiles", f"lists {', '.join(dup)} more than once")
     return tiles
 
 
@@ -349,7 +350,7 @@ class StoreCropDataset(Dataset):
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
             raise ValueError(f"`length` must be an integer >= 1, got {length!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"`seed` must be an integer >= 0, got {seed!r}")
+            raise ParameterError("seed", f"must be an integer >= 0, got {seed!r}")
         if normalize not in _NORMALIZE:
             raise ValueError(f"`normalize` must be one of {_NORMALIZE}, got {normalize!r}")
         if output not in OUTPUTS:
@@ -406,12 +407,19 @@ class StoreCropDataset(Dataset):
         self.tiles = [t.tile_id for t in opened]
         self.shapes = [tuple(int(s) for s in t.shape) for t in opened]
         self.in_channels = next(iter(bands.values()))
+        dtypes = {np.dtype(t.image.dtype).name for t in opened}
+        #: the images' dtype ("uint8", "uint16"), None when the tiles mix them
+        self.image_dtype = dtypes.pop() if len(dtypes) == 1 else None
         pixels = np.array([h * w for h, w in self.shapes], dtype=np.float64)
         self.probabilities = pixels / pixels.sum()
+        counts = [t.attrs.get("class_pixels") for t in opened]
         self.class_pixels = np.array(
-            [t.attrs.get("class_pixels") or [0] * self.num_classes for t in opened],
-            dtype=np.int64,
+            [c or [0] * self.num_classes for c in counts], dtype=np.int64
         ).reshape(len(opened), -1)
+        #: non-ignore label pixels of the tiles; None when a tile lacks class_pixels
+        self.labelled_pixels = (
+            None if any(c is None for c in counts) else int(self.class_pixels.sum())
+        )
         tile_stats = []
         for t in opened:
             mean, std = t.attrs.get("image_mean"), t.attrs.get("image_std")
@@ -630,7 +638,8 @@ def write_preview(
       values (8-bit images as they are, others stretched 2–98 %);
     * ``NNN_label.png``: labels colour-coded with the store's palette, ignore black;
     * ``NNN_weight.png``: the weights as a viridis heat map, ignore black;
-    * ``NNN_triplet.png``: the three side by side, plus the label blended over the image;
+    * ``NNN_triplet.png``: the three side by side, plus the label blended over the image,
+      under titles (tile, weights name) and with the weights' colour bar;
     * ``NNN_image.npy`` (C, h, w) float32 normalized, ``NNN_label.npy`` (h, w) int64,
       ``NNN_weight.npy`` (h, w) float32: exactly what the model and the loss get;
 
@@ -652,10 +661,16 @@ def write_preview(
 
     from PIL import Image
 
-    from npa_precompute.viz import class_palette, heatmap_rgb, label_rgb, stretch_image
+    from npa_precompute.viz import (
+        class_palette,
+        heatmap_rgb,
+        label_rgb,
+        panel_row,
+        stretch_image,
+    )
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"`n` must be an integer >= 1, got {n!r}")
+        raise ParameterError("n", f"must be an integer >= 1, got {n!r}")
     ds = StoreCropDataset(store_path, weights_name, augment=augment, crop=crop, tiles=tiles,
                           length=int(n), seed=seed, normalize=normalize)  # fmt: skip
     out = Path(out)
@@ -688,8 +703,9 @@ def write_preview(
         Image.fromarray(rgb).save(out / f"{stem}_image.png")
         Image.fromarray(lab_rgb).save(out / f"{stem}_label.png")
         Image.fromarray(w_rgb).save(out / f"{stem}_weight.png")
-        gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
-        Image.fromarray(np.concatenate([rgb, gap, lab_rgb, gap, w_rgb, gap, overlay], 1)).save(
+        titles = [f"image {params.tile}", "label", f"weights {weights_name or 'none (1)'}",
+                  "label over image"]  # fmt: skip
+        panel_row([rgb, lab_rgb, w_rgb, overlay], titles, colorbar=(2, lo, hi)).save(
             out / f"{stem}_triplet.png"
         )
         np.save(out / f"{stem}_image.npy", image)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -27,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from npa_precompute.errors import ParameterError
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
 from npa_train.metrics import SegmentationMetrics
 from npa_train.predict import (
     CheckpointError,
     ModelInfo,
     _progress,
+    check_image_dtype,
     load_model,
     normalization,
     palette_for,
@@ -85,12 +88,14 @@ def parse_class_list(
             idx = lowered.index(v.lower())
         else:
             listed = ", ".join(f"{i} {c}" for i, c in enumerate(classes))
-            raise ValueError(f"`{name}`: unknown class {v!r}; classes: {listed}")
+            reason = f"unknown class {v!r}; classes: {listed}"
+            raise ParameterError(name, reason, message=f"`{name}`: {reason}")
         if not 0 <= idx < len(classes):
-            raise ValueError(f"`{name}`: class index {idx} outside 0..{len(classes) - 1}")
+            reason = f"class index {idx} outside 0..{len(classes) - 1}"
+            raise ParameterError(name, reason, message=f"`{name}`: {reason}")
         out.append(idx)
     if not out:
-        raise ValueError(f"`{name}` must name at least one class")
+        raise ParameterError(name, "must name at least one class")
     return sorted(set(out))
 
 
@@ -121,12 +126,29 @@ def check_compatible(info: ModelInfo, store: dict, *, bands: int | None, store_p
         )
 
 
-def _resolve_tiles(root, tiles: str | Sequence[str] | None, store_path: str) -> list[str]:
+def _resolve_tiles(
+    root, tiles: str | Sequence[str] | None, store_path: str, info: ModelInfo | None = None
+) -> tuple[list[str], str]:
+    """The tiles to evaluate and where they come from: ``"given"``, ``"val_tiles"`` (the
+    checkpoint's validation tiles, when the store holds them all) or ``"store"`` (every
+    tile)."""
     if isinstance(tiles, str):
         tiles = [t.strip() for t in tiles.split(",")]
     if tiles is not None:
         tiles = [str(t) for t in tiles if str(t).strip()]
         tiles = list(dict.fromkeys(tiles)) or None
+    if tiles is not None:
+        return tiles, "given"
+    if info is not None and info.val_tiles:
+        present = set(list_tiles(root))
+        missing = [t for t in info.val_tiles if t not in present]
+        if not missing:
+            return list(info.val_tiles), "val_tiles"
+        warnings.warn(
+            f"checkpoint {info.path} was validated on tile(s) {', '.join(info.val_tiles)}, "
+            f"but store {store_path} lacks {', '.join(missing)}: evaluating every tile of it",
+            stacklevel=3,
+        )
     if tiles is None:
         every = list_tiles(root)
         complete = list_tiles(root, complete_only=True)
@@ -139,7 +161,7 @@ def _resolve_tiles(root, tiles: str | Sequence[str] | None, store_path: str) -> 
         if not complete:
             raise StoreError(f"store {store_path} holds no tile")
         tiles = complete
-    return tiles
+    return tiles, "store"
 
 
 def _finite_or_none(obj):
@@ -182,8 +204,13 @@ def format_table(metrics: dict) -> str:
     b = metrics["boundary"]
     small = ", ".join(f"{c} {_pct(v)}" for c, v in metrics.get("small_objects", {}).items())
     out_of_mean = [c for c in per_class if c not in in_mean]
+    tiles_note = {"val_tiles": " (the checkpoint's validation tiles)"}.get(
+        metrics.get("tiles_from"), ""
+    )
+    if metrics.get("training_tiles"):
+        tiles_note += f" (training tiles of the model: {', '.join(metrics['training_tiles'])})"
     notes = [
-        f"Tiles: {', '.join(metrics['tiles'])}; window {metrics['window'][0]}×"
+        f"Tiles: {', '.join(metrics['tiles'])}{tiles_note}; window {metrics['window'][0]}×"
         f"{metrics['window'][1]}, overlap {metrics['overlap']} (stride "
         f"{metrics['stride'][0]}×{metrics['stride'][1]}), softmax averaged.",
         f"Per-class F1, mF1 and mIoU in %, means over {len(in_mean)} classes"
@@ -229,10 +256,10 @@ def evaluate_model(
     overlap = parse_overlap(overlap)
     stride = window_stride(win, overlap)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"`batch` must be an integer >= 1, got {batch!r}")
+        raise ParameterError("batch", f"must be an integer >= 1, got {batch!r}")
     dev = torch.device(device)
     if amp and dev.type != "cuda":
-        raise ValueError(f"`amp` needs a CUDA device, got device {str(dev)!r}")
+        raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")
     store_path = str(store)
     root = open_store(store)
     sinfo = store_info(root)
@@ -253,7 +280,7 @@ def evaluate_model(
         boundary_tolerance=boundary_tolerance,
         ignore_fill=boundary_ignore_fill,
     )
-    tile_ids = _resolve_tiles(root, tiles, store_path)
+    tile_ids, tiles_from = _resolve_tiles(root, tiles, store_path, info)
     opened = [open_tile(root, t) for t in tile_ids]  # StoreError / IncompleteTileError
     no_image = [t.tile_id for t in opened if t.image is None]
     if no_image:
@@ -264,11 +291,26 @@ def evaluate_model(
     bands = {int(t.image.shape[2]) for t in opened}
     for b in sorted(bands):
         check_compatible(info, sinfo, bands=b, store_path=store_path)
+    for dtype in sorted({np.dtype(t.image.dtype).name for t in opened}):
+        check_image_dtype(info, dtype, f"the images of store {store_path}")
+    trained = [t for t in tile_ids if t in set(info.train_tiles)]
+    if trained:
+        hint = (
+            f"its validation tiles are {', '.join(info.val_tiles)}"
+            if info.val_tiles
+            else "train with --val-tiles to keep tiles for evaluation"
+        )
+        warnings.warn(
+            f"tile(s) {', '.join(trained)} of {store_path} are training tiles of checkpoint "
+            f"{info.path}: their scores show how well it fits its training data, not how it "
+            f"does on new data ({hint})",
+            stacklevel=2,
+        )
     palette = palette_for(sinfo)
     out_dir = None if out is None else Path(out)
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
-            raise ValueError(f"`out` {out_dir} exists and is not a folder")
+            raise ParameterError("out", f"{out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- predict and score tile by tile -----------------------------------------------------
@@ -317,6 +359,8 @@ def evaluate_model(
         "checkpoint": info.path,
         "store": str(Path(store_path).resolve()),
         "tiles": tile_ids,
+        "tiles_from": tiles_from,
+        "training_tiles": trained,
         "window": list(win),
         "overlap": str(overlap),
         "stride": list(stride),
@@ -367,8 +411,10 @@ def evaluate(
     checkpoint : ``checkpoint.pt`` or its run folder (``npa-train fit``)
     out : output folder (created; files of an earlier evaluation are replaced), or None
         to write nothing
-    tiles : tile ids (list or comma-separated); default every tile of the store (all
-        must be complete)
+    tiles : tile ids (list or comma-separated); default the checkpoint's validation tiles
+        (``fit --val-tiles``) when it recorded some and the store holds them all, else
+        every tile of the store (all must be complete). Evaluating tiles the model was
+        trained on warns.
     window : int or (h, w), default 513 (the paper's crop size)
     overlap : fraction in [0, 1), default "1/3"; ``"1/3"``, ``"0.5"``, ``0``...
         Stride ``max(1, floor(window * (1 - overlap)))``.
@@ -388,7 +434,9 @@ def evaluate(
     Returns
     -------
     dict
-        ``model``, ``checkpoint``, ``store``, ``tiles``, ``window``, ``overlap``,
+        ``model``, ``checkpoint``, ``store``, ``tiles``, ``tiles_from`` (``"given"``,
+        ``"val_tiles"`` or ``"store"``), ``training_tiles`` (those of ``tiles`` the model was
+        trained on), ``window``, ``overlap``,
         ``stride``, ``device``, ``amp``, ``classes``, ``ignore_index``; the scores of
         :meth:`npa_train.metrics.SegmentationMetrics.compute` over all tiles
         (``per_class``, ``mF1``, ``mIoU``, ``OA``, ``boundary``, ``small_objects``,
@@ -402,8 +450,8 @@ def evaluate(
         Missing store, unknown tile (the message lists the tiles), incomplete tile,
         a tile without an image.
     CheckpointError
-        Unreadable checkpoint, or one whose classes or input bands differ from the
-        store's (both named).
+        Unreadable checkpoint, or one whose classes, input bands or image dtype differ
+        from the store's (both named).
     TypeError, ValueError
         Bad ``window`` (< 1), ``overlap`` (outside [0, 1)), ``batch``, class lists,
         tolerance, an unavailable device or ``amp`` off CUDA.
@@ -414,7 +462,7 @@ def evaluate(
     parse_overlap(overlap)
     dev = resolve_device(device)
     if amp and dev.type != "cuda":
-        raise ValueError(f"`amp` needs a CUDA device, got device {str(dev)!r}")
+        raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")
     open_store(store)  # a missing store before loading the model
     model, info = load_model(checkpoint, device=dev)
     return evaluate_model(

@@ -49,6 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from npa_precompute.errors import ParameterError
+from npa_train.choices import LOSSES, REDUCTIONS
+
 __all__ = [
     "LOSSES",
     "REDUCTIONS",
@@ -64,16 +67,11 @@ __all__ = [
     "npa_cross_entropy",
 ]
 
-#: Allowed values of ``reduction``.
-REDUCTIONS = ("mean", "weighted_mean", "batch", "sum", "none")
-#: Loss names of :func:`build_criterion` (``npa-train fit --loss``).
-LOSSES = ("npa", "ce", "ce-weighted", "focal", "dice")
-
 
 def parse_reduction(reduction: str) -> str:
     """Return ``reduction`` if it is one of :data:`REDUCTIONS`, else raise ValueError."""
     if reduction not in REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ParameterError("reduction", f"must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
 
 
@@ -389,7 +387,7 @@ def class_weighted_cross_entropy(
     """
     _check_inputs(logits, target, None)
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ParameterError("reduction", f"must be 'mean', 'sum' or 'none', got {reduction!r}")
     cw = torch.as_tensor(class_weight, dtype=logits.dtype, device=logits.device)
     c = logits.shape[1]
     if cw.ndim != 1 or cw.shape[0] != c:
@@ -447,7 +445,7 @@ def focal_loss(
     """
     _check_inputs(logits, target, weight)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < math.inf:
-        raise ValueError(f"`gamma` must be a finite number >= 0, got {gamma!r}")
+        raise ParameterError("gamma", f"must be a finite number >= 0, got {gamma!r}")
     ignore_index = _parse_ignore_index(ignore_index)
     reduction = parse_reduction(reduction)
     safe_target, valid, w = _prepare(logits, target, weight, ignore_index)
@@ -503,7 +501,7 @@ def dice_loss(
         or not isinstance(smooth, (int, float))
         or not 0 <= smooth < math.inf
     ):
-        raise ValueError(f"`smooth` must be a finite number >= 0, got {smooth!r}")
+        raise ParameterError("smooth", f"must be a finite number >= 0, got {smooth!r}")
     ignore_index = _parse_ignore_index(ignore_index)
     safe_target, valid, _ = _prepare(logits, target, None, ignore_index)
     c = logits.shape[1]
@@ -600,7 +598,7 @@ class ClassWeightedCE(nn.Module):
         self.register_buffer("class_weight", torch.as_tensor(class_weight, dtype=torch.float32))
         self.ignore_index = _parse_ignore_index(ignore_index)
         if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {reduction!r}")
+            raise ParameterError("reduction", f"must be 'mean', 'sum' or 'none', got {reduction!r}")
         self.reduction = reduction
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -633,7 +631,7 @@ class FocalLoss(nn.Module):
             or not isinstance(gamma, (int, float))
             or not 0 <= gamma < math.inf
         ):
-            raise ValueError(f"`gamma` must be a finite number >= 0, got {gamma!r}")
+            raise ParameterError("gamma", f"must be a finite number >= 0, got {gamma!r}")
         self.gamma = float(gamma)
         self.ignore_index = _parse_ignore_index(ignore_index)
         self.reduction = parse_reduction(reduction)
@@ -661,7 +659,7 @@ class DiceLoss(nn.Module):
         super().__init__()
         self.ignore_index = _parse_ignore_index(ignore_index)
         if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or smooth < 0:
-            raise ValueError(f"`smooth` must be a finite number >= 0, got {smooth!r}")
+            raise ParameterError("smooth", f"must be a finite number >= 0, got {smooth!r}")
         self.smooth = float(smooth)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:

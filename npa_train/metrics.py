@@ -46,6 +46,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from npa_precompute.errors import ParameterError
+
 __all__ = [
     "BoundaryCounts",
     "SegmentationMetrics",
@@ -65,7 +67,7 @@ def _nonneg_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be an integer, got {value!r}")
     if value < 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}")
+        raise ParameterError(name, f"must be >= 0, got {value!r}")
     return int(value)
 
 
@@ -126,8 +128,8 @@ def confusion_matrix(
         if a.size and (a.min() < 0 or a.max() >= num_classes):
             bad = np.unique(a[(a < 0) | (a >= num_classes)])[:10].tolist()
             extra = f" or the ignore value {ignore_index}" if name == "target" else ""
-            raise ValueError(
-                f"`{name}` holds values {bad} outside the classes 0..{num_classes - 1}{extra}"
+            raise ParameterError(
+                name, f"holds values {bad} outside the classes 0..{num_classes - 1}{extra}"
             )
     cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return cm.reshape(num_classes, num_classes).astype(np.int64)

@@ -41,6 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from npa_precompute.errors import ParameterError
+from npa_train.choices import MODELS, TORCHVISION_MODELS
+
 __all__ = [
     "MODELS",
     "TORCHVISION_MODELS",
@@ -53,16 +56,12 @@ __all__ = [
     "model_name",
 ]
 
-#: torchvision architectures (the ``torchvision`` extra).
-TORCHVISION_MODELS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
-#: Allowed model names.
-MODELS = ("small_fcn", *TORCHVISION_MODELS)
 _ALIASES = {"SmallFCN": "small_fcn", "small-fcn": "small_fcn"}
 
 
 def _check_int(name: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+        raise ParameterError(name, f"must be an integer >= 1, got {v!r}")
     return v
 
 
@@ -276,13 +275,14 @@ def logits_of(output: Tensor | Mapping[str, Tensor]) -> Tensor:
 # ---- pretrained weights from a local file --------------------------------------------------------
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
-        raise ValueError(f"`pretrained` file {path} does not exist")
+        raise ParameterError("pretrained", f"file {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(
-            f"`pretrained` {path} is not a readable PyTorch state dict ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        raise ParameterError(
+            "pretrained",
+            f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})",
         ) from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -293,8 +293,8 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         or not obj
         or not all(isinstance(v, Tensor) for v in obj.values())
     ):
-        raise ValueError(
-            f"`pretrained` {path} holds no state dict (a mapping of parameter names to tensors)"
+        raise ParameterError(
+            "pretrained", f"{path} holds no state dict (a mapping of parameter names to tensors)"
         )
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
 
@@ -325,7 +325,7 @@ def _mismatch_error(path, what: str, missing, unexpected, shapes) -> ValueError:
         parts.append(f"unexpected {len(unexpected)}: {few(unexpected)}")
     if shapes:
         parts.append("shape mismatch: " + "; ".join(shapes[:4]))
-    return ValueError(f"`pretrained` {path} does not fit {what}: " + " | ".join(parts))
+    return ParameterError("pretrained", f"{path} does not fit {what}: " + " | ".join(parts))
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict:

@@ -21,6 +21,7 @@ import contextlib
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,10 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from npa_precompute.errors import ParameterError
+from npa_train.choices import FORMATS
+
 __all__ = [
     "FORMATS",
     "CheckpointError",
     "ModelInfo",
+    "check_image_dtype",
     "coverage_count",
     "load_model",
     "model_info_from_checkpoint",
@@ -49,8 +54,6 @@ __all__ = [
     "write_label_maps",
 ]
 
-#: Label map formats :func:`predict` writes.
-FORMATS = ("png", "tif")
 #: Image normalizations a checkpoint may record (``config["normalize"]``).
 NORMALIZE = ("store", "tile")
 
@@ -84,7 +87,7 @@ def parse_window(window: int | Sequence[int]) -> tuple[int, int]:
         raise TypeError(f"`window` must be an int or a pair (h, w) of ints, got {window!r}")
     h, w = int(pair[0]), int(pair[1])
     if h < 1 or w < 1:
-        raise ValueError(f"`window` must be >= 1, got {window!r}")
+        raise ParameterError("window", f"must be >= 1, got {window!r}")
     return h, w
 
 
@@ -115,19 +118,19 @@ def parse_overlap(overlap: float | str | Fraction) -> Fraction:
         value = Fraction(int(overlap))
     elif isinstance(overlap, (float, np.floating)):
         if not math.isfinite(overlap):
-            raise ValueError(f"`overlap` must be in [0, 1), got {overlap!r}")
+            raise ParameterError("overlap", f"must be in [0, 1), got {overlap!r}")
         value = Fraction(repr(float(overlap)))
     elif isinstance(overlap, str):
         try:
             value = Fraction(overlap.strip())
         except (ValueError, ZeroDivisionError) as exc:
-            raise ValueError(
-                f"`overlap` must be a fraction like '1/3', '0.5' or '0', got {overlap!r}"
+            raise ParameterError(
+                "overlap", f"must be a fraction like '1/3', '0.5' or '0', got {overlap!r}"
             ) from exc
     else:
         raise TypeError(f"`overlap` must be a number or a string like '1/3', got {overlap!r}")
     if not 0 <= value < 1:
-        raise ValueError(f"`overlap` must be in [0, 1), got {overlap!r}")
+        raise ParameterError("overlap", f"must be in [0, 1), got {overlap!r}")
     return value
 
 
@@ -177,7 +180,7 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     """
     for name, v in (("length", length), ("window", window), ("stride", stride)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+            raise ParameterError(name, f"must be an integer >= 1, got {v!r}")
     last = int(length) - int(window)
     if last <= 0:
         return [0]
@@ -237,6 +240,13 @@ class ModelInfo:
         mean and std (as the model was trained).
     name : str, a short description for tables (model, loss, weights)
     path : str, the checkpoint file
+    image_dtype : str or None
+        ``"uint8"`` or ``"uint16"``: the training images' dtype (None in checkpoints that
+        predate it, or for training tiles of both dtypes).
+    train_tiles, val_tiles : tuple of str
+        The training store's tiles the model was trained on, and those it kept for
+        validation (``--val-tiles``); empty when the checkpoint does not record them.
+    store : str or None, the training store's path
     """
 
     classes: tuple[str, ...]
@@ -249,6 +259,10 @@ class ModelInfo:
     name: str = "model"
     normalize: str = "store"
     path: str = ""
+    image_dtype: str | None = None
+    train_tiles: tuple[str, ...] = ()
+    val_tiles: tuple[str, ...] = ()
+    store: str | None = None
 
 
 def _ckpt_value(ckpt: dict, key: str, types: type | tuple[type, ...] = object):
@@ -306,6 +320,11 @@ def model_info_from_checkpoint(ckpt: dict, path: str = "") -> ModelInfo:
     weights = _ckpt_value(ckpt, "weights", str)
     if loss == "npa" and weights:
         parts.append(f"({weights})")
+    image_dtype = _ckpt_value(ckpt, "image_dtype", str)
+    if image_dtype not in (None, "uint8", "uint16"):
+        raise CheckpointError(
+            f"checkpoint {path}: unknown image_dtype {image_dtype!r} (uint8 or uint16)"
+        )
     return ModelInfo(
         classes=tuple(str(c) for c in classes),
         num_classes=num_classes,
@@ -317,6 +336,58 @@ def model_info_from_checkpoint(ckpt: dict, path: str = "") -> ModelInfo:
         normalize=normalize,
         name=" ".join(parts),
         path=str(path),
+        image_dtype=image_dtype,
+        train_tiles=tuple(str(t) for t in _ckpt_value(ckpt, "tiles", (list, tuple)) or ()),
+        val_tiles=tuple(str(t) for t in _ckpt_value(ckpt, "val_tiles", (list, tuple)) or ()),
+        store=_ckpt_value(ckpt, "store", str),
+    )
+
+
+def check_image_dtype(info: ModelInfo, dtype, what: str, *, max_value: int | None = None) -> None:
+    """Refuse images whose dtype differs from the checkpoint's training images.
+
+    A checkpoint normalizing with its training statistics (``normalize="store"``)
+    needs images of its training dtype: uint8 values normalized with uint16 statistics
+    (or the reverse) give garbage. The one exception is 8-bit data in a 16-bit file: a
+    uint16 image for a uint8 checkpoint whose ``max_value`` is below 256 is used as it
+    is, with a warning. Checkpoints that do not record the dtype are checked by their
+    mean: above 255 it cannot come from uint8 images. ``normalize="tile"`` checkpoints
+    normalize each image by its own statistics and take either dtype.
+
+    Parameters
+    ----------
+    info : ModelInfo
+    dtype : the image's numpy dtype
+    what : the image, for the messages (a path, or "the images of store S")
+    max_value : int, optional, keyword-only
+        The image's largest value, when known.
+
+    Raises
+    ------
+    CheckpointError
+        The dtypes differ (both named).
+    """
+    if info.normalize != "store":
+        return
+    have = np.dtype(dtype).name
+    want = info.image_dtype
+    if want is None and have == "uint8" and max(info.image_mean) > 255:
+        want = "uint16"
+    if want is None or have == want:
+        return
+    if have == "uint16" and want == "uint8" and max_value is not None and max_value < 256:
+        warnings.warn(
+            f"{what} is uint16 and checkpoint {info.path} was trained on uint8 images: its "
+            f"values are all below 256 (max {max_value}), so they are taken as 8-bit values",
+            stacklevel=3,
+        )
+        return
+    values = f" with values up to {max_value}" if max_value is not None else ""
+    raise CheckpointError(
+        f"{what} is {have}{values}, but checkpoint {info.path} was trained on {want} images "
+        f"and normalizes with their mean/std ({', '.join(f'{m:.4g}' for m in info.image_mean)})"
+        f": {have} values would be scaled wrongly. Convert the image to {want} with its real "
+        f"value range, or use a checkpoint trained on {have} images"
     )
 
 
@@ -492,15 +563,19 @@ def sliding_window_probs(
         raise ValueError(f"`image` has {c} bands, `mean`/`std` have {len(mean)}/{len(std)}")
     wh, ww = parse_window(window)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"`batch` must be an integer >= 1, got {batch!r}")
+        raise ParameterError("batch", f"must be an integer >= 1, got {batch!r}")
     dev = torch.device(device)
     if amp and dev.type != "cuda":
-        raise ValueError(f"`amp` needs a CUDA device, got device {str(dev)!r}")
+        raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")
     grid = window_grid((h, w), (wh, ww), overlap)
     ph, pw = max(h, wh), max(w, ww)
 
     if image.dtype == np.uint16:
         image = image.astype(np.int32)
+    elif not image.flags.writeable:
+        # torch.from_numpy warns about read-only arrays (e.g. numpy views of PIL images);
+        # the tile is only read, but a copy keeps the tensor honest
+        image = image.copy()
     x = torch.from_numpy(np.ascontiguousarray(image)).to(dev).permute(2, 0, 1).float()
     m = torch.tensor(mean, dtype=torch.float32, device=dev).view(-1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=dev).view(-1, 1, 1)
@@ -602,7 +677,7 @@ def write_label_maps(
     from npa_precompute.viz import label_rgb
 
     if fmt not in FORMATS:
-        raise ValueError(f"`fmt` must be one of {FORMATS}, got {fmt!r}")
+        raise ParameterError("fmt", f"must be one of {FORMATS}, got {fmt!r}")
     out_dir = Path(out_dir)
     dtype = np.uint8 if len(palette) <= 256 else np.uint16
     index = np.ascontiguousarray(pred, dtype=dtype)
@@ -679,7 +754,9 @@ def predict(
     ------
     CheckpointError
         Unreadable checkpoint, or an image whose band count differs from the
-        checkpoint's ``in_channels`` (both named).
+        checkpoint's ``in_channels`` (both named), or whose dtype differs from the
+        training images' (:func:`check_image_dtype`; both named). A uint16 image whose
+        values all lie below 256 is taken for a uint8 checkpoint, with a warning.
     InputError
         A missing or unreadable image (:mod:`npa_precompute.io`); with ``fmt="tif"``,
         an image with malformed GeoTIFF tags.
@@ -695,9 +772,9 @@ def predict(
     wh, ww = parse_window(window)
     overlap = parse_overlap(overlap)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"`batch` must be an integer >= 1, got {batch!r}")
+        raise ParameterError("batch", f"must be an integer >= 1, got {batch!r}")
     if fmt not in FORMATS:
-        raise ValueError(f"`fmt` must be one of {FORMATS}, got {fmt!r}")
+        raise ParameterError("fmt", f"must be one of {FORMATS}, got {fmt!r}")
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     files = expand_paths([str(i) for i in images], what="image")
@@ -709,7 +786,7 @@ def predict(
 
     dev = resolve_device(device)
     if amp and dev.type != "cuda":
-        raise ValueError(f"`amp` needs a CUDA device, got device {str(dev)!r}")
+        raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")
     model, info = load_model(checkpoint, device=dev)
     palette = palette_for(info)
 
@@ -721,6 +798,8 @@ def predict(
                 f"{f} has {img.shape[2]} band(s), the checkpoint {info.path} expects "
                 f"in_channels {info.in_channels}"
             )
+        top = int(img.max(initial=0)) if img.dtype == np.uint16 else None
+        check_image_dtype(info, img.dtype, str(f), max_value=top)
         # the label map is the image's pixel grid: a GeoTIFF image's georeferencing fits it
         georef = tile_georef(f) if fmt == "tif" else None
         arrays.append((f, img.shape[:2], georef))

@@ -65,8 +65,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from npa_precompute.errors import ParameterError
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
 from npa_train.augment import AugmentConfig
+from npa_train.choices import SPLITS, WARP_ON
 from npa_train.data import StoreCropDataset, parse_crop, parse_tiles
 from npa_train.loss import LOSSES, build_criterion, median_frequency_weights, parse_reduction
 from npa_train.model import (
@@ -98,22 +100,8 @@ WEIGHT_DECAY = 1e-4
 POLY_POWER = 0.9
 AUX_WEIGHT = 0.4
 CHECKPOINT_FORMAT = "npa_train.checkpoint/2"
-#: Where the geometric augmentation runs: ``device`` (batched on the training device),
-#: ``loader`` (per sample, on the CPU, in the DataLoader workers), ``auto`` (device on
-#: CUDA, loader on the CPU).
-WARP_ON = ("auto", "device", "loader")
 _RUN_FILES = ("config.json", "log.csv", "checkpoint.pt")
 _LOG_HEADER = ["iteration", "lr", "loss", "aux_loss", "seconds"]
-
-#: Named tile splits: preset, tile id pattern, train and validation area numbers.
-SPLITS = {
-    "vaihingen-paper": {
-        "preset": "isprs",
-        "pattern": "top_mosaic_09cm_area{}",
-        "train": (1, 3, 5, 7, 13, 17, 21, 23, 26, 32, 37),
-        "val": (11, 15, 28, 30, 34),
-    }
-}
 
 # Settings that define a run: a resumed run must have the same.
 _IDENTITY = (
@@ -202,25 +190,26 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"`device` must be 'cpu' or 'cuda', got {device!r}") from exc
+        raise ParameterError("device", f"must be 'cpu' or 'cuda', got {device!r}") from exc
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"`device` must be 'cpu' or 'cuda', got {device!r}")
+        raise ParameterError("device", f"must be 'cpu' or 'cuda', got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
-                "`device` 'cuda' was requested but CUDA is not available (torch "
-                f"{torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu"
+            raise ParameterError(
+                "device",
+                "'cuda' was requested but CUDA is not available (torch "
+                f"{torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu",
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"`device` {device!r}: only {torch.cuda.device_count()} CUDA device(s) present"
+            raise ParameterError(
+                "device", f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) present"
             )
     return dev
 
 
 def _int(name: str, value, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+        raise ParameterError(name, f"must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -231,7 +220,7 @@ def _number(name: str, value, *, minimum: float = 0.0, strict: bool = False) -> 
         ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
     if not ok:
         op = ">" if strict else ">="
-        raise ValueError(f"`{name}` must be a finite number {op} {minimum}, got {value!r}")
+        raise ParameterError(name, f"must be a finite number {op} {minimum}, got {value!r}")
     return value
 
 
@@ -270,7 +259,7 @@ def resolve_split(
     present = list_tiles(root)
     if split is not None:
         if split not in SPLITS:
-            raise ValueError(f"`split` must be one of {tuple(SPLITS)}, got {split!r}")
+            raise ParameterError("split", f"must be one of {tuple(SPLITS)}, got {split!r}")
         if tiles or val:
             raise ValueError("give either `split` or explicit train/validation tiles, not both")
         spec = SPLITS[split]
@@ -764,7 +753,7 @@ def fit(
     """
     # ---- validate everything before any work ------------------------------------------------
     if loss not in LOSSES:
-        raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
+        raise ParameterError("loss", f"must be one of {LOSSES}, got {loss!r}")
     if isinstance(weights, str) and weights.strip().lower() in ("", "none"):
         weights = None
     model_name = parse_model_name(model)
@@ -781,15 +770,19 @@ def fit(
     aux_weight = _number("aux_weight", aux_weight)
     reduction = parse_reduction(reduction)
     if reduction == "none":
-        raise ValueError("`reduction` 'none' gives no scalar loss to train on")
+        raise ParameterError("reduction", "'none' gives no scalar loss to train on")
     if loss not in ("npa", "focal") and reduction != "mean":
-        raise ValueError(f"`reduction` applies to `loss` 'npa' and 'focal' only, not {loss!r}")
+        raise ParameterError(
+            "reduction", f"applies to the losses 'npa' and 'focal' only, not {loss!r}"
+        )
     if warp_on not in WARP_ON:
-        raise ValueError(f"`warp_on` must be one of {WARP_ON}, got {warp_on!r}")
+        raise ParameterError("warp_on", f"must be one of {WARP_ON}, got {warp_on!r}")
     if amp_dtype not in ("bf16", "fp16"):
-        raise ValueError(f"`amp_dtype` must be 'bf16' or 'fp16', got {amp_dtype!r}")
+        raise ParameterError("amp_dtype", f"must be 'bf16' or 'fp16', got {amp_dtype!r}")
     if model_name.startswith("deeplabv3") and batch < 2:
-        raise ValueError("`batch` must be >= 2 for DeepLabV3 (batch norm in its pooling branch)")
+        raise ParameterError(
+            "batch", "must be >= 2 for DeepLabV3 (batch norm in its pooling branch)"
+        )
     aug = AugmentConfig.from_options(crop, augment=augment, scale=scale, rotation=rotation,
                                      flip=flip, rotate=rotate, blur=blur)  # fmt: skip
     dev = resolve_device(device)
@@ -797,7 +790,7 @@ def fit(
     if amp is None:
         amp = dev.type == "cuda"
     if amp and dev.type != "cuda":
-        raise ValueError("`amp` (mixed precision) needs --device cuda")
+        raise ParameterError("amp", "(mixed precision) needs --device cuda")
     if workers is None:
         cores = os.cpu_count() or 1
         if env_world > 1:  # the node's cores are shared by its ranks
@@ -808,19 +801,21 @@ def fit(
     if warp_on == "auto":
         warp_on = "device" if dev.type == "cuda" else "loader"
     if pretrained is not None and not Path(pretrained).is_file():
-        raise ValueError(f"`pretrained` file {pretrained} does not exist")
+        raise ParameterError("pretrained", f"file {pretrained} does not exist")
     open_store(store)  # StoreError early for a missing store
     train_tiles, val = resolve_split(store, tiles=tiles, val_tiles=val_tiles, split=split)
     if loss == "npa" and weights is None:
         names = _available_weights(store, train_tiles)
-        raise ValueError(
-            "`loss` 'npa' needs a weights name (--weights); available in the store: "
-            f"{', '.join(names) or 'none'}"
+        raise ParameterError(
+            "loss",
+            "'npa' needs a weights name (--weights); available in the store: "
+            f"{', '.join(names) or 'none'}",
         )
     if loss != "npa" and weights is not None:
-        raise ValueError(
-            f"`loss` {loss!r} uses no stored weights, got `weights` {weights!r}; "
-            "pass --weights none, or --loss npa to train with them"
+        raise ParameterError(
+            "loss",
+            f"{loss!r} uses no stored weights, got `weights` {weights!r}; "
+            "pass --weights none, or --loss npa to train with them",
         )
     out = Path(out)
     ckpt_path = out / "checkpoint.pt"
@@ -854,6 +849,13 @@ def fit(
             seed=seed, normalize=normalize, output="window" if warp_on == "device" else "crop",
         )  # fmt: skip
         info = dataset.info
+        if dataset.labelled_pixels == 0 and ddp.main:
+            warnings.warn(
+                f"every label pixel of the training tile(s) {', '.join(dataset.tiles)} is "
+                f"ignore ({dataset.ignore_index}): the loss is 0 and the model learns nothing; "
+                "check the labels and how the preset decodes them",
+                stacklevel=2,
+            )
         class_weight = None
         if loss == "ce-weighted":
             if dataset.class_pixels.sum() == 0:
@@ -927,12 +929,14 @@ def fit(
             "warp_on": warp_on,
             "seed": seed,
             "workers": workers,
+            "threads": torch.get_num_threads(),
             "log_every": log_every,
             "checkpoint_every": checkpoint_every,
             "classes": dataset.classes,
             "num_classes": dataset.num_classes,
             "ignore_index": dataset.ignore_index,
             "in_channels": dataset.in_channels,
+            "image_dtype": dataset.image_dtype,
             "image_mean": dataset.mean.tolist(),
             "image_std": dataset.std.tolist(),
             "store_preset": info.get("preset"),

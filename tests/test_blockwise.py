@@ -196,9 +196,9 @@ def test_memory_limit_is_checked_before_anything_is_written(tmp_path):
     path = write_isprs_tile(tmp_path, "area1.tif", np.zeros((64, 64), int))
     out = tmp_path / "s.zarr"
     for value, message in [
-        ("lots", "--memory-limit must be a positive size such as '2GB'"),
-        ("150%", "--memory-limit must be a positive size"),
-        ("-1", "--memory-limit must be a positive size"),
+        ("lots", "'--memory-limit': must be a positive size such as '2GB'"),
+        ("150%", "'--memory-limit': must be a positive size"),
+        ("-1", "'--memory-limit': must be a positive size"),
     ]:
         res = CliRunner().invoke(
             main, ["run", str(path), "--out", str(out), "--dask", "--memory-limit", value]

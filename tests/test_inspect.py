@@ -247,12 +247,83 @@ def test_show_matplotlib_panels_and_size(store, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "fig.png"
     fig = show_figure(store, "t1", out=out, backend="matplotlib", dpi=40)
-    # image, label, legend, mean-weight bars, 2 maps (k = 1, 2 of raw), 2 colour bars, 1 hist
-    assert len(fig.axes) == 9
+    # image, label, legend, mean-weight bars, 2 maps (k = 1, 2 of raw), 1 colour bar for the
+    # row (one scale), 1 hist
+    assert len(fig.axes) == 8
     titles = [ax.get_title() for ax in fig.axes]
     assert "raw, k = 1" in titles and "raw, k = 2" in titles
     with Image.open(out) as im:
         assert im.size == tuple(np.rint(fig.get_size_inches() * 40).astype(int))
+
+
+def _map_axes(fig, title_start: str):
+    return [ax for ax in fig.axes if ax.get_title().startswith(title_start) and ax.images]
+
+
+def test_show_one_colour_scale_per_row_legend_and_window(store):
+    pytest.importorskip("matplotlib")
+    valid = _label() != IGNORE
+    k1, k2 = _stored(store, "affinity/k1"), _stored(store, "affinity/k2")
+    # shared: both k of the row on the range of the row (the k = 2 counts reach higher)
+    fig = show_figure(store, "t1", arrays=["k1_raw", "k2_raw"], backend="matplotlib", dpi=30)
+    clims = [ax.images[0].get_clim() for ax in _map_axes(fig, "raw, k = ")]
+    assert clims == [(k1[valid].min(), k2[valid].max())] * 2 and k1.max() < k2.max()
+    assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 1
+    # per panel: each its own range and colour bar
+    fig = show_figure(store, "t1", arrays=["k1_raw", "k2_raw"], backend="matplotlib", dpi=30,
+                      color_scale="panel")  # fmt: skip
+    clims = [ax.images[0].get_clim() for ax in _map_axes(fig, "raw, k = ")]
+    assert clims == [(k1[valid].min(), k1[valid].max()), (k2[valid].min(), k2[valid].max())]
+    assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 2
+    # the histogram names its classes; the bar chart its window
+    fig = show_figure(store, "t1", window="0,0,16,16", backend="matplotlib", dpi=30)
+    hist = next(ax for ax in fig.axes if " per class, k = " in ax.get_title())
+    assert [t.get_text() for t in hist.get_legend().get_texts()] == ["impervious surfaces", "car"]
+    bars = next(ax for ax in fig.axes if ax.get_title().startswith("mean weight per class"))
+    assert "in window x0,y0,w,h = 0,0,16,16" in bars.get_title()
+    with pytest.raises(ValueError, match="`color_scale` must be one of"):
+        show_figure(store, "t1", color_scale="global")
+    args = ["show", str(store), "--tile", "t1", "--color-scale", "panel", "--out",
+            str(store.parent / "f.png")]  # fmt: skip
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 0, result.output
+
+
+def test_show_pillow_shares_the_row_range(store):
+    valid = _label() != IGNORE
+    k2 = _stored(store, "affinity/k2")
+    data = load_show_data(store, "t1", arrays=["k1_raw", "k2_raw"])
+    img = np.asarray(render_pillow(data, panel_px=32))
+    shared = np.asarray(render_pillow(data, panel_px=32, color_scale="panel"))
+    assert img.shape == shared.shape and not np.array_equal(img, shared)
+    # the k = 1 panel drawn on the row's range equals a heat map of it with that range
+    from npa_precompute.viz import heatmap_rgb
+
+    rgb, lo, hi = heatmap_rgb(_stored(store, "affinity/k1"), vmin=0, vmax=k2[valid].max(),
+                              mask=~valid)  # fmt: skip
+    left, top = 8, 8 + 22 + (32 + 22 + 8) + 22  # origin(1, 0) of render_pillow
+    np.testing.assert_array_equal(img[top : top + 32, left : left + 32], rgb)
+
+
+def test_panel_row_titles_and_colour_bar():
+    from npa_precompute.viz import panel_row
+
+    rng = np.random.default_rng(0)
+    panels = [rng.integers(0, 256, (30, 50, 3)).astype(np.uint8) for _ in range(3)]
+    img = np.asarray(panel_row(panels, ["a", "b", "c"], colorbar=(1, 0.5, 3.25)))
+    top = img.shape[0] - 30
+    assert top == 13 + 4  # one line of titles
+    np.testing.assert_array_equal(img[top:, :50], panels[0])
+    np.testing.assert_array_equal(img[top:, 54:104], panels[1])
+    lut = colormap_lut(256)
+    bar = img[top:, 104 + 3 : 104 + 3 + 12]
+    # the bar's top is the maximum's colour, its bottom the minimum's (resampled: within 16)
+    assert np.abs(bar[0].astype(int) - lut[-1]).max() <= 16
+    assert np.abs(bar[-1].astype(int) - lut[0]).max() <= 16
+    assert (img[:top] < 128).any()  # the titles
+    assert img.shape[1] > 3 * 50 + 2 * 4 + 15  # the colour bar and its values widen column 1
+    with pytest.raises(ValueError, match="3 panels but 2 titles"):
+        panel_row(panels, ["a", "b"])
 
 
 def test_show_two_transforms_rows(store):
@@ -266,7 +337,7 @@ def test_show_two_transforms_rows(store):
     ]
     assert data.label.shape == (20, 24)
     fig = show_figure(store, "t1", arrays=["k2_raw", "k1_log10_L0.5", "k1_raw"], dpi=30)
-    assert len(fig.axes) == 4 + 3 + 3 + 2
+    assert len(fig.axes) == 4 + (2 + 1 + 1) + (1 + 1 + 1)  # maps, one colour bar, a histogram
 
 
 def test_show_pillow_size(store, tmp_path):

@@ -234,12 +234,12 @@ def test_size_mismatch_names_both_shapes(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--k", "-1"], "`k` must be >= 0, got -1"),
-        (["--transform", "sqrt"], "unknown transform 'sqrt'"),
-        (["--transform", "norm:L=-1"], "`L` must be >= 0"),
-        (["--transform", "log:a=1,L=0.5"], "`a` must be > 1"),
-        (["--preset", "index"], "needs `num_classes`"),
-        (["--workers", "0"], "`workers` must be an integer >= 1"),
+        (["--k", "-1"], "Invalid value for '--k': must be >= 0, got -1"),
+        (["--transform", "sqrt"], "Invalid value for '--transform': unknown transform 'sqrt'"),
+        (["--transform", "norm:L=-1"], "'--transform': `L` must be >= 0"),
+        (["--transform", "log:a=1,L=0.5"], "'--transform': `a` must be > 1"),
+        (["--preset", "index"], "Invalid value for '--num-classes': must be given with preset"),
+        (["--workers", "0"], "Invalid value for '--workers': must be an integer >= 1"),
     ],
 )
 def test_cli_bad_arguments_named(isprs_tiles, tmp_path, extra, message):

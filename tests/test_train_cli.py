@@ -160,8 +160,8 @@ def test_cuda_unavailable_is_a_clear_error(store, tmp_path):
 
 
 def test_bad_values_are_named(store, tmp_path):
-    cases = [("--iters", "0", "`iters`"), ("--lr", "-1", "`lr`"), ("--workers", "-1", "`workers`"),
-             ("--crop", "0", "`crop`")]  # fmt: skip
+    cases = [("--iters", "0", "'--iters'"), ("--lr", "-1", "'--lr'"),
+             ("--workers", "-1", "'--workers'"), ("--crop", "0", "'--crop'")]  # fmt: skip
     for opt, val, name in cases:
         # a repeated option takes its last value
         args = [*_fit_args(store, tmp_path / "r", "--weights", WNAME), opt, val]
@@ -731,7 +731,19 @@ def test_preview_writes_aligned_triplets(store, tmp_path):
         assert (rgb[~valid] == 0).all()
         heat = np.asarray(Image.open(out / f"{i:03d}_weight.png").convert("RGB"))
         assert (heat[~valid] == 0).all() and heat.shape == (40, 40, 3)
-        assert Image.open(out / f"{i:03d}_triplet.png").size == (4 * 40 + 3 * 4, 40)
+        # the triplet: titles above the panels, the image first, the heat map with its bar
+        trip = np.asarray(Image.open(out / f"{i:03d}_triplet.png").convert("RGB"))
+        top = trip.shape[0] - 40
+        assert top > 0 and (trip[:top] < 128).any()
+        np.testing.assert_array_equal(
+            trip[top:, :40], np.asarray(Image.open(out / f"{i:03d}_image.png").convert("RGB"))
+        )
+        x = next(
+            x for x in range(trip.shape[1] - 40) if np.array_equal(trip[top:, x : x + 40], heat)
+        )
+        bar = trip[top:, x + 43 : x + 55].astype(int)  # viridis, the maximum at the top
+        assert np.abs(bar[0] - (253, 231, 37)).max() <= 16
+        assert np.abs(bar[-1] - (68, 1, 84)).max() <= 16
         assert Image.open(out / f"{i:03d}_image.png").size == (40, 40)
     # the samples are the first ones a fit with the same seed trains on
     from npa_train.data import StoreCropDataset
@@ -746,7 +758,9 @@ def test_preview_errors(store, tmp_path):
     assert result.exit_code != 0 and "k7_raw" in result.output and WNAME in result.output
     result = CliRunner().invoke(main, ["preview", "--store", str(store), "--n", "0", "--out",
                                        str(tmp_path / "p")])  # fmt: skip
-    assert result.exit_code != 0 and "`n`" in result.output
+    assert result.exit_code != 0 and "Invalid value for '--n': must be an integer >= 1" in (
+        result.output
+    )
 
 
 # ---- torchvision models through fit (the optional extra) ---------------------------------------

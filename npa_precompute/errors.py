@@ -1,0 +1,29 @@
+"""Errors shared by both packages that need no heavy imports."""
+
+from __future__ import annotations
+
+__all__ = ["ParameterError"]
+
+
+class ParameterError(ValueError):
+    """A bad value of one named argument.
+
+    ``str(exc)`` is the library's message, ``"`param` reason"`` unless ``message``
+    says otherwise; the command lines report ``reason`` against the option that sets
+    ``param`` (:func:`npa_precompute.cli_common.user_error`), so a CLI user reads
+    ``--loss`` where a Python user reads `` `loss` ``.
+
+    Parameters
+    ----------
+    param : str
+        The Python name of the argument (``"loss"``, ``"out"``, ``"k"``).
+    reason : str
+        What is wrong with it, without its name: ``"must be >= 1, got 0"``.
+    message : str, optional, keyword-only
+        The full message, when it does not read ``"`param` reason"``.
+    """
+
+    def __init__(self, param: str, reason: str, *, message: str | None = None) -> None:
+        super().__init__(message if message is not None else f"`{param}` {reason}")
+        self.param = param
+        self.reason = reason

@@ -1,0 +1,46 @@
+"""The names ``npa-train`` offers as option choices, importable without torch.
+
+:mod:`npa_train.loss`, :mod:`npa_train.model`, :mod:`npa_train.train` and
+:mod:`npa_train.predict` re-export them; the command line (:mod:`npa_train.cli`) reads
+them from here so that ``npa-train --help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "FORMATS",
+    "LOSSES",
+    "MODELS",
+    "REDUCTIONS",
+    "SPLITS",
+    "TORCHVISION_MODELS",
+    "WARP_ON",
+]
+
+#: Allowed values of ``reduction``.
+REDUCTIONS = ("mean", "weighted_mean", "batch", "sum", "none")
+#: Loss names of :func:`npa_train.loss.build_criterion` (``npa-train fit --loss``).
+LOSSES = ("npa", "ce", "ce-weighted", "focal", "dice")
+#: torchvision architectures (the ``torchvision`` extra).
+TORCHVISION_MODELS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
+#: Allowed model names.
+MODELS = ("small_fcn", *TORCHVISION_MODELS)
+#: Where the geometric augmentation runs: ``device`` (batched on the training device),
+#: ``loader`` (per sample, on the CPU, in the DataLoader workers), ``auto`` (device on
+#: CUDA, loader on the CPU).
+WARP_ON = ("auto", "device", "loader")
+#: Named tile splits: preset, tile id pattern, train and validation area numbers.
+SPLITS = {
+    "vaihingen-paper": {
+        "preset": "isprs",
+        "pattern": "top_mosaic_09cm_area{}",
+        "train": (1, 3, 5, 7, 13, 17, 21, 23, 26, 32, 37),
+        "val": (11, 15, 28, 30, 34),
+    }
+}
+#: Label map formats :func:`npa_train.predict.predict` writes.
+FORMATS = ("png", "tif")
+#: Weights ``npa-train fit --loss npa`` uses when ``--weights`` is not given and the store
+#: holds them: the paper's best (k = 32, log10, L = 0.5; Table 2, Fig. 5).
+DEFAULT_WEIGHTS = "k32_log10_L0.5"
