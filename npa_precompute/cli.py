@@ -125,6 +125,7 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     from npa_precompute.pipeline import run_precompute
 
     dask = _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk)
+    _check_weight_range(ks, transforms, weight_dtype)
     bar = None
 
     def progress(done: int, total: int, tile: str) -> None:
@@ -157,6 +158,7 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             overwrite=overwrite,
             progress=progress,
             dask=dask,
+            notify=None if quiet else lambda message: click.echo(message, err=True),
         )
     except _USER_ERRORS as exc:
         message = str(exc)
@@ -168,6 +170,20 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
         if bar is not None:
             bar.close()
     click.echo(summary.text())
+
+
+def _check_weight_range(ks, transforms, weight_dtype) -> None:
+    """A usage error, naming the options, for weights that would overflow the dtype."""
+    from npa_precompute.affinity import parse_ks
+    from npa_precompute.transforms import WeightRangeError, check_weight_range
+
+    names = {"transforms": "--transform", "dtype": "--dtype", "k": "--k"}
+    try:
+        check_weight_range(parse_ks(ks), transforms, weight_dtype, names=names)
+    except WeightRangeError as exc:
+        raise click.UsageError(str(exc)) from None
+    except (ValueError, TypeError):
+        pass  # other bad values: run_precompute names them, as for the library
 
 
 def echo_warning(message, category, filename, lineno, file=None, line=None) -> None:
