@@ -278,6 +278,15 @@ def _open(store: str, tile_id: str, name: str):
     return zarr.open_array(os.path.join(store, "tiles", tile_id, name), mode="r+")
 
 
+def _write(store: str, tile_id: str, name: str, window: tuple, data: np.ndarray) -> None:
+    """Write one block of array ``name``; an OSError (disk full, ...) names tile and array."""
+    from npa_precompute.store import writing
+
+    r0, r1, c0, c1 = window
+    with writing(tile_id, name, store):
+        _open(store, tile_id, name)[r0:r1, c0:c1] = data
+
+
 def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -> dict:
     """One block: read with halo, decode, Eq. 1 for every k, write label/image/counts/weights."""
     from npa_precompute.presets import LabelError
@@ -302,7 +311,7 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
     lab = np.ascontiguousarray(lab[inner])
     ignore = lab == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
-    _open(store, tile_id, "label")[r0:r1, c0:c1] = lab
+    _write(store, tile_id, "label", win, lab)
     out = {
         "kernel_seconds": kernel_s,
         "class_pixels": np.bincount(lab[~ignore].ravel(), minlength=cfg.preset.num_classes),
@@ -311,7 +320,7 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
     }
     if image is not None:
         img = image.read(slice(r0, r1), slice(c0, c1))
-        _open(store, tile_id, "image")[r0:r1, c0:c1] = img
+        _write(store, tile_id, "image", win, img)
         sums = np.zeros(img.shape[2], dtype=np.uint64)
         squares = np.zeros(img.shape[2], dtype=np.uint64)
         band_sums(img, sums, squares)
@@ -319,15 +328,13 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
     stored = cfg.stored_pairs()
     for i, k in enumerate(cfg.ks):
         a = np.ascontiguousarray(aff[i][inner])
-        _open(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1] = a
+        _write(store, tile_id, f"affinity/k{k}", win, a)
         lo, hi = valid_min_max(a, ignore)
         out["ranges"].append((int(lo), int(hi)))
         for t in cfg.transforms:
             if t.kind != "norm" and (k, t) in stored:
-                name = weights_name(k, t)
-                _open(store, tile_id, f"weights/{name}")[r0:r1, c0:c1] = t.apply(
-                    a, ignore, dtype=dtype
-                )
+                name = f"weights/{weights_name(k, t)}"
+                _write(store, tile_id, name, win, t.apply(a, ignore, dtype=dtype))
     return out
 
 
@@ -345,7 +352,7 @@ def _norm_pass(store, tile_id, cfg, win, ranges, threads) -> None:
         a = _open(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1]
         for t in norms:
             w = t.apply(a, ignore, dtype=dtype, value_range=ranges[i])
-            _open(store, tile_id, f"weights/{weights_name(k, t)}")[r0:r1, c0:c1] = w
+            _write(store, tile_id, f"weights/{weights_name(k, t)}", win, w)
 
 
 def stats_from_sums(sums: np.ndarray, squares: np.ndarray, n: int) -> dict:

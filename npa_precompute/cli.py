@@ -142,6 +142,7 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     from npa_precompute.pipeline import run_precompute
 
     dask = _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk)
+    _check_weight_range(ks, transforms, weight_dtype)
     bar = None
 
     def progress(done: int, total: int, tile: str) -> None:
@@ -175,6 +176,7 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             progress=progress,
             dask=dask,
             store_weights=store_weights,
+            notify=None if quiet else lambda message: click.echo(message, err=True),
         )
     except _user_errors() as exc:
         raise user_error(exc) from exc
@@ -183,6 +185,20 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
         if bar is not None:
             bar.close()
     click.echo(summary.text())
+
+
+def _check_weight_range(ks, transforms, weight_dtype) -> None:
+    """A usage error, naming the options, for weights that would overflow the dtype."""
+    from npa_precompute.affinity import parse_ks
+    from npa_precompute.transforms import WeightRangeError, check_weight_range
+
+    names = {"transforms": "--transform", "dtype": "--dtype", "k": "--k"}
+    try:
+        check_weight_range(parse_ks(ks), transforms, weight_dtype, names=names)
+    except WeightRangeError as exc:
+        raise click.UsageError(str(exc)) from None
+    except (ValueError, TypeError):
+        pass  # other bad values: run_precompute names them, as for the library
 
 
 def _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk):

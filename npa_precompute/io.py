@@ -1,8 +1,9 @@
 """Reading label and image files, and pairing labels with images into tiles.
 
 TIFF files are read with tifffile (multi-band, 16-bit and float TIFFs that Pillow
-cannot open), everything else with Pillow. Palette-mode ('P') PNGs are read as
-their indices, never converted to RGB.
+cannot open; every lossless compression GDAL writes, through imagecodecs), everything
+else with Pillow. Multi-page TIFFs are refused; GDAL's overviews and masks are skipped.
+Palette-mode ('P') PNGs are read as their indices, never converted to RGB.
 """
 
 from __future__ import annotations
@@ -38,18 +39,89 @@ class InputError(ValueError):
     """An input file or path list does not hold what was expected."""
 
 
-def _read_raw(path: Path) -> np.ndarray:
+#: TIFF compressions that are lossy, or may be (their lossless modes are rare): refused for
+#: labels, whose every boundary pixel they would change.
+_LOSSY_TIFF = ("JPEG", "JP2000", "WEBP", "LERC")
+#: NewSubfileType bits of pages that are not the raster: reduced-resolution overviews, masks.
+_NOT_RASTER = 1 | 4
+#: Most bands of an (H, W, C) array that tifffile stored as H pages of (W, C).
+_MAX_SHAPED_BANDS = 16
+
+
+def _refuse_lossy_tiff(page, path: Path) -> None:
+    name = getattr(page.compression, "name", str(page.compression)).upper()
+    if any(tag in name for tag in _LOSSY_TIFF):
+        certain = "JPEG" in name and "2000" not in name and "XL" not in name
+        label, lossy = ("JPEG", "lossy") if certain else (name, "lossy (or may be)")
+        raise InputError(
+            f"{path}: {label}-compressed TIFF labels are {lossy} and refused: compression "
+            "artefacts invent colours/classes at every boundary; rewrite the label with a "
+            "lossless compression (e.g. gdal_translate -co COMPRESS=DEFLATE)"
+        )
+
+
+def _tiff_raster(tif: tifffile.TiffFile, path: Path) -> tuple[str, int]:
+    """Which part of a TIFF holds the raster: ``("page", index)`` or ``("series", 0)``.
+
+    One page, or one full-resolution page beside GDAL's overviews and mask: that page.
+    An (H, W, C) array that tifffile stored as H pages of (W, C) (its default for C not
+    3 or 4): the series. Several full-resolution pages otherwise: refused.
+
+    Raises
+    ------
+    InputError
+        A multi-page TIFF (several images, or a stack).
+    """
+    pages = tif.pages
+    if len(pages) == 1:
+        return "page", 0
+    series = tif.series[0] if tif.series else None
+    if (
+        series is not None
+        and series.kind == "shaped"
+        and len(series.shape) == 3
+        and len(series.pages) == len(pages)
+        and series.shape[2] <= _MAX_SHAPED_BANDS
+    ):
+        return "series", 0
+    main = [i for i, p in enumerate(pages) if not int(getattr(p, "subfiletype", 0)) & _NOT_RASTER]
+    if len(main) == 1:
+        return "page", main[0]
+    shapes = [tuple(pages[i].shape) for i in main]
+    if len(set(shapes)) == 1:
+        what = f"{len(main)} pages of {shapes[0]}"
+    else:
+        what = f"{len(main)} pages of shapes {', '.join(map(str, shapes[:4]))}"
+        what += ", ..." if len(shapes) > 4 else ""
+    if series is not None and tuple(series.shape) not in shapes:
+        what += f", stored as an array of shape {tuple(series.shape)}"
+    raise InputError(
+        f"{path}: multi-page TIFF ({what}); npaloss reads one raster per file: save each "
+        "page as a file of its own, or an image's bands as one (H, W, C) page"
+    )
+
+
+def _read_raw(path: Path, role: str) -> tuple[np.ndarray, str]:
     if path.suffix.lower() in _TIFF:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            compression = getattr(page.compression, "name", str(page.compression))
+            kind, index = _tiff_raster(tif, path)
+            if kind == "series":
+                page = tif.pages[0]
+                if role == "label":
+                    _refuse_lossy_tiff(page, path)
+                return tif.series[0].asarray(), "TIFF"
+            page = tif.pages[index]
+            if role == "label":
+                _refuse_lossy_tiff(page, path)
             arr = page.asarray()
             planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
         if planar and arr.ndim == 3:
             arr = np.moveaxis(arr, 0, -1)
-        return arr, compression
+        return arr, "TIFF"
     with Image.open(path) as im:
         fmt = im.format
+        if role == "label" and fmt == "JPEG":
+            raise InputError(f"{path}: JPEG data in a label file is lossy and refused")
         if im.mode in ("P", "L", "I;16", "I;16B", "I;16L", "I", "1"):
             arr = np.asarray(im)
             if im.mode == "1":
@@ -61,17 +133,29 @@ def _read_raw(path: Path) -> np.ndarray:
     return arr, fmt
 
 
+#: What reading a file can raise besides InputError (a codec missing raises ImportError).
+_READ_ERRORS = (OSError, ValueError, ImportError, tifffile.TiffFileError)
+
+
+def _cannot_read(path: Path, what: str, exc: BaseException) -> InputError:
+    hint = ""
+    if "imagecodecs" in str(exc) or isinstance(exc, ImportError):
+        hint = "; the TIFF codecs come with the imagecodecs package: pip install imagecodecs"
+    return InputError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc}{hint})")
+
+
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a label file as stored: (H, W) indices or (H, W, 3|4) colours.
 
     Palette PNGs give their indices, grey+alpha PNGs their grey band, 16-bit PNGs
-    and TIFFs keep 16 bits.
+    and TIFFs keep 16 bits. TIFFs may use any lossless compression (LZW, Deflate,
+    ZSTD, LZMA, PackBits, with or without predictor), tiled or striped, BigTIFF.
 
     Raises
     ------
     InputError
-        Missing file, lossy format (JPEG/WebP labels, JPEG-compressed TIFF), or a file
-        that cannot be decoded.
+        Missing file, lossy format (JPEG/WebP labels, JPEG-compressed TIFF), a multi-page
+        TIFF, or a file that cannot be decoded.
     """
     path = Path(path)
     if not path.is_file():
@@ -82,13 +166,11 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
             "colours/classes at every boundary; use a lossless PNG or TIFF"
         )
     try:
-        arr, compression = _read_raw(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise InputError(f"{path}: cannot read label file ({exc})") from exc
-    if "JPEG" in str(compression).upper() and path.suffix.lower() in _TIFF:
-        raise InputError(f"{path}: JPEG-compressed TIFF labels are lossy and refused")
-    if compression == "JPEG":
-        raise InputError(f"{path}: JPEG data in a label file is lossy and refused")
+        arr, _ = _read_raw(path, "label")
+    except InputError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _cannot_read(path, "label file", exc) from exc
     return arr
 
 
@@ -104,9 +186,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
     try:
-        arr, _ = _read_raw(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise InputError(f"{path}: cannot read image file ({exc})") from exc
+        arr, _ = _read_raw(path, "image")
+    except InputError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _cannot_read(path, "image file", exc) from exc
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3:
@@ -194,23 +278,23 @@ class Raster:
         if path.suffix.lower() not in _TIFF:
             self._arr, self.windowed = _read_whole(path, self.role), False
             return self._arr
-        if self.role == "label" and path.suffix.lower() in _LOSSY:
-            read_label(path)  # raises the lossy-format error
+        tif = None
         try:
             tif = tifffile.TiffFile(path)
-            page = tif.pages[0]
-            compression = getattr(page.compression, "name", str(page.compression))
-            if self.role == "label" and "JPEG" in str(compression).upper():
-                tif.close()
-                raise InputError(f"{path}: JPEG-compressed TIFF labels are lossy and refused")
-            self._planar = (
-                page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and len(page.shape) == 3
-            )
-            if page.is_memmappable:
-                arr = tif.asarray(out="memmap", key=0)
-            else:
-                import zarr
+            kind, index = _tiff_raster(tif, path)
+            page = tif.pages[index]
+            if self.role == "label":
+                _refuse_lossy_tiff(page, path)
+            import zarr
 
+            planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and len(page.shape) == 3
+            if kind == "series":  # (H, W, C) stored as H pages of (W, C): chunks of rows
+                arr = zarr.open_array(tif.series[0].aszarr(), mode="r")
+            elif page.is_memmappable:
+                self._planar = planar
+                arr = tif.asarray(out="memmap", key=index)
+            else:
+                self._planar = planar
                 arr = zarr.open_array(page.aszarr(), mode="r")
                 yx = arr.chunks[1:3] if self._planar else arr.chunks[:2]
                 if tuple(yx) == tuple(page.shape[1:3] if self._planar else page.shape[:2]):
@@ -219,10 +303,14 @@ class Raster:
                     self._planar = False
                     self._arr, self.windowed = _read_whole(path, self.role), False
                     return self._arr
-        except (OSError, ValueError, tifffile.TiffFileError) as exc:
-            if isinstance(exc, InputError):
-                raise
-            raise InputError(f"{path}: cannot read {what} ({exc})") from exc
+        except InputError:
+            if tif is not None:
+                tif.close()
+            raise
+        except _READ_ERRORS as exc:
+            if tif is not None:
+                tif.close()
+            raise _cannot_read(path, what, exc) from exc
         self._arr, self.windowed = arr, True
         return arr
 
@@ -263,6 +351,8 @@ def file_sha256(path: str | os.PathLike, *, block: int = 1 << 22) -> str:
 def expand_paths(items: list[str] | tuple[str, ...], *, what: str) -> list[Path]:
     """Expand files, folders (searched recursively for image files) and glob patterns.
 
+    Paths are made absolute without resolving symlinks: a link keeps its own name.
+
     Raises
     ------
     InputError
@@ -282,8 +372,10 @@ def expand_paths(items: list[str] | tuple[str, ...], *, what: str) -> list[Path]
         if not found:
             raise InputError(f"{what} {item!r} matches no file")
         out.extend(found)
-    unique = list(dict.fromkeys(f.resolve() for f in out))
-    return unique
+    # Absolute, but symlinks kept: in git-annex, DVC or datalad datasets (folders of links
+    # to content-addressed files) the tile id and the label/image pairing come from the
+    # link's name, and two links to one object (two identical files) stay two files.
+    return list(dict.fromkeys(Path(os.path.abspath(f)) for f in out))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -38,16 +39,22 @@ from npa_precompute.io import (
 )
 from npa_precompute.presets import Preset, get_preset
 from npa_precompute.store import (
+    LOCK_NAME,
     StoreError,
+    StoreLock,
+    check_out,
     consolidate_store,
     create_or_check_store,
+    discard_incomplete_tile,
     drop_consolidated,
+    is_consolidated,
     list_tiles,
     open_store,
     write_tile,
 )
 from npa_precompute.transforms import (
     WeightTransform,
+    check_weight_range,
     parse_transform,
     weights_attrs,
     weights_name,
@@ -91,7 +98,12 @@ class PrecomputeConfig:
 
 @dataclass
 class RunSummary:
-    """What a run did: tiles written and skipped, pixels, time."""
+    """What a run did: tiles written and skipped, pixels, time.
+
+    ``kernel_seconds`` is the affinity kernel's time summed over tiles, compilation
+    excluded; ``compile_seconds`` is the time spent compiling the numba kernels (the
+    first run on a machine only: later runs load them from numba's cache).
+    """
 
     store: str
     written: list[str] = field(default_factory=list)
@@ -100,19 +112,27 @@ class RunSummary:
     pixels: int = 0
     seconds: float = 0.0
     kernel_seconds: float = 0.0
+    compile_seconds: float = 0.0
 
     @property
     def mpix_per_s(self) -> float:
-        return self.pixels / self.seconds / 1e6 if self.seconds > 0 else float("nan")
+        """Throughput, the one-off compilation left out."""
+        seconds = self.seconds - self.compile_seconds
+        return self.pixels / seconds / 1e6 if seconds > 0 else float("nan")
 
     def text(self) -> str:
         grown = f", {len(self.grown)} grown in place" if self.grown else ""
+        compiled = (
+            f"; numba kernels compiled in {self.compile_seconds:.1f} s (first run only)"
+            if self.compile_seconds
+            else ""
+        )
         return (
             f"{len(self.written)} tile(s) written{grown}, {len(self.skipped)} up to date and "
             "skipped; "
             f"{self.pixels / 1e6:.2f} Mpix in {self.seconds:.1f} s "
             f"({self.mpix_per_s:.1f} Mpix/s; affinity kernel {self.kernel_seconds:.1f} s summed "
-            f"over tiles) -> "
+            f"over tiles{compiled}) -> "
             f"{self.store}"
         )
 
@@ -219,6 +239,81 @@ def image_stats(image: np.ndarray) -> dict:
     return stats_from_sums(sums, squares, image.shape[0] * image.shape[1])
 
 
+#: Seconds into the warm-up after which a compilation in progress is announced.
+COMPILE_NOTICE_AFTER = 0.5
+
+
+def compile_kernels(cfg: PrecomputeConfig, notify: Callable[[str], None] | None = None) -> float:
+    """Run every numba kernel of a run once, on tiny inputs of the run's types.
+
+    The first run on a machine compiles them (10-40 s; ``notify`` is then told so, once)
+    and numba caches the machine code on disk; later runs and the worker processes load
+    it from there in well under a second. Warming up here keeps compilation out of the
+    per-tile kernel times.
+
+    Returns
+    -------
+    float
+        Seconds spent compiling, 0.0 when every kernel came from numba's cache.
+    """
+    from numba.core.registry import CPUDispatcher
+
+    from npa_precompute import _kernels
+
+    kernels = [v for v in vars(_kernels).values() if isinstance(v, CPUDispatcher)]
+
+    def misses() -> int:
+        return sum(sum(k.stats.cache_misses.values()) for k in kernels)
+
+    before = misses()
+    done = threading.Event()
+
+    def announce() -> None:
+        # numba counts a cache miss before it compiles: say so while it does, once
+        if done.wait(COMPILE_NOTICE_AFTER):
+            return
+        while not done.is_set():
+            if misses() > before:
+                if notify is not None:
+                    notify(
+                        "Compiling the numba kernels (first run only, 10-40 s; later runs "
+                        "load them from numba's cache)..."
+                    )
+                return
+            done.wait(0.1)
+
+    watcher = threading.Thread(target=announce, name="npaloss-compile-notice", daemon=True)
+    t0 = time.perf_counter()
+    watcher.start()
+    try:
+        preset = cfg.preset
+        index = np.zeros((6, 6), dtype=preset.label_dtype)
+        index[2:, 3:] = 1
+        index[0, 0] = preset.ignore_index
+        dtype = np.dtype(cfg.weight_dtype)
+        for writable in (True, False):  # files read through Pillow come read-only
+            if preset.palette is not None:
+                rgb = np.array([*preset.palette, *preset.ignore_colors], dtype=np.uint8)
+                rgb = np.ascontiguousarray(rgb[np.arange(36) % len(rgb)].reshape(6, 6, 3))
+                rgb.setflags(write=writable)
+                label = preset.decode(rgb, unknown_colors="ignore")
+            else:
+                label = index.copy()
+                label.setflags(write=writable)
+            aff = affinity_maps(label, cfg.ks)
+            ignore = label == preset.ignore_index
+            for t in {t.kind: t for t in cfg.transforms}.values():
+                t.apply(aff[0], ignore, dtype=dtype)
+            for image_dtype in (np.uint8, np.uint16):
+                image = np.zeros((2, 2, 3), dtype=image_dtype)
+                image.setflags(write=writable)
+                image_stats(image)
+    finally:
+        done.set()
+        watcher.join()
+    return time.perf_counter() - t0 if misses() > before else 0.0
+
+
 def _init_worker(threads: int) -> None:
     import numba
 
@@ -275,41 +370,54 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
     from npa_precompute.blockwise import count_blocks, dask_client, process_tile_blockwise
     from npa_precompute.grow import grow_blocks, grow_tile
 
+    if not todo and not grow:  # every tile is current: no cluster to start
+        return
     total = sum(count_blocks(rasters[src.tile_id][0], c, opts.block) for src, _, c in todo)
     total += sum(grow_blocks(rasters[src.tile_id][0].shape[:2], opts.block, nw)
                  for src, _, _, nw in grow)  # fmt: skip
     done = 0
+    current = None
     threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.scheduler is None else None
-    with dask_client(opts) as client:
-        for src, source, tile_cfg in todo:
-            label, image = rasters[src.tile_id]
+    try:
+        with dask_client(opts) as client:
+            for src, source, tile_cfg in todo:
+                label, image = rasters[src.tile_id]
 
-            def tick(tile=src.tile_id) -> None:
-                nonlocal done
-                done += 1
-                if progress:
-                    progress(done, total, tile)
+                def tick(tile=src.tile_id) -> None:
+                    nonlocal done
+                    done += 1
+                    if progress:
+                        progress(done, total, tile)
 
-            r = process_tile_blockwise(
-                store, src, tile_cfg, source, client=client, opts=opts, label=label, image=image,
-                progress=tick,
-            )  # fmt: skip
-            summary.written.append(r["tile"])
-            summary.pixels += r["pixels"]
-            summary.kernel_seconds += r["kernel_seconds"]
-        for src, tile_cfg, new_ks, new_weights in grow:
+                current = src.tile_id
+                r = process_tile_blockwise(
+                    store, src, tile_cfg, source, client=client, opts=opts, label=label,
+                    image=image, progress=tick,
+                )  # fmt: skip
+                current = None
+                summary.written.append(r["tile"])
+                summary.pixels += r["pixels"]
+                summary.kernel_seconds += r["kernel_seconds"]
+            for src, tile_cfg, new_ks, new_weights in grow:
 
-            def tick(tile=src.tile_id) -> None:
-                nonlocal done
-                done += 1
-                if progress:
-                    progress(done, total, tile)
+                def tick(tile=src.tile_id) -> None:
+                    nonlocal done
+                    done += 1
+                    if progress:
+                        progress(done, total, tile)
 
-            r = grow_tile(store, src.tile_id, tile_cfg, new_ks, new_weights, client=client,
-                          block=opts.block, threads=threads, progress=tick)  # fmt: skip
-            summary.grown.append(r["tile"])
-            summary.pixels += r["pixels"]
-            summary.kernel_seconds += r["kernel_seconds"]
+                r = grow_tile(store, src.tile_id, tile_cfg, new_ks, new_weights, client=client,
+                              block=opts.block, threads=threads, progress=tick)  # fmt: skip
+                summary.grown.append(r["tile"])
+                summary.pixels += r["pixels"]
+                summary.kernel_seconds += r["kernel_seconds"]
+    except InputError:
+        # Bad label or image content, found by a block: the in-memory path finds it before
+        # it writes the tile, so leave no empty incomplete tile either. The local cluster is
+        # closed by now, so no block of this tile is still being written.
+        if current is not None:
+            discard_incomplete_tile(open_store(store, mode="r+"), current)
+        raise
 
 
 #: params that a tile and a run must share for the tile to be grown rather than recomputed
@@ -367,6 +475,7 @@ def run_precompute(
     progress: Callable[[int, int, str], None] | None = None,
     dask: DaskOptions | None = None,
     store_weights: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Precompute affinity maps and weights for whole tiles into a zarr store.
 
@@ -402,6 +511,12 @@ def run_precompute(
         writes the counts only and records the transformations as the tiles' named
         weights, which every reader derives from the counts, bit for bit
         (:mod:`npa_precompute.derived`)
+    notify : callback(message) for what the user should know while the run waits (the
+        numba kernels being compiled, the first time only)
+
+    The run holds the store's lock (:class:`npa_precompute.store.StoreLock`) from its
+    first write to its last; a run over an up-to-date store writes nothing (it works on a
+    read-only file system).
 
     Returns
     -------
@@ -410,14 +525,20 @@ def run_precompute(
     Raises
     ------
     ValueError
-        Bad parameters (named in the message), checked before any tile is written.
+        Bad parameters (named in the message), checked before any tile is written;
+        :class:`~npa_precompute.transforms.WeightRangeError` when a (k, transform, dtype)
+        would store weights that overflow the dtype.
     InputError
         Missing, unreadable or mismatched files (pairing is checked before any tile is
         written; a label whose content is bad stops the run naming the file, and the
         tiles finished before it stay complete).
     StoreError
         ``out`` holds a store with other settings, or complete tiles made with other
-        parameters (and ``overwrite`` is False); ``out`` is a file.
+        parameters (and ``overwrite`` is False); ``out`` is a file;
+        :class:`~npa_precompute.store.StoreLockedError` when another run is writing it.
+    OSError
+        Writing failed (:class:`~npa_precompute.store.StoreWriteError` names the tile and
+        the array, e.g. on a full disk).
     """
     t_start = time.perf_counter()
     preset_obj = get_preset(preset, num_classes=num_classes, ignore_index=ignore_index)
@@ -447,15 +568,32 @@ def run_precompute(
             f"`block` ({dask.block}) must be a multiple of `chunk` ({chunk}): each block's "
             "task writes whole shards of the store"
         )
+    check_weight_range(ks, parsed, weight_dtype)
     cfg = PrecomputeConfig(preset_obj, ks, parsed, weight_dtype, unknown_colors, chunk,
                            bool(store_weights))  # fmt: skip
     sources = discover_tiles(labels, images, preset=preset)
     rasters = _open_rasters(sources, cfg, dask) if dask is not None else {}
 
-    info = {**preset_obj.to_attrs(), "created_by": f"npaloss {__version__}"}
     path = Path(out)
+    check_out(path, overwrite=overwrite)
     existed = path.exists()
-    fresh = not existed or (path.is_dir() and not any(path.iterdir()))
+    if not existed:
+        path.mkdir(parents=True, exist_ok=True)
+    with StoreLock(path):
+        summary = _run_locked(
+            out, sources, cfg, rasters, existed=existed, overwrite=overwrite, workers=workers,
+            progress=progress, dask=dask, notify=notify,
+        )  # fmt: skip
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
+                overwrite: bool, workers: int, progress, dask, notify) -> RunSummary:  # fmt: skip
+    """The part of :func:`run_precompute` that reads and writes the store (lock held)."""
+    path = Path(out)
+    info = {**cfg.preset.to_attrs(), "created_by": f"npaloss {__version__}"}
+    fresh = not any(c.name != LOCK_NAME for c in path.iterdir())
     root = create_or_check_store(out, info, overwrite=overwrite)
     try:
         params = cfg.params()
@@ -496,6 +634,7 @@ def run_precompute(
         total = len(todo) + len(grow)
         store = os.path.abspath(out)  # workers of a Dask cluster may run in another folder
         if todo or grow:
+            summary.compile_seconds = compile_kernels(cfg, notify)
             drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
         jobs = [(process_tile, (store, s, c, so), "written") for s, so, c in todo]
         jobs += [(_grow_job, (store, s.tile_id, c, nk, nw), "grown") for s, c, nk, nw in grow]
@@ -536,6 +675,6 @@ def run_precompute(
         raise
     summary.written.sort()
     summary.grown.sort()
-    consolidate_store(out)  # for xarray/napari, which read the consolidated listing
-    summary.seconds = time.perf_counter() - t_start
+    if fresh or summary.written or summary.grown or not is_consolidated(out):
+        consolidate_store(out)  # for xarray/napari, which read the consolidated listing
     return summary

@@ -18,14 +18,22 @@ reads only the chunks it touches. Every array has ``dimension_names`` (``y``, ``
 set last, after all of its arrays are written; readers refuse a tile without it
 (:class:`IncompleteTileError`).
 Each tile is written by one process into its own arrays, so no chunk ever has
-two writers.
+two writers. A run holds an exclusive lock on the store (:class:`StoreLock`, the file
+``.npaloss.lock`` in the store folder) from its first write to its last: a second run on
+the same store is refused, so no tile is ever rewritten by two runs at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import json
 import os
+import shutil
+import socket
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +43,23 @@ import zarr.errors
 from zarr.codecs import BloscCodec
 
 __all__ = [
+    "LOCK_NAME",
     "SCHEMA_VERSION",
     "IncompleteTileError",
     "StoreError",
+    "StoreLock",
+    "StoreLockedError",
+    "StoreWriteError",
     "Tile",
     "add_arrays",
+    "check_out",
     "commit_arrays",
     "consolidate_store",
     "create_or_check_store",
     "create_tile",
+    "discard_incomplete_tile",
     "drop_consolidated",
+    "is_consolidated",
     "leftover_arrays",
     "list_tiles",
     "mark_complete",
@@ -52,6 +67,7 @@ __all__ = [
     "open_tile",
     "store_info",
     "write_tile",
+    "writing",
 ]
 
 #: Version of the layout above; bumped on any incompatible change.
@@ -65,6 +81,200 @@ class StoreError(RuntimeError):
 
 class IncompleteTileError(StoreError):
     """A tile whose writing did not finish (its ``complete`` marker is missing)."""
+
+
+class StoreLockedError(StoreError):
+    """Another run holds the store's lock (it is writing the store now)."""
+
+
+class StoreWriteError(OSError):
+    """Writing an array of a tile failed (disk full, read-only, ...): names tile and array."""
+
+
+#: The lock file in the store folder (see :class:`StoreLock`).
+LOCK_NAME = ".npaloss.lock"
+#: errno values of file systems that do not support locks.
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class StoreLock:
+    """An exclusive lock on a store folder, held by the run that writes it.
+
+    ``flock`` on the file :data:`LOCK_NAME` in the store folder, taken without waiting:
+    a second run on the same store is refused (:class:`StoreLockedError`, naming the
+    process that holds it) instead of both deleting and rewriting each other's tiles.
+    The lock belongs to the open file, so the kernel releases it when the process ends
+    however it ends (SIGKILL, crash, power loss of a client): a killed run never leaves
+    a stale lock behind. The file itself stays (it holds the last holder's pid, host and
+    start time, for the message).
+
+    On NFS (Linux clients) ``flock`` is carried out as a POSIX byte-range lock, which
+    every client sees; on file systems without lock support (some FUSE or SMB mounts,
+    Lustre without its ``flock`` mount option) locking fails: the run then goes on with a
+    warning that a second writer would not be detected. A store on a read-only file
+    system cannot be written by anyone: the lock is not needed there.
+
+    Use it as a context manager, or :meth:`acquire` / :meth:`release`.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> StoreLock:
+        """Take the lock (the store folder must exist).
+
+        Raises
+        ------
+        StoreLockedError
+            Another process holds it.
+        """
+        lock_path = self.path / LOCK_NAME
+        for _ in range(10):
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+                writable = True
+            except OSError as exc:
+                if exc.errno not in _READ_ONLY:
+                    raise
+                try:  # a read-only file system: lock the existing file if there is one
+                    fd, writable = os.open(lock_path, os.O_RDONLY), False
+                except OSError:
+                    return self
+            try:
+                _lock(fd)
+            except BlockingIOError:
+                holder = _read_text(fd)
+                os.close(fd)
+                raise StoreLockedError(
+                    f"store {self.path} is being written by another npa-precompute run"
+                    f"{f' ({holder})' if holder else ''}; wait for it to finish, or write to "
+                    "another --out (two runs writing one store would replace each other's tiles)"
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in _NO_LOCKS:
+                    raise
+                warnings.warn(
+                    f"cannot lock store {self.path} ({exc.strerror}: this file system does not "
+                    "support file locks); a second run writing this store at the same time "
+                    "would not be detected",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                return self
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the store was removed and made again while we waited: retry
+                os.close(fd)
+                continue
+            if writable:
+                host = socket.gethostname()
+                since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {host}, since {since}".encode())
+            self._fd = fd
+            return self
+        raise StoreLockedError(f"cannot lock store {self.path}: its lock file keeps changing")
+
+    def release(self) -> None:
+        """Give the lock back (closing the file releases it)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise BlockingIOError(errno.EWOULDBLOCK, "locked") from None
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _read_text(fd: int) -> str:
+    """The holder's line (it writes it right after taking the lock: wait for it a little)."""
+    import time
+
+    for _ in range(10):
+        try:
+            text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        except (OSError, AttributeError):  # no os.pread on Windows
+            return ""
+        if text:
+            return text
+        time.sleep(0.02)
+    return ""
+
+
+@contextlib.contextmanager
+def writing(tile_id: str, name: str, store: str | os.PathLike | None = None) -> Iterator[None]:
+    """Name the tile and array in an ``OSError`` raised while writing them.
+
+    ``[Errno 28] No space left on device`` becomes ``[Errno 28] No space left on device:
+    writing array 'weights/k32_log10_L0.5' of tile 'area1' in store runs/s.zarr``.
+
+    Raises
+    ------
+    StoreWriteError
+        An ``OSError`` with the same errno and the tile and array in its message.
+    """
+    try:
+        yield
+    except StoreWriteError:
+        raise
+    except OSError as exc:
+        where = f"array {name!r} of tile {tile_id!r}" if name else f"tile {tile_id!r}"
+        where = f"writing {where}"
+        if store is not None:
+            where += f" in store {store}"
+        why = exc.strerror or str(exc)
+        raise StoreWriteError(exc.errno, f"{why}: {where}") from exc
+
+
+def _store_path(root: zarr.Group) -> str | None:
+    root_dir = getattr(root.store, "root", None)
+    return str(root_dir) if root_dir is not None else None
+
+
+def check_out(path: str | os.PathLike, *, overwrite: bool) -> None:
+    """Refuse an ``--out`` that cannot be a store, before anything is written there.
+
+    Raises
+    ------
+    StoreError
+        ``path`` is a file, a folder holding other files, or (without ``overwrite``)
+        a zarr store that is not an npaloss store or has another schema.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"--out {path} is a file, not a store folder")
+    if (path / LOCK_NAME).exists():
+        return  # an npaloss store, maybe being created right now: checked under its lock
+    if (path / "zarr.json").is_file():
+        if not overwrite:
+            open_store(path)
+    elif path.is_dir() and any(c.name != LOCK_NAME for c in path.iterdir()):
+        raise StoreError(f"{path} exists and is not a zarr store; choose another --out")
 
 
 def _compressor(dtype: np.dtype) -> BloscCodec:
@@ -144,9 +354,18 @@ def create_or_check_store(path: str | os.PathLike, info: dict, *, overwrite: boo
                 )
     elif path.exists() and not path.is_dir():
         raise StoreError(f"--out {path} is a file, not a store folder")
-    elif path.exists() and any(path.iterdir()):
+    elif path.exists() and any(c.name != LOCK_NAME for c in path.iterdir()):
         raise StoreError(f"{path} exists and is not a zarr store; choose another --out")
-    root = zarr.open_group(path, mode="w", attributes={_ATTR_KEY: info})
+    # Recreated in place: everything goes but the lock file, which the running process holds.
+    if path.is_dir():
+        for child in path.iterdir():
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    root = zarr.create_group(path, attributes={_ATTR_KEY: info}, overwrite=False)
     root.create_group("tiles")
     return root
 
@@ -158,6 +377,15 @@ def drop_consolidated(root: zarr.Group) -> None:
     never see a stale one; :func:`consolidate_store` writes it again at the end of a run.
     """
     root.attrs[_ATTR_KEY] = store_info(root)
+
+
+def is_consolidated(path: str | os.PathLike) -> bool:
+    """Whether the store's root metadata holds zarr's consolidated listing."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("consolidated_metadata") is not None
 
 
 def list_tiles(root: zarr.Group, *, complete_only: bool = False) -> list[str]:
@@ -212,6 +440,27 @@ def _create(
     return arr
 
 
+def _clear_tile(root: zarr.Group, tile_id: str) -> None:
+    """Remove a tile and anything left in its folder (chunks without metadata included)."""
+    tiles = root["tiles"]
+    if tile_id in tiles:
+        del tiles[tile_id]
+    store_dir = _store_path(root)
+    if store_dir is not None:
+        shutil.rmtree(Path(store_dir) / "tiles" / tile_id, ignore_errors=True)
+
+
+def discard_incomplete_tile(root: zarr.Group, tile_id: str) -> bool:
+    """Remove ``tile_id`` if it is in the store and not complete; True if it was removed."""
+    if tile_id not in list_tiles(root):
+        return False
+    if root["tiles"][tile_id].attrs.get("complete") is True:
+        return False
+    with writing(tile_id, "", _store_path(root)):
+        _clear_tile(root, tile_id)
+    return True
+
+
 def write_tile(
     root: zarr.Group,
     tile_id: str,
@@ -236,20 +485,27 @@ def write_tile(
     attrs : tile attrs (source paths, hashes, params); ``complete`` is added last
     chunk : chunk side in pixels
     """
-    tiles = root["tiles"]
-    if tile_id in tiles:
-        del tiles[tile_id]
-    g = tiles.create_group(tile_id, attributes={**attrs, "complete": False})
-    _create(g, "label", label, chunk, ("y", "x"), fill_value=ignore_index)
+    store = _store_path(root)
+    with writing(tile_id, "", store):
+        _clear_tile(root, tile_id)
+        g = root["tiles"].create_group(tile_id, attributes={**attrs, "complete": False})
+    with writing(tile_id, "label", store):
+        _create(g, "label", label, chunk, ("y", "x"), fill_value=ignore_index)
     if image is not None:
-        _create(g, "image", image, chunk, ("y", "x", "band"), fill_value=0)
-    aff = g.create_group("affinity")
+        with writing(tile_id, "image", store):
+            _create(g, "image", image, chunk, ("y", "x", "band"), fill_value=0)
+    with writing(tile_id, "affinity", store):
+        aff = g.create_group("affinity")
     for k, a in affinity.items():
-        _create(aff, f"k{k}", a, chunk, ("y", "x"), fill_value=0, attributes={"k": int(k)})
-    wg = g.create_group("weights")
+        with writing(tile_id, f"affinity/k{k}", store):
+            _create(aff, f"k{k}", a, chunk, ("y", "x"), fill_value=0, attributes={"k": int(k)})
+    with writing(tile_id, "weights", store):
+        wg = g.create_group("weights")
     for name, w, wattrs in weights:
-        _create(wg, name, w, chunk, ("y", "x"), fill_value=0.0, attributes=wattrs)
-    g.attrs["complete"] = True
+        with writing(tile_id, f"weights/{name}", store):
+            _create(wg, name, w, chunk, ("y", "x"), fill_value=0.0, attributes=wattrs)
+    with writing(tile_id, "", store):
+        g.attrs["complete"] = True
 
 
 def create_tile(
@@ -292,33 +548,35 @@ def create_tile(
     """
     if shard < chunk or shard % chunk:
         raise ValueError(f"`shard` ({shard}) must be a positive multiple of `chunk` ({chunk})")
-    tiles = root["tiles"]
-    if tile_id in tiles:
-        del tiles[tile_id]
-    g = tiles.create_group(tile_id, attributes={**attrs, "complete": False})
-    kw = {"shape": tuple(shape), "shard": shard}
-    _create(g, "label", None, chunk, ("y", "x"), dtype=label_dtype, fill_value=ignore_index, **kw)
-    if image is not None:
-        bands, dt = image
-        kw_img = {**kw, "shape": (*shape, bands)}
-        _create(g, "image", None, chunk, ("y", "x", "band"), dtype=dt, fill_value=0, **kw_img)
-    aff = g.create_group("affinity")
-    for k, dt in affinity.items():
-        attrs_k = {"k": int(k)}
-        _create(aff, f"k{k}", None, chunk, ("y", "x"), dtype=dt, fill_value=0,
-                attributes=attrs_k, **kw)  # fmt: skip
-    wg = g.create_group("weights")
-    for name, wattrs in weights:
-        _create(wg, name, None, chunk, ("y", "x"), dtype=weight_dtype, fill_value=0.0,
-                attributes=wattrs, **kw)  # fmt: skip
+    with writing(tile_id, "", _store_path(root)):  # metadata only: no array is written here
+        _clear_tile(root, tile_id)
+        g = root["tiles"].create_group(tile_id, attributes={**attrs, "complete": False})
+        kw = {"shape": tuple(shape), "shard": shard}
+        _create(g, "label", None, chunk, ("y", "x"), dtype=label_dtype, fill_value=ignore_index,
+                **kw)  # fmt: skip
+        if image is not None:
+            bands, dt = image
+            kw_img = {**kw, "shape": (*shape, bands)}
+            _create(g, "image", None, chunk, ("y", "x", "band"), dtype=dt, fill_value=0, **kw_img)
+        aff = g.create_group("affinity")
+        for k, dt in affinity.items():
+            attrs_k = {"k": int(k)}
+            _create(aff, f"k{k}", None, chunk, ("y", "x"), dtype=dt, fill_value=0,
+                    attributes=attrs_k, **kw)  # fmt: skip
+        wg = g.create_group("weights")
+        for name, wattrs in weights:
+            _create(wg, name, None, chunk, ("y", "x"), dtype=weight_dtype, fill_value=0.0,
+                    attributes=wattrs, **kw)  # fmt: skip
     return g
 
 
 def mark_complete(group: zarr.Group, attrs: dict | None = None) -> None:
     """Add ``attrs`` to a tile group and set its ``complete`` marker (the tile's last write)."""
-    if attrs:
-        group.attrs.update(attrs)
-    group.attrs["complete"] = True
+    tile_id = group.path.rsplit("/", 1)[-1]
+    with writing(tile_id, "", getattr(group.store, "root", None)):
+        if attrs:
+            group.attrs.update(attrs)
+        group.attrs["complete"] = True
 
 
 @dataclass
@@ -568,4 +826,8 @@ def consolidate_store(path: str | os.PathLike) -> None:
         # zarr warns that consolidated metadata is not (yet) part of the v3 spec.
         category = getattr(zarr.errors, "ZarrUserWarning", UserWarning)
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=category)
+        # the store's lock file is no zarr node: zarr says so when it lists the root
+        warnings.filterwarnings(
+            "ignore", message=rf"Object at {LOCK_NAME} is not recognized", category=category
+        )
         zarr.consolidate_metadata(str(path), zarr_format=3)

@@ -20,18 +20,35 @@ to 0.5. Weights at ignore pixels are 0 whatever the transformation.
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from npa_precompute._kernels import gather_weights, valid_min_max
 
-__all__ = ["DEFAULT_L", "WeightTransform", "parse_transform", "weights_attrs", "weights_name"]
+__all__ = [
+    "DEFAULT_L",
+    "WeightRangeError",
+    "WeightTransform",
+    "check_weight_range",
+    "parse_transform",
+    "weights_attrs",
+    "weights_name",
+]
 
 #: Weight margin used when a spec leaves ``L`` out (the paper's best, Table 2).
 DEFAULT_L = 0.5
 
 _KINDS = ("raw", "norm", "log10", "ln", "log")
+_LN_FLOAT64_MAX = math.log(sys.float_info.max)
+
+
+class WeightRangeError(ValueError):
+    """Weights of a (k, transformation, dtype) that cannot be represented (overflow)."""
+
+
 _MAX_TABLE = 1 << 22  # largest count evaluated through a lookup table
 
 
@@ -78,6 +95,13 @@ class WeightTransform:
             raise ValueError(f"`L` must be >= 0, got {self.L}")
         if self.kind in ("log10", "ln", "log") and not self.a > 1:
             raise ValueError(f"`a` must be > 1, got {self.a}")
+        if self.kind in ("log10", "ln", "log") and self.L * math.log(self.a) >= _LN_FLOAT64_MAX:
+            limit = _LN_FLOAT64_MAX / math.log(self.a)
+            base = {"log10": "10", "ln": "e"}.get(self.kind, _fmt(self.a))
+            raise WeightRangeError(
+                f"`L` = {_fmt(self.L)} is too large for {self.kind}: {base}**L overflows float64 "
+                f"(L must be below {limit:.6g})"
+            )
 
     @property
     def spec(self) -> str:
@@ -96,6 +120,19 @@ class WeightTransform:
         if self.kind == "log":
             return f"log_a{_fmt(self.a)}_L{_fmt(self.L)}"
         return f"{self.kind}_L{_fmt(self.L)}"
+
+    def max_weight(self, k: int) -> float:
+        """The largest weight this transformation can give for search region ``k`` (float64).
+
+        Counts of Eq. 1 lie in ``[0, (2k + 1)**2 - 1]``: ``raw`` reaches the top count,
+        ``norm`` reaches ``1 + L``, ``log*`` reaches ``log_a(top + a**L)``.
+        """
+        top = (2 * int(k) + 1) ** 2 - 1
+        if self.kind == "raw":
+            return float(top)
+        if self.kind == "norm":
+            return 1.0 + self.L
+        return math.log(top + self.a**self.L) / math.log(self.a)
 
     def to_dict(self) -> dict:
         """JSON-ready parameters: ``{"spec", "kind", "L", "a"}``."""
@@ -232,7 +269,69 @@ def parse_transform(spec: str | WeightTransform) -> WeightTransform:
     try:
         return WeightTransform(kind, L=params.get("L", DEFAULT_L), a=params.get("a", 10.0))
     except ValueError as exc:
-        raise ValueError(f"{exc} in transform {spec!r}") from None
+        raise type(exc)(f"{exc} in transform {spec!r}") from None
+
+
+#: How :func:`check_weight_range` names the parameters (the CLI passes its option names).
+API_NAMES = {"transforms": "transform", "dtype": "`weight_dtype`", "k": "k ="}
+
+
+def check_weight_range(
+    ks: Iterable[int],
+    transforms: Iterable[str | WeightTransform],
+    dtype: str | np.dtype = "float32",
+    *,
+    names: dict[str, str] | None = None,
+) -> None:
+    """Refuse every (k, transformation, dtype) whose largest weight is not finite in ``dtype``.
+
+    Checked before anything is computed, so that no tile is ever stored with ``inf``
+    weights (float32 tops out at 3.4028e38, float16 at 65504: ``raw`` counts of k >= 128,
+    ``norm`` with L near the top, ``log*`` whose ``a**L`` overflows float64).
+
+    Parameters
+    ----------
+    ks : search regions
+    transforms : specs or :class:`WeightTransform`
+    dtype : "float32" or "float16"
+    names : how to name ``transforms``, ``dtype`` and ``k`` in messages (default: the
+        :func:`~npa_precompute.pipeline.run_precompute` parameters)
+
+    Raises
+    ------
+    WeightRangeError
+        Naming the transformation, the k, the dtype and the limit.
+    """
+    names = {**API_NAMES, **(names or {})}
+    dtype = np.dtype(dtype)
+    top_of = float(np.finfo(dtype).max)
+    ks = list(ks)
+    for spec in transforms:
+        try:
+            t = parse_transform(spec)
+        except WeightRangeError as exc:
+            why = str(exc).replace(f" in transform {spec!r}", "")
+            raise WeightRangeError(f"{names['transforms']} {spec}: {why}") from None
+        for k in ks:
+            w = t.max_weight(k)
+            with np.errstate(over="ignore"):  # rounded as apply() rounds: float64 -> 32 -> dtype
+                stored = np.float64(w).astype(np.float32).astype(dtype)
+            if np.isfinite(stored):
+                continue
+            where = f"{names['transforms']} {spec if isinstance(spec, str) else t.spec}"
+            if t.kind != "norm":  # the largest norm weight is 1 + L whatever k
+                where += f" with {names['k']} {k}"
+            if t.kind == "raw":
+                kmax = int((math.isqrt(int(top_of) + 1) - 1) // 2)
+                fix = f"use {names['dtype']} float32, or k <= {kmax} with {dtype}"
+            elif t.kind == "norm":
+                fix = f"L must be at most {top_of - 1:.6g} with {dtype}"
+            else:
+                fix = f"lower L, or use {names['dtype']} float32"
+            raise WeightRangeError(
+                f"{where}: weights reach {w:.6g}, above {top_of:.6g}, the largest {dtype} "
+                f"({names['dtype']} {dtype}); {fix}"
+            )
 
 
 def weights_attrs(k: int, transform: WeightTransform) -> dict:

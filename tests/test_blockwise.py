@@ -17,7 +17,7 @@ from npa_precompute.blockwise import DaskOptions, block_grid
 from npa_precompute.cli import main
 from npa_precompute.io import InputError, Raster
 from npa_precompute.pipeline import run_precompute
-from npa_precompute.store import IncompleteTileError, open_store, open_tile
+from npa_precompute.store import list_tiles, open_store, open_tile
 
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import mirror_tile, write_mirror_tiff
@@ -290,19 +290,29 @@ def test_block_must_be_a_multiple_of_chunk(tmp_path):
     assert res.exit_code == 2 and "--scheduler applies only with --dask" in res.output
 
 
-def test_bad_block_content_names_file_and_window_and_leaves_tile_incomplete(tmp_path):
+@pytest.mark.parametrize("dask", [True, False], ids=["dask", "in-memory"])
+def test_bad_block_content_names_file_and_window_and_leaves_no_tile(tmp_path, dask):
+    """A label error leaves nothing of its tile, with --dask as in memory: a fresh store is
+    removed, an existing store keeps its complete tiles and gets no empty incomplete one."""
     index = np.zeros((200, 300), int)
-    path = write_isprs_tile(tmp_path, "area1.tif", index)
+    path = write_isprs_tile(tmp_path / "gt", "area1.tif", index)
     rgb = tifffile.imread(path)
     rgb[150, 250] = (12, 34, 56)
     tifffile.imwrite(path, rgb, tile=(64, 64))
-    opts = DaskOptions(block=64, scheduler="synchronous")
-    with pytest.raises(InputError, match=r"area1\.tif \(rows \d+:\d+, columns \d+:\d+\).*"
-                       r"\(12, 34, 56\): 1 px"):  # fmt: skip
-        run_precompute([str(path)], tmp_path / "s.zarr", ks=(4,), chunk=64, dask=opts)
+    good = write_isprs_tile(tmp_path / "gt", "area0.tif", index)
+    kw = {"ks": (4,), "chunk": 64}
+    if dask:
+        kw["dask"] = DaskOptions(block=64, scheduler="synchronous")
+    where = r" \(rows \d+:\d+, columns \d+:\d+\)" if dask else ""
+    with pytest.raises(InputError, match=rf"area1\.tif{where}.*\(12, 34, 56\): 1 px"):
+        run_precompute([str(path)], tmp_path / "s.zarr", **kw)
+    assert not (tmp_path / "s.zarr").exists()  # a fresh store is removed, as in memory
+    run_precompute([str(good)], tmp_path / "s.zarr", **kw)
+    with pytest.raises(InputError, match=r"area1\.tif"):
+        run_precompute([str(path), str(good)], tmp_path / "s.zarr", **kw)
     root = open_store(tmp_path / "s.zarr")
-    with pytest.raises(IncompleteTileError):
-        open_tile(root, "area1")
+    assert list_tiles(root) == ["area0"] == list_tiles(root, complete_only=True)
+    assert not (tmp_path / "s.zarr" / "tiles" / "area1").exists()
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, monkeypatch):
