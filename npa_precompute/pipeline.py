@@ -7,6 +7,7 @@ tile per worker process, each worker writing only its own tile's arrays.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -244,12 +245,12 @@ COMPILE_NOTICE_AFTER = 0.5
 
 
 def compile_kernels(cfg: PrecomputeConfig, notify: Callable[[str], None] | None = None) -> float:
-    """Run every numba kernel of a run once, on tiny inputs of the run's types.
+    """Run each numba kernel a run uses once, on tiny inputs of the run's types.
 
     The first run on a machine compiles them (10-40 s; ``notify`` is then told so, once)
     and numba caches the machine code on disk; later runs and the worker processes load
-    it from there in well under a second. Warming up here keeps compilation out of the
-    per-tile kernel times.
+    it from there in about a second (which the first tile would spend anyway). Warming up
+    here keeps compilation out of the per-tile kernel times.
 
     Returns
     -------
@@ -416,7 +417,8 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
         # it writes the tile, so leave no empty incomplete tile either. The local cluster is
         # closed by now, so no block of this tile is still being written.
         if current is not None:
-            discard_incomplete_tile(open_store(store, mode="r+"), current)
+            with contextlib.suppress(OSError, StoreError):  # best effort: the error is the news
+                discard_incomplete_tile(open_store(store, mode="r+"), current)
         raise
 
 
