@@ -54,6 +54,7 @@ from npa_precompute.store import (
     write_tile,
 )
 from npa_precompute.transforms import (
+    WeightRangeError,
     WeightTransform,
     check_weight_range,
     parse_transform,
@@ -549,6 +550,9 @@ def run_precompute(
         transforms = [transforms]
     try:
         parsed = tuple(dict.fromkeys(parse_transform(t) for t in transforms))
+    except WeightRangeError:
+        check_weight_range(ks, transforms, weight_dtype)  # names the transform and the limit
+        raise
     except ValueError as exc:
         raise ParameterError("transforms", str(exc), message=str(exc)) from None
     if not parsed:
