@@ -261,7 +261,11 @@ def resolve_split(
         if split not in SPLITS:
             raise ParameterError("split", f"must be one of {tuple(SPLITS)}, got {split!r}")
         if tiles or val:
-            raise ValueError("give either `split` or explicit train/validation tiles, not both")
+            raise ParameterError(
+                "split",
+                "cannot be combined with explicit tile lists (--tiles, --val-tiles)",
+                message="give either `split` or explicit train/validation tiles, not both",
+            )
         spec = SPLITS[split]
         preset = store_info(root).get("preset")
         if preset != spec["preset"]:
@@ -814,7 +818,7 @@ def fit(
     if loss != "npa" and weights is not None:
         raise ParameterError(
             "loss",
-            f"{loss!r} uses no stored weights, got `weights` {weights!r}; "
+            f"{loss!r} uses no stored weights, got the weights name {weights!r}; "
             "pass --weights none, or --loss npa to train with them",
         )
     out = Path(out)
