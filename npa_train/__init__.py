@@ -2,7 +2,10 @@
 
 Feng et al., "Neighboring Pixel Affinity Loss for Semantic Segmentation in
 High-Resolution Aerial Imagery", ISPRS Annals V-2-2020. The weights come from the
-store written by ``npa-precompute run``.
+store written by ``npa-precompute run``, or are computed exactly from the target batch
+on its device (:mod:`npa_train.online`; ``NPALoss()(logits, target)``). Drop-in losses
+for torchgeo, Lightning, segmentation_models_pytorch and mmsegmentation live in
+:mod:`npa_train.adapters` (imported only on demand).
 
 The names below are imported on first use (torch loads only when needed), so
 ``npa-train --help`` starts fast.
@@ -29,6 +32,7 @@ _MODULES = {
         "focal_loss",
         "median_frequency_weights",
         "npa_cross_entropy",
+        "npa_loss",
     ),
     "npa_train.model": (
         "MODELS",
@@ -38,6 +42,7 @@ _MODULES = {
         "load_pretrained",
         "logits_of",
     ),
+    "npa_train.online": ("affinity_counts", "npa_weights"),
     "npa_train.train": (
         "SPLITS",
         "TrainingError",
@@ -66,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
         focal_loss,
         median_frequency_weights,
         npa_cross_entropy,
+        npa_loss,
     )
     from npa_train.model import (
         MODELS,
@@ -75,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover
         load_pretrained,
         logits_of,
     )
+    from npa_train.online import affinity_counts, npa_weights
     from npa_train.train import (
         SPLITS,
         TrainingError,
@@ -100,6 +107,7 @@ __all__ = [
     "StoreCropDataset",
     "TorchvisionSegmenter",
     "TrainingError",
+    "affinity_counts",
     "build_criterion",
     "build_model",
     "class_weighted_cross_entropy",
@@ -111,6 +119,8 @@ __all__ = [
     "logits_of",
     "median_frequency_weights",
     "npa_cross_entropy",
+    "npa_loss",
+    "npa_weights",
     "poly_lr",
     "resolve_device",
     "resolve_split",

@@ -88,6 +88,7 @@ def _augment_options(f):
     default=None,
     help="Weights name for --loss npa: stored (e.g. k32_log10_L0.5), any other transform of a "
     "stored k (k16_norm_L0) or multi-scale ms_k8-16-32_log10_L0.5, derived from the counts; "
+    "online:k32_log10_L0.5 computes them on the device from each augmented label; "
     f"'none' for the other losses. Default: {DEFAULT_WEIGHTS} with --loss npa when the store "
     "holds it, else none.",
 )
@@ -347,7 +348,8 @@ def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
     default="none",
     show_default=True,
     help="Weights name (e.g. k32_log10_L0.5, k16_norm_L0, ms_k8-16-32_log10_L0.5; derived "
-    "from the counts when not stored), or 'none' (weight 1).",
+    "from the counts when not stored), online:k32_log10_L0.5 (from the augmented label), or "
+    "'none' (weight 1).",
 )
 @click.option("--n", "n", type=int, default=8, show_default=True, help="Number of samples.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")

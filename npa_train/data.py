@@ -51,6 +51,7 @@ from torch.utils.data import Dataset
 from npa_precompute.derived import DerivedWeights, TorchDeriver
 from npa_precompute.errors import ParameterError
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
+from npa_train import online as _online
 from npa_train.augment import (
     AugmentConfig,
     CropParams,
@@ -293,6 +294,13 @@ class StoreCropDataset(Dataset):
         transformation of a stored k or a multi-scale name (``"ms_k8-16-32_log10_L0.5"``),
         derived from the counts; None reads no weights and returns weight 1 at every
         non-ignored pixel (0 elsewhere): plain cross-entropy.
+        ``"online:k32_log10_L0.5"`` (any ``k<K>_<transform>`` name): weights computed
+        from the *augmented* label where the crop is resampled (:meth:`warp`, on the
+        training device for ``output="window"``), exact Eq. 1 at the training scale; the
+        label is resampled ``K`` pixels beyond the crop on each side (the window read
+        grows by ``K`` / scale tile pixels), so pixels at the crop border count their
+        real neighbours, and beyond the tile its edge is repeated as Eq. 1 pads it.
+        ``norm`` takes min/max over the crop. The store needs no weights array for it.
     augment : AugmentConfig, optional
         Default ``AugmentConfig()``: the paper's recipe with 513 × 513 crops.
         ``AugmentConfig.identity(crop)`` gives exact, unresampled crops.
@@ -387,11 +395,15 @@ class StoreCropDataset(Dataset):
         bands = {t.tile_id: int(t.image.shape[2]) for t in opened}
         if len(set(bands.values())) > 1:
             raise StoreError(f"tiles have different band counts: {bands}")
+        #: ``(k, WeightTransform)`` for ``online:`` weights, else None
+        self.online = None
+        if isinstance(weights_name, str) and weights_name.strip().lower().startswith("online:"):
+            self.online = _online.parse_online_spec(weights_name)  # ValueError if malformed
         # per tile: None where the weights are stored, else the Deriver of their values
         self._derivers: list = [None] * len(opened)
-        if weights_name is not None:
+        if self.store_weights is not None:
             for i, t in enumerate(opened):
-                w = t.weights(weights_name)  # StoreError: not a name, or a k without counts
+                w = t.weights(self.store_weights)  # StoreError: not a name, or a k without counts
                 if isinstance(w, DerivedWeights):
                     self._derivers[i] = w.deriver
         # derive on the training device ("window" mode) when every tile derives
@@ -444,6 +456,16 @@ class StoreCropDataset(Dataset):
         self._counts: dict | None = None
         self._pid: int | None = None
 
+    @property
+    def store_weights(self) -> str | None:
+        """Name of the weights array read from the store (None for none or ``online:``)."""
+        return None if getattr(self, "online", None) else self.weights_name
+
+    @property
+    def margin(self) -> int:
+        """Pixels the label is resampled beyond the crop on each side (k of ``online:``)."""
+        return self.online[0] if self.online else 0
+
     # -- pickling for DataLoader workers: reopen the store in each process ---------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -460,8 +482,8 @@ class StoreCropDataset(Dataset):
             for i, tid in enumerate(self.tiles):
                 t = open_tile(root, tid)
                 w = None
-                if self.weights_name is not None and self._derivers[i] is None:
-                    w = t.weights(self.weights_name)
+                if self.store_weights is not None and self._derivers[i] is None:
+                    w = t.weights(self.store_weights)
                 arrays[tid] = tuple(None if a is None else self._reader(a)
                                     for a in (t.image, t.label, w))  # fmt: skip
                 if self._derivers[i] is not None:
@@ -497,7 +519,7 @@ class StoreCropDataset(Dataset):
         """
         image_arr, label_arr, weight_arr = self._tile_arrays(params.tile)
         shape = self.shapes[params.tile_index]
-        y0, y1, x0, x1 = params.window(shape)
+        y0, y1, x0, x1 = self._grown(params).window(shape)
         label = label_arr.read(y0, y1, x0, x1)
         out = {
             "image": image_arr.read(y0, y1, x0, x1),
@@ -514,6 +536,14 @@ class StoreCropDataset(Dataset):
                 out["weight"] = deriver(counts, label)
         return out
 
+    def _grown(self, params: CropParams) -> CropParams:
+        """``params`` with the crop grown by :attr:`margin` pixels each side (same centre,
+        so the grown crop's pixel ``(u + margin, v + margin)`` is the crop's ``(u, v)``)."""
+        if not self.margin:
+            return params
+        h, w = params.crop
+        return replace(params, crop=(h + 2 * self.margin, w + 2 * self.margin), _matrix=None)
+
     def window_item(self, index: int) -> dict:
         """Item ``index`` in ``"window"`` form (input of :func:`collate_windows`)."""
         params = self.sample_params(index)
@@ -526,7 +556,7 @@ class StoreCropDataset(Dataset):
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "label": torch.from_numpy(np.ascontiguousarray(label)),
-            "theta": torch.from_numpy(params.window_matrix(self.shapes[params.tile_index])),
+            "theta": torch.from_numpy(self._window_matrix(params, win["window"])),
             "tile_index": params.tile_index,
             "index": int(index),
             "blur_sigma": params.blur_sigma,
@@ -539,6 +569,14 @@ class StoreCropDataset(Dataset):
             signed = np.int16 if counts.dtype == np.uint16 else np.int32
             item["counts"] = torch.from_numpy(counts.view(signed))
         return item
+
+    @staticmethod
+    def _window_matrix(params: CropParams, window) -> np.ndarray:
+        """:meth:`CropParams.matrix` relative to the top-left corner of ``window``."""
+        y0, _, x0, _ = window
+        m = params.matrix().copy()
+        m[:, 2] -= (x0, y0)
+        return m
 
     @property
     def collate(self):
@@ -563,7 +601,7 @@ class StoreCropDataset(Dataset):
             weight = self._torch_deriver(batch["counts"].to(dev, non_blocking=True), label,
                                          batch["tile_index"].to(dev))  # fmt: skip
             batch = {**batch, "label": label, "weight": weight}
-        return warp_windows(
+        out = warp_windows(
             batch,
             mean=self.mean_table,
             std=self.std_table,
@@ -571,7 +609,27 @@ class StoreCropDataset(Dataset):
             ignore_index=self.ignore_index,
             blur_kernel=self.augment.blur_kernel,
             device=device,
+            margin=self.margin,
         )
+        if self.online:
+            out["weight"] = self.online_weights(out.pop("label_margin"), out["label"])
+        return out
+
+    def online_weights(self, label_margin: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """``online:`` weights of a batch: exact Eq. 1 counts of the grown labels
+        ``label_margin`` (N, h + 2k, w + 2k), cut to the crop, transformed; 0 where
+        ``label`` (N, h, w) is ignored. Computed where the labels are (no host sync)."""
+        k, transform = self.online
+        classes = list(range(self.num_classes))
+        if not 0 <= self.ignore_index < self.num_classes:
+            classes.append(self.ignore_index)
+        with torch.no_grad():
+            counts = _online.affinity_counts(label_margin, k, classes=classes)[:, 0]
+            h, w = label.shape[-2:]
+            m = (label_margin.shape[-1] - w) // 2  # the margin (>= k)
+            counts = counts[:, m : m + h, m : m + w]
+            return _online.weights_from_counts(counts, label, transform, k=k,
+                                               ignore_index=self.ignore_index)  # fmt: skip
 
     def __getitem__(self, index: int) -> dict:
         item = self.window_item(index)
