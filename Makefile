@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e .
 	touch $@
 
+# The adapter tests (tests/test_adapters.py) need the frameworks: the `adapters` extra
+# (lightning, segmentation-models-pytorch, torchgeo, mmsegmentation + mmengine + mmcv-lite).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip install $(TORCHVISION_SPEC)
-	$(PY) -m pip install -e ".[test,viz,torchvision]"
+	$(PY) -m pip install -e ".[test,viz,torchvision,adapters]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -51,6 +53,8 @@ bench: setup
 	$(PY) benchmarks/bench_affinity.py --write
 	$(PY) benchmarks/bench_pipeline.py --write
 	$(PY) benchmarks/bench_blockwise.py --write
+	$(PY) benchmarks/bench_online.py --write
+	$(PY) benchmarks/online_vs_store.py --write
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# GPU check of npa_train (about 2-4 minutes on one H200): builds the demo store, trains
+# GPU check of npa_train (about 3-6 minutes on one H200): builds the demo store, trains
 # torchvision's DeepLabV3-ResNet50 (no pretrained weights, batch 6, 513² crops, AMP bf16,
 # auxiliary loss 0.4) and the small FCN for a few hundred --device cuda iterations each,
 # measures the loader's crops/s, and checks that the NPA loss, its gradients and the
 # batched augmentation agree between CPU and CUDA on one batch. One JSON object goes to
-# $OUT/gpu_check.json and to stdout.
+# $OUT/gpu_check.json and to stdout. Then benchmarks/bench_online.py times the online NPA
+# weights against a DeepLabV3-ResNet101 bf16 step: $OUT/bench_online.{json,md}.
 #
 # Environment:
 #   PYTHON   interpreter with torch (CUDA) and the project importable (default python3);
@@ -204,4 +205,7 @@ with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
     f.write(text + "\n")
 print(text)
 PY
+# online weights against a DeepLabV3-ResNet101 bf16 step (and on the CPU); its own JSON
+timeout 280 "$PYTHON" "$REPO/benchmarks/bench_online.py" --json "$OUT/bench_online.json" \
+    --data-dir "$WORK/bench" > "$OUT/bench_online.md" || echo "bench_online.py failed" >&2
 rm -rf "$WORK"

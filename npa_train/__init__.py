@@ -2,7 +2,10 @@
 
 Feng et al., "Neighboring Pixel Affinity Loss for Semantic Segmentation in
 High-Resolution Aerial Imagery", ISPRS Annals V-2-2020. The weights come from the
-store written by ``npa-precompute run``.
+store written by ``npa-precompute run``, or are computed exactly from the target batch
+on its device (:mod:`npa_train.online`; ``NPALoss()(logits, target)``). Drop-in losses
+for torchgeo, Lightning, segmentation_models_pytorch and mmsegmentation live in
+:mod:`npa_train.adapters` (imported only on demand).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from npa_train.loss import (
     focal_loss,
     median_frequency_weights,
     npa_cross_entropy,
+    npa_loss,
 )
 from npa_train.model import (
     MODELS,
@@ -31,6 +35,7 @@ from npa_train.model import (
     load_pretrained,
     logits_of,
 )
+from npa_train.online import affinity_counts, npa_weights
 from npa_train.train import (
     SPLITS,
     TrainingError,
@@ -56,6 +61,7 @@ __all__ = [
     "StoreCropDataset",
     "TorchvisionSegmenter",
     "TrainingError",
+    "affinity_counts",
     "build_criterion",
     "build_model",
     "class_weighted_cross_entropy",
@@ -67,6 +73,8 @@ __all__ = [
     "logits_of",
     "median_frequency_weights",
     "npa_cross_entropy",
+    "npa_loss",
+    "npa_weights",
     "poly_lr",
     "resolve_device",
     "resolve_split",

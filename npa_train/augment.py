@@ -445,6 +445,34 @@ def _integral_crop(
     return torch.stack(imgs), torch.stack(labs), wout, torch.stack(insides)
 
 
+def _integral_labels_clamped(lab: Tensor, theta: np.ndarray, valid_hw, crop, margin: int) -> Tensor:
+    """Integer shift + mirrors: the labels of the crop grown by ``margin`` pixels each
+    side, with tile coordinates clamped into the tile (the edge-replicate padding of
+    Eq. 1 at the tile border). ``(N, h + 2·margin, w + 2·margin)``."""
+    n, hp, wp = lab.shape
+    ch, cw = crop
+    dev = lab.device
+    rows = torch.arange(-margin, ch + margin, device=dev)
+    cols = torch.arange(-margin, cw + margin, device=dev)
+    v, u = torch.meshgrid(rows, cols, indexing="ij")
+    out = []
+    for i in range(n):
+        m = np.round(theta[i]).astype(np.int64)
+        h, w = int(valid_hw[i][0]), int(valid_hw[i][1])
+        xs = (int(m[0, 0]) * u + int(m[0, 1]) * v + int(m[0, 2])).clamp(0, w - 1)
+        ys = (int(m[1, 0]) * u + int(m[1, 1]) * v + int(m[1, 2])).clamp(0, h - 1)
+        out.append(lab[i].reshape(-1)[(ys * wp + xs).reshape(-1)].reshape(v.shape))
+    return torch.stack(out)
+
+
+def _grown_theta(theta: np.ndarray, margin: int) -> np.ndarray:
+    """``theta`` (crop pixel -> window pixel) for the crop grown by ``margin`` pixels each
+    side: its pixel ``(u, v)`` is the crop's ``(u - margin, v - margin)``."""
+    grown = theta.copy()
+    grown[:, :, 2] -= margin * (theta[:, :, 0] + theta[:, :, 1])
+    return grown
+
+
 def _grid(theta: np.ndarray, hp: int, wp: int, crop, device) -> Tensor:
     """grid_sample grid (N, h, w, 2) for crop pixel -> window pixel maps ``theta``.
 
@@ -491,6 +519,7 @@ def warp_windows(
     ignore_index: int,
     blur_kernel: int = 5,
     device: torch.device | str | None = None,
+    margin: int = 0,
 ) -> dict[str, Tensor]:
     """Resample a batch of windows into aligned crops on ``device`` (batched).
 
@@ -508,12 +537,19 @@ def warp_windows(
     ignore_index : label of ignored pixels (and of pixels outside the tile)
     blur_kernel : odd kernel size of the image blur
     device : where to compute (default: where ``batch["image"]`` is)
+    margin : > 0: also return ``label_margin``, the labels of the crop grown by
+        ``margin`` pixels each side (the windows must cover it), with positions outside
+        the tile clamped to its edge (Eq. 1's edge-replicate padding); the crop is then
+        sampled on the interior of the grown crop's grid, so ``label`` is
+        ``label_margin``'s interior wherever the crop lies inside the tile. The input
+        of online weights (:mod:`npa_train.online`).
 
     Returns
     -------
     dict with ``image`` (N, C, h, w) float32 normalized, ``label`` (N, h, w) int64 and
     ``weight`` (N, h, w) float32 (1 at non-ignored pixels when the batch has no
-    ``weight``; 0 at ignored pixels in any case), plus ``tile`` and ``index``.
+    ``weight``; 0 at ignored pixels in any case), plus ``tile`` and ``index`` (and
+    ``label_margin`` (N, h + 2·margin, w + 2·margin) int64 for ``margin > 0``).
 
     Shape:
         - batch["image"]: ``(N, Hp, Wp, C)`` integer or float; ``batch["label"]``:
@@ -545,14 +581,36 @@ def warp_windows(
         inside = (rows < hw[:, 0].view(n, 1, 1)) & (cols < hw[:, 1].view(n, 1, 1))
         lab = torch.where(inside, lab, ignore)
 
+    margin = int(margin)
+    lab_m = None
     if all(_integral_matrix(t) for t in theta):
         img, lab_o, w_o, inside_o = _integral_crop(
             raw.permute(0, 3, 1, 2), lab, wgt, theta, valid_hw, crop, ignore_index
         )
         img_o = torch.where(inside_o[:, None], (img.float() - m) / s, zero)
         lab_o = lab_o.long()
+        if margin:
+            lab_m = _integral_labels_clamped(lab, theta, valid_hw, crop, margin).long()
     else:
-        grid = _grid(theta, hp, wp, crop, dev)
+        if margin:
+            # one grid for everything: the grown crop's, its interior for the crop itself
+            ch, cw = crop
+            grown = (ch + 2 * margin, cw + 2 * margin)
+            grid_m = _grid(_grown_theta(theta, margin), hp, wp, grown, dev)
+            grid = grid_m[:, margin : margin + ch, margin : margin + cw].contiguous()
+            # positions clamped into each window (= the tile where the window reaches its
+            # border): nearest sampling then repeats the tile's edge labels beyond it
+            hw = torch.as_tensor(valid_hw, dtype=torch.float64)
+            lo = torch.tensor([1.0 / wp - 1.0, 1.0 / hp - 1.0], dtype=torch.float64)
+            hi = torch.stack([(2 * (hw[:, 1] - 1) + 1) / wp - 1, (2 * (hw[:, 0] - 1) + 1) / hp - 1],
+                             dim=1)  # fmt: skip
+            clamped = torch.maximum(grid_m, lo.to(dev, torch.float32))
+            clamped = torch.minimum(clamped, hi.to(dev, torch.float32).view(n, 1, 1, 2))
+            lab_m = F.grid_sample(lab.float()[:, None], clamped, mode="nearest",
+                                  padding_mode="border", align_corners=False)  # fmt: skip
+            lab_m = lab_m[:, 0].long()
+        else:
+            grid = _grid(theta, hp, wp, crop, dev)
         fill = not _footprint_inside(theta, valid_hw, crop)
         # one channels-last source for one bilinear grid_sample: the bands, [inside],
         # [weight * valid, valid]; filled in place (no concatenation copy)
@@ -587,10 +645,13 @@ def warp_windows(
     else:
         w_o = torch.where(valid_o, w_o, zero)
     img_o = gaussian_blur(img_o, sigmas, blur_kernel)
-    return {
+    out = {
         "image": img_o.contiguous(),
         "label": lab_o.contiguous(),
         "weight": w_o.contiguous(),
         "tile": list(batch["tile"]),
         "index": batch["index"].clone(),
     }
+    if lab_m is not None:
+        out["label_margin"] = lab_m.contiguous()
+    return out

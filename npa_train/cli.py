@@ -72,7 +72,8 @@ def _augment_options(f):
     "--weights",
     default="none",
     show_default=True,
-    help="Weights array name (e.g. k32_log10_L0.5) for --loss npa; 'none' otherwise.",
+    help="Weights array name (e.g. k32_log10_L0.5) for --loss npa, or online:k32_log10_L0.5 "
+    "(computed on the device from each augmented label); 'none' otherwise.",
 )
 @click.option(
     "--loss",
@@ -276,7 +277,8 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
     "--weights",
     default="none",
     show_default=True,
-    help="Weights array name (e.g. k32_log10_L0.5), or 'none' (weight 1).",
+    help="Weights array name (e.g. k32_log10_L0.5), online:k32_log10_L0.5 (from the "
+    "augmented label), or 'none' (weight 1).",
 )
 @click.option("--n", "n", type=int, default=8, show_default=True, help="Number of samples.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import Dataset
 
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
+from npa_train import online as _online
 from npa_train.augment import (
     AugmentConfig,
     CropParams,
@@ -282,6 +283,13 @@ class StoreCropDataset(Dataset):
     weights_name : str or None
         Weights array to return (e.g. ``"k32_log10_L0.5"``); None reads no weights and
         returns weight 1 at every non-ignored pixel (0 elsewhere): plain cross-entropy.
+        ``"online:k32_log10_L0.5"`` (any ``k<K>_<transform>`` name): weights computed
+        from the *augmented* label where the crop is resampled (:meth:`warp`, on the
+        training device for ``output="window"``), exact Eq. 1 at the training scale; the
+        label is resampled ``K`` pixels beyond the crop on each side (the window read
+        grows by ``K`` / scale tile pixels), so pixels at the crop border count their
+        real neighbours, and beyond the tile its edge is repeated as Eq. 1 pads it.
+        ``norm`` takes min/max over the crop. The store needs no weights array for it.
     augment : AugmentConfig, optional
         Default ``AugmentConfig()``: the paper's recipe with 513 × 513 crops.
         ``AugmentConfig.identity(crop)`` gives exact, unresampled crops.
@@ -375,9 +383,13 @@ class StoreCropDataset(Dataset):
         bands = {t.tile_id: int(t.image.shape[2]) for t in opened}
         if len(set(bands.values())) > 1:
             raise StoreError(f"tiles have different band counts: {bands}")
-        if weights_name is not None:
+        #: ``(k, WeightTransform)`` for ``online:`` weights, else None
+        self.online = None
+        if isinstance(weights_name, str) and weights_name.strip().lower().startswith("online:"):
+            self.online = _online.parse_online_spec(weights_name)  # ValueError if malformed
+        if self.store_weights is not None:
             for t in opened:
-                t.weights(weights_name)  # raises StoreError listing the names the tile has
+                t.weights(self.store_weights)  # StoreError listing the names the tile has
         self.tiles = [t.tile_id for t in opened]
         self.shapes = [tuple(int(s) for s in t.shape) for t in opened]
         self.in_channels = next(iter(bands.values()))
@@ -410,6 +422,16 @@ class StoreCropDataset(Dataset):
         self._arrays: dict | None = None
         self._pid: int | None = None
 
+    @property
+    def store_weights(self) -> str | None:
+        """Name of the weights array read from the store (None for none or ``online:``)."""
+        return None if getattr(self, "online", None) else self.weights_name
+
+    @property
+    def margin(self) -> int:
+        """Pixels the label is resampled beyond the crop on each side (k of ``online:``)."""
+        return self.online[0] if self.online else 0
+
     # -- pickling for DataLoader workers: reopen the store in each process ---------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -423,7 +445,7 @@ class StoreCropDataset(Dataset):
             arrays = {}
             for tid in self.tiles:
                 t = open_tile(root, tid)
-                w = t.weights(self.weights_name) if self.weights_name is not None else None
+                w = t.weights(self.store_weights) if self.store_weights is not None else None
                 arrays[tid] = tuple(None if a is None else self._reader(a)
                                     for a in (t.image, t.label, w))  # fmt: skip
             self._arrays, self._pid = arrays, os.getpid()
@@ -457,13 +479,21 @@ class StoreCropDataset(Dataset):
         """
         image_arr, label_arr, weight_arr = self._tile_arrays(params.tile)
         shape = self.shapes[params.tile_index]
-        y0, y1, x0, x1 = params.window(shape)
+        y0, y1, x0, x1 = self._grown(params).window(shape)
         return {
             "image": image_arr.read(y0, y1, x0, x1),
             "label": label_arr.read(y0, y1, x0, x1),
             "weight": None if weight_arr is None else weight_arr.read(y0, y1, x0, x1),
             "window": (y0, y1, x0, x1),
         }
+
+    def _grown(self, params: CropParams) -> CropParams:
+        """``params`` with the crop grown by :attr:`margin` pixels each side (same centre,
+        so the grown crop's pixel ``(u + margin, v + margin)`` is the crop's ``(u, v)``)."""
+        if not self.margin:
+            return params
+        h, w = params.crop
+        return replace(params, crop=(h + 2 * self.margin, w + 2 * self.margin), _matrix=None)
 
     def window_item(self, index: int) -> dict:
         """Item ``index`` in ``"window"`` form (input of :func:`collate_windows`)."""
@@ -477,7 +507,7 @@ class StoreCropDataset(Dataset):
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "label": torch.from_numpy(np.ascontiguousarray(label)),
-            "theta": torch.from_numpy(params.window_matrix(self.shapes[params.tile_index])),
+            "theta": torch.from_numpy(self._window_matrix(params, win["window"])),
             "tile_index": params.tile_index,
             "index": int(index),
             "blur_sigma": params.blur_sigma,
@@ -486,6 +516,14 @@ class StoreCropDataset(Dataset):
         if win["weight"] is not None:
             item["weight"] = torch.from_numpy(np.ascontiguousarray(win["weight"]))
         return item
+
+    @staticmethod
+    def _window_matrix(params: CropParams, window) -> np.ndarray:
+        """:meth:`CropParams.matrix` relative to the top-left corner of ``window``."""
+        y0, _, x0, _ = window
+        m = params.matrix().copy()
+        m[:, 2] -= (x0, y0)
+        return m
 
     @property
     def collate(self):
@@ -504,7 +542,7 @@ class StoreCropDataset(Dataset):
             dev = torch.device(device) if device is not None else batch["image"].device
             out = {k: batch[k].to(dev, non_blocking=True) for k in ("image", "label", "weight")}
             return {**out, "tile": list(batch["tile"]), "index": batch["index"]}
-        return warp_windows(
+        out = warp_windows(
             batch,
             mean=self.mean_table,
             std=self.std_table,
@@ -512,7 +550,27 @@ class StoreCropDataset(Dataset):
             ignore_index=self.ignore_index,
             blur_kernel=self.augment.blur_kernel,
             device=device,
+            margin=self.margin,
         )
+        if self.online:
+            out["weight"] = self.online_weights(out.pop("label_margin"), out["label"])
+        return out
+
+    def online_weights(self, label_margin: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """``online:`` weights of a batch: exact Eq. 1 counts of the grown labels
+        ``label_margin`` (N, h + 2k, w + 2k), cut to the crop, transformed; 0 where
+        ``label`` (N, h, w) is ignored. Computed where the labels are (no host sync)."""
+        k, transform = self.online
+        classes = list(range(self.num_classes))
+        if not 0 <= self.ignore_index < self.num_classes:
+            classes.append(self.ignore_index)
+        with torch.no_grad():
+            counts = _online.affinity_counts(label_margin, k, classes=classes)[:, 0]
+            h, w = label.shape[-2:]
+            m = (label_margin.shape[-1] - w) // 2  # the margin (>= k)
+            counts = counts[:, m : m + h, m : m + w]
+            return _online.weights_from_counts(counts, label, transform, k=k,
+                                               ignore_index=self.ignore_index)  # fmt: skip
 
     def __getitem__(self, index: int) -> dict:
         item = self.window_item(index)

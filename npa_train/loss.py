@@ -5,8 +5,10 @@
     L = -\\frac{1}{D} \\sum_{n,i,j} [y_{nij} \\ne \\text{ignore}] \\; AT_{nij} \\,
         \\log \\operatorname{softmax}(z_{n \\cdot ij})_{y_{nij}}
 
-with ``AT`` the transformed neighbouring-pixel-affinity weight map precomputed by
-``npa-precompute`` and ``D`` chosen by ``reduction``:
+with ``AT`` the transformed neighbouring-pixel-affinity weight map (precomputed by
+``npa-precompute``, or computed from the target batch on the device by
+:mod:`npa_train.online`: :func:`npa_loss`, :class:`NPALoss` without a ``weight``) and
+``D`` chosen by ``reduction``:
 
 ==================  ============================================================
 ``reduction``       ``D``
@@ -28,7 +30,7 @@ The baselines of the paper's Table 1 are here too, each as a function plus a thi
 ==================  ====================================================================
 ``--loss``          loss
 ==================  ====================================================================
-``npa``             :func:`npa_cross_entropy` with the stored weights (:class:`NPALoss`)
+``npa``             :func:`npa_cross_entropy` with the stored (or online) weights
 ``ce``              plain cross-entropy, :func:`npa_cross_entropy` without weights
 ``ce-weighted``     class-weighted cross-entropy (:func:`class_weighted_cross_entropy`)
                     with median-frequency weights (:func:`median_frequency_weights`)
@@ -49,6 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from npa_precompute.affinity import MAX_K
+from npa_precompute.transforms import parse_transform
+from npa_train.online import DEFAULT_GROUP_ELEMENTS, npa_weights
+
 __all__ = [
     "LOSSES",
     "REDUCTIONS",
@@ -62,6 +68,7 @@ __all__ = [
     "focal_loss",
     "median_frequency_weights",
     "npa_cross_entropy",
+    "npa_loss",
 ]
 
 #: Allowed values of ``reduction``.
@@ -307,45 +314,149 @@ class _WeightedNLL(torch.autograd.Function):
         return grad, None, None
 
 
-class NPALoss(nn.Module):
-    """Pixel-weighted cross-entropy as a module; see :func:`npa_cross_entropy`.
+def _parse_k(k) -> int | None:
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"`k` must be an integer >= 0 or None, got {k!r}")
+    if not 0 <= k <= MAX_K:
+        raise ValueError(f"`k` must be an integer in [0, {MAX_K}] or None, got {k}")
+    return int(k)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+#: ``ignore_index`` passed to :func:`npa_cross_entropy` for "no ignore value" (no int64
+#: label can equal it once the value checks have passed).
+_NO_IGNORE = -(2**63)
+
+
+def npa_loss(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    *,
+    k: int | None = 32,
+    transform: str = "log10:L=0.5",
+    ignore_index: int | None = 255,
+    reduction: str = "mean",
+    group_elements: int = DEFAULT_GROUP_ELEMENTS,
+) -> Tensor:
+    """NPALoss from ``(logits, target)`` alone: the weights of ``target`` computed on its
+    device when ``weight`` is None (:func:`npa_train.online.npa_weights`), then
+    :func:`npa_cross_entropy`.
 
     Args:
-        ignore_index: Target value of pixels that contribute nothing. Default 255.
+        logits: ``(N, C, H, W)`` unnormalized class scores. float16/bfloat16 logits
+            (autocast) are upcast: weights and loss are float32.
+        target: ``(N, H, W)`` class indices in ``[0, C)`` or ``ignore_index``.
+        weight: ``(N, H, W)`` weights to use instead (e.g. from the store), or None.
+        k: Search region of Eq. 1 (default 32, the paper's best); None: no weights
+            (plain cross-entropy when ``weight`` is None).
+        transform: Weight transform spec (``"log10:L=0.5"``, ``"ln:L=0.5"``,
+            ``"norm:L=0.5"`` with min/max per image, ``"log:a=2,L=0.5"``, ``"raw"``).
+        ignore_index: Target value of ignored pixels: weight 0, no loss; it still counts
+            as a class of its own in Eq. 1, as in ``npa-precompute``. None: no pixel is
+            ignored (segmentation_models_pytorch's default).
+        reduction: As :func:`npa_cross_entropy`.
+        group_elements: Memory bound of the weight computation
+            (:func:`npa_train.online.affinity_counts`).
+
+    The weights are computed under ``torch.no_grad`` with the classes ``0 .. C - 1``
+    plus ``ignore_index`` (nothing is read back from the device for them); the target
+    values are checked by :func:`npa_cross_entropy` (its one synchronisation).
+
+    Raises:
+        TypeError, ValueError: As :func:`npa_cross_entropy`; ``k`` negative or not an
+            integer; an unknown ``transform``.
+    """
+    k = _parse_k(k)
+    transform = parse_transform(transform).spec
+    _check_inputs(logits, target, weight)
+    if ignore_index is not None:
+        ignore_index = _parse_ignore_index(ignore_index)
+    reduction = parse_reduction(reduction)
+    if logits.dtype in _HALF:
+        logits = logits.float()
+    if weight is None and k is not None:
+        weight = npa_weights(target, k, transform, ignore_index=ignore_index,
+                             num_classes=int(logits.shape[1]),
+                             group_elements=group_elements)  # fmt: skip
+    ce_ignore = _NO_IGNORE if ignore_index is None else ignore_index
+    return npa_cross_entropy(logits, target, weight, ignore_index=ce_ignore,
+                             reduction=reduction)  # fmt: skip
+
+
+class NPALoss(nn.Module):
+    """NPALoss (pixel-weighted cross-entropy) as a module; see :func:`npa_loss`.
+
+    ``forward(logits, target, weight=None)``: with ``weight=None`` the weights are
+    computed from ``target`` on its device (exact Eq. 1 with search region ``k``, then
+    ``transform``: the same values ``npa-precompute`` stores for the same label map);
+    a given ``weight`` map (e.g. read from the store) is used as it is.
+
+    Args:
+        k: Search region (default 32). None: no weights of its own, so ``weight=None``
+            means plain cross-entropy (what ``npa-train`` uses, passing the weights).
+        transform: Weight transform spec, default ``"log10:L=0.5"`` (the paper's best).
+        ignore_index: Target value of pixels that contribute nothing. Default 255; None:
+            no pixel is ignored.
         reduction: ``"mean"`` (default), ``"weighted_mean"``, ``"batch"``, ``"sum"`` or
             ``"none"``.
+        group_elements: Memory bound of the weight computation.
+
+    Works under autocast (float16/bfloat16 logits are upcast: weights and loss in
+    float32), with DistributedDataParallel (each rank weighs its own targets) and with
+    ``torch.compile`` (with graph breaks where the target values are checked).
 
     Shape:
         - logits: ``(N, C, H, W)``, floating point.
         - target: ``(N, H, W)``, integer.
-        - weight: ``(N, H, W)``, floating point, or ``None`` (all 1: plain cross-entropy).
+        - weight: ``(N, H, W)``, floating point, or ``None``.
         - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
 
     Raises:
-        TypeError: ``ignore_index`` not an int.
-        ValueError: Unknown ``reduction`` (at construction); bad inputs at call time as
-            in :func:`npa_cross_entropy`.
+        TypeError: ``ignore_index`` not an int, ``k`` not an int or None.
+        ValueError: Unknown ``reduction`` or ``transform``, ``k < 0`` (at construction);
+            bad inputs at call time as in :func:`npa_cross_entropy`.
 
     Example:
-        >>> criterion = NPALoss(ignore_index=255)
+        >>> criterion = NPALoss(k=32, transform="log10:L=0.5", ignore_index=255)
         >>> logits = torch.zeros(2, 6, 4, 4, requires_grad=True)
         >>> target = torch.randint(0, 6, (2, 4, 4))
-        >>> weight = torch.rand(2, 4, 4)
-        >>> criterion(logits, target, weight).backward()
+        >>> criterion(logits, target).backward()  # weights from the target
+        >>> criterion(logits.detach(), target, torch.rand(2, 4, 4)).shape  # given weights
+        torch.Size([])
     """
 
-    def __init__(self, ignore_index: int = 255, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        k: int | None = 32,
+        transform: str = "log10:L=0.5",
+        ignore_index: int | None = 255,
+        reduction: str = "mean",
+        group_elements: int = DEFAULT_GROUP_ELEMENTS,
+    ) -> None:
         super().__init__()
-        self.ignore_index = _parse_ignore_index(ignore_index)
+        self.k = _parse_k(k)
+        self.transform = parse_transform(transform).spec
+        self.ignore_index = None if ignore_index is None else _parse_ignore_index(ignore_index)
         self.reduction = parse_reduction(reduction)
+        if isinstance(group_elements, bool) or not isinstance(group_elements, int):
+            raise TypeError(f"`group_elements` must be an int, got {group_elements!r}")
+        if group_elements < 1:
+            raise ValueError(f"`group_elements` must be >= 1, got {group_elements}")
+        self.group_elements = group_elements
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return npa_cross_entropy(
-            logits, target, weight, ignore_index=self.ignore_index, reduction=self.reduction
-        )
+        return npa_loss(logits, target, weight, k=self.k, transform=self.transform,
+                        ignore_index=self.ignore_index, reduction=self.reduction,
+                        group_elements=self.group_elements)  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        return (
+            f"k={self.k}, transform={self.transform!r}, ignore_index={self.ignore_index}, "
+            f"reduction={self.reduction!r}"
+        )
 
 
 # ---- baselines -----------------------------------------------------------------------------------
@@ -700,7 +811,10 @@ def build_criterion(
     if name not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}, got {name!r}")
     if name in ("npa", "ce"):
-        return NPALoss(ignore_index=ignore_index, reduction=reduction if name == "npa" else "mean")
+        # the trainer passes the weights (stored or online) itself: k=None, so that a missing
+        # weight means 1 (plain cross-entropy for "ce")
+        return NPALoss(k=None, ignore_index=ignore_index,
+                       reduction=reduction if name == "npa" else "mean")  # fmt: skip
     if name == "ce-weighted":
         if class_weight is None:
             raise ValueError("`loss` 'ce-weighted' needs `class_weight`")

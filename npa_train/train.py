@@ -685,8 +685,10 @@ def fit(
     store : weight store written by ``npa-precompute run --images ...``
     out : run folder (created; refused if it already holds a run, unless ``overwrite`` or
         ``resume``)
-    weights : weights array name (e.g. ``"k32_log10_L0.5"``) for ``loss="npa"``; None
-        (or ``"none"``) for the other losses
+    weights : weights array name (e.g. ``"k32_log10_L0.5"``) for ``loss="npa"``, or
+        ``"online:k32_log10_L0.5"``: the same weights computed on the device from each
+        augmented crop's label (:class:`npa_train.data.StoreCropDataset`); None (or
+        ``"none"``) for the other losses
     loss : one of :data:`npa_train.loss.LOSSES`
         ``npa`` (stored weights), ``ce``, ``ce-weighted`` (median-frequency class weights
         from the training tiles' ``class_pixels``, background classes at the lowest of the
@@ -815,7 +817,8 @@ def fit(
         names = _available_weights(store, train_tiles)
         raise ValueError(
             "`loss` 'npa' needs a weights name (--weights); available in the store: "
-            f"{', '.join(names) or 'none'}"
+            f"{', '.join(names) or 'none'}; or computed from the augmented labels: "
+            "online:k32_log10_L0.5 (any k<K>_<transform>)"
         )
     if loss != "npa" and weights is not None:
         raise ValueError(

@@ -229,16 +229,17 @@ def test_module_equals_function(reduction):
         module(logits, target, weight),
         npa_cross_entropy(logits, target, weight, ignore_index=7, reduction=reduction),
     )
+    # k=None: no weights of its own, so weight=None is plain cross-entropy
     torch.testing.assert_close(
-        module(logits, target),
+        NPALoss(k=None, ignore_index=7, reduction=reduction)(logits, target),
         npa_cross_entropy(logits, target, None, ignore_index=7, reduction=reduction),
     )
 
 
 def test_module_defaults_and_repr():
     m = NPALoss()
-    assert (m.ignore_index, m.reduction) == (255, "mean")
-    assert "reduction='mean'" in repr(m)
+    assert (m.k, m.transform, m.ignore_index, m.reduction) == (32, "log10:L=0.5", 255, "mean")
+    assert "reduction='mean'" in repr(m) and "k=32" in repr(m)
 
 
 def test_module_rejects_bad_reduction_at_construction():

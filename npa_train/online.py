@@ -1,0 +1,560 @@
+"""Exact NPA affinity counts and weights computed on the device from a batch of targets.
+
+:func:`affinity_counts` is Eq. 1 of Feng et al. (2020) for a batch ``(N, H, W)`` of
+integer labels, on whatever device the labels are (CPU or CUDA), image by image
+**bit-identical** to :func:`npa_precompute.affinity_maps`; :func:`npa_weights` turns the
+counts into the weights of a transform spec (``"log10:L=0.5"``, ...), float32 values
+equal to :meth:`npa_precompute.WeightTransform.apply` of the same counts. With them
+:class:`npa_train.loss.NPALoss` needs nothing but ``(logits, target)``: the weights of
+the *augmented* label, whatever pipeline made it.
+
+How the counts are computed
+---------------------------
+For each class ``c`` (every distinct label value, the ignore value included, as
+``affinity_maps`` does) the indicator ``[label == c]`` is summed over the
+``(2k + 1)²`` window of every pixel with integral images taken separably: window sums
+along each row, then window sums of those down the columns. Each is a running sum,
+``s[i] = s[i - 1] + x[i + k] - x[i - k - 1]``: the differences are computed for every
+position at once and a cumulative sum adds them up (:func:`_box_sums`); indices are
+clamped into the image, which *is* the edge-replicate padding of Eq. 1 (the paper's
+Fig. 3), never materialised, so any ``k >= 0`` works, ``2k + 1 > H, W`` included, at a
+cost that does not depend on ``k``. Then ``A = (2k + 1)² - s_c`` at the pixels of class
+``c``.
+
+Everything is integer arithmetic, exact, and no accumulator can overflow: every partial
+sum of the running sums is itself a window count, in ``[0, 2k + 1]`` along the rows and
+``[0, (2k + 1)²]`` down the columns, so the accumulators are int16 up to k = 90, int32
+up to k = 23169 and int64 beyond (k up to :data:`npa_precompute.affinity.MAX_K`). The
+result is int32 while every count fits (k <= 23169), else int64.
+
+Memory: classes are processed in groups of at most ``max(1, group_elements // (N·H·W))``
+(default ``group_elements`` = 2**25; the groups made as even as they can be); a group
+holds three ``(G, N, H, W)`` arrays (the int16 indicators, the row sums, the window sums:
+2 + 2 + 2/4/8 bytes per element), so the peak is about ``8 · group_elements`` bytes =
+256 MiB (k <= 16383) on top of the ``(N, len(ks), H, W)`` output and one int64
+``(N, H, W)`` index, whatever the number of classes (never an ``(N, C, H, W)`` int64
+one-hot). A batch of 6 × 577² (513² grown by k = 32) with 6 classes + ignore is one
+group of 7. On the CPU these buffers are kept between calls (per thread;
+:func:`clear_workspace` frees them): freshly allocated memory is page-faulted in at
+the cost of the arithmetic itself.
+
+Synchronisation: with ``classes`` given (the loss passes ``range(C)`` plus the ignore
+value) nothing waits for the device; without it, the distinct values of the batch are
+read first (``torch.unique``, one synchronisation) and checked.
+
+Weights
+-------
+The transform's formula is evaluated once per possible count in float64 on the host
+with :meth:`~npa_precompute.WeightTransform.table`, cast to float32 and cached on the
+device (``log10``/``ln``/``log``/``raw``: one table per (transform, k, device)), then
+gathered: the same float32 values as ``WeightTransform.apply``. ``norm`` (Eq. 2) takes
+min and max **per image** over its non-ignored pixels (``apply`` takes them per tile)
+and evaluates ``(A - min) / (max - min) + L`` in float64 on the device (IEEE basic
+operations, the same result as numpy's), then rounds to float32. Ignored pixels weigh 0.
+For k ≥ 1024 (more than 2**22 possible counts) the distinct counts are sent to the host
+instead of a table (one synchronisation).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from npa_precompute.affinity import parse_ks
+from npa_precompute.transforms import WeightTransform, parse_transform
+
+__all__ = [
+    "DEFAULT_GROUP_ELEMENTS",
+    "affinity_counts",
+    "clear_workspace",
+    "counts_dtype",
+    "npa_weights",
+    "parse_online_spec",
+    "weights_from_counts",
+]
+
+#: Default bound on ``classes in a group × N × H × W`` (see the module docstring).
+DEFAULT_GROUP_ELEMENTS = 1 << 25
+_INT32_MAX = 2**31 - 1
+_MAX_TABLE = 1 << 22  # as npa_precompute.transforms: larger count ranges skip the table
+_TABLES: dict[tuple, Tensor] = {}
+_TABLES_LOCK = threading.Lock()
+
+
+# ---- validation --------------------------------------------------------------------------------
+def _check_target(target: Tensor) -> Tensor:
+    if not isinstance(target, Tensor):
+        raise TypeError(f"`target` must be a torch.Tensor, got {type(target).__name__}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"`target` must be an integer tensor of labels (e.g. int64), got dtype {target.dtype}"
+        )
+    if target.ndim != 3:
+        raise ValueError(
+            f"`target` must have shape (N, H, W), got {tuple(target.shape)} ({target.ndim}-D)"
+        )
+    n, h, w = target.shape
+    if h < 1 or w < 1:
+        raise ValueError(f"`target` must have H, W >= 1, got shape {tuple(target.shape)}")
+    if target.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        target = target.to(torch.int64)  # uint16/uint32/uint64: few ops are defined on them
+    return target
+
+
+def _check_values(values: list[int]) -> None:
+    if values and values[0] < 0:
+        raise ValueError(f"`target` holds negative labels, e.g. {values[0]}; labels must be >= 0")
+    if values and values[-1] > _INT32_MAX:
+        raise ValueError(
+            f"`target` holds labels beyond int32 ({_INT32_MAX}), e.g. {values[-1]}; "
+            "labels must be in [0, 2**31 - 1]"
+        )
+
+
+def counts_dtype(k: int) -> torch.dtype:
+    """dtype of :func:`affinity_counts` for search region ``k``: int32 when every count
+    ``(2k + 1)**2 - 1`` fits (k <= 23169), else int64."""
+    return torch.int32 if (2 * int(k) + 1) ** 2 - 1 <= _INT32_MAX else torch.int64
+
+
+def _smallest_int(bound: int) -> torch.dtype:
+    """Narrowest signed dtype holding every integer of magnitude <= ``bound``."""
+    for dt in (torch.int16, torch.int32):
+        if bound <= torch.iinfo(dt).max:
+            return dt
+    return torch.int64
+
+
+def _pass_dtypes(k: int) -> tuple[torch.dtype, torch.dtype]:
+    """Accumulator dtypes of the row pass and the column pass for search region ``k``:
+    every value the row pass holds is a window count of one row, in ``[0, 2k + 1]``, and
+    every value the column pass holds in ``[0, (2k + 1)²]`` (:func:`_box_sums`), so no
+    partial sum can overflow: int16 up to k = 90, int32 up to k = 23169, int64 beyond."""
+    return _smallest_int(2 * k + 1), _smallest_int((2 * k + 1) ** 2)
+
+
+# ---- counts ------------------------------------------------------------------------------------
+def _compiling() -> bool:
+    """True while torch.compile traces (plain tensor code then; no buffer reuse, no loops)."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
+def _cumsum_(x: Tensor, dim: int) -> Tensor:
+    """In-place cumulative sum along ``dim`` (last or second to last)."""
+    if x.device.type == "cpu" and dim in (-2, x.ndim - 2) and not _compiling():
+        # torch's CPU cumsum along a non-innermost axis is a strided scalar loop; adding
+        # whole rows one after another is several times faster
+        for i in range(1, x.shape[dim]):
+            x.select(dim, i).add_(x.select(dim, i - 1))
+        return x
+    return x.cumsum_(dim)
+
+
+def _box_sums(x: Tensor, k: int, dim: int, out: Tensor) -> Tensor:
+    """Sums of ``x`` over the windows ``[i - k, i + k]`` along ``dim`` (the last or the
+    second to last), ``x`` padded with its edge elements: written to ``out``.
+
+    A running sum: ``out[0]`` is the first window's sum, ``out[i] - out[i - 1] =
+    x[i + k] - x[i - k - 1]`` (indices clamped into the sequence), and a cumulative sum
+    along ``dim`` adds these up. Every partial sum is itself a window sum, so ``out``'s
+    dtype only has to hold ``(2k + 1) · max(x)``; the cost does not depend on ``k``.
+    """
+    n = x.shape[dim]
+
+    def xs(a: int, b: int) -> Tensor:  # x[a:b] along dim
+        return x.narrow(dim, a, b - a)
+
+    def os(a: int, b: int) -> Tensor:
+        return out.narrow(dim, a, b - a)
+
+    first, last = xs(0, 1), xs(n - 1, n)
+    # out[0] = (k + 1)·x[0] + x[1..min(k, n - 1)] + max(0, k - n + 1)·x[n - 1]
+    s0 = os(0, 1)
+    torch.mul(first.to(out.dtype), k + 1, out=s0)  # in out's dtype: x's may not hold it
+    m = min(k, n - 1)
+    if m >= 1:
+        s0.add_(xs(1, m + 1).sum(dim, keepdim=True, dtype=out.dtype))
+    if k > n - 1:
+        s0.add_(last.to(out.dtype), alpha=k - n + 1)
+    # differences for i in [1, n - 1]: x[min(i + k, n - 1)] - x[max(i - k - 1, 0)]
+    a, b = 1, min(k, n - 1 - k)  # i + k inside, i - k - 1 before the start
+    if b >= a:
+        torch.sub(xs(a + k, b + k + 1), first, out=os(a, b + 1))
+    a, b = k + 1, n - 1 - k  # both inside
+    if b >= a:
+        torch.sub(xs(a + k, b + k + 1), xs(a - k - 1, b - k), out=os(a, b + 1))
+    a, b = max(k + 1, n - k), n - 1  # i + k past the end, i - k - 1 inside
+    if b >= a:
+        torch.sub(last, xs(a - k - 1, b - k), out=os(a, b + 1))
+    a, b = max(1, n - k), min(k, n - 1)  # both outside
+    if b >= a:
+        region = os(a, b + 1)
+        region.copy_((last - first).expand_as(region))
+    return _cumsum_(out, dim)
+
+
+class _Workspace(threading.local):
+    """Reusable CPU buffers of the last shapes used (per thread): a fresh allocation of
+    this size is page-faulted in by the CPU, which costs as much as the arithmetic."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, Tensor] = {}
+
+    def get(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+        if device.type != "cpu" or _compiling():
+            return torch.empty(shape, dtype=dtype, device=device)
+        key = (name, dtype)
+        buf = self.buffers.get(key)
+        numel = int(np.prod(shape))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype)
+            self.buffers[key] = buf
+        return buf[:numel].view(shape)
+
+    def clear(self) -> None:
+        self.buffers.clear()
+
+
+_WORKSPACE = _Workspace()
+
+
+def clear_workspace() -> None:
+    """Free this thread's CPU work buffers of :func:`affinity_counts` (reallocated on the
+    next call) and the cached lookup tables."""
+    _WORKSPACE.clear()
+    with _TABLES_LOCK:
+        _TABLES.clear()
+
+
+def _values_tensor(values: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``values`` as a tensor on ``device``, cached (a host-to-device copy waits for the
+    device; the cache keeps the training step free of it)."""
+    key = ("values", tuple(values), dtype, str(device))
+    t = _TABLES.get(key)
+    if t is None:
+        t = torch.tensor(list(values), dtype=dtype).to(device)
+        with _TABLES_LOCK:
+            if len(_TABLES) > 256:
+                _TABLES.clear()
+            _TABLES[key] = t
+    return t
+
+
+_LUT_MAX = 1 << 16
+
+
+def _dense_index(labels: Tensor, values: list[int]) -> Tensor:
+    """Position of each label in the sorted ``values`` (int64, same shape); a label not in
+    ``values`` gets some position (the caller guarantees there is none)."""
+    dev = labels.device
+    if len(values) == 1:
+        return torch.zeros(labels.shape, dtype=torch.int64, device=dev)
+    if values[0] >= 0 and values[-1] < _LUT_MAX:
+        key = ("lut", tuple(values), str(dev))
+        lut = _TABLES.get(key)
+        if lut is None:
+            host = torch.zeros(values[-1] + 1, dtype=torch.int64)
+            host[torch.tensor(values)] = torch.arange(len(values))
+            lut = host.to(dev)
+            with _TABLES_LOCK:
+                _TABLES[key] = lut
+        idx = labels.reshape(-1)
+        if labels.dtype not in (torch.int32, torch.int64):
+            idx = idx.to(torch.int32)  # index_select takes int32/int64 indices
+        return lut.index_select(0, idx.clamp(0, values[-1])).view(labels.shape)
+    vals = _values_tensor(values, labels.dtype, dev)
+    return torch.searchsorted(vals, labels.contiguous()).clamp_(max=len(values) - 1)
+
+
+def affinity_counts(
+    target: Tensor,
+    ks: int | str | Iterable[int],
+    *,
+    classes: Sequence[int] | Tensor | None = None,
+    group_elements: int = DEFAULT_GROUP_ELEMENTS,
+) -> Tensor:
+    """Exact Eq. 1 counts of a batch of label maps, computed on ``target``'s device.
+
+    ``A[n, i, y, x]`` is the number of pixels of the ``(2k_i + 1)²`` window centred on
+    ``(y, x)`` of image ``n``, padded with its edge pixels, whose label differs from the
+    label at ``(y, x)``; every distinct value is a class (the ignore value included).
+    Image by image the same integers as :func:`npa_precompute.affinity_maps`.
+
+    Parameters
+    ----------
+    target : (N, H, W) integer tensor
+        Labels in ``[0, 2**31 - 1]``, any integer dtype, on any device.
+    ks : int, str or iterable of int
+        Search regions ``k >= 0`` (``2k + 1`` may exceed H or W), e.g. ``32``,
+        ``"8,16,32"``. Duplicates are dropped, order is kept.
+    classes : sequence of int or 1-D tensor, optional, keyword-only
+        The label values to count. Default: the distinct values of ``target`` (read
+        with one device synchronisation, and checked). When given, nothing is read
+        back from the device; ``target`` must hold no other value (the count of a pixel
+        whose value is not listed is undefined).
+    group_elements : int, keyword-only
+        Bound on ``classes per group × N × H × W``: the memory bound of the module
+        docstring (at least one class per group).
+
+    Returns
+    -------
+    (N, len(ks), H, W) tensor on ``target``'s device
+        int32 while ``(2 max(ks) + 1)² - 1`` fits (k <= 23169), else int64.
+
+    Raises
+    ------
+    TypeError
+        ``target`` not an integer tensor (floating point, bool), ``ks`` not integers.
+    ValueError
+        ``target`` not 3-D or empty along H or W, a ``k < 0``, labels negative or beyond
+        int32 (checked when ``classes`` is None), ``group_elements < 1``.
+
+    Example
+    -------
+    >>> t = torch.tensor([[[0, 0, 1], [0, 0, 1], [2, 2, 1]]])
+    >>> affinity_counts(t, 1)[0, 0]
+    tensor([[0, 3, 3],
+            [3, 5, 3],
+            [3, 5, 3]], dtype=torch.int32)
+    """
+    target = _check_target(target)
+    ks = parse_ks(ks)
+    if isinstance(group_elements, bool) or not isinstance(group_elements, int):
+        raise TypeError(f"`group_elements` must be an int, got {group_elements!r}")
+    if group_elements < 1:
+        raise ValueError(f"`group_elements` must be >= 1, got {group_elements}")
+    n, h, w = target.shape
+    dev = target.device
+    if classes is None:
+        values = torch.unique(target).tolist()  # sorted; the one synchronisation
+        _check_values(values)
+    else:
+        values = classes.tolist() if isinstance(classes, Tensor) else [int(c) for c in classes]
+        values = sorted(set(values))
+    out = torch.zeros((n, len(ks), h, w), dtype=counts_dtype(max(ks)), device=dev)
+    if n == 0 or not values:
+        return out
+    # a value the target's dtype cannot hold cannot occur in it
+    info = torch.iinfo(target.dtype)
+    values = [v for v in values if info.min <= v <= info.max]
+    if not values:
+        return out
+    per_image = n * h * w
+    group = max(1, group_elements // max(per_image, 1))
+    group = -(-len(values) // -(-len(values) // group))  # as even as the groups can be
+    ws = _WORKSPACE
+    # labels in the narrowest dtype that holds the values (fewer bytes for every comparison)
+    small = next(
+        dt
+        for dt in (torch.uint8, torch.int16, torch.int32, torch.int64)
+        if torch.iinfo(dt).min <= values[0] and values[-1] <= torch.iinfo(dt).max
+    )
+    labels = target if target.dtype == small else target.to(small)
+    dense = _dense_index(labels, values)  # (N, H, W) int64: position of each label in values
+    for g0 in range(0, len(values), group):
+        gvals = values[g0 : g0 + group]
+        g = len(gvals)
+        vals = _values_tensor(gvals, small, dev)
+        shape = (g, n, h, w)
+        ind = torch.eq(labels.unsqueeze(0), vals.view(-1, 1, 1, 1),
+                       out=ws.get("ind", shape, torch.int16, dev))  # fmt: skip
+        # each pixel's own class within the group (its plane in the per-class sums)
+        in_group = None
+        if g == len(values):
+            own = dense.unsqueeze(0)
+        else:
+            own = (dense - g0).clamp_(0, g - 1).unsqueeze(0)
+            in_group = (dense >= g0) & (dense < g0 + g)
+        for i, k in enumerate(ks):
+            row_dt, col_dt = _pass_dtypes(k)
+            # integral image, separably: window sums along each row, then window sums of
+            # those down the columns (running sums, see _box_sums)
+            rows = _box_sums(ind, k, -1, ws.get("rows", shape, row_dt, dev))
+            sums = _box_sums(rows, k, -2, ws.get("sums", shape, col_dt, dev))
+            mine = sums.gather(0, own)[0]  # (N, H, W): the window count of the own class
+            total = torch.full((), (2 * k + 1) ** 2, dtype=col_dt, device=dev)
+            diff = total - mine
+            if in_group is None:
+                out[:, i] = diff
+            else:
+                out[:, i] = torch.where(in_group, diff.to(out.dtype), out[:, i])
+    return out
+
+
+# ---- weights -----------------------------------------------------------------------------------
+def parse_online_spec(spec: str) -> tuple[int, WeightTransform]:
+    """``"k32_log10_L0.5"`` (or with the ``online:`` prefix) -> ``(32, WeightTransform)``.
+
+    The name of a weights array of the store (:func:`npa_precompute.transforms.weights_name`):
+    ``k<K>_raw``, ``k<K>_norm_L<f>``, ``k<K>_log10_L<f>``, ``k<K>_ln_L<f>``,
+    ``k<K>_log_a<f>_L<f>``.
+
+    Raises
+    ------
+    ValueError
+        Anything else (the message shows the accepted forms).
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"online weights spec must be a string, got {type(spec).__name__}")
+    text = spec.strip()
+    if text.lower().startswith("online:"):
+        text = text[len("online:") :]
+    forms = "k<K>_log10_L<f>, k<K>_ln_L<f>, k<K>_log_a<f>_L<f>, k<K>_norm_L<f> or k<K>_raw"
+    head, _, rest = text.partition("_")
+    if not (head.startswith("k") and head[1:].isdigit() and rest):
+        raise ValueError(f"unknown online weights {spec!r}: expected online:{forms}")
+    k = int(head[1:])
+    parts = rest.split("_")
+    try:
+        if parts == ["raw"]:
+            transform = parse_transform("raw")
+        elif len(parts) == 2 and parts[0] in ("log10", "ln", "norm") and parts[1][:1] == "L":
+            transform = parse_transform(f"{parts[0]}:L={parts[1][1:]}")
+        elif len(parts) == 3 and parts[0] == "log" and parts[1][:1] == "a" and parts[2][:1] == "L":
+            transform = parse_transform(f"log:a={parts[1][1:]},L={parts[2][1:]}")
+        else:
+            raise ValueError("no match")
+    except ValueError:
+        raise ValueError(f"unknown online weights {spec!r}: expected online:{forms}") from None
+    return k, transform
+
+
+def _table(transform: WeightTransform, size: int, device: torch.device) -> Tensor:
+    """float32 weights of the counts ``0 .. size - 1`` (log kinds and raw), on ``device``."""
+    key = (transform.spec, size, str(device))
+    table = _TABLES.get(key)
+    if table is None:
+        host = torch.from_numpy(transform.table(size).astype(np.float32))
+        table = host.to(device)
+        with _TABLES_LOCK:
+            if len(_TABLES) > 64:
+                _TABLES.clear()
+            _TABLES[key] = table
+    return table
+
+
+def weights_from_counts(
+    counts: Tensor,
+    target: Tensor,
+    transform: str | WeightTransform = "log10:L=0.5",
+    *,
+    k: int | None = None,
+    ignore_index: int | None = 255,
+) -> Tensor:
+    """Weights ``(N, H, W)`` float32 of counts ``(N, H, W)`` (one k), 0 where ``target``
+    is ``ignore_index``: :meth:`WeightTransform.apply` image by image.
+
+    ``k`` (the counts' search region) sizes the lookup table; without it the largest
+    count is read from the device (one synchronisation). ``norm`` uses each image's min
+    and max over its non-ignored pixels.
+    """
+    transform = parse_transform(transform)
+    if counts.ndim != 3 or tuple(counts.shape) != tuple(target.shape):
+        raise ValueError(
+            f"`counts` {tuple(counts.shape)} and `target` {tuple(target.shape)} must both be "
+            "(N, H, W)"
+        )
+    dev = counts.device
+    if ignore_index is None:
+        valid = torch.ones(counts.shape, dtype=torch.bool, device=dev)
+    else:
+        valid = target != ignore_index
+    zero = torch.zeros((), dtype=torch.float32, device=dev)
+    if transform.kind == "norm":
+        c = counts.to(torch.float64)
+        big = torch.full((), float("inf"), dtype=torch.float64, device=dev)
+        lo = torch.where(valid, c, big).amin(dim=(1, 2), keepdim=True)
+        hi = torch.where(valid, c, -big).amax(dim=(1, 2), keepdim=True)
+        span = hi - lo
+        one = torch.ones((), dtype=torch.float64, device=dev)
+        scaled = (c - lo) / torch.where(span > 0, span, one) + transform.L
+        w = torch.where(span > 0, scaled, torch.full((), transform.L, dtype=torch.float64,
+                                                      device=dev))  # fmt: skip
+        return torch.where(valid, w.to(torch.float32), zero)
+    if transform.kind == "raw":  # exact: counts are integers far below 2**53
+        return torch.where(valid, counts.to(torch.float32), zero)
+    if k is None:
+        top = int(counts.max()) if counts.numel() else 0
+        size = top + 1
+    else:
+        size = (2 * int(k) + 1) ** 2
+    if size <= _MAX_TABLE:
+        table = _table(transform, size, dev)
+        idx = counts.reshape(-1)
+        if idx.dtype not in (torch.int32, torch.int64):
+            idx = idx.to(torch.int32)
+        w = table.index_select(0, idx).view(counts.shape)
+    else:  # huge k: the distinct counts through the host (one synchronisation)
+        uniq, inv = torch.unique(counts, return_inverse=True)
+        vals = transform._formula(uniq.cpu().numpy().astype(np.float64), 0, 0)
+        w = torch.from_numpy(vals.astype(np.float32)).to(dev)[inv]
+    return torch.where(valid, w, zero)
+
+
+def npa_weights(
+    target: Tensor,
+    k: int = 32,
+    transform: str | WeightTransform = "log10:L=0.5",
+    *,
+    ignore_index: int | None = 255,
+    num_classes: int | None = None,
+    group_elements: int = DEFAULT_GROUP_ELEMENTS,
+) -> Tensor:
+    """NPA pixel weights of a batch of label maps, computed on ``target``'s device.
+
+    :func:`affinity_counts` for one ``k``, then the transform of ``transform`` (the
+    canonical specs of ``npa-precompute``: ``raw``, ``norm:L=<f>``, ``log10:L=<f>``,
+    ``ln:L=<f>``, ``log:a=<f>,L=<f>``): float32 values equal to
+    ``parse_transform(transform).apply(counts, target == ignore_index)`` image by image
+    (for ``norm``: min and max per image). 0 at ignored pixels. No gradient.
+
+    Parameters
+    ----------
+    target : (N, H, W) integer tensor of labels (any device)
+    k : search region ``k >= 0`` (default 32, the paper's best)
+    transform : spec string or :class:`~npa_precompute.WeightTransform`
+    ignore_index : label whose pixels weigh 0 (it still counts as a class in Eq. 1);
+        None: none
+    num_classes : when given, the labels are ``0 .. num_classes - 1`` and
+        ``ignore_index``: nothing is read back from the device (no synchronisation);
+        other values must not occur (they are not checked: :class:`NPALoss` checks
+        them). None: the distinct values are read and checked (one synchronisation).
+    group_elements : memory bound of :func:`affinity_counts`
+
+    Returns
+    -------
+    (N, H, W) float32 tensor on ``target``'s device
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`affinity_counts`; an unknown transform spec; ``k`` not one integer >= 0.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"`k` must be an integer >= 0, got {k!r}")
+    if k < 0:
+        raise ValueError(f"`k` must be >= 0, got {k}")
+    transform = parse_transform(transform)
+    target = _check_target(target)
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
+    ):
+        raise TypeError(f"`ignore_index` must be an int or None, got {ignore_index!r}")
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"`num_classes` must be an integer >= 1, got {num_classes!r}")
+        classes = list(range(num_classes))
+        if ignore_index is not None and not 0 <= ignore_index < num_classes:
+            classes.append(int(ignore_index))
+    else:
+        classes = torch.unique(target).tolist()  # the one synchronisation
+        _check_values([v for v in classes if v != ignore_index])
+    with torch.no_grad():
+        counts = affinity_counts(target, int(k), classes=classes, group_elements=group_elements)
+        return weights_from_counts(counts[:, 0], target, transform, k=int(k),
+                                   ignore_index=ignore_index)  # fmt: skip
