@@ -28,6 +28,18 @@ def brute_force_affinity(labels: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for a test module: small models and tensor ops on a
+    shared 2-core machine run faster and steadier that way (``pytestmark`` uses it)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -27,12 +27,7 @@ PALETTE = np.array((*ISPRS.palette, (0, 0, 0)), dtype=np.uint8)
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiles(folder: Path, labels: dict[str, np.ndarray]) -> None:

@@ -41,13 +41,7 @@ COLOURS = np.array(
 SHAPES = {"areaA": (160, 144), "areaB": (96, 112)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensor ops on a shared 2-core machine are faster (and steadier) on one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def weight_of(label: np.ndarray) -> np.ndarray:
