@@ -346,14 +346,20 @@ def time_steps(label_path: Path, image_path: Path, scratch: Path, repeats: int) 
 
 
 # -- the benchmark ----------------------------------------------------------------------------
-def run(n_tiles: int, quick: bool, data_dir: Path, keep: bool, wait_idle: float, log) -> str:
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()
+def _prepare_tiles(n_tiles: int, data_dir: Path, log) -> tuple[Path, list[Path], Path]:
+    """The mirror-tiled Vaihingen-sized tiles' folder, label files and image folder, with
+    the kernels compiled."""
     require_data()
     root = ensure_tiles(data_dir, n_tiles, VAIHINGEN_SHAPE, log)
     labels = [tile_paths(root, i)[0] for i in range(n_tiles)]
-    image_dir = root / "top"
     log(f"warm-up (compiles only if the JIT cache is stale): {warm_up(labels[0]):.1f} s")
+    return root, labels, root / "top"
+
+
+def run(n_tiles: int, quick: bool, data_dir: Path, keep: bool, wait_idle: float, log) -> str:
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    root, labels, image_dir = _prepare_tiles(n_tiles, data_dir, log)
     scratch = Path(tempfile.mkdtemp(prefix="stores-", dir=data_dir))
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
@@ -700,11 +706,7 @@ def run_derived(n_tiles, quick, data_dir, keep, wait_idle, log) -> str:
     """The issue-13 part: counts only vs materialized, growing, the loader, derivation."""
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    require_data()
-    root = ensure_tiles(data_dir, n_tiles, VAIHINGEN_SHAPE, log)
-    labels = [tile_paths(root, i)[0] for i in range(n_tiles)]
-    image_dir = root / "top"
-    log(f"warm-up (compiles only if the JIT cache is stale): {warm_up(labels[0]):.1f} s")
+    root, labels, image_dir = _prepare_tiles(n_tiles, data_dir, log)
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = min(2, ncpu)
     repeats = 1 if quick else 2
