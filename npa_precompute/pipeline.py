@@ -122,6 +122,13 @@ class RunSummary:
         seconds = self.seconds - self.compile_seconds
         return self.pixels / seconds / 1e6 if seconds > 0 else float("nan")
 
+    def add(self, kind: str, result: dict) -> None:
+        """Count one tile's ``result`` (``tile``, ``pixels``, ``kernel_seconds``) as
+        ``kind``: ``"written"`` or ``"grown"``."""
+        getattr(self, kind).append(result["tile"])
+        self.pixels += result["pixels"]
+        self.kernel_seconds += result["kernel_seconds"]
+
     def text(self) -> str:
         grown = f", {len(self.grown)} grown in place" if self.grown else ""
         compiled = (
@@ -397,9 +404,7 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
                     image=image, progress=tick,
                 )  # fmt: skip
                 current = None
-                summary.written.append(r["tile"])
-                summary.pixels += r["pixels"]
-                summary.kernel_seconds += r["kernel_seconds"]
+                summary.add("written", r)
             for src, tile_cfg, new_ks, new_weights in grow:
 
                 def tick(tile=src.tile_id) -> None:
@@ -410,9 +415,7 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
 
                 r = grow_tile(store, src.tile_id, tile_cfg, new_ks, new_weights, client=client,
                               block=opts.block, threads=threads, progress=tick)  # fmt: skip
-                summary.grown.append(r["tile"])
-                summary.pixels += r["pixels"]
-                summary.kernel_seconds += r["kernel_seconds"]
+                summary.add("grown", r)
     except InputError:
         # Bad label or image content, found by a block: the in-memory path finds it before
         # it writes the tile, so leave no empty incomplete tile either. The local cluster is
@@ -594,6 +597,35 @@ def run_precompute(
     return summary
 
 
+def _run_jobs(jobs, workers: int, summary: RunSummary, progress) -> None:
+    """Run the in-memory ``(fn, args, kind)`` tile jobs, one process each when ``workers`` >
+    1, adding each result to ``summary`` under ``kind`` ("written" or "grown")."""
+    total = len(jobs)
+    if workers == 1 or total <= 1:
+        for i, (fn, args, kind) in enumerate(jobs):
+            r = fn(*args)
+            summary.add(kind, r)
+            if progress:
+                progress(i + 1, total, r["tile"])
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(fn, *args): kind for fn, args, kind in jobs}
+        for i, fut in enumerate(as_completed(futures)):
+            try:
+                r = fut.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+            summary.add(futures[fut], r)
+            if progress:
+                progress(i + 1, total, r["tile"])
+
+
 def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
                 overwrite: bool, workers: int, progress, dask, notify) -> RunSummary:  # fmt: skip
     """The part of :func:`run_precompute` that reads and writes the store (lock held)."""
@@ -637,7 +669,6 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
                 "place, but these cannot). Recomputing replaces their arrays: pass --overwrite "
                 "to do so, or write to another --out"
             )
-        total = len(todo) + len(grow)
         store = os.path.abspath(out)  # workers of a Dask cluster may run in another folder
         if todo or grow:
             summary.compile_seconds = compile_kernels(cfg, notify)
@@ -646,33 +677,8 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
         jobs += [(_grow_job, (store, s.tile_id, c, nk, nw), "grown") for s, c, nk, nw in grow]
         if dask is not None:
             _run_blockwise(store, todo, grow, dask, rasters, summary, progress)
-        elif workers == 1 or total <= 1:
-            for i, (fn, args, kind) in enumerate(jobs):
-                r = fn(*args)
-                getattr(summary, kind).append(r["tile"])
-                summary.pixels += r["pixels"]
-                summary.kernel_seconds += r["kernel_seconds"]
-                if progress:
-                    progress(i + 1, total, r["tile"])
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
-            ) as pool:
-                futures = {pool.submit(fn, *args): kind for fn, args, kind in jobs}
-                for i, fut in enumerate(as_completed(futures)):
-                    try:
-                        r = fut.result()
-                    except BaseException:
-                        for f in futures:
-                            f.cancel()
-                        raise
-                    getattr(summary, futures[fut]).append(r["tile"])
-                    summary.pixels += r["pixels"]
-                    summary.kernel_seconds += r["kernel_seconds"]
-                    if progress:
-                        progress(i + 1, total, r["tile"])
+            _run_jobs(jobs, workers, summary, progress)
     except BaseException:
         # A run that stops before its first tile (e.g. the Dask scheduler cannot be
         # reached) leaves no empty store behind that it created itself.
