@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ParameterError"]
+__all__ = ["ParameterError", "ParameterTypeError"]
 
 
 class ParameterError(ValueError):
@@ -10,7 +10,7 @@ class ParameterError(ValueError):
 
     ``str(exc)`` is the library's message, ``"`param` reason"`` unless ``message``
     says otherwise; the command lines report ``reason`` against the option that sets
-    ``param`` (:func:`npa_precompute.cli_common.user_error`), so a CLI user reads
+    ``param`` (:func:`npa_precompute.cli_options.user_error`), so a CLI user reads
     ``--loss`` where a Python user reads `` `loss` ``.
 
     Parameters
@@ -27,3 +27,12 @@ class ParameterError(ValueError):
         super().__init__(message if message is not None else f"`{param}` {reason}")
         self.param = param
         self.reason = reason
+
+
+class ParameterTypeError(ParameterError, TypeError):
+    """A value of the wrong type for one named argument (``1.5`` or ``True`` for a count).
+
+    Both a :class:`ParameterError` (so it names the argument, and the command lines
+    report it against the option) and a :class:`TypeError`, as scikit-image raises for
+    types. Parameters as :class:`ParameterError`.
+    """
