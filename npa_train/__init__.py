@@ -43,21 +43,20 @@ _MODULES = {
         "logits_of",
     ),
     "npa_train.online": ("affinity_counts", "npa_weights"),
-    "npa_train.train": (
-        "SPLITS",
-        "TrainingError",
-        "fit",
-        "load_checkpoint",
-        "poly_lr",
-        "resolve_device",
-        "resolve_split",
-    ),
+    "npa_train.checkpoint": ("CheckpointError", "load_checkpoint", "load_model"),
+    "npa_train.config": ("TrainConfig",),
+    "npa_train.device": ("resolve_device",),
+    "npa_train.splits": ("SPLITS", "resolve_split"),
+    "npa_train.train": ("Trainer", "TrainingError", "TrainingInterrupted", "fit", "poly_lr"),
 }
 _LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 if TYPE_CHECKING:  # pragma: no cover
     from npa_train.augment import AugmentConfig, CropParams, sample_params, warp_windows
+    from npa_train.checkpoint import CheckpointError, load_checkpoint, load_model
+    from npa_train.config import TrainConfig
     from npa_train.data import StoreCropDataset, write_preview
+    from npa_train.device import resolve_device
     from npa_train.loss import (
         LOSSES,
         REDUCTIONS,
@@ -82,15 +81,8 @@ if TYPE_CHECKING:  # pragma: no cover
         logits_of,
     )
     from npa_train.online import affinity_counts, npa_weights
-    from npa_train.train import (
-        SPLITS,
-        TrainingError,
-        fit,
-        load_checkpoint,
-        poly_lr,
-        resolve_device,
-        resolve_split,
-    )
+    from npa_train.splits import SPLITS, resolve_split
+    from npa_train.train import Trainer, TrainingError, TrainingInterrupted, fit, poly_lr
 
 __all__ = [
     "LOSSES",
@@ -98,6 +90,7 @@ __all__ = [
     "REDUCTIONS",
     "SPLITS",
     "AugmentConfig",
+    "CheckpointError",
     "ClassWeightedCE",
     "CropParams",
     "DiceLoss",
@@ -106,7 +99,10 @@ __all__ = [
     "SmallFCN",
     "StoreCropDataset",
     "TorchvisionSegmenter",
+    "TrainConfig",
+    "Trainer",
     "TrainingError",
+    "TrainingInterrupted",
     "affinity_counts",
     "build_criterion",
     "build_model",
@@ -115,6 +111,7 @@ __all__ = [
     "fit",
     "focal_loss",
     "load_checkpoint",
+    "load_model",
     "load_pretrained",
     "logits_of",
     "median_frequency_weights",

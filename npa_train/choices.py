@@ -15,6 +15,7 @@ __all__ = [
     "REDUCTIONS",
     "SPLITS",
     "TORCHVISION_MODELS",
+    "VAL_METRICS",
     "WARP_ON",
 ]
 
@@ -39,6 +40,9 @@ SPLITS = {
         "val": (11, 15, 28, 30, 34),
     }
 }
+#: Metrics validation during training logs and ``fit --best-metric`` may select ``best.pt``
+#: by (all: higher is better; the means over the store's foreground classes).
+VAL_METRICS = ("mF1", "mIoU", "OA", "boundary_f1")
 #: Label map formats :func:`npa_train.predict.predict` writes.
 FORMATS = ("png", "tif")
 #: Weights ``npa-train fit --loss npa`` uses when ``--weights`` is not given and the store

@@ -14,8 +14,19 @@ import click
 
 from npa_precompute import __version__
 from npa_precompute.cli_common import echo_warning, user_error
-from npa_train.choices import DEFAULT_WEIGHTS, LOSSES, MODELS, REDUCTIONS, SPLITS, WARP_ON
+from npa_train.choices import (
+    DEFAULT_WEIGHTS,
+    LOSSES,
+    MODELS,
+    REDUCTIONS,
+    SPLITS,
+    VAL_METRICS,
+    WARP_ON,
+)
 from npa_train.cli_eval import evaluate_cmd, predict_cmd, set_threads, threads_option
+from npa_train.config import TrainConfig
+
+_TRAIN_DEFAULTS = TrainConfig.defaults()
 
 #: Library arguments set by options of another name.
 _ALIASES = {"blur_p": "blur", "transpose": "rotate", "gamma": "focal_gamma",
@@ -237,6 +248,22 @@ def _augment_options(f):
     help="Save checkpoint.pt every N iterations (0: only at the end).",
 )
 @click.option(
+    "--val-every",
+    type=int,
+    default=_TRAIN_DEFAULTS["val_every"],
+    show_default=True,
+    help="Score the validation tiles (--val-tiles or --split) every N iterations and at the "
+    "end, as `evaluate` does (windows of the crop size, overlap 1/3): val.csv and best.pt. "
+    "0: never.",
+)
+@click.option(
+    "--best-metric",
+    type=click.Choice(VAL_METRICS),
+    default=_TRAIN_DEFAULTS["best_metric"],
+    show_default=True,
+    help="The validation metric best.pt is chosen by (higher is better).",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue the run in --out from its checkpoint exactly (model, optimizer, schedule, "
@@ -247,8 +274,8 @@ def _augment_options(f):
 def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, iters, batch,
         crop, out, tiles, val_tiles, split, lr, momentum, weight_decay, poly_power, no_augment,
         scale, rotation, flip, rotate, blur, normalize, focal_gamma, dice_smooth, device, amp,
-        amp_dtype, warp_on, seed, threads, workers, log_every, checkpoint_every, resume,
-        overwrite, quiet):  # fmt: skip
+        amp_dtype, warp_on, seed, threads, workers, log_every, checkpoint_every, val_every,
+        best_metric, resume, overwrite, quiet):  # fmt: skip
     """Train on augmented crops of STORE; write config.json, log.csv and checkpoint.pt to OUT.
 
     Defaults are the paper's recipe (Feng et al. 2020, §4.2): batch 6, 513² crops, 5000
@@ -261,7 +288,8 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
     Ctrl-C (or SIGTERM) finishes the current iteration, saves the checkpoint and stops
     (exit status 130, or 143); press Ctrl-C again to abort without saving.
     """
-    from npa_train.train import _Terminated, distributed_env
+    from npa_train.distributed import distributed_env
+    from npa_train.train import TrainingInterrupted
     from npa_train.train import fit as fit_
 
     try:
@@ -291,24 +319,26 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
             normalize=normalize, focal_gamma=focal_gamma, dice_smooth=dice_smooth,
             device=device, amp=amp, amp_dtype=amp_dtype, warp_on=warp_on, seed=seed,
             workers=workers, log_every=log_every, checkpoint_every=checkpoint_every,
-            resume=resume, overwrite=overwrite, progress=not quiet,
+            val_every=val_every, best_metric=best_metric, resume=resume, overwrite=overwrite,
+            progress=not quiet,
         )  # fmt: skip
     except _user_errors() as exc:
         raise user_error(exc, prefix=prefix, aliases=_ALIASES) from exc
-    except (KeyboardInterrupt, _Terminated) as exc:
-        term = isinstance(exc, _Terminated)
+    except KeyboardInterrupt as exc:  # TrainingInterrupted, or a Ctrl-C before training began
+        started = isinstance(exc, TrainingInterrupted)
+        term = started and exc.terminated
         kind = "terminated" if term else "interrupted"
         if rank == 0:
-            if getattr(exc, "partial", True) is False:  # stopped at an iteration boundary
+            if started and not exc.partial:  # stopped at an iteration boundary
                 note = (f"{kind}: the checkpoint in {out} is saved; run the same command with "
                         "--resume to continue")  # fmt: skip
             else:  # aborted (a second Ctrl-C) inside an iteration, or before training began
-                kept = getattr(exc, "checkpoint_iteration", None)
+                kept = exc.checkpoint_iteration if started else None
                 if kept is not None:
                     note = (f"{kind}: aborted without saving; the checkpoint in {out} (iteration "
                             f"{kept}) is kept: run the same command with --resume to continue "
                             "from it")  # fmt: skip
-                elif resume and not hasattr(exc, "checkpoint_iteration"):
+                elif resume and not started:
                     note = f"{kind}: aborted before training resumed; {out} is unchanged"
                 else:
                     note = f"{kind}: aborted before a checkpoint was saved in {out}"
@@ -332,11 +362,11 @@ def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
     """Whether every training tile of ``store`` holds :data:`DEFAULT_WEIGHTS` (False when the
     store or the split cannot be read: ``fit`` then reports why)."""
     from npa_precompute.store import StoreError
-    from npa_train.train import _available_weights, resolve_split
+    from npa_train.splits import available_weights, resolve_split
 
     try:
         train_tiles, _ = resolve_split(store, tiles=tiles, val_tiles=val_tiles, split=split)
-        return DEFAULT_WEIGHTS in _available_weights(store, train_tiles)
+        return DEFAULT_WEIGHTS in available_weights(store, train_tiles)
     except (StoreError, ValueError, TypeError, OSError):
         return False
 

@@ -30,13 +30,11 @@ import torch
 
 from npa_precompute.errors import ParameterError
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
+from npa_train.checkpoint import CheckpointError, ModelInfo, load_model
 from npa_train.metrics import SegmentationMetrics
 from npa_train.predict import (
-    CheckpointError,
-    ModelInfo,
     _progress,
     check_image_dtype,
-    load_model,
     normalization,
     palette_for,
     parse_overlap,
@@ -456,7 +454,7 @@ def evaluate(
         Bad ``window`` (< 1), ``overlap`` (outside [0, 1)), ``batch``, class lists,
         tolerance, an unavailable device or ``amp`` off CUDA.
     """
-    from npa_train.train import resolve_device
+    from npa_train.device import resolve_device
 
     parse_window(window)
     parse_overlap(overlap)

@@ -20,10 +20,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,16 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from npa_precompute.errors import ParameterError
+from npa_train.checkpoint import CheckpointError, ModelInfo, load_model
 from npa_train.choices import FORMATS
+from npa_train.device import resolve_device
 
 __all__ = [
     "FORMATS",
-    "CheckpointError",
-    "ModelInfo",
     "check_image_dtype",
     "coverage_count",
-    "load_model",
-    "model_info_from_checkpoint",
     "normalization",
     "palette_for",
     "parse_overlap",
@@ -53,13 +49,6 @@ __all__ = [
     "window_stride",
     "write_label_maps",
 ]
-
-#: Image normalizations a checkpoint may record (``config["normalize"]``).
-NORMALIZE = ("store", "tile")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the data it is applied to."""
 
 
 # -- window geometry ----------------------------------------------------------------------------
@@ -220,127 +209,7 @@ def coverage_count(
     return count[:h, :w]
 
 
-# -- checkpoints ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What inference needs to know about a checkpoint's model and training data.
-
-    Attributes
-    ----------
-    classes : tuple of str
-    num_classes, in_channels : int
-    ignore_index : int or None
-    image_mean, image_std : tuple of float, per band (normalization ``(x - mean) / std``)
-    preset : str or None, the training store's preset
-    normalize : {"store", "tile"}
-        ``store``: every image is normalized with ``image_mean``/``image_std`` (the
-        training tiles' pooled statistics); ``tile``: each image with its own per-band
-        mean and std (as the model was trained).
-    name : str, a short description for tables (model, loss, weights)
-    path : str, the checkpoint file
-    image_dtype : str or None
-        ``"uint8"`` or ``"uint16"``: the training images' dtype (None in checkpoints that
-        predate it, or for training tiles of both dtypes).
-    train_tiles, val_tiles : tuple of str
-        The training store's tiles the model was trained on, and those it kept for
-        validation (``--val-tiles``); empty when the checkpoint does not record them.
-    store : str or None, the training store's path
-    """
-
-    classes: tuple[str, ...]
-    num_classes: int
-    in_channels: int
-    ignore_index: int | None
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
-    preset: str | None = None
-    name: str = "model"
-    normalize: str = "store"
-    path: str = ""
-    image_dtype: str | None = None
-    train_tiles: tuple[str, ...] = ()
-    val_tiles: tuple[str, ...] = ()
-    store: str | None = None
-
-
-def _ckpt_value(ckpt: dict, key: str, types: type | tuple[type, ...] = object):
-    # the entries sit at the top level, under "config" or under "args" depending on the
-    # version of npa_train.train; "model" is the state dict at the top level and the
-    # model's name in the config, hence the type filter
-    for source in (ckpt, ckpt.get("config"), ckpt.get("args")):
-        if not isinstance(source, dict):
-            continue
-        value = source.get(key)
-        if value is not None and isinstance(value, types):
-            return value
-    return None
-
-
-def model_info_from_checkpoint(ckpt: dict, path: str = "") -> ModelInfo:
-    """Read :class:`ModelInfo` from a checkpoint dict (top level, ``config`` or ``args``).
-
-    Raises
-    ------
-    CheckpointError
-        A required entry is missing or inconsistent.
-    """
-    missing = [
-        k
-        for k in ("num_classes", "in_channels", "image_mean", "image_std")
-        if _ckpt_value(ckpt, k) is None
-    ]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
-    num_classes = int(_ckpt_value(ckpt, "num_classes"))
-    in_channels = int(_ckpt_value(ckpt, "in_channels"))
-    classes = _ckpt_value(ckpt, "classes") or [f"class_{i}" for i in range(num_classes)]
-    mean = tuple(float(v) for v in _ckpt_value(ckpt, "image_mean"))
-    std = tuple(float(v) if float(v) > 1e-6 else 1.0 for v in _ckpt_value(ckpt, "image_std"))
-    if len(classes) != num_classes:
-        raise CheckpointError(
-            f"checkpoint {path} names {len(classes)} classes but has num_classes {num_classes}"
-        )
-    if len(mean) != in_channels or len(std) != in_channels:
-        raise CheckpointError(
-            f"checkpoint {path}: image_mean/image_std have {len(mean)}/{len(std)} bands, "
-            f"in_channels is {in_channels}"
-        )
-    ignore = _ckpt_value(ckpt, "ignore_index")
-    normalize = _ckpt_value(ckpt, "normalize", str) or "store"
-    if normalize not in NORMALIZE:
-        raise CheckpointError(
-            f"checkpoint {path}: unknown normalize {normalize!r} (this version knows {NORMALIZE})"
-        )
-    parts = [str(_ckpt_value(ckpt, "model", str) or "model")]
-    loss = _ckpt_value(ckpt, "loss", str)
-    if loss:
-        parts.append(str(loss))
-    weights = _ckpt_value(ckpt, "weights", str)
-    if loss == "npa" and weights:
-        parts.append(f"({weights})")
-    image_dtype = _ckpt_value(ckpt, "image_dtype", str)
-    if image_dtype not in (None, "uint8", "uint16"):
-        raise CheckpointError(
-            f"checkpoint {path}: unknown image_dtype {image_dtype!r} (uint8 or uint16)"
-        )
-    return ModelInfo(
-        classes=tuple(str(c) for c in classes),
-        num_classes=num_classes,
-        in_channels=in_channels,
-        ignore_index=None if ignore is None else int(ignore),
-        image_mean=mean,
-        image_std=std,
-        preset=_ckpt_value(ckpt, "store_preset", str),
-        normalize=normalize,
-        name=" ".join(parts),
-        path=str(path),
-        image_dtype=image_dtype,
-        train_tiles=tuple(str(t) for t in _ckpt_value(ckpt, "tiles", (list, tuple)) or ()),
-        val_tiles=tuple(str(t) for t in _ckpt_value(ckpt, "val_tiles", (list, tuple)) or ()),
-        store=_ckpt_value(ckpt, "store", str),
-    )
+# -- checkpoints against data ------------------------------------------------------------------
 
 
 def check_image_dtype(info: ModelInfo, dtype, what: str, *, max_value: int | None = None) -> None:
@@ -389,55 +258,6 @@ def check_image_dtype(info: ModelInfo, dtype, what: str, *, max_value: int | Non
         f": {have} values would be scaled wrongly. Convert the image to {want} with its real "
         f"value range, or use a checkpoint trained on {have} images"
     )
-
-
-def load_model(
-    checkpoint: str | os.PathLike, *, device: str | torch.device | None = None
-) -> tuple[torch.nn.Module, ModelInfo]:
-    """Load a checkpoint written by ``npa-train fit`` (a file or its run folder).
-
-    Parameters
-    ----------
-    checkpoint : path to ``checkpoint.pt`` or the run folder holding it
-    device : {"cpu", "cuda"}, torch.device or None (cuda if available)
-
-    Returns
-    -------
-    model : torch.nn.Module in eval mode, on ``device``
-    info : ModelInfo
-
-    Raises
-    ------
-    CheckpointError
-        No such file, a file that is not a readable ``npa-train`` checkpoint, or a
-        model whose library (torchvision) is not installed.
-    ValueError
-        An unavailable device.
-    """
-    from npa_train.train import load_checkpoint, resolve_device
-
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    path = Path(checkpoint)
-    file = path / "checkpoint.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise CheckpointError(f"no checkpoint at {file}")
-    try:
-        model, ckpt = load_checkpoint(file, map_location="cpu")
-    except (
-        KeyError,
-        RuntimeError,
-        EOFError,
-        TypeError,
-        ValueError,
-        OSError,
-        ImportError,
-        pickle.UnpicklingError,
-    ) as exc:
-        # torch.load / load_state_dict errors (not a checkpoint, or another model), or a
-        # torchvision model without torchvision installed
-        raise CheckpointError(f"cannot load checkpoint {file}: {exc}") from exc
-    info = model_info_from_checkpoint(ckpt, str(file))
-    return model.to(dev).eval(), info
 
 
 def normalization(
@@ -782,8 +602,6 @@ def predict(
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise ValueError(f"images share file stems ({', '.join(dup)}); outputs would collide")
-    from npa_train.train import resolve_device
-
     dev = resolve_device(device)
     if amp and dev.type != "cuda":
         raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")

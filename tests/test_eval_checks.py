@@ -19,9 +19,10 @@ from PIL import Image
 
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import ISPRS
+from npa_train.checkpoint import CheckpointError, load_model
 from npa_train.cli import main
 from npa_train.evaluate import evaluate
-from npa_train.predict import CheckpointError, load_model, predict
+from npa_train.predict import predict
 
 PALETTE = np.array((*ISPRS.palette, (0, 0, 0)), dtype=np.uint8)
 FAST = ["--window", "32", "--overlap", "0", "--batch", "8", "--device", "cpu", "-q"]

@@ -18,16 +18,12 @@ from PIL import Image
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import ISPRS
 from npa_precompute.store import open_store, open_tile
+from npa_train.checkpoint import CheckpointError, ModelInfo, model_info_from_checkpoint
 from npa_train.cli_eval import evaluate_cmd, predict_cmd
 from npa_train.evaluate import evaluate, evaluate_model, format_table
 from npa_train.metrics import confusion_matrix, scores_from_confusion
 from npa_train.model import SmallFCN
-from npa_train.predict import (
-    CheckpointError,
-    ModelInfo,
-    model_info_from_checkpoint,
-    normalization,
-)
+from npa_train.predict import normalization
 
 PALETTE = np.array((*ISPRS.palette, (0, 0, 0)), dtype=np.uint8)  # index 6 -> black = ignore
 # distinct, well separated image colours per label value (6 = ignore band)
@@ -364,11 +360,9 @@ _META = {
     "ckpt",
     [
         {"model": {"w": torch.zeros(1)}, "config": _META},  # entries under "config"
-        {"model": {"w": torch.zeros(1)}, **{k: v for k, v in _META.items() if k != "model"},
-         "args": {"model": "SmallFCN", "store_preset": "isprs", "loss": "npa"}},  # top level
     ],
 )  # fmt: skip
-def test_model_info_reads_either_checkpoint_layout(ckpt):
+def test_model_info_reads_the_checkpoint_config(ckpt):
     info = model_info_from_checkpoint(ckpt, "x.pt")
     assert info.classes == ISPRS.classes and (info.num_classes, info.in_channels) == (6, 3)
     assert info.image_std == (50.0, 1.0, 40.0)  # a zero std would divide by 0

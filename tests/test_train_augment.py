@@ -29,7 +29,7 @@ from npa_train.augment import (
     warp_windows,
 )
 from npa_train.data import StoreCropDataset
-from npa_train.train import _worker_init
+from npa_train.distributed import worker_init as _worker_init
 
 IGN = 255
 WNAME = "k2_log10_L0.5"

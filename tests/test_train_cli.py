@@ -22,10 +22,12 @@ import npa_train.model as model_mod
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import ISPRS
 from npa_precompute.store import StoreError, open_store
+from npa_train.checkpoint import CheckpointError, load_checkpoint
 from npa_train.cli import main
 from npa_train.loss import median_frequency_weights
 from npa_train.model import SmallFCN
-from npa_train.train import TrainingError, fit, load_checkpoint, poly_lr, resolve_split
+from npa_train.splits import resolve_split
+from npa_train.train import TrainingError, TrainingInterrupted, fit, poly_lr
 
 WNAME = "k4_log10_L0.5"
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -257,10 +259,10 @@ def test_fit_on_cuda(store, tmp_path):
 
 # ---- defaults, flags ---------------------------------------------------------------------------
 def test_paper_recipe_is_the_default():
-    import inspect
+    from npa_train.config import TrainConfig
 
-    p = inspect.signature(fit).parameters
-    defaults = {k: p[k].default for k in ("lr", "momentum", "weight_decay", "poly_power",
+    p = TrainConfig.defaults()
+    defaults = {k: p[k] for k in ("lr", "momentum", "weight_decay", "poly_power",
                                            "batch", "crop", "iters", "aux_weight", "scale",
                                            "rotation", "blur", "flip")}  # fmt: skip
     assert defaults == {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9,
@@ -373,18 +375,24 @@ def test_load_checkpoint_errors(store, tmp_path):
         load_checkpoint(tmp_path / "nothing")
 
 
-def test_load_checkpoint_of_the_first_trainer_version(tmp_path):
+def test_load_checkpoint_refuses_other_formats(store, tmp_path):
+    # the layout of the first trainer version (no "config", no "format") and a format tag of
+    # another version are refused by name, not half read
     net = SmallFCN(3, 6, width=4)
     legacy = {"model": net.state_dict(), "optimizer": {}, "iteration": 5,
-              "args": {"weights": "k32_log10_L0.5", "store_preset": "isprs"},
-              "model_config": net.config(), "classes": list(ISPRS.classes), "in_channels": 3,
-              "num_classes": 6, "ignore_index": 255, "weights": "k32_log10_L0.5",
-              "image_mean": [1.0, 2.0, 3.0], "image_std": [4.0, 5.0, 6.0]}  # fmt: skip
+              "model_config": net.config(), "classes": list(ISPRS.classes),
+              "in_channels": 3, "num_classes": 6, "image_mean": [1.0, 2.0, 3.0],
+              "image_std": [4.0, 5.0, 6.0]}  # fmt: skip
     torch.save(legacy, tmp_path / "checkpoint.pt")
-    model, ckpt = load_checkpoint(tmp_path)
-    assert isinstance(model, SmallFCN) and ckpt["config"]["model"] == "small_fcn"
-    assert ckpt["config"]["image_std"] == [4.0, 5.0, 6.0]
-    assert ckpt["config"]["store_preset"] == "isprs"
+    with pytest.raises(CheckpointError, match="no 'model' and 'config' entries"):
+        load_checkpoint(tmp_path)
+    out = tmp_path / "run"
+    fit(store, out, weights=WNAME, iters=1, batch=1, crop=16, device="cpu", progress=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["format"] == "npa_train.checkpoint/2"
+    torch.save({**ckpt, "format": "npa_train.checkpoint/9"}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match=r"format 'npa_train.checkpoint/9'; this version"):
+        load_checkpoint(tmp_path / "future.pt")
 
 
 def test_sigkill_then_resume_loses_nothing(store, tmp_path):
@@ -496,12 +504,11 @@ def test_signal_inside_an_iteration_stops_after_it(
     # the signal lands inside iteration 3 (its forward pass has already moved the BatchNorm
     # running statistics, or its optimizer step is done but not yet counted): iteration 3
     # is finished, saved, and the run stops there
-    from npa_train.train import _Terminated
-
     out = tmp_path / "cut"
     _signal_during(monkeypatch, where, 3, [signum])
-    with pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else _Terminated) as info:
+    with pytest.raises(TrainingInterrupted) as info:
         fit(store, out, **_SIG_KW)
+    assert info.value.signum == signum and info.value.terminated == (signum == signal.SIGTERM)
     assert info.value.partial is False and info.value.checkpoint_iteration == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
@@ -533,7 +540,7 @@ def test_second_ctrl_c_aborts_without_saving_and_a_relayed_one_does_not(
     out = tmp_path / "aborted"
     monkeypatch.setattr(train_mod, "_REPEAT_S", 0.0)
     _signal_during(monkeypatch, "forward", 3, [signal.SIGINT, signal.SIGINT])
-    with pytest.raises(KeyboardInterrupt) as info:
+    with pytest.raises(TrainingInterrupted) as info:
         fit(store, out, **kw)
     assert info.value.partial is True and info.value.checkpoint_iteration == 2
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)

@@ -23,16 +23,12 @@ from click.testing import CliRunner
 from conftest import write_train_store
 
 from npa_train.augment import AugmentConfig
+from npa_train.checkpoint import load_checkpoint
 from npa_train.cli import main
 from npa_train.data import StoreCropDataset
+from npa_train.distributed import all_reduce_mean, distributed_env, rank_sample_indices
 from npa_train.loss import build_criterion
 from npa_train.model import SmallFCN, build_model
-from npa_train.train import (
-    all_reduce_mean,
-    distributed_env,
-    load_checkpoint,
-    rank_sample_indices,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 WNAME = "k4_log10_L0.5"
@@ -153,7 +149,7 @@ def test_all_reduce_mean_without_a_process_group():
 
 _REDUCE = """
 import sys, torch, torch.distributed as dist
-from npa_train.train import all_reduce_mean
+from npa_train.distributed import all_reduce_mean
 dist.init_process_group("gloo")
 r = dist.get_rank()
 loss = torch.tensor([[0.7310586, 2.4567891], [1.1920929e-07, 3.0]][r], dtype=torch.float32)
@@ -222,7 +218,8 @@ def test_ddp_logged_loss_is_the_mean_over_the_ranks_crops(store, ddp_run):
 
 _STOP = """
 import sys
-from npa_train.train import distributed_env, fit
+from npa_train.distributed import distributed_env
+from npa_train.train import fit
 
 def stop(iteration, lr, loss):  # rank 0 alone is interrupted, as by a Ctrl-C on its node
     if iteration == 2 and distributed_env()[0] == 0:
@@ -260,7 +257,8 @@ def test_ddp_interrupted_and_resumed_equals_uninterrupted(store, ddp_run, tmp_pa
 _SIGNAL = """
 import os, signal, sys
 import npa_train.model as m
-from npa_train.train import distributed_env, fit
+from npa_train.distributed import distributed_env
+from npa_train.train import fit
 
 RANK = distributed_env()[0]
 
