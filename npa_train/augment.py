@@ -563,92 +563,37 @@ def warp_windows(
     dev = torch.device(device) if device is not None else batch["image"].device
     theta = batch["theta"].detach().cpu().numpy().astype(np.float64)
     valid_hw = [tuple(int(x) for x in hw) for hw in batch["valid_hw"].tolist()]
-    sigmas = batch["blur_sigma"].tolist()
     raw = batch["image"].to(dev, non_blocking=True)
     lab = batch["label"].to(dev, non_blocking=True)
     if lab.dtype not in (torch.int32, torch.int64):
         lab = lab.to(torch.int32)
     wgt = batch.get("weight")
     wgt = wgt.to(dev, non_blocking=True).float() if wgt is not None else None
-    n, hp, wp, c = raw.shape
+    n, _, _, c = raw.shape
     tidx = batch["tile_index"].to(dev)
     m = mean.to(dev, torch.float32)[tidx].view(n, c, 1, 1)
     s = std.to(dev, torch.float32)[tidx].view(n, c, 1, 1)
-    zero = torch.zeros((), device=dev)
-    ignore = torch.full((), ignore_index, dtype=lab.dtype, device=dev)
-    padded = any(hw != (hp, wp) for hw in valid_hw)
-    inside = None
-    if padded:
-        rows = torch.arange(hp, device=dev).view(1, hp, 1)
-        cols = torch.arange(wp, device=dev).view(1, 1, wp)
-        hw = torch.as_tensor(valid_hw, device=dev)
-        inside = (rows < hw[:, 0].view(n, 1, 1)) & (cols < hw[:, 1].view(n, 1, 1))
-        lab = torch.where(inside, lab, ignore)
-
+    lab, inside = _mask_outside(lab, valid_hw, ignore_index)
     margin = int(margin)
     lab_m = None
     if all(_integral_matrix(t) for t in theta):
         img, lab_o, w_o, inside_o = _integral_crop(
             raw.permute(0, 3, 1, 2), lab, wgt, theta, valid_hw, crop, ignore_index
         )
-        img_o = torch.where(inside_o[:, None], (img.float() - m) / s, zero)
+        img_o = torch.where(inside_o[:, None], (img.float() - m) / s, torch.zeros((), device=dev))
         lab_o = lab_o.long()
         if margin:
             lab_m = _integral_labels_clamped(lab, theta, valid_hw, crop, margin).long()
     else:
         if margin:
-            # one grid for everything: the grown crop's, its interior for the crop itself
-            ch, cw = crop
-            grown = (ch + 2 * margin, cw + 2 * margin)
-            grid_m = _grid(_grown_theta(theta, margin), hp, wp, grown, dev)
-            grid = grid_m[:, margin : margin + ch, margin : margin + cw].contiguous()
-            # positions clamped into each window (= the tile where the window reaches its
-            # border): nearest sampling then repeats the tile's edge labels beyond it
-            hw = torch.as_tensor(valid_hw, dtype=torch.float64)
-            lo = torch.tensor([1.0 / wp - 1.0, 1.0 / hp - 1.0], dtype=torch.float64)
-            hi = torch.stack([(2 * (hw[:, 1] - 1) + 1) / wp - 1, (2 * (hw[:, 0] - 1) + 1) / hp - 1],
-                             dim=1)  # fmt: skip
-            clamped = torch.maximum(grid_m, lo.to(dev, torch.float32))
-            clamped = torch.minimum(clamped, hi.to(dev, torch.float32).view(n, 1, 1, 2))
-            lab_m = F.grid_sample(lab.float()[:, None], clamped, mode="nearest",
-                                  padding_mode="border", align_corners=False)  # fmt: skip
-            lab_m = lab_m[:, 0].long()
+            grid, lab_m = _margin_grid(lab, theta, valid_hw, crop, margin)
         else:
-            grid = _grid(theta, hp, wp, crop, dev)
-        fill = not _footprint_inside(theta, valid_hw, crop)
-        # one channels-last source for one bilinear grid_sample: the bands, [inside],
-        # [weight * valid, valid]; filled in place (no concatenation copy)
-        nch = c + int(fill) + (2 if wgt is not None else 0)
-        src = torch.empty((n, hp, wp, nch), dtype=torch.float32, device=dev)
-        src[..., :c] = raw
-        if fill:
-            src[..., c] = inside if inside is not None else 1.0
-        if wgt is not None:
-            valid = lab != ignore_index
-            src[..., -2] = torch.where(valid, wgt, zero)
-            src[..., -1] = valid
-        src = src.permute(0, 3, 1, 2)  # NCHW view, channels-last memory
-        out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if fill:
-            img_o = (out[:, :c] - m * out[:, c : c + 1]) / s
-        else:
-            img_o = (out[:, :c] - m) / s
-        # labels + 1 so that the zero padding outside reads as "outside" (0), not as class 0
-        lab_f = (lab + 1).float()[:, None]
-        lab_s = F.grid_sample(
-            lab_f, grid, mode="nearest", padding_mode="zeros", align_corners=False
-        )
-        lab_o = lab_s[:, 0].long() - 1
-        lab_o = torch.where(lab_o < 0, torch.full((), ignore_index, device=dev), lab_o)
-        if wgt is not None:
-            num, den = out[:, -2], out[:, -1]
-            w_o = num / den.clamp_min(1e-6)
+            grid = _grid(theta, raw.shape[1], raw.shape[2], crop, dev)
+        img_o, lab_o, w_o = _resample(raw, lab, wgt, inside, grid, (m, s), theta, valid_hw, crop,
+                                      ignore_index)  # fmt: skip
     valid_o = lab_o != ignore_index
-    if wgt is None:
-        w_o = valid_o.float()
-    else:
-        w_o = torch.where(valid_o, w_o, zero)
-    img_o = gaussian_blur(img_o, sigmas, blur_kernel)
+    w_o = valid_o.float() if wgt is None else torch.where(valid_o, w_o, torch.zeros((), device=dev))
+    img_o = gaussian_blur(img_o, batch["blur_sigma"].tolist(), blur_kernel)
     out = {
         "image": img_o.contiguous(),
         "label": lab_o.contiguous(),
@@ -659,3 +604,73 @@ def warp_windows(
     if lab_m is not None:
         out["label_margin"] = lab_m.contiguous()
     return out
+
+
+def _mask_outside(lab: Tensor, valid_hw: list, ignore_index: int) -> tuple[Tensor, Tensor | None]:
+    """Labels with the padding beyond each window's tile part set to ignore, and the
+    ``(N, Hp, Wp)`` bool mask of that part (None when no window is padded)."""
+    n, hp, wp = lab.shape
+    if all(hw == (hp, wp) for hw in valid_hw):
+        return lab, None
+    dev = lab.device
+    rows = torch.arange(hp, device=dev).view(1, hp, 1)
+    cols = torch.arange(wp, device=dev).view(1, 1, wp)
+    hw = torch.as_tensor(valid_hw, device=dev)
+    inside = (rows < hw[:, 0].view(n, 1, 1)) & (cols < hw[:, 1].view(n, 1, 1))
+    ignore = torch.full((), ignore_index, dtype=lab.dtype, device=dev)
+    return torch.where(inside, lab, ignore), inside
+
+
+def _margin_grid(lab: Tensor, theta, valid_hw, crop, margin: int) -> tuple[Tensor, Tensor]:
+    """The crop's sampling grid and the labels of the crop grown by ``margin``.
+
+    One grid for both: the grown crop's, its interior for the crop itself. Positions are
+    clamped into each window (= the tile where the window reaches its border), so
+    nearest sampling repeats the tile's edge labels beyond it (Eq. 1's padding).
+    """
+    n, hp, wp = lab.shape
+    dev = lab.device
+    ch, cw = crop
+    grown = (ch + 2 * margin, cw + 2 * margin)
+    grid_m = _grid(_grown_theta(theta, margin), hp, wp, grown, dev)
+    grid = grid_m[:, margin : margin + ch, margin : margin + cw].contiguous()
+    hw = torch.as_tensor(valid_hw, dtype=torch.float64)
+    lo = torch.tensor([1.0 / wp - 1.0, 1.0 / hp - 1.0], dtype=torch.float64)
+    hi = torch.stack([(2 * (hw[:, 1] - 1) + 1) / wp - 1, (2 * (hw[:, 0] - 1) + 1) / hp - 1],
+                     dim=1)  # fmt: skip
+    clamped = torch.maximum(grid_m, lo.to(dev, torch.float32))
+    clamped = torch.minimum(clamped, hi.to(dev, torch.float32).view(n, 1, 1, 2))
+    lab_m = F.grid_sample(lab.float()[:, None], clamped, mode="nearest",
+                          padding_mode="border", align_corners=False)  # fmt: skip
+    return grid, lab_m[:, 0].long()
+
+
+def _resample(raw, lab, wgt, inside, grid, norm, theta, valid_hw, crop, ignore_index):
+    """Image (normalized), labels and weights resampled on ``grid``.
+
+    One channels-last source for one bilinear ``grid_sample``: the bands, [inside],
+    [weight · valid, valid], filled in place (no concatenation copy); one nearest
+    ``grid_sample`` for the labels. Returns ``(image, label, weight or None)``.
+    """
+    n, hp, wp, c = raw.shape
+    dev, (m, s) = raw.device, norm
+    fill = not _footprint_inside(theta, valid_hw, crop)
+    nch = c + int(fill) + (2 if wgt is not None else 0)
+    src = torch.empty((n, hp, wp, nch), dtype=torch.float32, device=dev)
+    src[..., :c] = raw
+    if fill:
+        src[..., c] = inside if inside is not None else 1.0
+    if wgt is not None:
+        valid = lab != ignore_index
+        src[..., -2] = torch.where(valid, wgt, torch.zeros((), device=dev))
+        src[..., -1] = valid
+    src = src.permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    img_o = (out[:, :c] - m * out[:, c : c + 1]) / s if fill else (out[:, :c] - m) / s
+    # labels + 1 so that the zero padding outside reads as "outside" (0), not as class 0
+    lab_s = F.grid_sample((lab + 1).float()[:, None], grid, mode="nearest",
+                          padding_mode="zeros", align_corners=False)  # fmt: skip
+    lab_o = lab_s[:, 0].long() - 1
+    lab_o = torch.where(lab_o < 0, torch.full((), ignore_index, device=dev), lab_o)
+    w_o = out[:, -2] / out[:, -1].clamp_min(1e-6) if wgt is not None else None
+    return img_o, lab_o, w_o
