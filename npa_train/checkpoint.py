@@ -319,7 +319,7 @@ def load_model(
     file = checkpoint_file(checkpoint)
     try:
         model, ckpt = load_checkpoint(file, map_location="cpu")
-    except (KeyError, RuntimeError, TypeError, ImportError) as exc:
+    except (CheckpointError, KeyError, RuntimeError, TypeError, ImportError) as exc:
         # load_state_dict errors, or a torchvision model without torchvision installed
         raise CheckpointError(f"cannot load checkpoint {file}: {exc}") from exc
     info = model_info_from_checkpoint(ckpt, str(file))
