@@ -13,7 +13,17 @@ import warnings
 import click
 
 from npa_precompute import __version__
-from npa_precompute.cli_common import echo_warning, user_error
+from npa_precompute.cli_options import (
+    device_option,
+    echo_warning,
+    out_option,
+    quiet_option,
+    reports_user_errors,
+    store_option,
+    tiles_option,
+    user_error,
+)
+from npa_precompute.params import parse_weights_option
 from npa_train.choices import DEFAULT_WEIGHTS, LOSSES, MODELS, REDUCTIONS, SPLITS, WARP_ON
 from npa_train.cli_eval import evaluate_cmd, predict_cmd, set_threads, threads_option
 
@@ -82,7 +92,7 @@ def _augment_options(f):
 
 
 @main.command()
-@click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
+@store_option
 @click.option(
     "--weights",
     default=None,
@@ -142,12 +152,10 @@ def _augment_options(f):
     help="Crops per step and process (under torchrun the effective batch is BATCH x processes).",
 )
 @click.option("--crop", type=int, default=513, show_default=True, help="Crop side in pixels.")
-@click.option("--out", required=True, type=click.Path(), help="Run folder.")
-@click.option(
+@out_option("Run folder.")
+@tiles_option(
     "--tiles",
     "--train-tiles",
-    "tiles",
-    default=None,
     help="Comma-separated training tile ids (default: every complete tile not in --val-tiles).",
 )
 @click.option(
@@ -182,12 +190,7 @@ def _augment_options(f):
 @click.option(
     "--dice-smooth", type=float, default=1.0, show_default=True, help="Dice loss smoothing."
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default=None,
-    help="Default: cuda if available, else cpu.",
-)
+@device_option
 @click.option(
     "--amp/--no-amp",
     default=None,
@@ -243,7 +246,7 @@ def _augment_options(f):
     "RNG states), with the same options (--iters too: a finished run is not extended).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, iters, batch,
         crop, out, tiles, val_tiles, split, lr, momentum, weight_decay, poly_power, no_augment,
         scale, rotation, flip, rotate, blur, normalize, focal_gamma, dice_smooth, device, amp,
@@ -342,7 +345,7 @@ def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
 
 
 @main.command()
-@click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
+@store_option
 @click.option(
     "--weights",
     default="none",
@@ -352,11 +355,12 @@ def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
     "'none' (weight 1).",
 )
 @click.option("--n", "n", type=int, default=8, show_default=True, help="Number of samples.")
-@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@out_option("Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--crop", type=int, default=513, show_default=True, help="Crop side in pixels.")
-@click.option("--tiles", default=None, help="Comma-separated tile ids (default: all complete).")
+@tiles_option(help="Comma-separated tile ids (default: all complete).")
 @_augment_options
+@reports_user_errors(_user_errors, aliases=_ALIASES)
 def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotation, flip,
             rotate, blur, normalize):  # fmt: skip
     """Write N augmented (image, label, weight) samples of STORE as PNGs and .npy to OUT.
@@ -369,16 +373,11 @@ def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotati
     from npa_train.augment import AugmentConfig
     from npa_train.data import write_preview
 
-    if isinstance(weights, str) and weights.strip().lower() in ("", "none"):
-        weights = None
-    try:
-        aug = AugmentConfig.from_options(crop, augment=not no_augment, scale=scale,
-                                         rotation=rotation, flip=flip, rotate=rotate,
-                                         blur=blur)  # fmt: skip
-        records = write_preview(store, weights, n, out, seed=seed, augment=aug, tiles=tiles,
-                                normalize=normalize)  # fmt: skip
-    except _user_errors() as exc:
-        raise user_error(exc, aliases=_ALIASES) from exc
+    aug = AugmentConfig.from_options(crop, augment=not no_augment, scale=scale,
+                                     rotation=rotation, flip=flip, rotate=rotate,
+                                     blur=blur)  # fmt: skip
+    records = write_preview(store, parse_weights_option(weights), n, out, seed=seed,
+                            augment=aug, tiles=tiles, normalize=normalize)  # fmt: skip
     click.echo(f"{len(records)} samples written to {out} (NNN_triplet.png: image | label | "
                "weight | overlay)")  # fmt: skip
 
