@@ -22,7 +22,7 @@ from npa_precompute.cli_options import (
     tiles_option,
 )
 from npa_precompute.params import parse_tiles
-from npa_train.choices import FORMATS
+from npa_train.choices import FORMATS, INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 
 __all__ = ["evaluate_cmd", "predict_cmd", "set_threads", "threads_option"]
 
@@ -62,19 +62,23 @@ def _inference_options(f):
             click.option(
                 "--window",
                 type=int,
-                default=513,
+                default=WINDOW,
                 show_default=True,
                 help="Sliding window side in pixels (tiles smaller than it are padded).",
             ),
             click.option(
                 "--overlap",
-                default="1/3",
+                default=WINDOW_OVERLAP,
                 show_default=True,
                 help="Overlap of neighbouring windows in [0, 1): '1/3', '0.5', '0'. "
                 "Stride = window × (1 − overlap), at least 1.",
             ),
             click.option(
-                "--batch", type=int, default=4, show_default=True, help="Windows per forward."
+                "--batch",
+                type=int,
+                default=INFERENCE_BATCH,
+                show_default=True,
+                help="Windows per forward.",
             ),
             device_option,
             click.option("--amp", is_flag=True, help="Mixed precision (autocast) on CUDA."),
