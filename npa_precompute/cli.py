@@ -8,11 +8,11 @@ import warnings
 import click
 
 from npa_precompute import __version__
-from npa_precompute.cli_common import echo_warning, user_error
 from npa_precompute.cli_inspect import export_cmd, inspect_cmd, show_cmd
+from npa_precompute.cli_options import echo_warning, out_option, quiet_option, reports_user_errors
 from npa_precompute.presets import PRESETS
 
-__all__ = ["echo_warning", "main"]
+__all__ = ["main"]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -31,7 +31,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("labels", nargs=-1, required=True)
-@click.option("--out", "out", required=True, type=click.Path(), help="Store folder (zarr v3).")
+@out_option("Store folder (zarr v3).")
 @click.option(
     "--images",
     multiple=True,
@@ -128,7 +128,8 @@ def main() -> None:
     help="Recompute tiles that are current or were made with other parameters (replacing "
     "their arrays); recreate a store made with other preset settings.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
+@reports_user_errors(_user_errors)
 def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, ignore_index,
         unknown_colors, chunk, workers, use_dask, block, scheduler, memory_limit, store_weights,
         overwrite, quiet):  # fmt: skip
@@ -178,8 +179,6 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             store_weights=store_weights,
             notify=None if quiet else lambda message: click.echo(message, err=True),
         )
-    except _user_errors() as exc:
-        raise user_error(exc) from exc
     finally:
         signal.signal(signal.SIGTERM, old_term)
         if bar is not None:
@@ -238,12 +237,7 @@ def _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk):
         )
     from npa_precompute.blockwise import DaskOptions
 
-    try:
-        return DaskOptions(
-            block=block, scheduler=scheduler, workers=workers, memory_limit=memory_limit
-        )
-    except ValueError as exc:
-        raise user_error(exc) from None
+    return DaskOptions(block=block, scheduler=scheduler, workers=workers, memory_limit=memory_limit)
 
 
 main.add_command(inspect_cmd)

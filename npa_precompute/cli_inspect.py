@@ -12,7 +12,8 @@ import json
 
 import click
 
-from npa_precompute.cli_common import user_error
+from npa_precompute.cli_options import out_option, reports_user_errors, store_argument
+from npa_precompute.params import split_list
 
 __all__ = ["export_cmd", "inspect_cmd", "show_cmd"]
 
@@ -24,7 +25,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (StoreError, ValueError, TypeError, MissingDependencyError, OSError)
 
 
-_STORE = click.argument("store", type=click.Path(exists=True, file_okay=False))
 _WINDOW = click.option(
     "--window",
     default=None,
@@ -34,7 +34,7 @@ _WINDOW = click.option(
 
 
 @click.command("inspect")
-@_STORE
+@store_argument
 @click.option("--tile", default=None, help="Only this tile (default: every tile).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
@@ -46,6 +46,7 @@ _WINDOW = click.option(
     "multi-scale ms_k8-16-32_log10_L0.5), derived from the counts. Repeatable or "
     "comma-separated.",
 )
+@reports_user_errors(_user_errors)
 def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str, ...]) -> None:
     """Tiles and arrays of STORE: layout, size on disk and weight statistics.
 
@@ -57,16 +58,12 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     """
     from npa_precompute.inspect import format_inspect, inspect_store
 
-    names = [n.strip() for item in weights for n in item.split(",") if n.strip()]
-    try:
-        report = inspect_store(store, tile, weights=names)
-    except _user_errors() as exc:
-        raise user_error(exc) from exc
+    report = inspect_store(store, tile, weights=split_list(weights))
     click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))
 
 
 @click.command("show")
-@_STORE
+@store_argument
 @click.option("--tile", required=True, help="Tile id (see `npa-precompute inspect`).")
 @click.option(
     "--arrays",
@@ -78,9 +75,7 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     "Repeatable, or comma-separated. Default: every k of the tile's first transformation.",
 )
 @_WINDOW
-@click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Output PNG of the figure."
-)
+@out_option("Output PNG of the figure.", file=True)
 @click.option(
     "--backend",
     type=click.Choice(["auto", "matplotlib", "pillow"]),
@@ -104,6 +99,7 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     show_default=True,
     help="matplotlib resolution (dots per inch of the figure).",
 )
+@reports_user_errors(_user_errors)
 def show_cmd(store, tile, arrays, window, out, backend, color_scale, dpi) -> None:
     """Figure of one tile of STORE: image, label, weight maps by k, weights per class.
 
@@ -113,17 +109,13 @@ def show_cmd(store, tile, arrays, window, out, backend, color_scale, dpi) -> Non
     """
     from npa_precompute.viz import show_figure
 
-    names = [n for item in arrays for n in item.split(",") if n.strip()]
-    try:
-        show_figure(store, tile, arrays=names or None, window=window, out=out, backend=backend,
-                    dpi=dpi, color_scale=color_scale)  # fmt: skip
-    except _user_errors() as exc:
-        raise user_error(exc) from exc
+    show_figure(store, tile, arrays=split_list(arrays) or None, window=window, out=out,
+                backend=backend, dpi=dpi, color_scale=color_scale)  # fmt: skip
     click.echo(f"wrote {out}")
 
 
 @click.command("export")
-@_STORE
+@store_argument
 @click.option("--tile", required=True, help="Tile id (see `npa-precompute inspect`).")
 @click.option(
     "--array",
@@ -134,19 +126,15 @@ def show_cmd(store, tile, arrays, window, out, backend, color_scale, dpi) -> Non
     "(stored, or derived from the counts: any transform of a stored k, ms_k8-16-32_...).",
 )
 @_WINDOW
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Output file: .npy (exact values), .tif (values, for QGIS/napari) or .png (label "
+@out_option(
+    "Output file: .npy (exact values), .tif (values, for QGIS/napari) or .png (label "
     "colours, 16-bit counts, weights heat map).",
+    file=True,
 )
+@reports_user_errors(_user_errors)
 def export_cmd(store, tile, array, window, out) -> None:
     """Write one array of a tile of STORE (or a window of it) to .npy, .tif or .png."""
     from npa_precompute.export import export_array
 
-    try:
-        path = export_array(store, tile, array, out, window=window)
-    except _user_errors() as exc:
-        raise user_error(exc) from exc
+    path = export_array(store, tile, array, out, window=window)
     click.echo(f"wrote {path}")

@@ -23,7 +23,7 @@ import zarr
 import zarr.errors
 
 from npa_precompute.derived import DerivedWeights, parse_weights_name
-from npa_precompute.errors import ParameterError
+from npa_precompute.params import parse_window
 from npa_precompute.store import (
     StoreError,
     Tile,
@@ -147,40 +147,6 @@ def resolve_array(tile: Tile, name: str) -> ArrayRef:
     raise StoreError(
         f"tile {tile.tile_id!r} has no array {name!r}; available: {', '.join(_available(tile))}"
     )
-
-
-def parse_window(text: str | tuple | list | None) -> tuple[int, int, int, int] | None:
-    """Parse a window ``"x0,y0,w,h"`` (pixels; x = column, y = row) into a tuple.
-
-    Parameters
-    ----------
-    text : str, sequence of 4 ints, or None
-        None (or an empty string) means the whole tile.
-
-    Returns
-    -------
-    (x0, y0, w, h) tuple of int, or None
-
-    Raises
-    ------
-    ValueError
-        Not four integers, ``x0`` or ``y0`` < 0, or ``w`` or ``h`` < 1.
-    """
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return None
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        values = tuple(int(str(p).strip()) for p in parts)
-    except ValueError:
-        raise ParameterError("window", f"must be x0,y0,w,h (four integers), got {text!r}") from None
-    if len(values) != 4:
-        raise ParameterError("window", f"must be x0,y0,w,h (four integers), got {text!r}")
-    x0, y0, w, h = values
-    if x0 < 0 or y0 < 0:
-        raise ParameterError("window", f"origin x0, y0 must be >= 0, got {x0}, {y0}")
-    if w < 1 or h < 1:
-        raise ParameterError("window", f"width and height must be >= 1, got {w}, {h}")
-    return values
 
 
 def check_window(

@@ -46,7 +46,15 @@ _LN_FLOAT64_MAX = math.log(sys.float_info.max)
 
 
 class WeightRangeError(ValueError):
-    """Weights of a (k, transformation, dtype) that cannot be represented (overflow)."""
+    """Weights of a (k, transformation, dtype) that cannot be represented (overflow).
+
+    ``detail`` is the message without the transform spec it was found in (None when
+    the message names no spec), for callers that name the spec their own way.
+    """
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 _MAX_TABLE = 1 << 22  # largest count evaluated through a lookup table
@@ -268,6 +276,8 @@ def parse_transform(spec: str | WeightTransform) -> WeightTransform:
         raise ValueError(f"transform {spec!r} needs a base: log:a=<f>,L=<f>")
     try:
         return WeightTransform(kind, L=params.get("L", DEFAULT_L), a=params.get("a", 10.0))
+    except WeightRangeError as exc:
+        raise WeightRangeError(f"{exc} in transform {spec!r}", detail=str(exc)) from None
     except ValueError as exc:
         raise type(exc)(f"{exc} in transform {spec!r}") from None
 
@@ -310,7 +320,7 @@ def check_weight_range(
         try:
             t = parse_transform(spec)
         except WeightRangeError as exc:
-            why = str(exc).replace(f" in transform {spec!r}", "")
+            why = exc.detail or str(exc)
             raise WeightRangeError(f"{names['transforms']} {spec}: {why}") from None
         for k in ks:
             w = t.max_weight(k)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.params import check_int, check_number, parse_size
 
 __all__ = [
     "AugmentConfig",
@@ -70,23 +71,15 @@ def _pair(name: str, value, *, cast=float) -> tuple:
 
 
 def parse_crop(crop) -> tuple[int, int]:
-    """``513`` -> ``(513, 513)``; ``(h, w)`` -> ``(h, w)``.
+    """``513`` -> ``(513, 513)``; ``(h, w)`` -> ``(h, w)``
+    (:func:`~npa_precompute.params.parse_size` for the argument ``crop``).
 
     Raises
     ------
     TypeError, ValueError
         Not one or two positive integers.
     """
-    if isinstance(crop, (int, np.integer)) and not isinstance(crop, bool):
-        crop = (int(crop), int(crop))
-    if not isinstance(crop, Sequence) or isinstance(crop, str) or len(crop) != 2:
-        raise TypeError(f"`crop` must be an int or a pair (h, w) of ints, got {crop!r}")
-    if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in crop):
-        raise TypeError(f"`crop` must hold ints, got {crop!r}")
-    h, w = int(crop[0]), int(crop[1])
-    if h < 1 or w < 1:
-        raise ParameterError("crop", f"must be >= 1, got {crop!r}")
-    return h, w
+    return parse_size(crop, name="crop")
 
 
 @dataclass(frozen=True)
@@ -132,12 +125,8 @@ class AugmentConfig:
         if not (0 < scale[0] <= scale[1] < math.inf):
             raise ParameterError("scale", f"must satisfy 0 < low <= high, got {self.scale!r}")
         object.__setattr__(self, "scale", scale)
-        rot = self.rotation
-        if isinstance(rot, bool) or not isinstance(rot, (int, float)) or not 0 <= rot <= 180:
-            raise ParameterError(
-                "rotation", f"must be a number of degrees in [0, 180], got {rot!r}"
-            )
-        object.__setattr__(self, "rotation", float(rot))
+        rot = check_number("rotation", self.rotation, minimum=0, maximum=180)
+        object.__setattr__(self, "rotation", rot)
         if not isinstance(self.blur_p, (int, float)) or not 0 <= self.blur_p <= 1:
             raise ParameterError("blur_p", f"must be a probability in [0, 1], got {self.blur_p!r}")
         object.__setattr__(self, "blur_p", float(self.blur_p))
@@ -145,10 +134,10 @@ class AugmentConfig:
         if not (0 < sig[0] <= sig[1] < math.inf):
             raise ValueError(f"`blur_sigma` must satisfy 0 < low <= high, got {self.blur_sigma!r}")
         object.__setattr__(self, "blur_sigma", sig)
-        k = self.blur_kernel
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
-            raise ValueError(f"`blur_kernel` must be an odd integer >= 1, got {k!r}")
-        object.__setattr__(self, "blur_kernel", int(k))
+        k = check_int("blur_kernel", self.blur_kernel, minimum=1)
+        if k % 2 == 0:
+            raise ParameterError("blur_kernel", f"must be an odd integer >= 1, got {k!r}")
+        object.__setattr__(self, "blur_kernel", k)
         for name in ("hflip", "vflip", "transpose"):
             object.__setattr__(self, name, bool(getattr(self, name)))
         if self.transpose and self.crop[0] != self.crop[1]:

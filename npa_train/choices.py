@@ -1,4 +1,5 @@
-"""The names ``npa-train`` offers as option choices, importable without torch.
+"""The names ``npa-train`` offers as option choices, and the defaults its options share
+with the library functions, importable without torch.
 
 :mod:`npa_train.loss`, :mod:`npa_train.model`, :mod:`npa_train.train` and
 :mod:`npa_train.predict` re-export them; the command line (:mod:`npa_train.cli`) reads
@@ -10,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_WEIGHTS",
     "FORMATS",
+    "INFERENCE_BATCH",
     "LOSSES",
     "MODELS",
     "REDUCTIONS",
@@ -17,6 +19,8 @@ __all__ = [
     "TORCHVISION_MODELS",
     "VAL_METRICS",
     "WARP_ON",
+    "WINDOW",
+    "WINDOW_OVERLAP",
 ]
 
 #: Allowed values of ``reduction``.
@@ -48,3 +52,10 @@ FORMATS = ("png", "tif")
 #: Weights ``npa-train fit --loss npa`` uses when ``--weights`` is not given and the store
 #: holds them: the paper's best (k = 32, log10, L = 0.5; Table 2, Fig. 5).
 DEFAULT_WEIGHTS = "k32_log10_L0.5"
+#: Sliding-window side of :func:`npa_train.evaluate.evaluate` and
+#: :func:`npa_train.predict.predict` (``--window``): the paper's crop side.
+WINDOW = 513
+#: Overlap of neighbouring windows (``--overlap``): the paper's stride of 2/3 of a window.
+WINDOW_OVERLAP = "1/3"
+#: Windows per forward pass in evaluate and predict (``--batch``).
+INFERENCE_BATCH = 4

@@ -13,7 +13,17 @@ import warnings
 import click
 
 from npa_precompute import __version__
-from npa_precompute.cli_common import echo_warning, user_error
+from npa_precompute.cli_options import (
+    device_option,
+    echo_warning,
+    out_option,
+    quiet_option,
+    reports_user_errors,
+    store_option,
+    tiles_option,
+    user_error,
+)
+from npa_precompute.params import parse_weights_option
 from npa_train.choices import (
     DEFAULT_WEIGHTS,
     LOSSES,
@@ -73,17 +83,20 @@ def _augment_options(f):
     options = [
         click.option("--no-augment", "no_augment", is_flag=True,
                      help="Only random crop positions: no resize, rotation, mirror or blur."),
-        click.option("--scale", default="0.5,2.0", show_default=True, callback=_scale,
+        click.option("--scale", default=",".join(map(str, _TRAIN_DEFAULTS["scale"])),
+                     show_default=True, callback=_scale,
                      help="Random resize range LOW,HIGH (1,1 disables)."),
-        click.option("--rotation", type=float, default=10.0, show_default=True,
+        click.option("--rotation", type=float, default=_TRAIN_DEFAULTS["rotation"],
+                     show_default=True,
                      help="Random rotation in [-DEG, DEG] degrees (0 disables)."),
-        click.option("--flip/--no-flip", default=True, show_default=True,
+        click.option("--flip/--no-flip", default=_TRAIN_DEFAULTS["flip"], show_default=True,
                      help="Random left-right and top-bottom mirrors."),
         click.option("--rotate", is_flag=True, help="Also random transposes (90° rotations)."),
-        click.option("--blur", type=float, default=0.5, show_default=True,
+        click.option("--blur", type=float, default=_TRAIN_DEFAULTS["blur"], show_default=True,
                      help="Probability of a Gaussian blur of the image (never of labels or "
                           "weights)."),
-        click.option("--normalize", type=click.Choice(["store", "tile"]), default="store",
+        click.option("--normalize", type=click.Choice(["store", "tile"]),
+                     default=_TRAIN_DEFAULTS["normalize"],
                      show_default=True,
                      help="Image mean/std: pooled over the training tiles, or per tile."),
     ]  # fmt: skip
@@ -93,7 +106,7 @@ def _augment_options(f):
 
 
 @main.command()
-@click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
+@store_option
 @click.option(
     "--weights",
     default=None,
@@ -106,7 +119,7 @@ def _augment_options(f):
 @click.option(
     "--loss",
     type=click.Choice(LOSSES),
-    default="npa",
+    default=_TRAIN_DEFAULTS["loss"],
     show_default=True,
     help="npa: cross-entropy weighted by the stored weights (--weights); ce; ce-weighted: "
     "median-frequency class weights from the training tiles' class counts (background classes "
@@ -116,7 +129,7 @@ def _augment_options(f):
 @click.option(
     "--reduction",
     type=click.Choice([r for r in REDUCTIONS if r != "none"]),
-    default="mean",
+    default=_TRAIN_DEFAULTS["reduction"],
     show_default=True,
     help="npa/focal reduction: mean over non-ignored pixels, weighted_mean (divide by "
     "the weight sum), batch (Eq. 4 literally: divide by the batch size), sum.",
@@ -124,11 +137,17 @@ def _augment_options(f):
 @click.option(
     "--model",
     type=click.Choice(MODELS),
-    default="small_fcn",
+    default=_TRAIN_DEFAULTS["model"],
     show_default=True,
     help="small_fcn, or a torchvision model (needs the torchvision extra).",
 )
-@click.option("--width", type=int, default=24, show_default=True, help="small_fcn width.")
+@click.option(
+    "--width",
+    type=int,
+    default=_TRAIN_DEFAULTS["width"],
+    show_default=True,
+    help="small_fcn width.",
+)
 @click.option(
     "--pretrained",
     type=click.Path(),
@@ -139,26 +158,36 @@ def _augment_options(f):
 @click.option(
     "--aux-weight",
     type=float,
-    default=0.4,
+    default=_TRAIN_DEFAULTS["aux_weight"],
     show_default=True,
     help="Weight of the auxiliary (deep supervision) loss of torchvision models, with the "
     "same pixel weights (0: no auxiliary head, as the paper's FCN).",
 )
-@click.option("--iters", type=int, default=5000, show_default=True, help="Optimizer steps.")
+@click.option(
+    "--iters",
+    type=int,
+    default=_TRAIN_DEFAULTS["iters"],
+    show_default=True,
+    help="Optimizer steps.",
+)
 @click.option(
     "--batch",
     type=int,
-    default=6,
+    default=_TRAIN_DEFAULTS["batch"],
     show_default=True,
     help="Crops per step and process (under torchrun the effective batch is BATCH x processes).",
 )
-@click.option("--crop", type=int, default=513, show_default=True, help="Crop side in pixels.")
-@click.option("--out", required=True, type=click.Path(), help="Run folder.")
 @click.option(
+    "--crop",
+    type=int,
+    default=_TRAIN_DEFAULTS["crop"],
+    show_default=True,
+    help="Crop side in pixels.",
+)
+@out_option("Run folder.")
+@tiles_option(
     "--tiles",
     "--train-tiles",
-    "tiles",
-    default=None,
     help="Comma-separated training tile ids (default: every complete tile not in --val-tiles).",
 )
 @click.option(
@@ -177,28 +206,47 @@ def _augment_options(f):
 @click.option(
     "--lr",
     type=float,
-    default=0.01,
+    default=_TRAIN_DEFAULTS["lr"],
     show_default=True,
     help="Base lr (poly decay, power 0.9); used as given whatever the number of processes.",
 )
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
 @click.option(
-    "--weight-decay", type=float, default=1e-4, show_default=True, help="SGD weight decay."
+    "--momentum",
+    type=float,
+    default=_TRAIN_DEFAULTS["momentum"],
+    show_default=True,
+    help="SGD momentum.",
 )
 @click.option(
-    "--poly-power", type=float, default=0.9, show_default=True, help="Power of the poly lr decay."
+    "--weight-decay",
+    type=float,
+    default=_TRAIN_DEFAULTS["weight_decay"],
+    show_default=True,
+    help="SGD weight decay.",
+)
+@click.option(
+    "--poly-power",
+    type=float,
+    default=_TRAIN_DEFAULTS["poly_power"],
+    show_default=True,
+    help="Power of the poly lr decay.",
 )
 @_augment_options
-@click.option("--focal-gamma", type=float, default=2.0, show_default=True, help="Focal loss gamma.")
 @click.option(
-    "--dice-smooth", type=float, default=1.0, show_default=True, help="Dice loss smoothing."
+    "--focal-gamma",
+    type=float,
+    default=_TRAIN_DEFAULTS["focal_gamma"],
+    show_default=True,
+    help="Focal loss gamma.",
 )
 @click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default=None,
-    help="Default: cuda if available, else cpu.",
+    "--dice-smooth",
+    type=float,
+    default=_TRAIN_DEFAULTS["dice_smooth"],
+    show_default=True,
+    help="Dice loss smoothing.",
 )
+@device_option
 @click.option(
     "--amp/--no-amp",
     default=None,
@@ -207,14 +255,14 @@ def _augment_options(f):
 @click.option(
     "--amp-dtype",
     type=click.Choice(["bf16", "fp16"]),
-    default="bf16",
+    default=_TRAIN_DEFAULTS["amp_dtype"],
     show_default=True,
     help="Autocast dtype (fp16 adds a gradient scaler).",
 )
 @click.option(
     "--warp-on",
     type=click.Choice(WARP_ON),
-    default="auto",
+    default=_TRAIN_DEFAULTS["warp_on"],
     show_default=True,
     help="Where resize/rotation run: device (batched on the GPU), loader (CPU "
     "workers), auto (device with CUDA, loader on the CPU).",
@@ -222,7 +270,7 @@ def _augment_options(f):
 @click.option(
     "--seed",
     type=int,
-    default=0,
+    default=_TRAIN_DEFAULTS["seed"],
     show_default=True,
     help="Random seed. On the CPU it reproduces a run exactly for the same --threads.",
 )
@@ -236,14 +284,14 @@ def _augment_options(f):
 @click.option(
     "--log-every",
     type=int,
-    default=1,
+    default=_TRAIN_DEFAULTS["log_every"],
     show_default=True,
     help="Iterations per log.csv row (iteration, lr, mean loss, aux_loss, seconds).",
 )
 @click.option(
     "--checkpoint-every",
     type=int,
-    default=500,
+    default=_TRAIN_DEFAULTS["checkpoint_every"],
     show_default=True,
     help="Save checkpoint.pt every N iterations (0: only at the end).",
 )
@@ -270,7 +318,7 @@ def _augment_options(f):
     "RNG states), with the same options (--iters too: a finished run is not extended).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, iters, batch,
         crop, out, tiles, val_tiles, split, lr, momentum, weight_decay, poly_power, no_augment,
         scale, rotation, flip, rotate, blur, normalize, focal_gamma, dice_smooth, device, amp,
@@ -372,7 +420,7 @@ def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
 
 
 @main.command()
-@click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
+@store_option
 @click.option(
     "--weights",
     default="none",
@@ -382,11 +430,12 @@ def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
     "'none' (weight 1).",
 )
 @click.option("--n", "n", type=int, default=8, show_default=True, help="Number of samples.")
-@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@out_option("Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--crop", type=int, default=513, show_default=True, help="Crop side in pixels.")
-@click.option("--tiles", default=None, help="Comma-separated tile ids (default: all complete).")
+@tiles_option(help="Comma-separated tile ids (default: all complete).")
 @_augment_options
+@reports_user_errors(_user_errors, aliases=_ALIASES)
 def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotation, flip,
             rotate, blur, normalize):  # fmt: skip
     """Write N augmented (image, label, weight) samples of STORE as PNGs and .npy to OUT.
@@ -399,16 +448,11 @@ def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotati
     from npa_train.augment import AugmentConfig
     from npa_train.data import write_preview
 
-    if isinstance(weights, str) and weights.strip().lower() in ("", "none"):
-        weights = None
-    try:
-        aug = AugmentConfig.from_options(crop, augment=not no_augment, scale=scale,
-                                         rotation=rotation, flip=flip, rotate=rotate,
-                                         blur=blur)  # fmt: skip
-        records = write_preview(store, weights, n, out, seed=seed, augment=aug, tiles=tiles,
-                                normalize=normalize)  # fmt: skip
-    except _user_errors() as exc:
-        raise user_error(exc, aliases=_ALIASES) from exc
+    aug = AugmentConfig.from_options(crop, augment=not no_augment, scale=scale,
+                                     rotation=rotation, flip=flip, rotate=rotate,
+                                     blur=blur)  # fmt: skip
+    records = write_preview(store, parse_weights_option(weights), n, out, seed=seed,
+                            augment=aug, tiles=tiles, normalize=normalize)  # fmt: skip
     click.echo(f"{len(records)} samples written to {out} (NNN_triplet.png: image | label | "
                "weight | overlay)")  # fmt: skip
 

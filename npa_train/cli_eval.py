@@ -13,8 +13,16 @@ from __future__ import annotations
 
 import click
 
-from npa_precompute.cli_common import user_error
-from npa_train.choices import FORMATS
+from npa_precompute.cli_options import (
+    device_option,
+    out_option,
+    quiet_option,
+    reports_user_errors,
+    store_option,
+    tiles_option,
+)
+from npa_precompute.params import parse_tiles
+from npa_train.choices import FORMATS, INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 
 __all__ = ["evaluate_cmd", "predict_cmd", "set_threads", "threads_option"]
 
@@ -54,29 +62,28 @@ def _inference_options(f):
             click.option(
                 "--window",
                 type=int,
-                default=513,
+                default=WINDOW,
                 show_default=True,
                 help="Sliding window side in pixels (tiles smaller than it are padded).",
             ),
             click.option(
                 "--overlap",
-                default="1/3",
+                default=WINDOW_OVERLAP,
                 show_default=True,
                 help="Overlap of neighbouring windows in [0, 1): '1/3', '0.5', '0'. "
                 "Stride = window × (1 − overlap), at least 1.",
             ),
             click.option(
-                "--batch", type=int, default=4, show_default=True, help="Windows per forward."
+                "--batch",
+                type=int,
+                default=INFERENCE_BATCH,
+                show_default=True,
+                help="Windows per forward.",
             ),
-            click.option(
-                "--device",
-                type=click.Choice(["cpu", "cuda"]),
-                default=None,
-                help="Default: cuda if available, else cpu.",
-            ),
+            device_option,
             click.option("--amp", is_flag=True, help="Mixed precision (autocast) on CUDA."),
             threads_option,
-            click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+            quiet_option,
         ]
     ):
         f = option(f)
@@ -84,16 +91,15 @@ def _inference_options(f):
 
 
 @click.command("evaluate")
-@click.option("--store", required=True, type=click.Path(), help="Weight store (npa-precompute).")
+@store_option
 @click.option(
     "--checkpoint", required=True, type=click.Path(), help="checkpoint.pt or its run folder."
 )
-@click.option("--out", required=True, type=click.Path(), help="Output folder.")
-@click.option(
-    "--tiles",
-    multiple=True,
+@out_option("Output folder.")
+@tiles_option(
     help="Tile ids, comma-separated or repeated. Default: the checkpoint's validation tiles "
     "(fit --val-tiles) when the store holds them, else every tile (all must be complete).",
+    multiple=True,
 )
 @_inference_options
 @click.option(
@@ -123,6 +129,7 @@ def _inference_options(f):
     "before its boundaries are drawn; 0: ignore pixels have no boundaries.",
 )
 @click.option("--no-images", is_flag=True, help="Do not write the per-tile PNGs.")
+@reports_user_errors(_user_errors, aliases=_ALIASES)
 def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, amp, threads,
                  quiet, classes_in_mean, small_classes, boundary_tolerance, boundary_ignore_fill,
                  no_images):  # fmt: skip
@@ -135,27 +142,23 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
     from npa_train.evaluate import evaluate, format_table
 
     set_threads(threads)
-    tile_list = [t.strip() for item in tiles for t in item.split(",") if t.strip()] or None
-    try:
-        result = evaluate(
-            store,
-            checkpoint,
-            out,
-            tiles=tile_list,
-            window=window,
-            overlap=overlap,
-            batch=batch,
-            device=device,
-            amp=amp,
-            classes_in_mean=classes_in_mean,
-            small_classes=small_classes,
-            boundary_tolerance=boundary_tolerance,
-            boundary_ignore_fill=boundary_ignore_fill,
-            save_images=not no_images,
-            progress=not quiet,
-        )
-    except _user_errors() as exc:
-        raise user_error(exc, aliases=_ALIASES) from exc
+    result = evaluate(
+        store,
+        checkpoint,
+        out,
+        tiles=parse_tiles(tiles),
+        window=window,
+        overlap=overlap,
+        batch=batch,
+        device=device,
+        amp=amp,
+        classes_in_mean=classes_in_mean,
+        small_classes=small_classes,
+        boundary_tolerance=boundary_tolerance,
+        boundary_ignore_fill=boundary_ignore_fill,
+        save_images=not no_images,
+        progress=not quiet,
+    )
     click.echo(format_table(result), nl=False)
     which = " (the checkpoint's validation tiles)" if result["tiles_from"] == "val_tiles" else ""
     click.echo(
@@ -169,7 +172,7 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
 @click.option(
     "--checkpoint", required=True, type=click.Path(), help="checkpoint.pt or its run folder."
 )
-@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@out_option("Output folder.")
 @_inference_options
 @click.option(
     "--format",
@@ -179,6 +182,7 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
     show_default=True,
     help="Label map format (values = class indices).",
 )
+@reports_user_errors(_user_errors, aliases=_ALIASES)
 def predict_cmd(images, checkpoint, out, window, overlap, batch, device, amp, threads, quiet,
                 fmt):  # fmt: skip
     """Label maps for IMAGES (files, folders or globs) with a sliding window.
@@ -190,20 +194,17 @@ def predict_cmd(images, checkpoint, out, window, overlap, batch, device, amp, th
     from npa_train.predict import predict
 
     set_threads(threads)
-    try:
-        results = predict(
-            checkpoint,
-            list(images),
-            out,
-            window=window,
-            overlap=overlap,
-            batch=batch,
-            device=device,
-            amp=amp,
-            fmt=fmt,
-            progress=not quiet,
-        )
-    except _user_errors() as exc:
-        raise user_error(exc, aliases=_ALIASES) from exc
+    results = predict(
+        checkpoint,
+        list(images),
+        out,
+        window=window,
+        overlap=overlap,
+        batch=batch,
+        device=device,
+        amp=amp,
+        fmt=fmt,
+        progress=not quiet,
+    )
     seconds = sum(r["seconds"] for r in results)
     click.echo(f"{len(results)} image(s) labelled in {seconds:.1f} s; label maps in {out}")

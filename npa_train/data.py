@@ -49,7 +49,7 @@ import torch
 from torch.utils.data import Dataset
 
 from npa_precompute.derived import DerivedWeights, TorchDeriver
-from npa_precompute.errors import ParameterError
+from npa_precompute.params import check_choice, check_int, parse_tiles
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
 from npa_train import online as _online
 from npa_train.augment import (
@@ -245,27 +245,6 @@ class ShardReader:
         self.close()
 
 
-def parse_tiles(tiles: str | Sequence[str] | None) -> list[str] | None:
-    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``; None or ``""`` -> None (all tiles).
-
-    Raises
-    ------
-    ValueError
-        A repeated tile id.
-    """
-    if tiles is None:
-        return None
-    if isinstance(tiles, str):
-        tiles = [t.strip() for t in tiles.split(",")]
-    tiles = [str(t).strip() for t in tiles if str(t).strip()]
-    if not tiles:
-        return None
-    dup = sorted({t for t in tiles if tiles.count(t) > 1})
-    if dup:
-        raise ParameterError("tiles", f"lists {', '.join(dup)} more than once")
-    return tiles
-
-
 def pooled_mean_std(means, stds, counts) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and std of the union of tiles from each tile's own mean/std/pixels."""
     m = np.asarray(means, dtype=np.float64)
@@ -355,16 +334,11 @@ class StoreCropDataset(Dataset):
             augment = replace(augment, crop=parse_crop(crop))
         self.augment = augment
         self.crop = augment.crop
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-            raise ValueError(f"`length` must be an integer >= 1, got {length!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ParameterError("seed", f"must be an integer >= 0, got {seed!r}")
-        if normalize not in _NORMALIZE:
-            raise ValueError(f"`normalize` must be one of {_NORMALIZE}, got {normalize!r}")
-        if output not in OUTPUTS:
-            raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
-        if reader not in READERS:
-            raise ValueError(f"`reader` must be one of {READERS}, got {reader!r}")
+        check_int("length", length, minimum=1)
+        check_int("seed", seed, minimum=0)
+        check_choice("normalize", normalize, _NORMALIZE)
+        check_choice("output", output, OUTPUTS)
+        check_choice("reader", reader, READERS)
         self.reader = reader
         self.store_path = str(Path(store_path))
         self.weights_name = weights_name
@@ -727,8 +701,7 @@ def write_preview(
         stretch_image,
     )
 
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ParameterError("n", f"must be an integer >= 1, got {n!r}")
+    check_int("n", n, minimum=1)
     ds = StoreCropDataset(store_path, weights_name, augment=augment, crop=crop, tiles=tiles,
                           length=int(n), seed=seed, normalize=normalize)  # fmt: skip
     out = Path(out)

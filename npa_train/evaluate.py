@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.params import check_amp, check_int, parse_size, parse_tiles
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
 from npa_train.checkpoint import CheckpointError, ModelInfo, load_model
+from npa_train.choices import INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 from npa_train.metrics import SegmentationMetrics
 from npa_train.predict import (
     _progress,
@@ -38,7 +40,6 @@ from npa_train.predict import (
     normalization,
     palette_for,
     parse_overlap,
-    parse_window,
     sliding_window_probs,
     window_grid,
     window_stride,
@@ -130,11 +131,7 @@ def _resolve_tiles(
     """The tiles to evaluate and where they come from: ``"given"``, ``"val_tiles"`` (the
     checkpoint's validation tiles, when the store holds them all) or ``"store"`` (every
     tile)."""
-    if isinstance(tiles, str):
-        tiles = [t.strip() for t in tiles.split(",")]
-    if tiles is not None:
-        tiles = [str(t) for t in tiles if str(t).strip()]
-        tiles = list(dict.fromkeys(tiles)) or None
+    tiles = parse_tiles(tiles)
     if tiles is not None:
         return tiles, "given"
     if info is not None and info.val_tiles:
@@ -231,9 +228,9 @@ def evaluate_model(
     out: str | os.PathLike | None,
     *,
     tiles: str | Sequence[str] | None = None,
-    window: int | Sequence[int] = 513,
-    overlap: float | str | Fraction = "1/3",
-    batch: int = 4,
+    window: int | Sequence[int] = WINDOW,
+    overlap: float | str | Fraction = WINDOW_OVERLAP,
+    batch: int = INFERENCE_BATCH,
     device: str | torch.device = "cpu",
     amp: bool = False,
     classes_in_mean: str | Sequence[str | int] | None = None,
@@ -250,14 +247,12 @@ def evaluate_model(
     ``out=None`` nothing is written.
     """
     # ---- validate before any work -------------------------------------------------------------
-    win = parse_window(window)
+    win = parse_size(window, name="window")
     overlap = parse_overlap(overlap)
     stride = window_stride(win, overlap)
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ParameterError("batch", f"must be an integer >= 1, got {batch!r}")
+    check_int("batch", batch, minimum=1)
     dev = torch.device(device)
-    if amp and dev.type != "cuda":
-        raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")
+    check_amp(amp, dev)
     store_path = str(store)
     root = open_store(store)
     sinfo = store_info(root)
@@ -389,9 +384,9 @@ def evaluate(
     out: str | os.PathLike | None,
     *,
     tiles: str | Sequence[str] | None = None,
-    window: int | Sequence[int] = 513,
-    overlap: float | str | Fraction = "1/3",
-    batch: int = 4,
+    window: int | Sequence[int] = WINDOW,
+    overlap: float | str | Fraction = WINDOW_OVERLAP,
+    batch: int = INFERENCE_BATCH,
     device: str | None = None,
     amp: bool = False,
     classes_in_mean: str | Sequence[str | int] | None = None,
@@ -412,7 +407,8 @@ def evaluate(
     tiles : tile ids (list or comma-separated); default the checkpoint's validation tiles
         (``fit --val-tiles``) when it recorded some and the store holds them all, else
         every tile of the store (all must be complete). Evaluating tiles the model was
-        trained on warns.
+        trained on warns; a tile given twice is an error
+        (:func:`npa_precompute.params.parse_tiles`).
     window : int or (h, w), default 513 (the paper's crop size)
     overlap : fraction in [0, 1), default "1/3"; ``"1/3"``, ``"0.5"``, ``0``...
         Stride ``max(1, floor(window * (1 - overlap)))``.
@@ -456,11 +452,10 @@ def evaluate(
     """
     from npa_train.device import resolve_device
 
-    parse_window(window)
+    parse_size(window, name="window")
     parse_overlap(overlap)
     dev = resolve_device(device)
-    if amp and dev.type != "cuda":
-        raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")
+    check_amp(amp, dev)
     open_store(store)  # a missing store before loading the model
     model, info = load_model(checkpoint, device=dev)
     return evaluate_model(

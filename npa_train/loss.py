@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from npa_precompute.affinity import MAX_K
 from npa_precompute.errors import ParameterError
+from npa_precompute.params import check_int, check_number
 from npa_precompute.transforms import parse_transform
 from npa_train.choices import LOSSES, REDUCTIONS
 from npa_train.online import DEFAULT_GROUP_ELEMENTS, npa_weights
@@ -82,9 +83,7 @@ def parse_reduction(reduction: str) -> str:
 
 
 def _parse_ignore_index(ignore_index: int) -> int:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
-    return ignore_index
+    return check_int("ignore_index", ignore_index)
 
 
 def _check_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) -> None:
@@ -314,11 +313,7 @@ class _WeightedNLL(torch.autograd.Function):
 def _parse_k(k) -> int | None:
     if k is None:
         return None
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"`k` must be an integer >= 0 or None, got {k!r}")
-    if not 0 <= k <= MAX_K:
-        raise ValueError(f"`k` must be an integer in [0, {MAX_K}] or None, got {k}")
-    return int(k)
+    return check_int("k", k, minimum=0, maximum=MAX_K)
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -438,11 +433,7 @@ class NPALoss(nn.Module):
         self.transform = parse_transform(transform).spec
         self.ignore_index = None if ignore_index is None else _parse_ignore_index(ignore_index)
         self.reduction = parse_reduction(reduction)
-        if isinstance(group_elements, bool) or not isinstance(group_elements, int):
-            raise TypeError(f"`group_elements` must be an int, got {group_elements!r}")
-        if group_elements < 1:
-            raise ValueError(f"`group_elements` must be >= 1, got {group_elements}")
-        self.group_elements = group_elements
+        self.group_elements = check_int("group_elements", group_elements, minimum=1)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         return npa_loss(logits, target, weight, k=self.k, transform=self.transform,
@@ -554,8 +545,7 @@ def focal_loss(
         0.1733
     """
     _check_inputs(logits, target, weight)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < math.inf:
-        raise ParameterError("gamma", f"must be a finite number >= 0, got {gamma!r}")
+    check_number("gamma", gamma, minimum=0)
     ignore_index = _parse_ignore_index(ignore_index)
     reduction = parse_reduction(reduction)
     safe_target, valid, w = _prepare(logits, target, weight, ignore_index)
@@ -606,12 +596,7 @@ def dice_loss(
         True
     """
     _check_inputs(logits, target, None)
-    if (
-        isinstance(smooth, bool)
-        or not isinstance(smooth, (int, float))
-        or not 0 <= smooth < math.inf
-    ):
-        raise ParameterError("smooth", f"must be a finite number >= 0, got {smooth!r}")
+    check_number("smooth", smooth, minimum=0)
     ignore_index = _parse_ignore_index(ignore_index)
     safe_target, valid, _ = _prepare(logits, target, None, ignore_index)
     c = logits.shape[1]
@@ -736,13 +721,7 @@ class FocalLoss(nn.Module):
 
     def __init__(self, gamma: float = 2.0, ignore_index: int = 255, reduction: str = "mean"):
         super().__init__()
-        if (
-            isinstance(gamma, bool)
-            or not isinstance(gamma, (int, float))
-            or not 0 <= gamma < math.inf
-        ):
-            raise ParameterError("gamma", f"must be a finite number >= 0, got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = check_number("gamma", gamma, minimum=0)
         self.ignore_index = _parse_ignore_index(ignore_index)
         self.reduction = parse_reduction(reduction)
 
@@ -768,9 +747,7 @@ class DiceLoss(nn.Module):
     def __init__(self, ignore_index: int = 255, smooth: float = 1.0) -> None:
         super().__init__()
         self.ignore_index = _parse_ignore_index(ignore_index)
-        if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or smooth < 0:
-            raise ParameterError("smooth", f"must be a finite number >= 0, got {smooth!r}")
-        self.smooth = float(smooth)
+        self.smooth = check_number("smooth", smooth, minimum=0)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         return dice_loss(logits, target, ignore_index=self.ignore_index, smooth=self.smooth)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.params import check_int
 from npa_train.choices import MODELS, TORCHVISION_MODELS
 
 __all__ = [
@@ -57,12 +58,6 @@ __all__ = [
 ]
 
 _ALIASES = {"SmallFCN": "small_fcn", "small-fcn": "small_fcn"}
-
-
-def _check_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ParameterError(name, f"must be an integer >= 1, got {v!r}")
-    return v
 
 
 def _block(cin: int, cout: int, *, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -99,7 +94,7 @@ class SmallFCN(nn.Module):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("num_classes", num_classes),
                         ("width", width)):  # fmt: skip
-            _check_int(name, v)
+            check_int(name, v, minimum=1)
         self.in_channels, self.num_classes, self.width = in_channels, num_classes, width
         c1, c2, c3 = width, 2 * width, 4 * width
         self.stage1 = nn.Sequential(_block(in_channels, c1, stride=2), _block(c1, c1))  # /2
@@ -169,8 +164,8 @@ class TorchvisionSegmenter(nn.Module):
         super().__init__()
         if arch not in TORCHVISION_MODELS:
             raise ValueError(f"`arch` must be one of {TORCHVISION_MODELS}, got {arch!r}")
-        _check_int("in_channels", in_channels)
-        _check_int("num_classes", num_classes)
+        check_int("in_channels", in_channels, minimum=1)
+        check_int("num_classes", num_classes, minimum=1)
         seg = _torchvision()
         net = getattr(seg, arch)(
             weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=bool(aux)

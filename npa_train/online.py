@@ -65,6 +65,7 @@ import torch
 from torch import Tensor
 
 from npa_precompute.affinity import parse_ks
+from npa_precompute.params import check_int
 from npa_precompute.transforms import WeightTransform, parse_transform
 
 __all__ = [
@@ -324,10 +325,7 @@ def affinity_counts(
     """
     target = _check_target(target)
     ks = parse_ks(ks)
-    if isinstance(group_elements, bool) or not isinstance(group_elements, int):
-        raise TypeError(f"`group_elements` must be an int, got {group_elements!r}")
-    if group_elements < 1:
-        raise ValueError(f"`group_elements` must be >= 1, got {group_elements}")
+    group_elements = check_int("group_elements", group_elements, minimum=1)
     n, h, w = target.shape
     dev = target.device
     if classes is None:
@@ -535,19 +533,13 @@ def npa_weights(
     TypeError, ValueError
         As :func:`affinity_counts`; an unknown transform spec; ``k`` not one integer >= 0.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"`k` must be an integer >= 0, got {k!r}")
-    if k < 0:
-        raise ValueError(f"`k` must be >= 0, got {k}")
+    k = check_int("k", k, minimum=0)
     transform = parse_transform(transform)
     target = _check_target(target)
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
-    ):
-        raise TypeError(f"`ignore_index` must be an int or None, got {ignore_index!r}")
+    if ignore_index is not None:
+        check_int("ignore_index", ignore_index)
     if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be an integer >= 1, got {num_classes!r}")
+        num_classes = check_int("num_classes", num_classes, minimum=1)
         classes = list(range(num_classes))
         if ignore_index is not None and not 0 <= ignore_index < num_classes:
             classes.append(int(ignore_index))

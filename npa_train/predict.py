@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.params import check_amp, check_choice, check_int, parse_size
 from npa_train.checkpoint import CheckpointError, ModelInfo, load_model
-from npa_train.choices import FORMATS
+from npa_train.choices import FORMATS, INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 from npa_train.device import resolve_device
+from npa_train.model import logits_of
 
 __all__ = [
     "FORMATS",
@@ -41,7 +43,6 @@ __all__ = [
     "normalization",
     "palette_for",
     "parse_overlap",
-    "parse_window",
     "predict",
     "sliding_window_probs",
     "window_grid",
@@ -52,32 +53,6 @@ __all__ = [
 
 
 # -- window geometry ----------------------------------------------------------------------------
-
-
-def parse_window(window: int | Sequence[int]) -> tuple[int, int]:
-    """``513`` -> ``(513, 513)``; ``(h, w)`` -> ``(h, w)``.
-
-    Raises
-    ------
-    TypeError
-        Not one or two integers.
-    ValueError
-        A side below 1.
-    """
-    pair = window
-    if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
-        pair = (int(window), int(window))
-    if (
-        not isinstance(pair, Sequence)
-        or isinstance(pair, str)
-        or len(pair) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair)
-    ):
-        raise TypeError(f"`window` must be an int or a pair (h, w) of ints, got {window!r}")
-    h, w = int(pair[0]), int(pair[1])
-    if h < 1 or w < 1:
-        raise ParameterError("window", f"must be >= 1, got {window!r}")
-    return h, w
 
 
 def parse_overlap(overlap: float | str | Fraction) -> Fraction:
@@ -131,9 +106,9 @@ def window_stride(window: int | Sequence[int], overlap: float | str | Fraction) 
     Raises
     ------
     TypeError, ValueError
-        See :func:`parse_window`, :func:`parse_overlap`.
+        See :func:`npa_precompute.params.parse_size`, :func:`parse_overlap`.
     """
-    wh, ww = parse_window(window)
+    wh, ww = parse_size(window, name="window")
     keep = 1 - parse_overlap(overlap)
     return max(1, math.floor(wh * keep)), max(1, math.floor(ww * keep))
 
@@ -168,8 +143,7 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     [0]
     """
     for name, v in (("length", length), ("window", window), ("stride", stride)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ParameterError(name, f"must be an integer >= 1, got {v!r}")
+        check_int(name, v, minimum=1)
     last = int(length) - int(window)
     if last <= 0:
         return [0]
@@ -187,7 +161,7 @@ def window_grid(
         Bad ``window`` or ``overlap``, or a side of ``shape`` below 1.
     """
     h, w = (int(s) for s in shape)
-    wh, ww = parse_window(window)
+    wh, ww = parse_size(window, name="window")
     sh, sw = window_stride((wh, ww), overlap)
     return [(y, x) for y in window_starts(h, wh, sh) for x in window_starts(w, ww, sw)]
 
@@ -202,7 +176,7 @@ def coverage_count(
     (H, W) int64, >= 1 everywhere
     """
     h, w = (int(s) for s in shape)
-    wh, ww = parse_window(window)
+    wh, ww = parse_size(window, name="window")
     count = np.zeros((max(h, wh), max(w, ww)), dtype=np.int64)
     for y, x in window_grid((h, w), (wh, ww), overlap):
         count[y : y + wh, x : x + ww] += 1
@@ -305,18 +279,7 @@ def normalization(
 # -- inference -----------------------------------------------------------------------------------
 
 
-def _logits(model: Callable, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    if isinstance(out, dict):
-        if "out" not in out:
-            raise TypeError(f"the model returned a dict without 'out' (keys {sorted(out)})")
-        out = out["out"]
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model must return a Tensor or a dict with 'out', got {type(out)}")
-    return out
-
-
-def _amp_context(device: torch.device, amp: bool):
+def _amp_context(amp: bool):
     if not amp:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -329,9 +292,9 @@ def sliding_window_probs(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    window: int | Sequence[int] = 513,
-    overlap: float | str | Fraction = "1/3",
-    batch: int = 4,
+    window: int | Sequence[int] = WINDOW,
+    overlap: float | str | Fraction = WINDOW_OVERLAP,
+    batch: int = INFERENCE_BATCH,
     device: str | torch.device = "cpu",
     amp: bool = False,
     num_classes: int | None = None,
@@ -381,12 +344,10 @@ def sliding_window_probs(
     h, w, c = image.shape
     if len(mean) != c or len(std) != c:
         raise ValueError(f"`image` has {c} bands, `mean`/`std` have {len(mean)}/{len(std)}")
-    wh, ww = parse_window(window)
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ParameterError("batch", f"must be an integer >= 1, got {batch!r}")
+    wh, ww = parse_size(window, name="window")
+    check_int("batch", batch, minimum=1)
     dev = torch.device(device)
-    if amp and dev.type != "cuda":
-        raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")
+    check_amp(amp, dev)
     grid = window_grid((h, w), (wh, ww), overlap)
     ph, pw = max(h, wh), max(w, ww)
 
@@ -407,8 +368,8 @@ def sliding_window_probs(
         for i in range(0, len(grid), batch):
             corners = grid[i : i + batch]
             xb = torch.stack([x[:, y : y + wh, x0 : x0 + ww] for y, x0 in corners])
-            with _amp_context(dev, amp):
-                logits = _logits(model, xb)
+            with _amp_context(amp):
+                logits = logits_of(model(xb))
             if logits.ndim != 4 or logits.shape[0] != len(corners) or logits.shape[2:] != (wh, ww):
                 raise ValueError(
                     f"the model returned logits of shape {tuple(logits.shape)} for input "
@@ -496,8 +457,7 @@ def write_label_maps(
 
     from npa_precompute.viz import label_rgb
 
-    if fmt not in FORMATS:
-        raise ParameterError("fmt", f"must be one of {FORMATS}, got {fmt!r}")
+    check_choice("fmt", fmt, FORMATS)
     out_dir = Path(out_dir)
     dtype = np.uint8 if len(palette) <= 256 else np.uint16
     index = np.ascontiguousarray(pred, dtype=dtype)
@@ -538,9 +498,9 @@ def predict(
     images: str | os.PathLike | Iterable[str | os.PathLike],
     out: str | os.PathLike,
     *,
-    window: int | Sequence[int] = 513,
-    overlap: float | str | Fraction = "1/3",
-    batch: int = 4,
+    window: int | Sequence[int] = WINDOW,
+    overlap: float | str | Fraction = WINDOW_OVERLAP,
+    batch: int = INFERENCE_BATCH,
     device: str | None = None,
     amp: bool = False,
     fmt: str = "png",
@@ -589,12 +549,10 @@ def predict(
     from npa_precompute.geo import tile_georef
     from npa_precompute.io import expand_paths, read_image
 
-    wh, ww = parse_window(window)
+    wh, ww = parse_size(window, name="window")
     overlap = parse_overlap(overlap)
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ParameterError("batch", f"must be an integer >= 1, got {batch!r}")
-    if fmt not in FORMATS:
-        raise ParameterError("fmt", f"must be one of {FORMATS}, got {fmt!r}")
+    check_int("batch", batch, minimum=1)
+    check_choice("fmt", fmt, FORMATS)
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     files = expand_paths([str(i) for i in images], what="image")
@@ -603,8 +561,7 @@ def predict(
     if dup:
         raise ValueError(f"images share file stems ({', '.join(dup)}); outputs would collide")
     dev = resolve_device(device)
-    if amp and dev.type != "cuda":
-        raise ParameterError("amp", f"needs a CUDA device, got device {str(dev)!r}")
+    check_amp(amp, dev)
     model, info = load_model(checkpoint, device=dev)
     palette = palette_for(info)
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from npa_precompute.params import parse_size
 from npa_train.predict import (
     coverage_count,
     parse_overlap,
-    parse_window,
     sliding_window_probs,
     window_grid,
     window_starts,
@@ -97,14 +97,18 @@ def test_parse_overlap_refuses_values_outside_0_1(bad):
         parse_overlap(bad)
 
 
-def test_parse_window_refuses_sides_below_1():
-    assert parse_window(513) == (513, 513) and parse_window((64, 32)) == (64, 32)
+def parse_window_size(window):
+    return parse_size(window, name="window")
+
+
+def test_parse_window_size_refuses_sides_below_1():
+    assert parse_window_size(513) == (513, 513) and parse_window_size((64, 32)) == (64, 32)
     with pytest.raises(ValueError, match="`window` must be >= 1"):
-        parse_window(0)
+        parse_window_size(0)
     with pytest.raises(ValueError, match="`window` must be >= 1"):
-        parse_window((-3, 4))
+        parse_window_size((-3, 4))
     with pytest.raises(TypeError, match="`window`"):
-        parse_window("513")
+        parse_window_size("513")
 
 
 def test_stride_is_window_times_one_minus_overlap_at_least_1():

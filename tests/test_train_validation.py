@@ -100,5 +100,6 @@ def test_val_every_needs_validation_tiles(store, tmp_path):
     with pytest.raises(ParameterError, match="`val_every` needs validation tiles"):
         fit(store, tmp_path / "x", **{**KW, "val_tiles": None})
     r = CliRunner().invoke(main, ["fit", "--store", str(store), "--out", str(tmp_path / "y"),
-                                  "--weights", WNAME, "--val-every", "2", "--iters", "2"])  # fmt: skip
+                                  "--weights", WNAME, "--val-every", "2",
+                                  "--iters", "2"])  # fmt: skip
     assert r.exit_code == 2 and "--val-every" in r.output and "validation tiles" in r.output
