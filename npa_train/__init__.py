@@ -36,11 +36,14 @@ _MODULES = {
     ),
     "npa_train.model": (
         "MODELS",
+        "ModelSpec",
+        "PaperSegmenter",
         "SmallFCN",
         "TorchvisionSegmenter",
         "build_model",
         "load_pretrained",
         "logits_of",
+        "model_spec",
     ),
     "npa_train.online": ("affinity_counts", "npa_weights"),
     "npa_train.train": (
@@ -75,11 +78,14 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from npa_train.model import (
         MODELS,
+        ModelSpec,
+        PaperSegmenter,
         SmallFCN,
         TorchvisionSegmenter,
         build_model,
         load_pretrained,
         logits_of,
+        model_spec,
     )
     from npa_train.online import affinity_counts, npa_weights
     from npa_train.train import (
@@ -102,7 +108,9 @@ __all__ = [
     "CropParams",
     "DiceLoss",
     "FocalLoss",
+    "ModelSpec",
     "NPALoss",
+    "PaperSegmenter",
     "SmallFCN",
     "StoreCropDataset",
     "TorchvisionSegmenter",
@@ -118,6 +126,7 @@ __all__ = [
     "load_pretrained",
     "logits_of",
     "median_frequency_weights",
+    "model_spec",
     "npa_cross_entropy",
     "npa_loss",
     "npa_weights",

@@ -115,7 +115,10 @@ def _augment_options(f):
     type=click.Choice(MODELS),
     default="small_fcn",
     show_default=True,
-    help="small_fcn, or a torchvision model (needs the torchvision extra).",
+    help="small_fcn (CPU stand-in), or a ResNet model (needs the torchvision extra): the "
+    "paper's fcn (output stride 32; Tables 1-2, Figs. 5-6), fcn_dilated, pspnet, deeplabv3 "
+    "(output stride 8, auxiliary head; Table 3), on ResNet-101 (_r50: ResNet-50); "
+    "torchvision's fcn_resnet*/deeplabv3_resnet* (dilated). See README 'Models'.",
 )
 @click.option("--width", type=int, default=24, show_default=True, help="small_fcn width.")
 @click.option(
