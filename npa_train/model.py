@@ -1,18 +1,22 @@
 """Segmentation models: a small CPU FCN, the paper's networks and torchvision's FCN / DeepLabV3.
 
-=======================  ==========  ======  ===  ====================================
-``name``                 backbone    OS      aux  paper (Feng et al. 2020)
-=======================  ==========  ======  ===  ====================================
-``small_fcn``            own, small  8       no   none (a CPU stand-in)
-``fcn``                  ResNet-101  32      no   FCN: Tables 1-2, Figs. 5-6
-``fcn_dilated``          ResNet-101  8       yes  FCN-dilated: Table 3
-``pspnet``               ResNet-101  8       yes  PSPNet: Table 3
-``deeplabv3``            ResNet-101  8       yes  DeepLabV3: Table 3
-``fcn_r50`` ...          ResNet-50   as R101      smaller GPUs (``fcn_dilated_r50``,
-                                                  ``pspnet_r50``, ``deeplabv3_r50``)
-``fcn_resnet50/101``     ResNet      8       yes  torchvision's FCN (dilated)
-``deeplabv3_resnet50/101`` ResNet    8       yes  torchvision's DeepLabV3
-=======================  ==========  ======  ===  ====================================
+============================  ==========  ==  ===  ===============================
+``name``                      backbone    OS  aux  paper (Feng et al. 2020)
+============================  ==========  ==  ===  ===============================
+``small_fcn``                 own, small  8   no   none (a CPU stand-in)
+``fcn``                       ResNet-101  32  no   FCN: Tables 1-2, Figs. 5-6
+``fcn_dilated``               ResNet-101  8   yes  FCN-dilated: Table 3
+``pspnet``                    ResNet-101  8   yes  PSPNet: Table 3
+``deeplabv3``                 ResNet-101  8   yes  DeepLabV3: Table 3
+``fcn_r50``                   ResNet-50   32  no   FCN, smaller GPUs
+``fcn_dilated_r50``           ResNet-50   8   yes  FCN-dilated, smaller GPUs
+``pspnet_r50``                ResNet-50   8   yes  PSPNet, smaller GPUs
+``deeplabv3_r50``             ResNet-50   8   yes  DeepLabV3, smaller GPUs
+``fcn_resnet50``              ResNet-50   8   yes  torchvision's FCN (dilated)
+``fcn_resnet101``             ResNet-101  8   yes  torchvision's FCN (dilated)
+``deeplabv3_resnet50``        ResNet-50   8   yes  torchvision's DeepLabV3
+``deeplabv3_resnet101``       ResNet-101  8   yes  torchvision's DeepLabV3
+============================  ==========  ==  ===  ===============================
 
 (OS: output stride of the backbone features the head classifies; aux: an auxiliary FCN
 head on ``layer3`` for deep supervision when built with ``aux=True``.) :func:`model_spec`
