@@ -36,11 +36,14 @@ _MODULES = {
     ),
     "npa_train.model": (
         "MODELS",
+        "ModelSpec",
+        "PaperSegmenter",
         "SmallFCN",
         "TorchvisionSegmenter",
         "build_model",
         "load_pretrained",
         "logits_of",
+        "model_spec",
     ),
     "npa_train.online": ("affinity_counts", "npa_weights"),
     "npa_train.checkpoint": ("CheckpointError", "load_checkpoint", "load_model"),
@@ -74,11 +77,14 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from npa_train.model import (
         MODELS,
+        ModelSpec,
+        PaperSegmenter,
         SmallFCN,
         TorchvisionSegmenter,
         build_model,
         load_pretrained,
         logits_of,
+        model_spec,
     )
     from npa_train.online import affinity_counts, npa_weights
     from npa_train.splits import SPLITS, resolve_split
@@ -95,7 +101,9 @@ __all__ = [
     "CropParams",
     "DiceLoss",
     "FocalLoss",
+    "ModelSpec",
     "NPALoss",
+    "PaperSegmenter",
     "SmallFCN",
     "StoreCropDataset",
     "TorchvisionSegmenter",
@@ -115,6 +123,7 @@ __all__ = [
     "load_pretrained",
     "logits_of",
     "median_frequency_weights",
+    "model_spec",
     "npa_cross_entropy",
     "npa_loss",
     "npa_weights",

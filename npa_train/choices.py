@@ -14,6 +14,7 @@ __all__ = [
     "INFERENCE_BATCH",
     "LOSSES",
     "MODELS",
+    "PAPER_MODELS",
     "REDUCTIONS",
     "SPLITS",
     "TORCHVISION_MODELS",
@@ -27,10 +28,19 @@ __all__ = [
 REDUCTIONS = ("mean", "weighted_mean", "batch", "sum", "none")
 #: Loss names of :func:`npa_train.loss.build_criterion` (``npa-train fit --loss``).
 LOSSES = ("npa", "ce", "ce-weighted", "focal", "dice")
-#: torchvision architectures (the ``torchvision`` extra).
+#: The paper's networks (Feng et al. 2020, §4.2) on ImageNet ResNet-101 backbones, as
+#: mmsegmentation's reference configs define them, and their ResNet-50 variants (``_r50``):
+#: ``fcn`` (output stride 32; Tables 1-2, Figs. 5-6), ``fcn_dilated``, ``pspnet`` and
+#: ``deeplabv3`` (output stride 8; Table 3). They need the ``torchvision`` extra.
+PAPER_MODELS = (
+    "fcn", "fcn_dilated", "pspnet", "deeplabv3",
+    "fcn_r50", "fcn_dilated_r50", "pspnet_r50", "deeplabv3_r50",
+)  # fmt: skip
+#: torchvision's own architectures (the ``torchvision`` extra); both are dilated (output
+#: stride 8): ``fcn_resnet101`` is the paper's FCN-dilated up to its head, not its FCN.
 TORCHVISION_MODELS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
 #: Allowed model names.
-MODELS = ("small_fcn", *TORCHVISION_MODELS)
+MODELS = ("small_fcn", *PAPER_MODELS, *TORCHVISION_MODELS)
 #: Where the geometric augmentation runs: ``device`` (batched on the training device),
 #: ``loader`` (per sample, on the CPU, in the DataLoader workers), ``auto`` (device on
 #: CUDA, loader on the CPU).

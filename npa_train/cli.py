@@ -139,7 +139,10 @@ def _augment_options(f):
     type=click.Choice(MODELS),
     default=_TRAIN_DEFAULTS["model"],
     show_default=True,
-    help="small_fcn, or a torchvision model (needs the torchvision extra).",
+    help="small_fcn (CPU stand-in), or a ResNet model (needs the torchvision extra): the "
+    "paper's fcn (output stride 32; Tables 1-2, Figs. 5-6), fcn_dilated, pspnet, deeplabv3 "
+    "(output stride 8, auxiliary head; Table 3), on ResNet-101 (_r50: ResNet-50); "
+    "torchvision's fcn_resnet*/deeplabv3_resnet* (dilated). See README 'Models'.",
 )
 @click.option(
     "--width",
@@ -160,7 +163,8 @@ def _augment_options(f):
     type=float,
     default=_TRAIN_DEFAULTS["aux_weight"],
     show_default=True,
-    help="Weight of the auxiliary (deep supervision) loss of torchvision models, with the "
+    help="Weight of the auxiliary (deep supervision) loss of models with an auxiliary head, "
+    "with the "
     "same pixel weights (0: no auxiliary head, as the paper's FCN).",
 )
 @click.option(

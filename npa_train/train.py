@@ -86,7 +86,7 @@ from npa_train.distributed import (
     worker_init,
 )
 from npa_train.loss import build_criterion, median_frequency_weights
-from npa_train.model import TORCHVISION_MODELS, build_model, load_pretrained, model_config
+from npa_train.model import build_model, load_pretrained, model_config, model_spec
 from npa_train.splits import available_weights, resolve_split
 from npa_train.validation import Validator
 
@@ -264,9 +264,9 @@ class Trainer:
         ``ValueError``).
         """
         cfg = self.cfg
-        if cfg.model.startswith(("deeplabv3", "pspnet")) and cfg.batch < 2:
+        if model_spec(cfg.model).needs_batch_ge2 and cfg.batch < 2:
             raise ParameterError(
-                "batch", "must be >= 2 for this model (batch norm in its pooling branch)"
+                "batch", f"must be >= 2 for {cfg.model} (batch norm in its pooling branch)"
             )
         self.aug = AugmentConfig.from_options(
             cfg.crop, augment=cfg.augment, scale=cfg.scale, rotation=cfg.rotation,
@@ -353,7 +353,7 @@ class Trainer:
         if cfg.pretrained is not None and not cfg.resume:
             report = load_pretrained(self.net, cfg.pretrained)
         self.net.to(self.dev)
-        self.channels_last = self.dev.type == "cuda" and cfg.model in TORCHVISION_MODELS
+        self.channels_last = self.dev.type == "cuda" and model_spec(cfg.model).channels_last_ok
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.dev.type == "cuda":
