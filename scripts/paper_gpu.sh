@@ -11,8 +11,9 @@
 #   fig5     FCN, NPALoss, log10 L=0.5, search region k = 8, 16, 32, 64
 #   table3   FCN-dilated, PSPNet, DeepLabV3 (output stride 8, auxiliary loss 0.4): CE and
 #            NPALoss
-# Fig. 6 (mF1 along training) is not a stage: `npa-train fit` does not validate during
-# training; the table1 runs `fcn_ce_*` and `fcn_npa_k32_log10_L0.5_*` are its end points.
+# Every run validates every --val-every iterations (val.csv, best.pt): Fig. 6 (mF1 along
+# training) is drawn from the table1 runs fcn_ce_* and fcn_npa_k32_log10_L0.5_* by the
+# `compare` stage, with the tables (median over the seeds).
 #
 # Options:
 #   --data DIR         Vaihingen release: top/, gts_for_participants/,
@@ -21,6 +22,7 @@
 #                      resnet101-63fe2227.pth; resnet50-0676ba61.pth with --r50)
 #   --out DIR          stores, runs/ and eval/ go here (default: paper_runs)
 #   --iters N          training iterations (default 5000, the paper's)
+#   --val-every N      validation during training every N iterations (default 500)
 #   --seeds "S ..."    seeds; the paper reports the median of 3 runs (default "0 1 2")
 #   --r50              the ResNet-50 variants (fcn_r50, ...) for smaller GPUs
 #   --device DEV       default cuda
@@ -33,11 +35,13 @@
 set -euo pipefail
 
 DATA="" PRETRAINED="" OUT="paper_runs" ITERS=5000 SEEDS="0 1 2" SUFFIX="" DEVICE=cuda DRY=0
+VAL_EVERY=500
 STAGES=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --data) DATA="$2"; shift 2 ;;
         --pretrained) PRETRAINED="$2"; shift 2 ;;
+        --val-every) VAL_EVERY="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --iters) ITERS="$2"; shift 2 ;;
         --seeds) SEEDS="$2"; shift 2 ;;
@@ -83,7 +87,8 @@ train_eval() {
         run npa-train fit --store "$STORE" --split vaihingen-paper --loss "$loss" \
             --weights "$weights" --model "$model" --pretrained "$PRETRAINED" \
             --iters "$ITERS" --batch 6 --crop 513 --lr 0.01 --device "$DEVICE" \
-            --seed "$seed" --out "$OUT/runs/$name" --quiet ${FIT_ARGS:-} "${resume[@]}"
+            --seed "$seed" --val-every "$VAL_EVERY" --out "$OUT/runs/$name" --quiet \
+            ${FIT_ARGS:-} "${resume[@]}"
         [ -f "$OUT/eval/$name/metrics.md" ] && continue
         run npa-train evaluate --store "$SCORE" --checkpoint "$OUT/runs/$name" \
             --tiles "$VAL" --window 513 --overlap 1/3 --device "$DEVICE" --out "$OUT/eval/$name"
