@@ -55,7 +55,7 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     boundaries and inside regions. Named weights that are not stored are derived from
     the counts ("derived"). Incomplete tiles are listed without statistics.
     """
-    from npa_precompute.inspect import format_inspect, inspect_store
+    from npa_precompute.summary import format_inspect, inspect_store
 
     names = [n.strip() for item in weights for n in item.split(",") if n.strip()]
     try:

@@ -15,8 +15,8 @@ from conftest import ROOT, SHARED_DATA, write_isprs_tile
 
 from npa_precompute.blockwise import DaskOptions, block_grid
 from npa_precompute.cli import main
-from npa_precompute.io import InputError, Raster
 from npa_precompute.pipeline import run_precompute
+from npa_precompute.readers import InputError, Raster
 from npa_precompute.store import list_tiles, open_store, open_tile
 
 sys.path.insert(0, str(ROOT))
