@@ -469,14 +469,39 @@ def process_tile_blockwise(
     threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.scheduler is None else None
     blocks = block_grid(shape, opts.block)
     calls = [(store, src.tile_id, cfg, label, image, b, kmax, threads) for b in blocks]
-    class_pixels = np.zeros(preset.num_classes, dtype=np.int64)
+    first = _add_first_passes(_tasks(client, _first_pass, calls, progress), cfg)
+    ranges = first["ranges"]
+    if any(t.kind == "norm" for _, t in cfg.stored_pairs()):
+        calls2 = [(store, src.tile_id, cfg, b, ranges, threads) for b in blocks]
+        for _ in _tasks(client, _norm_pass, calls2, progress):
+            pass
+    n = shape[0] * shape[1]
+    sums = first["band_sums"]
+    final = build_tile_meta(
+        **tile,
+        class_pixels=first["class_pixels"],
+        ignored=first["ignored"],
+        count_range=dict(zip(cfg.ks, ranges, strict=True)),
+        stored_weights=[weights_name(k, t) for k, t in cfg.stored_pairs()],
+        image_stats=None if sums is None else stats_from_sums(*sums, n),
+    )
+    mark_complete(group, final)
+    return {"tile": src.tile_id, "pixels": int(n), "kernel_seconds": first["kernel_seconds"]}
+
+
+def _add_first_passes(results, cfg) -> dict:
+    """The tile's totals from its blocks' :func:`_first_pass` results: ``class_pixels``,
+    ``ignored``, ``kernel_seconds``, ``ranges`` [(min, max) per k; (0, -1) when every pixel
+    is ignored] and ``band_sums`` ((sums, squares) of the image, None without image)."""
+    n_classes = cfg.preset.num_classes
+    class_pixels = np.zeros(n_classes, dtype=np.int64)
     ignored = 0
     kernel_s = 0.0
     lo = [None] * len(cfg.ks)
     hi = [-1] * len(cfg.ks)
     sums = squares = None
-    for r in _tasks(client, _first_pass, calls, progress):
-        class_pixels += r["class_pixels"][: preset.num_classes]
+    for r in results:
+        class_pixels += r["class_pixels"][:n_classes]
         ignored += r["ignored"]
         kernel_s += r["kernel_seconds"]
         for i, (blo, bhi) in enumerate(r["ranges"]):
@@ -489,19 +514,10 @@ def process_tile_blockwise(
             else:
                 sums += r["band_sums"]
                 squares += r["band_squares"]
-    ranges = [(0 if a is None else a, b) for a, b in zip(lo, hi, strict=True)]
-    if any(t.kind == "norm" for _, t in cfg.stored_pairs()):
-        calls2 = [(store, src.tile_id, cfg, b, ranges, threads) for b in blocks]
-        for _ in _tasks(client, _norm_pass, calls2, progress):
-            pass
-    n = shape[0] * shape[1]
-    final = build_tile_meta(
-        **tile,
-        class_pixels=class_pixels,
-        ignored=ignored,
-        count_range=dict(zip(cfg.ks, ranges, strict=True)),
-        stored_weights=[weights_name(k, t) for k, t in cfg.stored_pairs()],
-        image_stats=None if sums is None else stats_from_sums(sums, squares, n),
-    )
-    mark_complete(group, final)
-    return {"tile": src.tile_id, "pixels": int(n), "kernel_seconds": kernel_s}
+    return {
+        "class_pixels": class_pixels,
+        "ignored": ignored,
+        "kernel_seconds": kernel_s,
+        "ranges": [(0 if a is None else a, b) for a, b in zip(lo, hi, strict=True)],
+        "band_sums": None if sums is None else (sums, squares),
+    }

@@ -238,23 +238,7 @@ class StoreCropDataset(Dataset):
         self.online = None
         if isinstance(weights_name, str) and weights_name.strip().lower().startswith("online:"):
             self.online = _online.parse_online_spec(weights_name)  # ValueError if malformed
-        # per tile: None where the weights are stored, else the Deriver of their values
-        self._derivers: list = [None] * len(opened)
-        if self.store_weights is not None:
-            for i, t in enumerate(opened):
-                w = t.weights(self.store_weights)  # StoreError: not a name, or a k without counts
-                if isinstance(w, DerivedWeights):
-                    self._derivers[i] = w.deriver
-        # derive on the training device ("window" mode) when every tile derives
-        self._torch_deriver = None
-        if output == "window" and opened and all(d is not None for d in self._derivers):
-            try:
-                self._torch_deriver = TorchDeriver(
-                    self._derivers[0].spec, [d.ranges for d in self._derivers],
-                    ignore_index=self.ignore_index,
-                )  # fmt: skip
-            except ValueError:  # k too large for a table on the device: derive in the workers
-                self._torch_deriver = None
+        self._set_derivers(opened)
         self.tiles = [t.tile_id for t in opened]
         self.shapes = [tuple(int(s) for s in t.shape) for t in opened]
         self.in_channels = next(iter(bands.values()))
@@ -271,6 +255,41 @@ class StoreCropDataset(Dataset):
         self.labelled_pixels = (
             None if any(c is None for c in counts) else int(self.class_pixels.sum())
         )
+        self._set_normalization(opened, pixels)
+        self._arrays: dict | None = None
+        self._counts: dict | None = None
+        self._pid: int | None = None
+
+    def _set_derivers(self, opened) -> None:
+        """Per tile, None where the weights are read from the store, else the Deriver of
+        their values; the device-side deriver of ``"window"`` mode when every tile derives.
+
+        Raises
+        ------
+        StoreError
+            A weights name a tile cannot give.
+        """
+        # per tile: None where the weights are stored, else the Deriver of their values
+        self._derivers: list = [None] * len(opened)
+        if self.store_weights is not None:
+            for i, t in enumerate(opened):
+                w = t.weights(self.store_weights)  # StoreError: not a name, or a k without counts
+                if isinstance(w, DerivedWeights):
+                    self._derivers[i] = w.deriver
+        # derive on the training device ("window" mode) when every tile derives
+        self._torch_deriver = None
+        if self.output == "window" and opened and all(d is not None for d in self._derivers):
+            try:
+                self._torch_deriver = TorchDeriver(
+                    self._derivers[0].spec, [d.ranges for d in self._derivers],
+                    ignore_index=self.ignore_index,
+                )  # fmt: skip
+            except ValueError:  # k too large for a table on the device: derive in the workers
+                self._torch_deriver = None
+
+    def _set_normalization(self, opened, pixels: np.ndarray) -> None:
+        """Per-tile and pooled image mean/std from the tiles' attrs, and the tables that
+        :meth:`warp` normalizes with (by :attr:`normalize`)."""
         tile_stats = []
         for t in opened:
             mean, std = t.meta.image_mean, t.meta.image_std
@@ -284,16 +303,13 @@ class StoreCropDataset(Dataset):
         mean, std = pooled_mean_std([m for m, _ in tile_stats], [s for _, s in tile_stats], pixels)
         self.mean = mean.astype(np.float32)
         self.std = _safe_std(std).astype(np.float32)
-        if normalize == "tile":
+        if self.normalize == "tile":
             table = [self.tile_mean_std[t] for t in self.tiles]
             self.mean_table = torch.tensor(np.stack([m for m, _ in table]))
             self.std_table = torch.tensor(np.stack([s for _, s in table]))
         else:
             self.mean_table = torch.tensor(np.tile(self.mean, (len(self.tiles), 1)))
             self.std_table = torch.tensor(np.tile(self.std, (len(self.tiles), 1)))
-        self._arrays: dict | None = None
-        self._counts: dict | None = None
-        self._pid: int | None = None
 
     @property
     def store_weights(self) -> str | None:

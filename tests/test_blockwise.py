@@ -370,8 +370,8 @@ def test_blockwise_peak_memory_stays_bounded(tmp_path, shared_data):
 
 
 def test_training_reader_reads_block_sharded_arrays(tmp_path):
-    """The trainer's direct shard reader handles one shard per block (not per array)."""
-    from npa_train.data import ShardReader
+    """The direct shard reader handles one shard per block (not per array)."""
+    from npa_precompute.shards import ShardReader
 
     rng = np.random.default_rng(5)
     index = np.repeat(np.repeat(rng.integers(0, 6, (14, 18)), 5, 0), 5, 1)  # 70 x 90
