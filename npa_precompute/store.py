@@ -21,6 +21,12 @@ Each tile is written by one process into its own arrays, so no chunk ever has
 two writers. A run holds an exclusive lock on the store (:class:`StoreLock`, the file
 ``.npaloss.lock`` in the store folder) from its first write to its last: a second run on
 the same store is refused, so no tile is ever rewritten by two runs at once.
+
+Reading goes through one API: :func:`store_info` (a :class:`StoreInfo`), :func:`open_tile`
+(a :class:`Tile`, whose :attr:`Tile.meta` is a :class:`TileMeta`), :meth:`Tile.array` and
+:meth:`Tile.read_window` (fast reads of the shard files, :mod:`npa_precompute.shards`).
+Both precompute paths build a tile's attrs with :func:`build_tile_meta`; no other module
+reads the attrs by key.
 """
 
 from __future__ import annotations
