@@ -100,7 +100,7 @@ def grown_labels(store: Path, where, k: int) -> np.ndarray:
 def cpu_section(store: Path, repeats: int, threads: int, clock: str, log) -> dict:
     import torch
 
-    from npa_train.data import ShardReader, ZarrReader
+    from npa_precompute.shards import ShardReader, ZarrReader
     from npa_train.loss import NPALoss
     from npa_train.model import SmallFCN
     from npa_train.online import affinity_counts, npa_weights, weights_from_counts

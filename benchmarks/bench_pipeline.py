@@ -65,10 +65,10 @@ from _common import (
 )
 
 from npa_precompute import affinity_maps, parse_transform, weights_name
-from npa_precompute.io import file_sha256, read_image, read_label
-from npa_precompute.pipeline import image_stats as tile_image_stats
+from npa_precompute.imagestats import image_stats as tile_image_stats
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import get_preset
+from npa_precompute.readers import file_sha256, read_image, read_label
 from npa_precompute.store import create_or_check_store, open_store, write_tile
 
 KS = (8, 16, 32, 64)
@@ -320,7 +320,7 @@ def time_steps(label_path: Path, image_path: Path, scratch: Path, repeats: int) 
         ("read image TIFF (`read_image`)", read_img, True),
         ("decode RGB → indices (`decode`)", decode, True),
         ("SHA-256 of both files (`file_sha256`)", hashing, True),
-        ("image mean and std (`pipeline.image_stats`)", image_stats, True),
+        ("image mean and std (`imagestats.image_stats`)", image_stats, True),
         (f"kernel, 4 k, {all_threads} threads (`affinity_maps`)", kernel_all, True),
         ("kernel, 4 k, 1 thread (as in a worker of 2)", kernel_one, False),
         ("12 transforms (`WeightTransform.apply`)", transform, True),

@@ -82,8 +82,8 @@ def ensure_inputs(data_dir: Path, n_tiles: int, log) -> tuple[Path, Path]:
     """Tiles as TIFF files (labels, images, weights) and their store; reused when current."""
     import tifffile
 
-    from npa_precompute.io import file_sha256
     from npa_precompute.pipeline import run_precompute
+    from npa_precompute.readers import file_sha256
     from npa_precompute.store import open_store, open_tile
 
     root = data_dir / f"train_{VAIHINGEN_SHAPE[0]}x{VAIHINGEN_SHAPE[1]}_{n_tiles}"

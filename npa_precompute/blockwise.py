@@ -36,10 +36,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npa_precompute._kernels import band_sums, valid_min_max
+from npa_precompute._kernels import valid_min_max
 from npa_precompute.affinity import affinity_maps
 from npa_precompute.errors import ParameterError
-from npa_precompute.io import InputError, Raster
+from npa_precompute.imagestats import band_sums_of, stats_from_sums
+from npa_precompute.readers import InputError, Raster
 from npa_precompute.transforms import weights_attrs, weights_name
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "count_blocks",
     "dask_client",
     "process_tile_blockwise",
-    "stats_from_sums",
     "worker_memory_needed",
 ]
 
@@ -321,10 +321,7 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
     if image is not None:
         img = image.read(slice(r0, r1), slice(c0, c1))
         _write(store, tile_id, "image", win, img)
-        sums = np.zeros(img.shape[2], dtype=np.uint64)
-        squares = np.zeros(img.shape[2], dtype=np.uint64)
-        band_sums(img, sums, squares)
-        out["band_sums"], out["band_squares"] = sums, squares
+        out["band_sums"], out["band_squares"] = band_sums_of(img)
     stored = cfg.stored_pairs()
     for i, k in enumerate(cfg.ks):
         a = np.ascontiguousarray(aff[i][inner])
@@ -353,17 +350,6 @@ def _norm_pass(store, tile_id, cfg, win, ranges, threads) -> None:
         for t in norms:
             w = t.apply(a, ignore, dtype=dtype, value_range=ranges[i])
             _write(store, tile_id, f"weights/{weights_name(k, t)}", win, w)
-
-
-def stats_from_sums(sums: np.ndarray, squares: np.ndarray, n: int) -> dict:
-    """Per-band mean and standard deviation from exact uint64 sums of values and squares.
-
-    Returns ``{"image_mean": [C floats], "image_std": [C floats]}`` (population std),
-    the same floats whether the sums come from one tile or from its blocks.
-    """
-    mean = [int(s) / n for s in sums]
-    var = [max(int(q) / n - m * m, 0.0) for q, m in zip(squares, mean, strict=True)]
-    return {"image_mean": mean, "image_std": [v**0.5 for v in var]}
 
 
 def check_memory_limit(opts: DaskOptions, cfg, image_bands: int = 0) -> None:
@@ -418,12 +404,12 @@ def process_tile_blockwise(
     Parameters
     ----------
     store : store folder (already created, see :func:`npa_precompute.store.create_or_check_store`)
-    src : :class:`npa_precompute.io.TileSource`
+    src : :class:`npa_precompute.readers.TileSource`
     cfg : :class:`npa_precompute.pipeline.PrecomputeConfig`
     source : the tile's source attrs (paths and sha256)
     client : ``distributed.Client`` or None (in this process, block after block)
     opts : :class:`DaskOptions`; ``opts.block`` must be a multiple of ``cfg.chunk``
-    label, image : the label and image opened as :class:`~npa_precompute.io.Raster`
+    label, image : the label and image opened as :class:`~npa_precompute.readers.Raster`
         (opened here if None)
     progress : called after each block's task
 
@@ -435,10 +421,9 @@ def process_tile_blockwise(
     ValueError
         ``opts.block`` not a multiple of ``cfg.chunk``.
     """
-    from npa_precompute import __version__
     from npa_precompute.affinity import affinity_dtype
     from npa_precompute.geo import tile_georef
-    from npa_precompute.store import create_tile, mark_complete, open_store
+    from npa_precompute.store import build_tile_meta, create_tile, mark_complete, open_store
 
     if opts.block % cfg.chunk:
         raise ParameterError(
@@ -457,12 +442,11 @@ def process_tile_blockwise(
     shape = label.shape[:2]
     kmax = max(cfg.ks)
     preset = cfg.preset
-    attrs = {
+    tile = {
         "tile_id": src.tile_id,
-        "shape": list(shape),
+        "shape": shape,
         "source": source,
         "params": cfg.params(),
-        "npaloss_version": __version__,
         "georef": tile_georef(src.label, src.image, tile_id=src.tile_id),
         "blockwise": {"block": opts.block, "halo": kmax},
     }
@@ -478,21 +462,46 @@ def process_tile_blockwise(
         affinity=dict.fromkeys(cfg.ks, aff_dtype),
         weights=[(weights_name(k, t), weights_attrs(k, t)) for k, t in cfg.stored_pairs()],
         weight_dtype=np.dtype(cfg.weight_dtype),
-        attrs=attrs,
+        attrs=build_tile_meta(**tile),
         chunk=cfg.chunk,
         shard=opts.block,
     )
     threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.scheduler is None else None
     blocks = block_grid(shape, opts.block)
     calls = [(store, src.tile_id, cfg, label, image, b, kmax, threads) for b in blocks]
-    class_pixels = np.zeros(preset.num_classes, dtype=np.int64)
+    first = _add_first_passes(_tasks(client, _first_pass, calls, progress), cfg)
+    ranges = first["ranges"]
+    if any(t.kind == "norm" for _, t in cfg.stored_pairs()):
+        calls2 = [(store, src.tile_id, cfg, b, ranges, threads) for b in blocks]
+        for _ in _tasks(client, _norm_pass, calls2, progress):
+            pass
+    n = shape[0] * shape[1]
+    sums = first["band_sums"]
+    final = build_tile_meta(
+        **tile,
+        class_pixels=first["class_pixels"],
+        ignored=first["ignored"],
+        count_range=dict(zip(cfg.ks, ranges, strict=True)),
+        stored_weights=[weights_name(k, t) for k, t in cfg.stored_pairs()],
+        image_stats=None if sums is None else stats_from_sums(*sums, n),
+    )
+    mark_complete(group, final)
+    return {"tile": src.tile_id, "pixels": int(n), "kernel_seconds": first["kernel_seconds"]}
+
+
+def _add_first_passes(results, cfg) -> dict:
+    """The tile's totals from its blocks' :func:`_first_pass` results: ``class_pixels``,
+    ``ignored``, ``kernel_seconds``, ``ranges`` [(min, max) per k; (0, -1) when every pixel
+    is ignored] and ``band_sums`` ((sums, squares) of the image, None without image)."""
+    n_classes = cfg.preset.num_classes
+    class_pixels = np.zeros(n_classes, dtype=np.int64)
     ignored = 0
     kernel_s = 0.0
     lo = [None] * len(cfg.ks)
     hi = [-1] * len(cfg.ks)
     sums = squares = None
-    for r in _tasks(client, _first_pass, calls, progress):
-        class_pixels += r["class_pixels"][: preset.num_classes]
+    for r in results:
+        class_pixels += r["class_pixels"][:n_classes]
         ignored += r["ignored"]
         kernel_s += r["kernel_seconds"]
         for i, (blo, bhi) in enumerate(r["ranges"]):
@@ -505,19 +514,10 @@ def process_tile_blockwise(
             else:
                 sums += r["band_sums"]
                 squares += r["band_squares"]
-    ranges = [(0 if a is None else a, b) for a, b in zip(lo, hi, strict=True)]
-    if any(t.kind == "norm" for _, t in cfg.stored_pairs()):
-        calls2 = [(store, src.tile_id, cfg, b, ranges, threads) for b in blocks]
-        for _ in _tasks(client, _norm_pass, calls2, progress):
-            pass
-    n = shape[0] * shape[1]
-    final = {
-        "ignore_fraction": float(ignored / n),
-        "class_pixels": class_pixels.astype(int).tolist(),
-        "count_range": {str(k): list(r) for k, r in zip(cfg.ks, ranges, strict=True)},
-        "stored_weights": sorted(weights_name(k, t) for k, t in cfg.stored_pairs()),
+    return {
+        "class_pixels": class_pixels,
+        "ignored": ignored,
+        "kernel_seconds": kernel_s,
+        "ranges": [(0 if a is None else a, b) for a, b in zip(lo, hi, strict=True)],
+        "band_sums": None if sums is None else (sums, squares),
     }
-    if sums is not None:
-        final.update(stats_from_sums(sums, squares, n))
-    mark_complete(group, final)
-    return {"tile": src.tile_id, "pixels": int(n), "kernel_seconds": kernel_s}

@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from npa_precompute.io import InputError
+    from npa_precompute.readers import InputError
     from npa_precompute.store import StoreError
 
     return (InputError, StoreError, ValueError, TypeError, OSError)

@@ -56,7 +56,7 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     boundaries and inside regions. Named weights that are not stored are derived from
     the counts ("derived"). Incomplete tiles are listed without statistics.
     """
-    from npa_precompute.inspect import format_inspect, inspect_store
+    from npa_precompute.summary import format_inspect, inspect_store
 
     report = inspect_store(store, tile, weights=split_list(weights))
     click.echo(json.dumps(report, indent=2) if as_json else format_inspect(report))

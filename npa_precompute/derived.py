@@ -332,30 +332,27 @@ def add_command(tile, ks: Sequence[int]) -> str:
     """The ``npa-precompute run`` line that adds counts for ``ks`` to ``tile`` in place."""
     import shlex
 
-    attrs = tile.attrs
-    src = attrs.get("source") or {}
-    params = attrs.get("params") or {}
-    parts = ["npa-precompute", "run", src.get("label_path") or "LABELS"]
-    if src.get("image_path"):
-        parts += ["--images", src["image_path"]]
+    meta = tile.meta
+    parts = ["npa-precompute", "run", meta.label_path or "LABELS"]
+    if meta.image_path:
+        parts += ["--images", meta.image_path]
     parts += ["--out", _store_path(tile)]
-    preset = (params.get("preset") or {}).get("preset")
-    if preset and preset != "isprs":
-        parts += ["--preset", preset]
-        if preset == "index":
-            p = params["preset"]
-            parts += ["--num-classes", str(p.get("num_classes")),
-                      "--ignore-index", str(p.get("ignore_index"))]  # fmt: skip
+    preset = meta.preset_info
+    if preset is not None and preset.preset and preset.preset != "isprs":
+        parts += ["--preset", preset.preset]
+        if preset.preset == "index":
+            parts += ["--num-classes", str(preset.num_classes),
+                      "--ignore-index", str(preset.ignore_index)]  # fmt: skip
     parts += ["--k", ",".join(str(k) for k in ks)]
-    for spec in params.get("transforms") or []:
+    for spec in meta.transform_specs:
         parts += ["--transform", spec]
     parts += ["--no-store-weights"]
-    if params.get("weight_dtype", "float32") != "float32":
-        parts += ["--dtype", params["weight_dtype"]]
-    if params.get("unknown_colors", "error") != "error":
-        parts += ["--unknown-colors", params["unknown_colors"]]
-    if params.get("chunk", 256) != 256:
-        parts += ["--chunk", str(params["chunk"])]
+    if meta.weight_dtype != np.float32:
+        parts += ["--dtype", meta.weight_dtype.name]
+    if (meta.unknown_colors or "error") != "error":
+        parts += ["--unknown-colors", meta.unknown_colors]
+    if (meta.chunk or 256) != 256:
+        parts += ["--chunk", str(meta.chunk)]
     return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from npa_precompute.colors import IGNORE_COLOR, class_palette, heatmap_rgb
 from npa_precompute.errors import ParameterError
 from npa_precompute.geo import geotiff_extratags, shift_georef
-from npa_precompute.inspect import check_window, parse_window, resolve_array
-from npa_precompute.store import open_store, open_tile, store_info
-from npa_precompute.viz import IGNORE_COLOR, class_palette, heatmap_rgb
+from npa_precompute.store import StoreInfo, open_store, open_tile, store_info
+from npa_precompute.summary import check_window, parse_window
 
 __all__ = ["FORMATS", "export_array"]
 
@@ -40,7 +40,9 @@ __all__ = ["FORMATS", "export_array"]
 FORMATS = (".npy", ".png", ".tif", ".tiff")
 
 
-def _write_png(out: Path, kind: str, values: np.ndarray, info: dict, ignore: int, label) -> None:
+def _write_png(
+    out: Path, kind: str, values: np.ndarray, info: StoreInfo, ignore: int, label
+) -> None:
     from PIL import Image, PngImagePlugin
 
     if kind == "label":
@@ -115,7 +117,7 @@ def export_array(
     path : store folder
     tile : tile id
     array : ``"label"``, ``"image"``, ``"affinity/k32"`` (or ``"k32"``), or a weights
-        name such as ``"k32_log10_L0.5"`` (see :func:`~npa_precompute.inspect.resolve_array`)
+        name such as ``"k32_log10_L0.5"`` (see :func:`~npa_precompute.summary.resolve_array`)
     out : output file; its suffix picks the format (module docstring)
     window : ``"x0,y0,w,h"`` or a tuple, keyword-only; default the whole tile
 
@@ -144,15 +146,17 @@ def export_array(
     root = open_store(path)
     info = store_info(root)
     t = open_tile(root, tile)
-    ref = resolve_array(t, array)
+    ref = t.ref(array)
     rows, cols = check_window(win, t.shape, tile_id=tile)
-    values = np.asarray(ref.array[rows, cols])
-    ignore = int(info.get("ignore_index", 255))
+    values = t.read_window(ref.path, rows.start, rows.stop, cols.start, cols.stop)
+    ignore = info.ignore_index
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(out, values)
     elif suffix == ".png":
-        label = np.asarray(t.label[rows, cols]) if ref.kind == "weights" else None
+        label = None
+        if ref.kind == "weights":
+            label = t.read_window("label", rows.start, rows.stop, cols.start, cols.stop)
         _write_png(out, ref.kind, values, info, ignore, label)
     else:
         description = {
@@ -165,10 +169,10 @@ def export_array(
                 "k": ref.k,
                 "transform": ref.transform,
                 "derived": ref.derived,
-                "classes": info.get("classes") if ref.kind == "label" else None,
+                "classes": list(info.classes) if ref.kind == "label" else None,
                 "ignore_index": ignore,
             }
         }  # fmt: skip
-        georef = shift_georef(t.attrs.get("georef"), rows.start, cols.start)
+        georef = shift_georef(t.meta.georef, rows.start, cols.start)
         _write_tif(out, ref.kind, values, description, georef)
     return out

@@ -347,11 +347,11 @@ def tile_georef(
 
     Raises
     ------
-    npa_precompute.io.InputError
+    npa_precompute.readers.InputError
         Malformed GeoTIFF tags (the file named), or label and image both georeferenced
         but differently (:func:`same_georef`; both files named).
     """
-    from npa_precompute.io import InputError
+    from npa_precompute.readers import InputError
 
     try:
         label_geo = read_georef(label)

@@ -124,19 +124,24 @@ def grow_tile(
     -------
     dict ``{"tile", "pixels", "kernel_seconds"}``
     """
-    from npa_precompute.store import add_arrays, commit_arrays, open_store
+    from npa_precompute.store import (
+        _stored_weights,
+        _tile_ks,
+        add_arrays,
+        commit_arrays,
+        open_store,
+        tile_meta,
+    )
 
     root = open_store(store, mode="r+")
     group = root["tiles"][tile_id]
-    attrs = dict(group.attrs)
+    meta = tile_meta(group)
     shape = tuple(int(s) for s in group["label"].shape)
     new_ks = [int(k) for k in new_ks]
     new_weights = list(new_weights)
-    recorded = dict(attrs.get("count_range") or {})
-    from npa_precompute.store import _stored_weights, _tile_ks
-
-    old_ks = sorted(_tile_ks(group, attrs))
-    range_ks = new_ks + [k for k in old_ks if str(k) not in recorded]
+    recorded = dict(meta.count_range or {})
+    old_ks = sorted(_tile_ks(group, meta))
+    range_ks = new_ks + [k for k in old_ks if k not in recorded]
     add_arrays(
         group,
         shape=shape,
@@ -160,17 +165,14 @@ def grow_tile(
             if bhi >= 0:
                 lo[k] = min(lo.get(k, blo), blo)
                 hi[k] = max(hi[k], bhi)
-    ranges = {str(k): [int(v) for v in rng] for k, rng in recorded.items()}
-    ranges.update({str(k): [lo.get(k, 0), hi[k]] for k in range_ks})
+    ranges = dict(recorded)
+    ranges.update({k: (lo.get(k, 0), hi[k]) for k in range_ks})
     norms = [(k, t) for k, t in new_weights if t.kind == "norm"]
     if norms and not single:
-        tile_ranges = {k: tuple(ranges[str(k)]) for k, _ in norms}
+        tile_ranges = {k: tuple(ranges[k]) for k, _ in norms}
         calls2 = [(store, tile_id, cfg, norms, tile_ranges, b, threads) for b in blocks]
         for _ in _tasks(client, _norm_pass, calls2, progress):
             pass
-    stored = set(_stored_weights(group, attrs)) | {weights_name(k, t) for k, t in new_weights}
-    commit_arrays(
-        group,
-        {"params": cfg.params(), "count_range": ranges, "stored_weights": sorted(stored)},
-    )
+    stored = set(_stored_weights(group, meta)) | {weights_name(k, t) for k, t in new_weights}
+    commit_arrays(group, params=cfg.params(), count_range=ranges, stored_weights=stored)
     return {"tile": tile_id, "pixels": int(shape[0] * shape[1]), "kernel_seconds": kernel_s}

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from npa_precompute import __version__
-from npa_precompute._kernels import band_sums, count_ranges
+from npa_precompute._kernels import count_ranges
 from npa_precompute.affinity import affinity_maps, parse_ks
-from npa_precompute.blockwise import DaskOptions, stats_from_sums
+from npa_precompute.blockwise import DaskOptions
 from npa_precompute.errors import ParameterError
 from npa_precompute.geo import tile_georef
-from npa_precompute.io import (
+from npa_precompute.imagestats import image_stats
+from npa_precompute.presets import Preset, get_preset
+from npa_precompute.readers import (
     InputError,
     Raster,
     TileSource,
@@ -38,11 +40,14 @@ from npa_precompute.io import (
     read_image,
     read_label,
 )
-from npa_precompute.presets import Preset, get_preset
 from npa_precompute.store import (
     LOCK_NAME,
+    SCHEMA_VERSION,
     StoreError,
+    StoreInfo,
     StoreLock,
+    TileMeta,
+    build_tile_meta,
     check_out,
     consolidate_store,
     create_or_check_store,
@@ -51,6 +56,7 @@ from npa_precompute.store import (
     is_consolidated,
     list_tiles,
     open_store,
+    tile_meta,
     write_tile,
 )
 from npa_precompute.transforms import (
@@ -199,21 +205,18 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
                     w = t.apply(aff[i], ignore, dtype=dtype, value_range=ranges[k])
                     yield weights_name(k, t), w, weights_attrs(k, t)
 
-    attrs = {
-        "tile_id": src.tile_id,
-        "shape": list(label.shape),
-        "source": source,
-        "params": cfg.params(),
-        "npaloss_version": __version__,
-        "ignore_fraction": float(ignore.mean()),
-        "class_pixels": np.bincount(label[~ignore].ravel(), minlength=cfg.preset.num_classes)
-        .astype(int)
-        .tolist(),
-        "georef": georef,
-        "count_range": {str(k): list(r) for k, r in ranges.items()},
-        "stored_weights": sorted(weights_name(k, t) for k, t in stored),
-        **stats,
-    }
+    meta = build_tile_meta(
+        tile_id=src.tile_id,
+        shape=label.shape,
+        source=source,
+        params=cfg.params(),
+        georef=georef,
+        class_pixels=np.bincount(label[~ignore].ravel(), minlength=cfg.preset.num_classes),
+        ignored=int(ignore.sum()),
+        count_range=ranges,
+        stored_weights=[weights_name(k, t) for k, t in stored],
+        image_stats=stats or None,
+    )
     root = open_store(store, mode="r+")
     write_tile(
         root,
@@ -223,7 +226,7 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
         image=image,
         affinity={k: aff[i] for i, k in enumerate(cfg.ks)},
         weights=weights(),
-        attrs=attrs,
+        attrs=meta,
         chunk=cfg.chunk,
     )
     return {"tile": src.tile_id, "pixels": int(label.size), "kernel_seconds": kernel_s}
@@ -233,19 +236,6 @@ def _grow_job(store: str, tile_id: str, cfg, new_ks, new_weights) -> dict:
     from npa_precompute.grow import grow_tile
 
     return grow_tile(store, tile_id, cfg, new_ks, new_weights)
-
-
-def image_stats(image: np.ndarray) -> dict:
-    """Per-band mean and standard deviation of an (H, W, C) uint8/uint16 image.
-
-    Exact integer sums in one pass (no float64 copy of the image); returns
-    ``{"image_mean": [C floats], "image_std": [C floats]}`` for the tile attrs.
-    """
-    c = image.shape[2]
-    sums = np.zeros(c, dtype=np.uint64)
-    squares = np.zeros(c, dtype=np.uint64)
-    band_sums(np.ascontiguousarray(image), sums, squares)
-    return stats_from_sums(sums, squares, image.shape[0] * image.shape[1])
 
 
 #: Seconds into the warm-up after which a compilation in progress is announced.
@@ -430,7 +420,7 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
 _FIXED_PARAMS = ("weight_dtype", "unknown_colors", "chunk", "preset")
 
 
-def _plan_tile(group, attrs: dict, source: dict, cfg: PrecomputeConfig, overwrite: bool):
+def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overwrite: bool):
     """What a run does with one existing tile.
 
     Returns ``(action, tile_cfg, new_ks, new_weights)``, action one of ``"write"``
@@ -441,21 +431,21 @@ def _plan_tile(group, attrs: dict, source: dict, cfg: PrecomputeConfig, overwrit
     """
     from npa_precompute.store import _stored_weights
 
-    if overwrite or attrs.get("complete") is not True:
+    if overwrite or not meta.complete:
         return "write", cfg, (), ()
-    old = attrs.get("params") or {}
+    old = meta.params
     params = cfg.params()
     if any(old.get(key) != params[key] for key in _FIXED_PARAMS):
         return "changed", None, (), ()
-    old_ks = [int(k) for k in old.get("ks") or []]
-    old_t = [parse_transform(spec) for spec in old.get("transforms") or []]
+    old_ks = list(meta.ks or ())
+    old_t = [parse_transform(spec) for spec in meta.transform_specs]
     ks = tuple(old_ks + [k for k in cfg.ks if k not in old_ks])
     transforms = tuple(dict.fromkeys(old_t + list(cfg.transforms)))
-    have = set(_stored_weights(group, attrs))
+    have = set(_stored_weights(group, meta))
     asked = [(k, t) for k, t in cfg.stored_pairs() if weights_name(k, t) not in have]
     stored = tuple(sorted(have | {weights_name(k, t) for k, t in asked}))
     tile_cfg = replace(cfg, ks=ks, transforms=transforms, store_weights=stored)
-    if attrs.get("source") != source:
+    if meta.source != source:
         return "write", tile_cfg, (), ()  # the source changed: recomputed whole
     new_ks = tuple(k for k in cfg.ks if k not in old_ks)
     if not new_ks and not asked and set(cfg.transforms) <= set(old_t):
@@ -490,7 +480,7 @@ def run_precompute(
     labels : label files, folders or glob patterns
     out : store folder (created if missing)
     images : image files, folders or globs, paired with labels by the preset's naming
-        rules (:func:`npa_precompute.io.discover_tiles`); None stores weights only
+        rules (:func:`npa_precompute.readers.discover_tiles`); None stores weights only
     preset : {"isprs", "loveda", "index"}
     ks : search regions k (Eq. 1), default 8, 16, 32, 64
     transforms : weight transformation specs (:func:`parse_transform`), default log10:L=0.5
@@ -630,7 +620,10 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
                 overwrite: bool, workers: int, progress, dask, notify) -> RunSummary:  # fmt: skip
     """The part of :func:`run_precompute` that reads and writes the store (lock held)."""
     path = Path(out)
-    info = {**cfg.preset.to_attrs(), "created_by": f"npaloss {__version__}"}
+    info = replace(
+        StoreInfo.from_dict({**cfg.preset.to_attrs(), "schema_version": SCHEMA_VERSION}),
+        created_by=f"npaloss {__version__}",
+    )
     fresh = not any(c.name != LOCK_NAME for c in path.iterdir())
     root = create_or_check_store(out, info, overwrite=overwrite)
     try:
@@ -643,9 +636,8 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
         for src in sources:
             source = _source_attrs(src)
             group = root["tiles"][src.tile_id] if src.tile_id in existing else None
-            attrs = dict(group.attrs) if group is not None else {}
             action, tile_cfg, new_ks, new_weights = (
-                _plan_tile(group, attrs, source, cfg, overwrite) if group is not None
+                _plan_tile(group, tile_meta(group), source, cfg, overwrite) if group is not None
                 else ("write", cfg, (), ())
             )  # fmt: skip
             if action == "skip":
@@ -657,12 +649,12 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
             else:
                 todo.append((src, source, tile_cfg))
         if changed:
-            old = dict(root["tiles"][changed[0]].attrs)["params"]
+            old = tile_meta(root["tiles"][changed[0]])
             raise StoreError(
                 f"{len(changed)} complete tile(s) ({', '.join(changed[:5])}"
                 f"{', ...' if len(changed) > 5 else ''}) were made with other parameters "
-                f"(dtype {old.get('weight_dtype')}, chunk {old.get('chunk')}, unknown colours "
-                f"{old.get('unknown_colors')}, preset {(old.get('preset') or {}).get('preset')}); "
+                f"(dtype {old.weight_dtype}, chunk {old.chunk}, unknown colours "
+                f"{old.unknown_colors}, preset {old.preset_name}); "
                 f"this run asks for dtype {params['weight_dtype']}, chunk {params['chunk']}, "
                 f"unknown colours {params['unknown_colors']}, preset "
                 f"{params['preset']['preset']} (more k or transformations would be added in "

@@ -9,9 +9,8 @@
 * ``pillow``: the same panels tiled with Pillow and a built-in viridis colour map
   computed in numpy, for minimal headless installs (no histogram).
 
-The numpy helpers here (:func:`colormap_lut`, :func:`heatmap_rgb`,
-:func:`label_rgb`, :func:`class_palette`, :func:`stretch_image`) need neither
-and are shared with :mod:`npa_precompute.export`.
+The colours (class palettes, the viridis map) come from :mod:`npa_precompute.colors`,
+shared with ``export``, ``npa-train preview`` and ``npa-train predict``.
 """
 
 from __future__ import annotations
@@ -23,16 +22,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from npa_precompute.errors import ParameterError
-from npa_precompute.inspect import (
-    ArrayRef,
-    _wrap_header,
-    check_window,
-    parse_window,
-    resolve_array,
+from npa_precompute.colors import (
+    IGNORE_COLOR,
+    class_palette,
+    colormap_lut,
+    heatmap_rgb,
+    label_rgb,
+    stretch_image,
 )
-from npa_precompute.presets import LOVEDA_COLORS
-from npa_precompute.store import open_store, open_tile, store_info
+from npa_precompute.errors import ParameterError
+from npa_precompute.store import ArrayRef, open_store, open_tile, store_info
+from npa_precompute.summary import _wrap_header, check_window, parse_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -62,157 +62,9 @@ BACKENDS = ("auto", "matplotlib", "pillow")
 #: (one transformation, every k: colours compare across k), or one per ``panel``.
 COLOR_SCALES = ("shared", "panel")
 
-#: Colour of ignored pixels in label figures and heat maps.
-IGNORE_COLOR = (0, 0, 0)
-
-# matplotlib's viridis sampled at 17 evenly spaced points; interpolated to a 256 LUT.
-_VIRIDIS_ANCHORS = (
-    (68, 1, 84), (72, 24, 106), (71, 45, 123), (66, 64, 134), (59, 82, 139), (51, 99, 141),
-    (44, 114, 142), (38, 130, 142), (33, 145, 140), (31, 160, 136), (40, 174, 128),
-    (63, 188, 115), (94, 201, 98), (132, 212, 75), (173, 220, 48), (216, 226, 25),
-    (253, 231, 37),
-)  # fmt: skip
-
-# Qualitative colours for stores without a palette (matplotlib's tab10).
-_TAB10 = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-)  # fmt: skip
-
 
 class MissingDependencyError(ImportError):
     """An optional dependency (matplotlib, the ``viz`` extra) is not installed."""
-
-
-# -- numpy colour helpers -------------------------------------------------------------------
-
-
-def colormap_lut(n: int = 256) -> np.ndarray:
-    """A viridis colour map as an ``(n, 3)`` uint8 lookup table (no matplotlib needed).
-
-    Raises
-    ------
-    ValueError
-        If ``n < 2``.
-    """
-    if n < 2:
-        raise ValueError(f"`n` must be >= 2, got {n}")
-    anchors = np.asarray(_VIRIDIS_ANCHORS, dtype=np.float64)
-    x = np.linspace(0.0, 1.0, len(anchors))
-    t = np.linspace(0.0, 1.0, n)
-    lut = np.stack([np.interp(t, x, anchors[:, c]) for c in range(3)], axis=1)
-    return np.round(lut).astype(np.uint8)
-
-
-def heatmap_rgb(
-    values: np.ndarray,
-    *,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    mask: np.ndarray | None = None,
-    bad_color: tuple[int, int, int] = IGNORE_COLOR,
-) -> tuple[np.ndarray, float, float]:
-    """Colour a 2-D array with :func:`colormap_lut`.
-
-    Parameters
-    ----------
-    values : (H, W) numeric array
-    vmin, vmax : float, optional
-        Colour range; default the min / max of the unmasked finite values.
-    mask : (H, W) bool, optional
-        True where a pixel is drawn in ``bad_color`` (ignore pixels).
-    bad_color : (r, g, b), default black
-
-    Returns
-    -------
-    rgb : (H, W, 3) uint8
-    vmin, vmax : float, the range used
-    """
-    v = np.asarray(values, dtype=np.float64)
-    bad = ~np.isfinite(v)
-    if mask is not None:
-        bad |= np.asarray(mask, dtype=bool)
-    good = v[~bad]
-    if vmin is not None:
-        lo = float(vmin)
-    else:
-        lo = float(good.min()) if good.size else 0.0
-    if vmax is not None:
-        hi = float(vmax)
-    else:
-        hi = float(good.max()) if good.size else 1.0
-    span = hi - lo if hi > lo else 1.0
-    lut = colormap_lut(256)
-    idx = np.clip(np.nan_to_num((v - lo) / span * 255.0), 0, 255).astype(np.uint8)
-    rgb = lut[idx]
-    rgb[bad] = bad_color
-    return rgb, lo, hi
-
-
-def class_palette(info: dict) -> np.ndarray:
-    """Class colours of a store as an ``(num_classes, 3)`` uint8 array.
-
-    The store's palette (``isprs``), LoveDA's colour map for ``loveda``, else
-    matplotlib's tab10 colours, repeated as needed.
-
-    Parameters
-    ----------
-    info : dict, the store's root attrs (:func:`npa_precompute.store.store_info`)
-    """
-    n = int(info.get("num_classes") or len(info.get("classes") or []))
-    if info.get("palette"):
-        colors = info["palette"]
-    elif info.get("preset") == "loveda":
-        colors = LOVEDA_COLORS
-    else:
-        colors = [_TAB10[i % len(_TAB10)] for i in range(n)]
-    return np.asarray(colors[:n], dtype=np.uint8).reshape(-1, 3)
-
-
-def label_rgb(label: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
-    """Colour-code decoded labels: ``palette[c]`` per class, :data:`IGNORE_COLOR` elsewhere.
-
-    Parameters
-    ----------
-    label : (H, W) integer array
-    palette : (num_classes, 3) uint8 array
-    ignore_index : int, label value of ignored pixels (values outside the classes are
-        drawn like ignore)
-
-    Returns
-    -------
-    (H, W, 3) uint8
-    """
-    label = np.asarray(label)
-    lut = np.zeros((max(int(label.max(initial=0)), len(palette) - 1, ignore_index) + 1, 3))
-    lut[:] = IGNORE_COLOR
-    lut[: len(palette)] = palette
-    lut[ignore_index] = IGNORE_COLOR
-    return lut.astype(np.uint8)[label]
-
-
-def stretch_image(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
-    """First three bands, each stretched linearly from its ``low`` to ``high`` percentile.
-
-    Parameters
-    ----------
-    image : (H, W, C) array; C < 3 gives a grey image of band 0
-    low, high : percentiles, default 2 and 98
-
-    Returns
-    -------
-    (H, W, 3) float32 in [0, 1]
-    """
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = img[..., None]
-    bands = img[..., :3] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2)
-    out = np.empty(bands.shape, dtype=np.float32)
-    for c in range(3):
-        b = bands[..., c].astype(np.float32)
-        lo, hi = np.percentile(b, [low, high]) if b.size else (0.0, 1.0)
-        out[..., c] = (b - lo) / (hi - lo) if hi > lo else 0.0
-    return np.clip(out, 0.0, 1.0)
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -257,9 +109,9 @@ def _default_arrays(tile) -> list[str]:
     names = tile.weight_names
     if not names:
         return []
-    specs = (tile.attrs.get("params") or {}).get("transforms") or []
-    first = specs[0] if specs else tile.weights(names[0]).attrs.get("transform")
-    return [n for n in names if tile.weights(n).attrs.get("transform") == first]
+    specs = tile.meta.transform_specs
+    first = specs[0] if specs else tile.ref(names[0]).transform
+    return [n for n in names if tile.ref(n).transform == first]
 
 
 def load_show_data(
@@ -277,7 +129,7 @@ def load_show_data(
     tile : tile id
     arrays : weights names (``"k32_log10_L0.5"``) or affinity arrays (``"affinity/k32"``,
         ``"k32"``), keyword-only; default every k of the tile's first transformation
-    window : ``"x0,y0,w,h"`` or a tuple (:func:`~npa_precompute.inspect.parse_window`),
+    window : ``"x0,y0,w,h"`` or a tuple (:func:`~npa_precompute.summary.parse_window`),
         keyword-only; default the whole tile
 
     Returns
@@ -303,7 +155,7 @@ def load_show_data(
     names = list(arrays) if arrays else _default_arrays(t)
     refs: list[ArrayRef] = []
     for name in names:
-        ref = resolve_array(t, name)
+        ref = t.ref(name)
         if ref.kind in ("label", "image"):
             raise ValueError(
                 f"{ref.kind!r} is always shown; `arrays` takes weights or affinity arrays"
@@ -314,22 +166,22 @@ def load_show_data(
     for ref in refs:
         key = ref.transform if ref.kind == "weights" else "raw counts (Eq. 1)"
         groups.setdefault(key or ref.name, []).append(ref)
+    box = (rows_sl.start, rows_sl.stop, cols_sl.start, cols_sl.stop)
     rows = []
     for key, group in groups.items():
         group.sort(key=lambda r: (r.k is None, r.k or 0, r.name))
-        rows.append((key, [(r, np.asarray(r.array[rows_sl, cols_sl], np.float64)) for r in group]))
+        rows.append((key, [(r, t.read_window(r.path, *box).astype(np.float64)) for r in group]))
     image = None
     if t.image is not None:
-        image = stretch_image(t.image[rows_sl, cols_sl, :])
-    classes = list(info.get("classes") or [])
+        image = stretch_image(t.read_window("image", *box))
     return ShowData(
         tile_id=tile,
         window=win,
         image=image,
-        label=np.asarray(t.label[rows_sl, cols_sl]),
-        classes=classes,
+        label=t.read_window("label", *box),
+        classes=list(info.classes),
         palette=class_palette(info),
-        ignore_index=int(info.get("ignore_index", 255)),
+        ignore_index=info.ignore_index,
         rows=rows,
     )
 
@@ -337,7 +189,7 @@ def load_show_data(
 def _panel_title(ref: ArrayRef) -> str:
     if ref.k is not None:
         return f"k = {ref.k}"
-    ks = ref.array.attrs.get("ks") if ref.kind == "weights" else None
+    ks = ref.ks if ref.kind == "weights" else None
     return f"mean of k = {', '.join(map(str, ks))}" if ks else ref.name
 
 

@@ -32,7 +32,7 @@ _ALIASES = {"save_images": "no_images", "ignore_fill": "boundary_ignore_fill"}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from npa_precompute.io import InputError
+    from npa_precompute.readers import InputError
     from npa_precompute.store import StoreError
     from npa_train.checkpoint import CheckpointError
 

@@ -28,12 +28,12 @@ the precompute would have stored: in ``"crop"`` mode in the worker, from the cou
 windows it reads instead of float windows; in ``"window"`` mode on the training device,
 in :meth:`StoreCropDataset.warp` (the workers ship the 2- or 4-byte counts).
 
-Reading: the store's arrays are zarr v3 arrays whose 256² chunks sit in one shard file
-per array. zarr's general read path costs about three times the decompression itself
-for a crop's window, so windows are read straight from the shard files
-(:class:`ShardReader`: the shard index once per worker, then one ``pread`` and one
-Blosc decompression per chunk the window touches) wherever the array has exactly the
-layout ``npa-precompute`` writes; any other layout is read through zarr (``reader``).
+Reading: windows are read with :meth:`npa_precompute.store.Tile.read_window`'s readers,
+straight from the shard files (:class:`~npa_precompute.shards.ShardReader`: the shard
+index once per worker, then one ``pread`` and one Blosc decompression per chunk the
+window touches) wherever the array has exactly the layout ``npa-precompute`` writes; any
+other layout is read through zarr, about three times slower, with a warning once per
+store (or always through zarr with ``reader="zarr"``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from torch.utils.data import Dataset
 
 from npa_precompute.derived import DerivedWeights, TorchDeriver
 from npa_precompute.params import check_choice, check_int, parse_tiles
+from npa_precompute.shards import ShardReader, ZarrReader
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
 from npa_train import online as _online
 from npa_train.augment import (
@@ -81,168 +82,6 @@ OUTPUTS = ("crop", "window")
 #: Allowed values of ``reader``: ``auto`` reads shard files directly where the layout allows
 #: (:class:`ShardReader`), else through zarr; ``zarr`` always through zarr.
 READERS = ("auto", "zarr")
-_NO_CHUNK = 2**64 - 1
-
-
-class ZarrReader:
-    """Windows of a zarr array through zarr's own slicing (any layout)."""
-
-    def __init__(self, array) -> None:
-        self.array = array
-        self.shape = tuple(int(s) for s in array.shape)
-        self.dtype = np.dtype(array.dtype)
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return np.asarray(self.array[y0:y1, x0:x1])
-
-
-class ShardReader:
-    """Windows of a sharded zarr v3 array read straight from its shard files.
-
-    Supports the layout ``npa-precompute`` writes: a local store, the default chunk key
-    encoding with ``/``, one sharding codec with the index at the end (little-endian
-    uint64 offset/length pairs and a CRC32C), and inner chunks encoded with the bytes
-    codec (little-endian) and Blosc; 2-D arrays or 3-D arrays whose last axis is one
-    chunk. Each shard's index is read once; a window then costs one ``os.pread`` and one
-    Blosc decompression per chunk it touches. Missing shards or chunks read as the fill
-    value, as in zarr. :meth:`create` returns None for any other layout.
-
-    Attributes
-    ----------
-    bytes_read : int
-        Bytes read from shard files so far (indexes included).
-    """
-
-    def __init__(self, array, root: Path, key: str, chunk_shape, shard_shape) -> None:
-        import numcodecs
-
-        self.array = array
-        self.shape = tuple(int(s) for s in array.shape)
-        self.dtype = np.dtype(array.dtype)
-        self.fill = array.fill_value
-        self.root, self.key = root, key
-        self.chunk_shape, self.shard_shape = tuple(chunk_shape), tuple(shard_shape)
-        self.per_shard = (shard_shape[0] // chunk_shape[0], shard_shape[1] // chunk_shape[1])
-        self._codec = numcodecs.Blosc()
-        self._index: dict[tuple[int, int], np.ndarray | None] = {}
-        self._fds: dict[tuple[int, int], int] = {}
-        self.bytes_read = 0
-
-    @classmethod
-    def create(cls, array) -> ShardReader | None:
-        """A reader for ``array``, or None when its layout is not the supported one."""
-        try:
-            from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-            from zarr.codecs.sharding import ShardingCodecIndexLocation
-            from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-            from zarr.storage import LocalStore
-
-            md = array.metadata
-            codecs = tuple(md.codecs)
-            if md.zarr_format != 3 or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-                return None
-            sc = codecs[0]
-            inner, index = tuple(sc.codecs), tuple(sc.index_codecs)
-            little = ("little", None)
-            if not (
-                sc.index_location == ShardingCodecIndexLocation.end
-                and len(index) == 2
-                and isinstance(index[0], BytesCodec)
-                and getattr(index[0].endian, "value", index[0].endian) == "little"
-                and isinstance(index[1], Crc32cCodec)
-                and len(inner) == 2
-                and isinstance(inner[0], BytesCodec)
-                and getattr(inner[0].endian, "value", inner[0].endian) in little
-                and isinstance(inner[1], BloscCodec)
-            ):
-                return None
-            enc = md.chunk_key_encoding
-            if not isinstance(enc, DefaultChunkKeyEncoding) or enc.separator != "/":
-                return None
-            store = array.store_path.store
-            if not isinstance(store, LocalStore):
-                return None
-            dtype = np.dtype(array.dtype)
-            if dtype.itemsize > 1 and dtype.byteorder == ">":
-                return None
-            chunk, shard = tuple(sc.chunk_shape), tuple(md.chunk_grid.chunk_shape)
-            nd = len(array.shape)
-            if nd not in (2, 3) or len(chunk) != nd or len(shard) != nd:
-                return None
-            if nd == 3 and not (chunk[2] == shard[2] == array.shape[2]):
-                return None
-            if shard[0] % chunk[0] or shard[1] % chunk[1]:
-                return None
-            return cls(array, Path(store.root), array.store_path.path, chunk, shard)
-        except Exception:  # an unfamiliar zarr version: fall back to zarr's reads
-            return None
-
-    def _path(self, sy: int, sx: int) -> str:
-        parts = ["c", str(sy), str(sx)] + (["0"] if len(self.shape) == 3 else [])
-        return os.path.join(self.root, self.key, *parts)
-
-    def _shard(self, sy: int, sx: int) -> tuple[int, np.ndarray] | None:
-        if (sy, sx) not in self._index:
-            path = self._path(sy, sx)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                self._index[(sy, sx)] = None
-                return None
-            n = self.per_shard[0] * self.per_shard[1]
-            size = os.fstat(fd).st_size
-            nbytes = 16 * n + 4
-            raw = os.pread(fd, nbytes, size - nbytes)
-            self.bytes_read += len(raw)
-            if len(raw) != nbytes:
-                os.close(fd)
-                raise OSError(f"shard {path} is truncated (no complete index)")
-            index = np.frombuffer(raw[:-4], dtype="<u8").reshape(*self.per_shard, 2)
-            self._fds[(sy, sx)] = fd
-            self._index[(sy, sx)] = index
-        index = self._index[(sy, sx)]
-        return None if index is None else (self._fds[(sy, sx)], index)
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """``array[y0:y1, x0:x1]`` (within the array's bounds)."""
-        rest = self.shape[2:]
-        out = np.empty((y1 - y0, x1 - x0, *rest), dtype=self.dtype)
-        ch, cw = self.chunk_shape[:2]
-        sh, sw = self.shard_shape[:2]
-        for cy in range(y0 // ch, (y1 - 1) // ch + 1):
-            for cx in range(x0 // cw, (x1 - 1) // cw + 1):
-                ya, yb = max(y0, cy * ch), min(y1, (cy + 1) * ch)
-                xa, xb = max(x0, cx * cw), min(x1, (cx + 1) * cw)
-                dst = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
-                shard = self._shard(cy * ch // sh, cx * cw // sw)
-                entry = None
-                if shard is not None:
-                    fd, index = shard
-                    off, nb = (int(v) for v in index[(cy * ch % sh) // ch, (cx * cw % sw) // cw])
-                    if not (off == _NO_CHUNK and nb == _NO_CHUNK):
-                        entry = (fd, off, nb)
-                if entry is None:
-                    dst[...] = self.fill
-                    continue
-                fd, off, nb = entry
-                data = os.pread(fd, nb, off)
-                self.bytes_read += len(data)
-                chunk = np.frombuffer(self._codec.decode(data), dtype=self.dtype.newbyteorder("<"))
-                chunk = chunk.reshape(self.chunk_shape)
-                dst[...] = chunk[ya - cy * ch : yb - cy * ch, xa - cx * cw : xb - cx * cw]
-        return out
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds.clear()
-        self._index.clear()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def pooled_mean_std(means, stds, counts) -> tuple[np.ndarray, np.ndarray]:
@@ -350,10 +189,10 @@ class StoreCropDataset(Dataset):
         root = open_store(self.store_path)
         info = store_info(root)
         self.info = info
-        self.classes = list(info["classes"])
-        self.num_classes = int(info["num_classes"])
-        self.ignore_index = int(info["ignore_index"])
-        self.preset = info.get("preset")
+        self.classes = list(info.classes)
+        self.num_classes = info.num_classes
+        self.ignore_index = info.ignore_index
+        self.preset = info.preset
         wanted = parse_tiles(tiles)
         if wanted is None:
             wanted = list_tiles(root, complete_only=True)
@@ -373,6 +212,37 @@ class StoreCropDataset(Dataset):
         self.online = None
         if isinstance(weights_name, str) and weights_name.strip().lower().startswith("online:"):
             self.online = _online.parse_online_spec(weights_name)  # ValueError if malformed
+        self._set_derivers(opened)
+        self.tiles = [t.tile_id for t in opened]
+        self.shapes = [tuple(int(s) for s in t.shape) for t in opened]
+        self.in_channels = next(iter(bands.values()))
+        dtypes = {np.dtype(t.image.dtype).name for t in opened}
+        #: the images' dtype ("uint8", "uint16"), None when the tiles mix them
+        self.image_dtype = dtypes.pop() if len(dtypes) == 1 else None
+        pixels = np.array([h * w for h, w in self.shapes], dtype=np.float64)
+        self.probabilities = pixels / pixels.sum()
+        counts = [t.meta.class_pixels for t in opened]
+        self.class_pixels = np.array(
+            [list(c or [0] * self.num_classes) for c in counts], dtype=np.int64
+        ).reshape(len(opened), -1)
+        #: non-ignore label pixels of the tiles; None when a tile lacks class_pixels
+        self.labelled_pixels = (
+            None if any(c is None for c in counts) else int(self.class_pixels.sum())
+        )
+        self._set_normalization(opened, pixels)
+        self._arrays: dict | None = None
+        self._counts: dict | None = None
+        self._pid: int | None = None
+
+    def _set_derivers(self, opened) -> None:
+        """Per tile, None where the weights are read from the store, else the Deriver of
+        their values; the device-side deriver of ``"window"`` mode when every tile derives.
+
+        Raises
+        ------
+        StoreError
+            A weights name a tile cannot give.
+        """
         # per tile: None where the weights are stored, else the Deriver of their values
         self._derivers: list = [None] * len(opened)
         if self.store_weights is not None:
@@ -382,7 +252,7 @@ class StoreCropDataset(Dataset):
                     self._derivers[i] = w.deriver
         # derive on the training device ("window" mode) when every tile derives
         self._torch_deriver = None
-        if output == "window" and opened and all(d is not None for d in self._derivers):
+        if self.output == "window" and opened and all(d is not None for d in self._derivers):
             try:
                 self._torch_deriver = TorchDeriver(
                     self._derivers[0].spec, [d.ranges for d in self._derivers],
@@ -390,25 +260,13 @@ class StoreCropDataset(Dataset):
                 )  # fmt: skip
             except ValueError:  # k too large for a table on the device: derive in the workers
                 self._torch_deriver = None
-        self.tiles = [t.tile_id for t in opened]
-        self.shapes = [tuple(int(s) for s in t.shape) for t in opened]
-        self.in_channels = next(iter(bands.values()))
-        dtypes = {np.dtype(t.image.dtype).name for t in opened}
-        #: the images' dtype ("uint8", "uint16"), None when the tiles mix them
-        self.image_dtype = dtypes.pop() if len(dtypes) == 1 else None
-        pixels = np.array([h * w for h, w in self.shapes], dtype=np.float64)
-        self.probabilities = pixels / pixels.sum()
-        counts = [t.attrs.get("class_pixels") for t in opened]
-        self.class_pixels = np.array(
-            [c or [0] * self.num_classes for c in counts], dtype=np.int64
-        ).reshape(len(opened), -1)
-        #: non-ignore label pixels of the tiles; None when a tile lacks class_pixels
-        self.labelled_pixels = (
-            None if any(c is None for c in counts) else int(self.class_pixels.sum())
-        )
+
+    def _set_normalization(self, opened, pixels: np.ndarray) -> None:
+        """Per-tile and pooled image mean/std from the tiles' attrs, and the tables that
+        :meth:`warp` normalizes with (by :attr:`normalize`)."""
         tile_stats = []
         for t in opened:
-            mean, std = t.attrs.get("image_mean"), t.attrs.get("image_std")
+            mean, std = t.meta.image_mean, t.meta.image_std
             if mean is None or std is None or len(mean) != self.in_channels:
                 raise StoreError(f"tile {t.tile_id!r} lacks image_mean/image_std attrs")
             tile_stats.append((np.asarray(mean, np.float64), np.asarray(std, np.float64)))
@@ -419,16 +277,13 @@ class StoreCropDataset(Dataset):
         mean, std = pooled_mean_std([m for m, _ in tile_stats], [s for _, s in tile_stats], pixels)
         self.mean = mean.astype(np.float32)
         self.std = _safe_std(std).astype(np.float32)
-        if normalize == "tile":
+        if self.normalize == "tile":
             table = [self.tile_mean_std[t] for t in self.tiles]
             self.mean_table = torch.tensor(np.stack([m for m, _ in table]))
             self.std_table = torch.tensor(np.stack([s for _, s in table]))
         else:
             self.mean_table = torch.tensor(np.tile(self.mean, (len(self.tiles), 1)))
             self.std_table = torch.tensor(np.tile(self.std, (len(self.tiles), 1)))
-        self._arrays: dict | None = None
-        self._counts: dict | None = None
-        self._pid: int | None = None
 
     @property
     def store_weights(self) -> str | None:
@@ -455,22 +310,14 @@ class StoreCropDataset(Dataset):
             arrays, counts = {}, {}
             for i, tid in enumerate(self.tiles):
                 t = open_tile(root, tid)
-                w = None
-                if self.store_weights is not None and self._derivers[i] is None:
-                    w = t.weights(self.store_weights)
-                arrays[tid] = tuple(None if a is None else self._reader(a)
-                                    for a in (t.image, t.label, w))  # fmt: skip
+                t.fast_reads = self.reader == "auto"
+                stored = self.store_weights is not None and self._derivers[i] is None
+                arrays[tid] = (t.reader("image"), t.reader("label"),
+                               t.reader(self.store_weights) if stored else None)  # fmt: skip
                 if self._derivers[i] is not None:
-                    counts[tid] = [self._reader(t.affinity(k)) for k in self._derivers[i].spec.ks]
+                    counts[tid] = [t.reader(f"affinity/k{k}") for k in self._derivers[i].spec.ks]
             self._arrays, self._counts, self._pid = arrays, counts, os.getpid()
         return self._arrays[tile]
-
-    def _reader(self, array):
-        if self.reader == "auto":
-            fast = ShardReader.create(array)
-            if fast is not None:
-                return fast
-        return ZarrReader(array)
 
     def __len__(self) -> int:
         return self.length
@@ -693,13 +540,8 @@ def write_preview(
 
     from PIL import Image
 
-    from npa_precompute.viz import (
-        class_palette,
-        heatmap_rgb,
-        label_rgb,
-        panel_row,
-        stretch_image,
-    )
+    from npa_precompute.colors import class_palette, heatmap_rgb, label_rgb, stretch_image
+    from npa_precompute.viz import panel_row
 
     check_int("n", n, minimum=1)
     ds = StoreCropDataset(store_path, weights_name, augment=augment, crop=crop, tiles=tiles,

@@ -30,7 +30,14 @@ import torch
 
 from npa_precompute.errors import ParameterError
 from npa_precompute.params import check_amp, check_int, parse_size, parse_tiles
-from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
+from npa_precompute.store import (
+    StoreError,
+    StoreInfo,
+    list_tiles,
+    open_store,
+    open_tile,
+    store_info,
+)
 from npa_train.checkpoint import CheckpointError, ModelInfo, load_model
 from npa_train.choices import INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 from npa_train.metrics import SegmentationMetrics
@@ -98,7 +105,9 @@ def parse_class_list(
     return sorted(set(out))
 
 
-def check_compatible(info: ModelInfo, store: dict, *, bands: int | None, store_path: str) -> None:
+def check_compatible(
+    info: ModelInfo, store: StoreInfo, *, bands: int | None, store_path: str
+) -> None:
     """Refuse a checkpoint whose classes or input bands differ from the store's.
 
     Raises
@@ -106,17 +115,17 @@ def check_compatible(info: ModelInfo, store: dict, *, bands: int | None, store_p
     CheckpointError
         ``num_classes``, class names or ``in_channels`` differ (both values named).
     """
-    n_store = int(store["num_classes"])
+    n_store = store.num_classes
     if info.num_classes != n_store:
         raise CheckpointError(
             f"checkpoint {info.path} predicts num_classes {info.num_classes} "
             f"({', '.join(info.classes)}) but store {store_path} has num_classes {n_store} "
-            f"({', '.join(store['classes'])})"
+            f"({', '.join(store.classes)})"
         )
-    if [c.lower() for c in info.classes] != [str(c).lower() for c in store["classes"]]:
+    if [c.lower() for c in info.classes] != [str(c).lower() for c in store.classes]:
         raise CheckpointError(
             f"checkpoint {info.path} classes ({', '.join(info.classes)}) differ from store "
-            f"{store_path} classes ({', '.join(store['classes'])})"
+            f"{store_path} classes ({', '.join(store.classes)})"
         )
     if bands is not None and bands != info.in_channels:
         raise CheckpointError(
@@ -256,11 +265,11 @@ def evaluate_model(
     store_path = str(store)
     root = open_store(store)
     sinfo = store_info(root)
-    classes = [str(c) for c in sinfo["classes"]]
-    ignore_index = int(sinfo["ignore_index"])
+    classes = list(sinfo.classes)
+    ignore_index = sinfo.ignore_index
     in_mean = parse_class_list(classes_in_mean, classes, name="classes_in_mean")
     if in_mean is None:
-        in_mean = list(sinfo.get("foreground_classes") or range(len(classes)))
+        in_mean = list(sinfo.foreground_classes or range(len(classes)))
     small = parse_class_list(small_classes, classes, name="small_classes")
     if small is None:
         small = [i for i, c in enumerate(classes) if c.lower() in SMALL_OBJECT_CLASSES]
@@ -314,11 +323,11 @@ def evaluate_model(
         for t in opened:
             t0 = time.perf_counter()
             bar.set_postfix_str(t.tile_id, refresh=False)
-            image = t.image[...]
+            image = t.read_window("image", 0, t.shape[0], 0, t.shape[1])
             probs = sliding_window_probs(
                 model,
                 image,
-                **normalization(info, image, tile_attrs=t.attrs),
+                **normalization(info, image, tile_meta=t.meta),
                 window=win,
                 overlap=overlap,
                 batch=batch,
@@ -329,7 +338,7 @@ def evaluate_model(
             )
             pred = probs.argmax(axis=0).astype(np.uint8 if len(classes) <= 256 else np.uint16)
             del probs, image
-            label = np.asarray(t.label[...])
+            label = t.read_window("label", 0, t.shape[0], 0, t.shape[1])
             scores = metrics.update(label, pred)
             files = {}
             if out_dir is not None and save_images:

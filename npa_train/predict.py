@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from npa_train.checkpoint import CheckpointError, ModelInfo, load_model
 from npa_train.choices import FORMATS, INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 from npa_train.device import resolve_device
 from npa_train.model import logits_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from npa_precompute.store import StoreInfo, TileMeta
 
 __all__ = [
     "FORMATS",
@@ -235,7 +239,7 @@ def check_image_dtype(info: ModelInfo, dtype, what: str, *, max_value: int | Non
 
 
 def normalization(
-    info: ModelInfo, image: np.ndarray | None = None, *, tile_attrs: dict | None = None
+    info: ModelInfo, image: np.ndarray | None = None, *, tile_meta: TileMeta | None = None
 ) -> dict[str, tuple[float, ...]]:
     """Per-band ``mean`` and ``std`` to normalize an image with, as the model was trained.
 
@@ -243,8 +247,8 @@ def normalization(
     ----------
     info : ModelInfo
     image : (H, W, C) uint8/uint16 array, optional
-        For ``info.normalize == "tile"`` without ``tile_attrs``: its own statistics.
-    tile_attrs : dict, optional
+        For ``info.normalize == "tile"`` without ``tile_meta``: its own statistics.
+    tile_meta : TileMeta, optional
         A store tile's attrs (``image_mean``, ``image_std``), for ``"tile"``.
 
     Returns
@@ -255,14 +259,14 @@ def normalization(
     Raises
     ------
     ValueError
-        ``"tile"`` normalization with neither ``image`` nor usable ``tile_attrs``.
+        ``"tile"`` normalization with neither ``image`` nor usable ``tile_meta``.
     """
     if info.normalize != "tile":
         return {"mean": info.image_mean, "std": info.image_std}
-    if tile_attrs is not None and tile_attrs.get("image_mean") and tile_attrs.get("image_std"):
-        mean, std = tile_attrs["image_mean"], tile_attrs["image_std"]
+    if tile_meta is not None and tile_meta.image_mean and tile_meta.image_std:
+        mean, std = tile_meta.image_mean, tile_meta.image_std
     elif image is not None:
-        from npa_precompute.pipeline import image_stats
+        from npa_precompute.imagestats import image_stats
 
         stats = image_stats(np.asarray(image))
         mean, std = stats["image_mean"], stats["image_std"]
@@ -395,20 +399,14 @@ def sliding_window_probs(
 # -- writing label maps --------------------------------------------------------------------------
 
 
-def palette_for(info: ModelInfo | dict) -> np.ndarray:
-    """Class colours ``(num_classes, 3)`` uint8: a store's info dict, or a checkpoint's preset."""
-    from npa_precompute.viz import class_palette
+def palette_for(info: ModelInfo | StoreInfo) -> np.ndarray:
+    """Class colours ``(num_classes, 3)`` uint8: a store's info, or a checkpoint's preset."""
+    from npa_precompute.colors import class_palette, preset_palette
+    from npa_precompute.store import StoreInfo
 
-    if isinstance(info, dict):
+    if isinstance(info, StoreInfo):
         return class_palette(info)
-    attrs: dict = {"preset": info.preset, "num_classes": info.num_classes}
-    if info.preset in ("isprs", "loveda"):
-        from npa_precompute.presets import get_preset
-
-        preset = get_preset(info.preset)
-        if preset.num_classes == info.num_classes and preset.palette:
-            attrs["palette"] = [list(c) for c in preset.palette]
-    return class_palette(attrs)
+    return preset_palette(info.preset, info.num_classes)
 
 
 def write_label_maps(
@@ -455,7 +453,7 @@ def write_label_maps(
     """
     from PIL import Image
 
-    from npa_precompute.viz import label_rgb
+    from npa_precompute.colors import label_rgb
 
     check_choice("fmt", fmt, FORMATS)
     out_dir = Path(out_dir)
@@ -538,7 +536,7 @@ def predict(
         training images' (:func:`check_image_dtype`; both named). A uint16 image whose
         values all lie below 256 is taken for a uint8 checkpoint, with a warning.
     InputError
-        A missing or unreadable image (:mod:`npa_precompute.io`); with ``fmt="tif"``,
+        A missing or unreadable image (:mod:`npa_precompute.readers`); with ``fmt="tif"``,
         an image with malformed GeoTIFF tags.
     TypeError, ValueError
         Bad ``window``, ``overlap``, ``batch``, ``fmt``, device or ``amp``; two images
@@ -547,7 +545,7 @@ def predict(
     import time
 
     from npa_precompute.geo import tile_georef
-    from npa_precompute.io import expand_paths, read_image
+    from npa_precompute.readers import expand_paths, read_image
 
     wh, ww = parse_size(window, name="window")
     overlap = parse_overlap(overlap)

@@ -61,7 +61,7 @@ def resolve_split(
                 message="give either `split` or explicit train/validation tiles, not both",
             )
         spec = SPLITS[split]
-        preset = store_info(root).get("preset")
+        preset = store_info(root).preset
         if preset != spec["preset"]:
             raise ValueError(
                 f"split {split!r} is for stores made with the {spec['preset']!r} preset; "

@@ -392,8 +392,7 @@ class Trainer:
                 f"which the training tiles of {self.cfg.store} lack or hold only zeros; re-run "
                 "`npa-precompute run` to write them"
             )
-        fg = ds.info.get("foreground_classes") or list(range(ds.num_classes))
-        background = [c for c in range(ds.num_classes) if c not in fg]
+        background = [c for c in range(ds.num_classes) if c not in ds.info.foreground]
         return median_frequency_weights(ds.class_pixels, background=background).tolist()
 
     def run_record(self, class_weight, pretrained_report) -> dict:
@@ -425,7 +424,7 @@ class Trainer:
             "ignore_index": ds.ignore_index, "in_channels": ds.in_channels,
             "image_dtype": ds.image_dtype,
             "image_mean": ds.mean.tolist(), "image_std": ds.std.tolist(),
-            "store_preset": ds.info.get("preset"),
+            "store_preset": ds.info.preset,
             "torch_version": str(torch.__version__),
         })  # fmt: skip
         return record

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tifffile
 
-from npa_precompute.io import read_image, read_label
+from npa_precompute.readers import read_image, read_label
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from conftest import ROOT, SHARED_DATA, write_isprs_tile
 
 from npa_precompute.blockwise import DaskOptions, block_grid
 from npa_precompute.cli import main
-from npa_precompute.io import InputError, Raster
 from npa_precompute.pipeline import run_precompute
+from npa_precompute.readers import InputError, Raster
 from npa_precompute.store import list_tiles, open_store, open_tile
 
 sys.path.insert(0, str(ROOT))
@@ -370,8 +370,8 @@ def test_blockwise_peak_memory_stays_bounded(tmp_path, shared_data):
 
 
 def test_training_reader_reads_block_sharded_arrays(tmp_path):
-    """The trainer's direct shard reader handles one shard per block (not per array)."""
-    from npa_train.data import ShardReader
+    """The direct shard reader handles one shard per block (not per array)."""
+    from npa_precompute.shards import ShardReader
 
     rng = np.random.default_rng(5)
     index = np.repeat(np.repeat(rng.integers(0, 6, (14, 18)), 5, 0), 5, 1)  # 70 x 90

@@ -36,9 +36,9 @@ from npa_precompute.derived import (
     multiscale_formula,
     parse_weights_name,
 )
-from npa_precompute.inspect import inspect_store
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.store import StoreError, leftover_arrays, list_tiles, open_store, open_tile
+from npa_precompute.summary import inspect_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMS = ("raw", "norm:L=0", "norm:L=0.5", "log10:L=0.5", "ln:L=0.5", "log:a=2,L=0.25")

@@ -244,8 +244,8 @@ def test_ignore_far_from_labels_is_not_scored():
 
 def test_eroded_ground_truth_recovers_the_full_ground_truth_boundaries():
     """On the demo tile, the full GT scored against its eroded (noBoundary) version."""
-    from npa_precompute.io import read_label
     from npa_precompute.presets import ISPRS
+    from npa_precompute.readers import read_label
 
     full = ISPRS.decode(read_label(DEMO / "gts_for_participants" / "demo_area2.tif"))
     eroded = ISPRS.decode(

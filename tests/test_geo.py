@@ -32,8 +32,8 @@ from npa_precompute.geo import (
     tile_georef,
     write_geotiff,
 )
-from npa_precompute.io import InputError
 from npa_precompute.pipeline import run_precompute
+from npa_precompute.readers import InputError
 from npa_precompute.store import open_store, open_tile
 
 UTM32N = "EPSG:32632"

@@ -18,7 +18,9 @@ from PIL import Image
 
 from npa_precompute.cli_inspect import export_cmd, inspect_cmd, show_cmd
 from npa_precompute.export import export_array
-from npa_precompute.inspect import (
+from npa_precompute.pipeline import run_precompute
+from npa_precompute.store import IncompleteTileError, StoreError, open_store, open_tile
+from npa_precompute.summary import (
     check_window,
     consolidate_store,
     format_inspect,
@@ -26,8 +28,6 @@ from npa_precompute.inspect import (
     parse_window,
     resolve_array,
 )
-from npa_precompute.pipeline import run_precompute
-from npa_precompute.store import IncompleteTileError, StoreError, open_store, open_tile
 from npa_precompute.viz import (
     MissingDependencyError,
     colormap_lut,

@@ -8,8 +8,8 @@ import tifffile
 from conftest import ISPRS_PALETTE, write_isprs_tile
 from PIL import Image
 
-from npa_precompute.io import InputError, discover_tiles, read_image, read_label
 from npa_precompute.presets import LabelError, get_preset
+from npa_precompute.readers import InputError, discover_tiles, read_image, read_label
 
 ISPRS = get_preset("isprs")
 

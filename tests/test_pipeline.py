@@ -17,10 +17,10 @@ from conftest import (
 )
 from PIL import Image
 
-from npa_precompute import pipeline
+from npa_precompute import imagestats, pipeline
 from npa_precompute.cli import main
-from npa_precompute.io import InputError
 from npa_precompute.presets import get_preset
+from npa_precompute.readers import InputError
 from npa_precompute.store import (
     IncompleteTileError,
     StoreError,
@@ -395,7 +395,7 @@ def test_image_stats_match_numpy():
     rng = np.random.default_rng(4)
     for dtype in (np.uint8, np.uint16):
         image = rng.integers(0, np.iinfo(dtype).max, (37, 41, 4), endpoint=True).astype(dtype)
-        stats = pipeline.image_stats(image)
+        stats = imagestats.image_stats(image)
         flat = image.reshape(-1, 4).astype(np.float64)
         np.testing.assert_allclose(stats["image_mean"], flat.mean(0), rtol=1e-12)
         np.testing.assert_allclose(stats["image_std"], flat.std(0), rtol=1e-9)

@@ -13,9 +13,9 @@ from conftest import SHARED_DATA
 from PIL import Image
 
 from npa_precompute.blockwise import DaskOptions
-from npa_precompute.io import InputError, Raster, discover_tiles, read_image, read_label
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import get_preset
+from npa_precompute.readers import InputError, Raster, discover_tiles, read_image, read_label
 from npa_precompute.store import list_tiles, open_store, open_tile
 
 rasterio = pytest.importorskip("rasterio")

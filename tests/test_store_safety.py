@@ -22,8 +22,8 @@ from npa_precompute import pipeline
 from npa_precompute.affinity import affinity_maps
 from npa_precompute.blockwise import DaskOptions
 from npa_precompute.cli import main
-from npa_precompute.io import file_sha256
 from npa_precompute.presets import get_preset
+from npa_precompute.readers import file_sha256
 from npa_precompute.store import (
     LOCK_NAME,
     StoreLockedError,

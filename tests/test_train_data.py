@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader
 
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.presets import ISPRS
+from npa_precompute.shards import ShardReader
 from npa_precompute.store import IncompleteTileError, StoreError, open_store, open_tile
 from npa_train.augment import AugmentConfig, CropParams
-from npa_train.data import READERS, ShardReader, StoreCropDataset, parse_crop, parse_tiles
+from npa_train.data import READERS, StoreCropDataset, parse_crop, parse_tiles
 
 IGN = 255
 WNAME = "k2_log10_L0.5"

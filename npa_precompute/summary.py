@@ -15,24 +15,25 @@ and :func:`consolidate_store` (zarr consolidated metadata for other readers).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 import zarr.errors
 
-from npa_precompute.derived import DerivedWeights, parse_weights_name
 from npa_precompute.params import parse_window
 from npa_precompute.store import (
+    ArrayRef,
     StoreError,
     Tile,
+    array_params,
     consolidate_store,
     leftover_arrays,
     list_tiles,
     open_store,
     open_tile,
     store_info,
+    tile_meta,
 )
 
 __all__ = [
@@ -54,46 +55,8 @@ PERCENTILES = (50, 90, 99)
 # -- array names and windows ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ArrayRef:
-    """One array of a tile, resolved from a user-given name.
-
-    Attributes
-    ----------
-    path : str
-        Canonical path inside the tile: ``"label"``, ``"image"``, ``"affinity/k32"``
-        or ``"weights/k32_log10_L0.5"``.
-    kind : {"label", "image", "affinity", "weights"}
-    array : zarr.Array
-    k : int or None
-        Search region of ``affinity`` and ``weights`` arrays (None for multi-scale weights).
-    transform : str or None
-        Canonical transform spec of ``weights`` arrays (e.g. ``"log10:L=0.5"``).
-    derived : bool
-        True for weights computed from the counts when read (not stored).
-    """
-
-    path: str
-    kind: str
-    array: zarr.Array
-    k: int | None = None
-    transform: str | None = None
-    derived: bool = False
-
-    @property
-    def name(self) -> str:
-        """Short name: the path without ``weights/``."""
-        return self.path.removeprefix("weights/")
-
-
-def _available(tile: Tile) -> list[str]:
-    names = ["label"] + (["image"] if tile.image is not None else [])
-    names += [f"affinity/k{k}" for k in tile.affinity_ks]
-    return names + tile.weight_names
-
-
 def resolve_array(tile: Tile, name: str) -> ArrayRef:
-    """Find the array ``name`` of a tile.
+    """Find the array ``name`` of a tile: :meth:`npa_precompute.store.Tile.ref`.
 
     Parameters
     ----------
@@ -116,37 +79,7 @@ def resolve_array(tile: Tile, name: str) -> ArrayRef:
         If the tile has no such array (the message lists the arrays it has), or weights of
         a k whose counts it lacks (the message says how to add them).
     """
-    if not isinstance(name, str):
-        raise TypeError(f"`name` must be a string, got {type(name).__name__}")
-    text = name.strip().strip("/")
-    if text == "label":
-        return ArrayRef("label", "label", tile.label)
-    if text == "image" and tile.image is not None:
-        return ArrayRef("image", "image", tile.image)
-    short = text.removeprefix("affinity/")
-    if short.startswith("k") and short[1:].isdigit() and int(short[1:]) in tile.affinity_ks:
-        k = int(short[1:])
-        return ArrayRef(f"affinity/k{k}", "affinity", tile.affinity(k), k=k)
-    wname = text.removeprefix("weights/")
-    try:
-        wname = parse_weights_name(wname).name
-        is_weights = True
-    except ValueError:
-        is_weights = wname in tile.stored_weight_names
-    if is_weights:
-        arr = tile.weights(wname)  # derived from the counts when not stored
-        k = arr.attrs.get("k")
-        return ArrayRef(
-            f"weights/{wname}",
-            "weights",
-            arr,
-            k=None if k is None else int(k),
-            transform=arr.attrs.get("transform"),
-            derived=isinstance(arr, DerivedWeights),
-        )
-    raise StoreError(
-        f"tile {tile.tile_id!r} has no array {name!r}; available: {', '.join(_available(tile))}"
-    )
+    return tile.ref(name)
 
 
 def check_window(
@@ -282,7 +215,7 @@ def _stored_bytes(folder: Path) -> int:
 def _array_entry(store_path: Path, arr: zarr.Array, path: str, kind: str) -> dict:
     nbytes = int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize
     stored = _stored_bytes(store_path / arr.path)
-    k = arr.attrs.get("k")
+    k, transform, _ = array_params(arr)
     return {
         "path": path,
         "kind": kind,
@@ -290,8 +223,8 @@ def _array_entry(store_path: Path, arr: zarr.Array, path: str, kind: str) -> dic
         "dtype": str(arr.dtype),
         "chunks": list(arr.chunks),
         "dimension_names": list(arr.metadata.dimension_names or []),
-        "k": None if k is None else int(k),
-        "transform": arr.attrs.get("transform"),
+        "k": k,
+        "transform": transform,
         "nbytes": nbytes,
         "stored_bytes": stored,
         "compression_ratio": nbytes / stored if stored else None,
@@ -316,6 +249,11 @@ def _derived_entry(ref: ArrayRef) -> dict:
     }
 
 
+def _transform_k(arr) -> tuple[str, int]:
+    k, transform, _ = array_params(arr)
+    return transform or "", k or 0
+
+
 def _tile_arrays(store_path: Path, group: zarr.Group) -> list[tuple[str, str, zarr.Array]]:
     out = []
     for name in ("label", "image"):
@@ -328,7 +266,7 @@ def _tile_arrays(store_path: Path, group: zarr.Group) -> list[tuple[str, str, za
             if kind == "affinity":
                 names.sort(key=lambda s: int(s[1:]) if s[1:].isdigit() else 1 << 62)
             else:
-                names.sort(key=lambda s: (g[s].attrs.get("transform", ""), g[s].attrs.get("k", 0)))
+                names.sort(key=lambda s: _transform_k(g[s]))
             out += [(f"{sub}/{n}", kind, g[n]) for n in names]
     return out
 
@@ -380,8 +318,8 @@ def inspect_store(
     store_path = Path(path)
     root = open_store(store_path)
     info = store_info(root)
-    classes = list(info.get("classes") or [])
-    ignore = int(info.get("ignore_index", 255))
+    classes = list(info.classes)
+    ignore = info.ignore_index
     names = list_tiles(root)
     if tile is not None:
         if tile not in names:
@@ -390,8 +328,8 @@ def inspect_store(
     tiles = []
     for tid in names:
         g = root["tiles"][tid]
-        attrs = dict(g.attrs)
-        complete = attrs.get("complete") is True
+        meta = tile_meta(g)
+        complete = meta.complete
         arrays = _tile_arrays(store_path, g)
         if complete:
             leftovers = set(leftover_arrays(g))
@@ -399,7 +337,7 @@ def inspect_store(
         entry = {
             "tile": tid,
             "complete": complete,
-            "shape": attrs.get("shape") or (list(g["label"].shape) if "label" in g else None),
+            "shape": list(meta.shape or (g["label"].shape if "label" in g else ())) or None,
             "arrays": [_array_entry(store_path, a, p, kind) for p, kind, a in arrays],
         }
         if complete:
@@ -408,7 +346,7 @@ def inspect_store(
             extra = [n for n in t.weight_names if n not in stored]
             extra += [n for n in weights if n not in extra]
             for name in extra:
-                ref = resolve_array(t, name)
+                ref = t.ref(name)
                 if ref.derived and ref.path not in [e["path"] for e in entry["arrays"]]:
                     arrays.append((ref.path, "weights", ref.array))
                     entry["arrays"].append(_derived_entry(ref))
@@ -426,10 +364,12 @@ def inspect_store(
         tiles.append(entry)
     return {
         "store": str(store_path),
-        "preset": info.get("preset"),
+        "preset": info.preset,
         "classes": classes,
         "ignore_index": ignore,
-        "foreground_classes": info.get("foreground_classes"),
+        "foreground_classes": (
+            None if info.foreground_classes is None else list(info.foreground_classes)
+        ),
         "tiles": tiles,
     }
 
