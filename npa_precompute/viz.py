@@ -280,9 +280,6 @@ def render_matplotlib(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    from matplotlib.patheffects import Normal, Stroke
 
     cmap = ListedColormap(colormap_lut(256) / 255.0, name="npa_viridis").with_extremes(
         bad=np.asarray(IGNORE_COLOR) / 255.0
@@ -292,9 +289,8 @@ def render_matplotlib(
     n_cols = max(max_maps + 1, lead + 3) if data.rows else lead + 1
     n_rows = 1 + len(data.rows)
     h, w = data.label.shape
-    aspect = h / w
     fig = Figure(
-        figsize=(n_cols * panel_in, n_rows * (panel_in * aspect + 0.45) + 0.4),
+        figsize=(n_cols * panel_in, n_rows * (panel_in * h / w + 0.45) + 0.4),
         dpi=dpi,
         layout="constrained",
     )
@@ -306,6 +302,23 @@ def render_matplotlib(
         "(ignore pixels black)",
         fontsize=12,
     )
+    col, ids = _mpl_header(fig, gs, data)
+    if data.rows:
+        _mpl_mean_bars(fig.add_subplot(gs[0, col + 2 :]), data, ids)
+    for r, (title, panels) in enumerate(data.rows, start=1):
+        _mpl_map_row(fig, gs, r, title, panels, data, cmap, color_scale)
+        _mpl_histograms(fig.add_subplot(gs[r, len(panels)]), data, panels, ids)
+    for ax in fig.axes:
+        if ax.images:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def _mpl_header(fig, gs, data: ShowData) -> tuple[int, list[int]]:
+    """First row: image, colour-coded label and the class legend; (label column, classes)."""
+    from matplotlib.patches import Patch
+
     col = 0
     if data.image is not None:
         ax = fig.add_subplot(gs[0, col])
@@ -325,87 +338,95 @@ def render_matplotlib(
     ax = fig.add_subplot(gs[0, col + 1])
     ax.axis("off")
     ax.legend(handles=handles, loc="center left", fontsize=9, frameon=False, title="classes")
+    return col, ids
+
+
+def _mpl_mean_bars(ax, data: ShowData, ids: list[int]) -> None:
+    """Mean weight per class of the first row's maps in the window (grouped bars by k)."""
+    x0, y0, ww, hh = data.window
+    title, panels = data.rows[0]
+    n = len(panels)
+    width = 0.8 / n
+    shades = colormap_lut(256)[np.linspace(20, 230, n).astype(int)] / 255.0
+    top = 0.0
+    for j, (ref, values) in enumerate(panels):
+        means = [float(values[data.label == i].mean()) for i in ids]
+        top = max([top, *means])
+        ax.bar(
+            np.arange(len(ids)) + (j - (n - 1) / 2) * width, means, width,
+            color=shades[j], label=_panel_title(ref),
+        )  # fmt: skip
+    ax.set_xticks(
+        np.arange(len(ids)),
+        [_short(data.classes[i]) for i in ids],
+        fontsize=8,
+        rotation=30 if len(ids) > 6 else 0,
+    )
+    ax.set_ylabel("mean weight", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title(
+        f"mean weight per class in window x0,y0,w,h = {x0},{y0},{ww},{hh}, {title}",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, ncol=min(n, 4), frameon=False, loc="upper left")
+    ax.set_ylim(0, top * 1.35 if top > 0 else 1.0)
+
+
+def _mpl_map_row(fig, gs, r: int, title: str, panels, data: ShowData, cmap, color_scale) -> None:
+    """One transformation's maps by increasing k, with one colour bar per row or per map."""
     mask = data.ignore_mask
-    valid = ~mask
-    if data.rows:
-        ax = fig.add_subplot(gs[0, col + 2 :])
-        title, panels = data.rows[0]
-        n = len(panels)
-        width = 0.8 / n
-        shades = colormap_lut(256)[np.linspace(20, 230, n).astype(int)] / 255.0
-        top = 0.0
-        for j, (ref, values) in enumerate(panels):
-            means = [float(values[data.label == i].mean()) for i in ids]
-            top = max([top, *means])
-            ax.bar(
-                np.arange(len(ids)) + (j - (n - 1) / 2) * width, means, width,
-                color=shades[j], label=_panel_title(ref),
-            )  # fmt: skip
-        ax.set_xticks(
-            np.arange(len(ids)),
-            [_short(data.classes[i]) for i in ids],
-            fontsize=8,
-            rotation=30 if len(ids) > 6 else 0,
-        )
-        ax.set_ylabel("mean weight", fontsize=9)
-        ax.tick_params(axis="y", labelsize=8)
-        ax.set_title(
-            f"mean weight per class in window x0,y0,w,h = {x0},{y0},{ww},{hh}, {title}",
-            fontsize=10,
-        )
-        ax.legend(fontsize=8, ncol=min(n, 4), frameon=False, loc="upper left")
-        ax.set_ylim(0, top * 1.35 if top > 0 else 1.0)
-    for r, (title, panels) in enumerate(data.rows, start=1):
-        ranges = _row_ranges(panels, valid, color_scale)
-        row_axes = []
-        for j, ((ref, values), (lo, hi)) in enumerate(zip(panels, ranges, strict=True)):
-            ax = fig.add_subplot(gs[r, j])
-            row_axes.append(ax)
-            shown = np.ma.masked_array(values, mask=mask)
-            im = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
-            ax.set_title(f"{title}, {_panel_title(ref)}", fontsize=10)
-            if color_scale == "panel":
-                cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-                cb.ax.tick_params(labelsize=8)
-        if color_scale == "shared":  # one bar for the row: the same colour, the same value
-            cb = fig.colorbar(im, ax=row_axes, fraction=0.046 / len(row_axes), pad=0.02)
+    ranges = _row_ranges(panels, ~mask, color_scale)
+    row_axes = []
+    for j, ((ref, values), (lo, hi)) in enumerate(zip(panels, ranges, strict=True)):
+        ax = fig.add_subplot(gs[r, j])
+        row_axes.append(ax)
+        shown = np.ma.masked_array(values, mask=mask)
+        im = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
+        ax.set_title(f"{title}, {_panel_title(ref)}", fontsize=10)
+        if color_scale == "panel":
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             cb.ax.tick_params(labelsize=8)
-        ax = fig.add_subplot(gs[r, len(panels)])
-        ref, values = _hist_panel(panels)
-        lo, hi = (float(values[valid].min()), float(values[valid].max())) if valid.any() else (0, 1)
-        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 41)
-        # largest classes first and thickest, so small classes drawn later on top of
-        # them stay visible where their histograms coincide
-        order = sorted(ids, key=lambda c: -int((data.label == c).sum()))
-        legend = []
-        for j, i in enumerate(order):
-            v = values[data.label == i]
-            lw = 1.0 + 0.4 * (len(order) - 1 - j)
-            *_, patches = ax.hist(
-                v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step",
-                linewidth=lw, color=data.palette[i] / 255.0, label=data.classes[i],
-            )  # fmt: skip
-            effects = None
-            if _luminance(data.palette[i]) > 0.7:  # a dark outline keeps white, yellow visible
-                effects = [Stroke(linewidth=lw + 1.2, foreground="0.3"), Normal()]
-                for patch in patches:
-                    patch.set_path_effects(effects)
-            legend.append(
-                Line2D([], [], color=data.palette[i] / 255.0, linewidth=lw,
-                       path_effects=effects, label=data.classes[i])
-            )  # fmt: skip
-        ax.legend(handles=legend, fontsize=7, frameon=False, loc="best")
-        ax.set_yscale("log")
-        what = "counts" if ref.kind == "affinity" else "weights"
-        ax.set_title(f"{what} per class, {_panel_title(ref)}", fontsize=10)
-        ax.set_xlabel(what[:-1], fontsize=9)
-        ax.set_ylabel("share of class pixels", fontsize=9)
-        ax.tick_params(labelsize=8)
-    for ax in fig.axes:
-        if ax.images:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    return fig
+    if color_scale == "shared":  # one bar for the row: the same colour, the same value
+        cb = fig.colorbar(im, ax=row_axes, fraction=0.046 / len(row_axes), pad=0.02)
+        cb.ax.tick_params(labelsize=8)
+
+
+def _mpl_histograms(ax, data: ShowData, panels, ids: list[int]) -> None:
+    """Weights per class (share of the class's pixels per bin, log scale) for one k."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patheffects import Normal, Stroke
+
+    valid = ~data.ignore_mask
+    ref, values = _hist_panel(panels)
+    lo, hi = (float(values[valid].min()), float(values[valid].max())) if valid.any() else (0, 1)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 41)
+    # largest classes first and thickest, so small classes drawn later on top of
+    # them stay visible where their histograms coincide
+    order = sorted(ids, key=lambda c: -int((data.label == c).sum()))
+    legend = []
+    for j, i in enumerate(order):
+        v = values[data.label == i]
+        lw = 1.0 + 0.4 * (len(order) - 1 - j)
+        *_, patches = ax.hist(
+            v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step",
+            linewidth=lw, color=data.palette[i] / 255.0, label=data.classes[i],
+        )  # fmt: skip
+        effects = None
+        if _luminance(data.palette[i]) > 0.7:  # a dark outline keeps white, yellow visible
+            effects = [Stroke(linewidth=lw + 1.2, foreground="0.3"), Normal()]
+            for patch in patches:
+                patch.set_path_effects(effects)
+        legend.append(
+            Line2D([], [], color=data.palette[i] / 255.0, linewidth=lw,
+                   path_effects=effects, label=data.classes[i])
+        )  # fmt: skip
+    ax.legend(handles=legend, fontsize=7, frameon=False, loc="best")
+    ax.set_yscale("log")
+    what = "counts" if ref.kind == "affinity" else "weights"
+    ax.set_title(f"{what} per class, {_panel_title(ref)}", fontsize=10)
+    ax.set_xlabel(what[:-1], fontsize=9)
+    ax.set_ylabel("share of class pixels", fontsize=9)
+    ax.tick_params(labelsize=8)
 
 
 def _short(name: str) -> str:
