@@ -244,7 +244,7 @@ def _connect(client_cls, address: str):
     )
 
 
-def _tasks(client, fn: Callable, calls: Sequence[tuple], progress: Callable[[], None] | None):
+def run_tasks(client, fn: Callable, calls: Sequence[tuple], progress: Callable[[], None] | None):
     """Run ``fn(*args)`` for each args of ``calls``, in this process or on the cluster."""
     if client is None:
         for args in calls:
@@ -265,7 +265,8 @@ def _tasks(client, fn: Callable, calls: Sequence[tuple], progress: Callable[[], 
         raise
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
+    """Set numba's thread count to ``threads`` (None or 0: leave it as it is)."""
     if threads:
         import numba
 
@@ -291,7 +292,7 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
     """One block: read with halo, decode, Eq. 1 for every k, write label/image/counts/weights."""
     from npa_precompute.presets import LabelError
 
-    _set_threads(threads)
+    set_threads(threads)
     r0, r1, c0, c1 = win
     h, w = label.shape[:2]
     rr0, rr1, cc0, cc1 = max(0, r0 - kmax), min(h, r1 + kmax), max(0, c0 - kmax), min(w, c1 + kmax)
@@ -337,7 +338,7 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
 
 def _norm_pass(store, tile_id, cfg, win, ranges, threads) -> None:
     """One block of ``norm`` weights (Eq. 2) from the stored counts and the tile's range."""
-    _set_threads(threads)
+    set_threads(threads)
     r0, r1, c0, c1 = win
     ignore = _open(store, tile_id, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
@@ -469,11 +470,11 @@ def process_tile_blockwise(
     threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.scheduler is None else None
     blocks = block_grid(shape, opts.block)
     calls = [(store, src.tile_id, cfg, label, image, b, kmax, threads) for b in blocks]
-    first = _add_first_passes(_tasks(client, _first_pass, calls, progress), cfg)
+    first = _add_first_passes(run_tasks(client, _first_pass, calls, progress), cfg)
     ranges = first["ranges"]
     if any(t.kind == "norm" for _, t in cfg.stored_pairs()):
         calls2 = [(store, src.tile_id, cfg, b, ranges, threads) for b in blocks]
-        for _ in _tasks(client, _norm_pass, calls2, progress):
+        for _ in run_tasks(client, _norm_pass, calls2, progress):
             pass
     n = shape[0] * shape[1]
     sums = first["band_sums"]

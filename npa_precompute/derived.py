@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from npa_precompute._kernels import gather_masked, gather_masked_add, valid_min_max
-from npa_precompute.transforms import _MAX_TABLE, WeightTransform, parse_transform, weights_name
+from npa_precompute.transforms import MAX_TABLE, WeightTransform, parse_transform, weights_name
 
 __all__ = [
     "DerivedWeights",
@@ -141,7 +141,7 @@ def parse_weights_name(name: str) -> WeightsSpec:
 
 def _needs_range(transform: WeightTransform, k: int) -> bool:
     """Whether deriving ``k`` with ``transform`` needs the tile's min/max count."""
-    return transform.kind == "norm" or (2 * k + 1) ** 2 > _MAX_TABLE
+    return transform.kind == "norm" or (2 * k + 1) ** 2 > MAX_TABLE
 
 
 class Deriver:
@@ -192,7 +192,7 @@ class Deriver:
             lo, hi = r if r is not None else (0, (2 * k + 1) ** 2 - 1)
             if hi < 0:
                 self._tables[k] = np.zeros(0, dtype=np.float32)
-            elif hi < _MAX_TABLE:
+            elif hi < MAX_TABLE:
                 self._tables[k] = t.table(hi + 1, lo=lo, hi=hi).astype(np.float32)
             else:
                 self._tables[k] = None
@@ -452,7 +452,7 @@ class TorchDeriver:
     ) -> None:
         t = spec.transform
         for k in spec.ks:
-            if (2 * k + 1) ** 2 > _MAX_TABLE:
+            if (2 * k + 1) ** 2 > MAX_TABLE:
                 raise ValueError(f"k={k} is too large to derive on the device")
             if t.kind == "norm" and any(r.get(k) is None for r in ranges):
                 raise ValueError(f"deriving {spec.name!r} needs every tile's range for k={k}")

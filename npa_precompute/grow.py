@@ -24,7 +24,7 @@ import numpy as np
 
 from npa_precompute._kernels import valid_min_max
 from npa_precompute.affinity import affinity_dtype, affinity_maps
-from npa_precompute.blockwise import _set_threads, _tasks, block_grid
+from npa_precompute.blockwise import block_grid, run_tasks, set_threads
 from npa_precompute.transforms import WeightTransform, weights_attrs, weights_name
 
 __all__ = ["grow_blocks", "grow_tile"]
@@ -39,7 +39,7 @@ def _array(store: str, tile_id: str, name: str, mode: str = "r"):
 def _first_pass(store, tile_id, cfg, new_ks, new_weights, range_ks, win, halo, single, threads):
     """One block: counts of the new k from the stored labels (with halo), their ranges, and
     the new weights (``norm`` only when the block is the whole tile)."""
-    _set_threads(threads)
+    set_threads(threads)
     r0, r1, c0, c1 = win
     label = _array(store, tile_id, "label")
     h, w = label.shape
@@ -76,7 +76,7 @@ def _first_pass(store, tile_id, cfg, new_ks, new_weights, range_ks, win, halo, s
 
 def _norm_pass(store, tile_id, cfg, norms, ranges, win, threads) -> None:
     """One block of new ``norm`` weights from the stored counts and the tile's range."""
-    _set_threads(threads)
+    set_threads(threads)
     r0, r1, c0, c1 = win
     ignore = _array(store, tile_id, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
@@ -125,11 +125,11 @@ def grow_tile(
     dict ``{"tile", "pixels", "kernel_seconds"}``
     """
     from npa_precompute.store import (
-        _stored_weights,
-        _tile_ks,
         add_arrays,
         commit_arrays,
         open_store,
+        stored_weights,
+        tile_ks,
         tile_meta,
     )
 
@@ -140,7 +140,7 @@ def grow_tile(
     new_ks = [int(k) for k in new_ks]
     new_weights = list(new_weights)
     recorded = dict(meta.count_range or {})
-    old_ks = sorted(_tile_ks(group, meta))
+    old_ks = sorted(tile_ks(group, meta))
     range_ks = new_ks + [k for k in old_ks if k not in recorded]
     add_arrays(
         group,
@@ -159,7 +159,7 @@ def grow_tile(
     kernel_s = 0.0
     lo: dict[int, int] = {}
     hi: dict[int, int] = dict.fromkeys(range_ks, -1)
-    for r in _tasks(client, _first_pass, calls, progress):
+    for r in run_tasks(client, _first_pass, calls, progress):
         kernel_s += r["kernel_seconds"]
         for k, (blo, bhi) in r["ranges"].items():
             if bhi >= 0:
@@ -171,8 +171,8 @@ def grow_tile(
     if norms and not single:
         tile_ranges = {k: tuple(ranges[k]) for k, _ in norms}
         calls2 = [(store, tile_id, cfg, norms, tile_ranges, b, threads) for b in blocks]
-        for _ in _tasks(client, _norm_pass, calls2, progress):
+        for _ in run_tasks(client, _norm_pass, calls2, progress):
             pass
-    stored = set(_stored_weights(group, meta)) | {weights_name(k, t) for k, t in new_weights}
+    stored = set(stored_weights(group, meta)) | {weights_name(k, t) for k, t in new_weights}
     commit_arrays(group, params=cfg.params(), count_range=ranges, stored_weights=stored)
     return {"tile": tile_id, "pixels": int(shape[0] * shape[1]), "kernel_seconds": kernel_s}

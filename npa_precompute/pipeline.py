@@ -429,7 +429,7 @@ def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overw
     ``"skip"`` (current), ``"changed"`` (complete, made with another dtype, chunk or
     decoding: an error without ``overwrite``).
     """
-    from npa_precompute.store import _stored_weights
+    from npa_precompute.store import stored_weights
 
     if overwrite or not meta.complete:
         return "write", cfg, (), ()
@@ -441,7 +441,7 @@ def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overw
     old_t = [parse_transform(spec) for spec in meta.transform_specs]
     ks = tuple(old_ks + [k for k in cfg.ks if k not in old_ks])
     transforms = tuple(dict.fromkeys(old_t + list(cfg.transforms)))
-    have = set(_stored_weights(group, meta))
+    have = set(stored_weights(group, meta))
     asked = [(k, t) for k, t in cfg.stored_pairs() if weights_name(k, t) not in have]
     stored = tuple(sorted(have | {weights_name(k, t) for k, t in asked}))
     tile_cfg = replace(cfg, ks=ks, transforms=transforms, store_weights=stored)

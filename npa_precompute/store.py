@@ -1103,12 +1103,12 @@ class Tile:
     def affinity_ks(self) -> list[int]:
         """k whose counts the tile holds (arrays named by the tile's params; an array left
         half-written by an interrupted grow is not among them)."""
-        return sorted(set(_tile_ks(self.group, self.meta)))
+        return sorted(set(tile_ks(self.group, self.meta)))
 
     @property
     def stored_weight_names(self) -> list[str]:
         """Names of the weights arrays materialized in the store."""
-        return sorted(_stored_weights(self.group, self.meta))
+        return sorted(stored_weights(self.group, self.meta))
 
     @property
     def weight_names(self) -> list[str]:
@@ -1301,7 +1301,7 @@ class Tile:
         return self._ranges[k]
 
 
-def _tile_ks(group: zarr.Group, meta: TileMeta) -> list[int]:
+def tile_ks(group: zarr.Group, meta: TileMeta) -> list[int]:
     """k of the counts arrays that belong to a tile (named in its params)."""
     if "affinity" not in group:
         return []
@@ -1310,7 +1310,7 @@ def _tile_ks(group: zarr.Group, meta: TileMeta) -> list[int]:
     return [k for k in present if named is None or k in named]
 
 
-def _stored_weights(group: zarr.Group, meta: TileMeta) -> list[str]:
+def stored_weights(group: zarr.Group, meta: TileMeta) -> list[str]:
     """Names of the materialized weights arrays that belong to a tile: those its
     ``stored_weights`` attr lists (every array of the group for stores written before it)."""
     if "weights" not in group:
@@ -1350,11 +1350,11 @@ def leftover_arrays(group: zarr.Group) -> list[str]:
     meta = tile_meta(group)
     out = []
     if "affinity" in group:
-        ks = set(_tile_ks(group, meta))
+        ks = set(tile_ks(group, meta))
         out += [f"affinity/{n}" for n in group["affinity"].array_keys()
                 if not (n[1:].isdigit() and int(n[1:]) in ks)]  # fmt: skip
     if "weights" in group:
-        kept = set(_stored_weights(group, meta))
+        kept = set(stored_weights(group, meta))
         out += [f"weights/{n}" for n in group["weights"].array_keys() if n not in kept]
     return sorted(out)
 
@@ -1379,7 +1379,7 @@ def add_arrays(
     if meta.stored_weights is None:
         # a tile written before stored_weights was recorded: name its arrays first, so that
         # the new ones stay outside it until commit_arrays
-        group.attrs["stored_weights"] = _stored_weights(group, meta)
+        group.attrs["stored_weights"] = stored_weights(group, meta)
     for path in leftover_arrays(group):
         sub, name = path.split("/")
         del group[sub][name]

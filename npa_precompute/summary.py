@@ -395,7 +395,7 @@ def _fmt_num(v: float | None, width: int = 8) -> str:
     return f"{v:.4g}".rjust(width)
 
 
-def _wrap_header(name: str, width: int = 10) -> list[str]:
+def wrap_header(name: str, width: int = 10) -> list[str]:
     """Split a long column name in two lines at the space or slash nearest its middle."""
     if len(name) <= width:
         return [name]
@@ -408,7 +408,7 @@ def _wrap_header(name: str, width: int = 10) -> list[str]:
 
 
 def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
-    heads = [_wrap_header(h) for h in header]
+    heads = [wrap_header(h) for h in header]
     depth = max(len(h) for h in heads)
     heads = [[""] * (depth - len(h)) + h for h in heads]
     cells = [[h[j] for h in heads] for j in range(depth)] + rows

@@ -57,7 +57,8 @@ class WeightRangeError(ValueError):
         self.detail = detail
 
 
-_MAX_TABLE = 1 << 22  # largest count evaluated through a lookup table
+#: Largest count range evaluated through a lookup table (larger ones compute directly).
+MAX_TABLE = 1 << 22
 
 
 def _fmt(x: float) -> str:
@@ -204,7 +205,7 @@ class WeightTransform:
             lo, hi = (int(v) for v in value_range)
         if hi < 0:  # every pixel ignored
             return np.zeros(a.shape, dtype=dtype)
-        if hi < _MAX_TABLE:
+        if hi < MAX_TABLE:
             # Counts are integers in [0, hi]: evaluate the formula once per possible
             # count (in float64) and gather, instead of once per pixel.
             table = self.table(hi + 1, lo=lo, hi=hi).astype(np.float32)

@@ -32,7 +32,7 @@ from npa_precompute.colors import (
 )
 from npa_precompute.errors import ParameterError
 from npa_precompute.store import ArrayRef, open_store, open_tile, store_info
-from npa_precompute.summary import _wrap_header, check_window, parse_window
+from npa_precompute.summary import check_window, parse_window, wrap_header
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -431,7 +431,7 @@ def _mpl_histograms(ax, data: ShowData, panels, ids: list[int]) -> None:
 
 def _short(name: str) -> str:
     """A class name for a tick label: long names broken in two lines."""
-    return "\n".join(_wrap_header(name, 11))
+    return "\n".join(wrap_header(name, 11))
 
 
 # -- Pillow ---------------------------------------------------------------------------------

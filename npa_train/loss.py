@@ -310,13 +310,15 @@ class _WeightedNLL(torch.autograd.Function):
         return grad, None, None
 
 
-def _parse_k(k) -> int | None:
+def parse_k(k) -> int | None:
+    """``k`` (search region, Eq. 1) checked: None, or an int in [0, :data:`MAX_K`]."""
     if k is None:
         return None
     return check_int("k", k, minimum=0, maximum=MAX_K)
 
 
-_HALF = (torch.float16, torch.bfloat16)
+#: Half-precision logits dtypes; the losses compute in float32 for them.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 #: ``ignore_index`` passed to :func:`npa_cross_entropy` for "no ignore value" (no int64
 #: label can equal it once the value checks have passed).
 _NO_IGNORE = -(2**63)
@@ -361,13 +363,13 @@ def npa_loss(
         TypeError, ValueError: As :func:`npa_cross_entropy`; ``k`` negative or not an
             integer; an unknown ``transform``.
     """
-    k = _parse_k(k)
+    k = parse_k(k)
     transform = parse_transform(transform).spec
     _check_inputs(logits, target, weight)
     if ignore_index is not None:
         ignore_index = _parse_ignore_index(ignore_index)
     reduction = parse_reduction(reduction)
-    if logits.dtype in _HALF:
+    if logits.dtype in HALF_DTYPES:
         logits = logits.float()
     if weight is None and k is not None:
         weight = npa_weights(target, k, transform, ignore_index=ignore_index,
@@ -429,7 +431,7 @@ class NPALoss(nn.Module):
         group_elements: int = DEFAULT_GROUP_ELEMENTS,
     ) -> None:
         super().__init__()
-        self.k = _parse_k(k)
+        self.k = parse_k(k)
         self.transform = parse_transform(transform).spec
         self.ignore_index = None if ignore_index is None else _parse_ignore_index(ignore_index)
         self.reduction = parse_reduction(reduction)

@@ -66,7 +66,7 @@ from torch import Tensor
 
 from npa_precompute.affinity import parse_ks
 from npa_precompute.params import check_int
-from npa_precompute.transforms import WeightTransform, parse_transform
+from npa_precompute.transforms import MAX_TABLE, WeightTransform, parse_transform
 
 __all__ = [
     "DEFAULT_GROUP_ELEMENTS",
@@ -81,7 +81,6 @@ __all__ = [
 #: Default bound on ``classes in a group × N × H × W`` (see the module docstring).
 DEFAULT_GROUP_ELEMENTS = 1 << 25
 _INT32_MAX = 2**31 - 1
-_MAX_TABLE = 1 << 22  # as npa_precompute.transforms: larger count ranges skip the table
 _TABLES: dict[tuple, Tensor] = {}
 _TABLES_LOCK = threading.Lock()
 
@@ -481,7 +480,7 @@ def weights_from_counts(
         size = top + 1
     else:
         size = (2 * int(k) + 1) ** 2
-    if size <= _MAX_TABLE:
+    if size <= MAX_TABLE:
         table = _table(transform, size, dev)
         idx = counts.reshape(-1)
         if idx.dtype not in (torch.int32, torch.int64):

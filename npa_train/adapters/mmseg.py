@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from npa_train.loss import _HALF, _parse_k, npa_cross_entropy
+from npa_train.loss import HALF_DTYPES, npa_cross_entropy, parse_k
 from npa_train.online import npa_weights
 
 try:
@@ -72,7 +72,7 @@ class NPALoss(nn.Module):
         super().__init__()
         from npa_precompute.transforms import parse_transform
 
-        self.k = _parse_k(k)
+        self.k = parse_k(k)
         if self.k is None:
             raise ValueError("`k` must be an integer >= 0")
         self.transform = parse_transform(transform).spec
@@ -105,7 +105,7 @@ class NPALoss(nn.Module):
                 f"`reduction_override` must be one of {_REDUCTIONS}, got {reduction!r}"
             )
         ignore = self.ignore_index if ignore_index is None else int(ignore_index)
-        if cls_score.dtype in _HALF:
+        if cls_score.dtype in HALF_DTYPES:
             cls_score = cls_score.float()
         if label.ndim == 4 and label.shape[1] == 1:
             label = label[:, 0]
