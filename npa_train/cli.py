@@ -16,6 +16,7 @@ from npa_precompute import __version__
 from npa_precompute.cli_common import echo_warning, user_error
 from npa_train.choices import DEFAULT_WEIGHTS, LOSSES, MODELS, REDUCTIONS, SPLITS, WARP_ON
 from npa_train.cli_eval import evaluate_cmd, predict_cmd, set_threads, threads_option
+from npa_train.cli_report import compare_cmd, plot_cmd
 
 #: Library arguments set by options of another name.
 _ALIASES = {"blur_p": "blur", "transpose": "rotate", "gamma": "focal_gamma",
@@ -385,6 +386,8 @@ def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotati
 
 main.add_command(evaluate_cmd)
 main.add_command(predict_cmd)
+main.add_command(compare_cmd)
+main.add_command(plot_cmd)
 
 
 if __name__ == "__main__":
