@@ -49,7 +49,7 @@ _backend_option = click.option(
 )
 @_backend_option
 def compare_cmd(runs, out, by, metric, backend):
-    """Median over seeds of RUNS (run folders and/or evaluate folders), as in Table 1.
+    """Table 1 of RUNS (fit or evaluate folders): medians over seeds.
 
     Groups the runs by every setting of config.json that defines the method except the
     seed (model, loss, weights, reduction, aux weight, iterations, batch, crop, lr,
@@ -86,9 +86,11 @@ def compare_cmd(runs, out, by, metric, backend):
 )
 @_backend_option
 def plot_cmd(runs, out, metrics, backend):
-    """Training curves of RUNS (fit run folders) in one figure: loss and lr (log.csv) and
-    validation metrics (val.csv, when validated during training) against iteration, one
-    line per run."""
+    """Training curves of RUNS (fit run folders) in one figure.
+
+    Loss and lr (log.csv) and validation metrics (val.csv, when validated during
+    training) against iteration, one line per run.
+    """
     from npa_train.plot import plot_runs
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]

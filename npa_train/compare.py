@@ -111,11 +111,14 @@ def _read_json(path: Path) -> dict:
 
 
 def _run_folder_of(checkpoint: str, eval_dir: Path) -> Path:
-    """The run folder of a ``metrics.json`` ``checkpoint`` entry (a file or a folder)."""
+    """The run folder of a ``metrics.json`` ``checkpoint`` entry (a file or a folder).
+
+    A relative entry is relative to where ``evaluate`` ran: tried from the current
+    folder, then from the evaluation folder; the first with a ``config.json`` wins."""
     path = Path(checkpoint)
-    if not path.is_absolute():
-        path = eval_dir / path
-    return path if path.is_dir() else path.parent
+    tries = [path] if path.is_absolute() else [Path.cwd() / path, eval_dir / path]
+    folders = [p if p.is_dir() else p.parent for p in tries]
+    return next((f for f in folders if (f / "config.json").is_file()), folders[0])
 
 
 def _is_clutter(name: str) -> bool:
@@ -416,7 +419,7 @@ def format_markdown(summary: dict) -> str:
     classes, small = summary["classes"], summary["small"]
     spread = ["mF1", "mIoU", "OA", *small]
     header = ["Method", "n", "seeds", *classes, "mF1", "mIoU", "OA", "Boundary F1",
-              *(f"{m} min–max" for m in spread)]  # fmt: skip
+              *(f"{m}{'' if m in SCALAR_METRICS else ' F1'} min–max" for m in spread)]  # fmt: skip
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---", "---:", "---"] + ["---:"] * (len(header) - 3)) + "|",

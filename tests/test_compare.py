@@ -148,7 +148,7 @@ def test_markdown_and_csv_hold_the_hand_computed_numbers(runs, tmp_path):
     assert "clutter" not in header  # not in the means, as Table 1
     assert "| fcn npa (k32_log10_L0.5) [lr=0.01] | 3 | 0,1,2 | 90.00 | 90.00 | 90.00 | " in md
     assert "| 70.00 | 84.00 | 72.00 | 88.00 | 50.00 | 80.00–86.00 | 70.00–74.00 |" in md
-    assert "86.00–90.00 | 60.00–75.00 |" in md
+    assert "86.00–90.00 | 60.00–75.00 |" in md and "| car F1 min–max |" in md
     assert "| fcn ce | 2 | 0,1 |" in md and "val.csv: last validation row" in md
     with open(out / "compare.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -170,6 +170,14 @@ def test_an_evaluation_supersedes_its_run_folders_val_csv(tmp_path):
     results = load_results([run, ev])
     assert len(results) == 1 and results[0]["scores"]["mF1"] == 0.8
     assert results[0]["val"][0]["mF1"] == 0.5  # the curve stays available for Fig. 6
+
+
+def test_a_relative_checkpoint_path_is_found_from_where_evaluate_ran(tmp_path, monkeypatch):
+    run = _run(tmp_path, "runs/r0", seed=4)
+    ev = _eval(tmp_path, "evals/e0", Path("runs/r0"), 0.8, 0.7, 0.9, 0.6)
+    monkeypatch.chdir(tmp_path)
+    assert load_results([ev])[0]["config"]["seed"] == 4
+    assert Path(load_results([ev])[0]["run"]).resolve() == run.resolve()
 
 
 def test_refusals_name_the_folder(tmp_path):
