@@ -34,6 +34,7 @@ from npa_train.choices import (
     WARP_ON,
 )
 from npa_train.cli_eval import evaluate_cmd, predict_cmd, set_threads, threads_option
+from npa_train.cli_report import compare_cmd, plot_cmd
 from npa_train.config import TrainConfig
 
 _TRAIN_DEFAULTS = TrainConfig.defaults()
@@ -463,6 +464,8 @@ def preview(store, weights, n, out, seed, crop, tiles, no_augment, scale, rotati
 
 main.add_command(evaluate_cmd)
 main.add_command(predict_cmd)
+main.add_command(compare_cmd)
+main.add_command(plot_cmd)
 
 
 if __name__ == "__main__":

@@ -129,14 +129,23 @@ def _inference_options(f):
     "before its boundaries are drawn; 0: ignore pixels have no boundaries.",
 )
 @click.option("--no-images", is_flag=True, help="Do not write the per-tile PNGs.")
+@click.option(
+    "--full-gt",
+    type=click.Path(),
+    default=None,
+    help="A second store precomputed from the full ground truth of the same tiles (e.g. "
+    "gts_for_participants when --store holds the eroded noBoundary labels): the same "
+    "predictions are also scored against it, side by side.",
+)
 @reports_user_errors(_user_errors, aliases=_ALIASES)
 def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, amp, threads,
                  quiet, classes_in_mean, small_classes, boundary_tolerance, boundary_ignore_fill,
-                 no_images):  # fmt: skip
+                 no_images, full_gt):  # fmt: skip
     """Predict whole tiles of STORE with a sliding window and score them.
 
     Writes metrics.json, metrics.md (a table laid out like Feng et al. 2020,
-    Table 1: F1 per foreground class, mF1, mIoU, OA, boundary F1) and per tile
+    Table 1: F1 per foreground class, mF1, mIoU, OA, boundary F1; then the means with
+    clutter in and out, and with --full-gt the scores on the full ground truth) and per tile
     <tile>_label.png (class indices), <tile>_color.png and <tile>_error.png to OUT.
     """
     from npa_train.evaluate import evaluate, format_table
@@ -158,6 +167,7 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
         boundary_ignore_fill=boundary_ignore_fill,
         save_images=not no_images,
         progress=not quiet,
+        full_gt=full_gt,
     )
     click.echo(format_table(result), nl=False)
     which = " (the checkpoint's validation tiles)" if result["tiles_from"] == "val_tiles" else ""

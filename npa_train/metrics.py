@@ -52,10 +52,12 @@ __all__ = [
     "BoundaryCounts",
     "SegmentationMetrics",
     "boundary_counts",
+    "clutter_classes",
     "confusion_matrix",
     "dilate",
     "fill_ignore",
     "label_boundaries",
+    "means_by_clutter",
     "scores_from_confusion",
 ]
 
@@ -222,6 +224,76 @@ def scores_from_confusion(cm: np.ndarray, *, classes_in_mean: Sequence[int] | No
         "classes_in_mean": in_mean,
         "pixels": total,
     }
+
+
+# -- clutter in or out of the means ------------------------------------------------------------
+
+#: Class names taken for clutter by :func:`clutter_classes` (ISPRS: clutter/background).
+CLUTTER_NAMES = ("clutter", "clutter/background")
+
+
+def clutter_classes(classes: Sequence[str], foreground: Sequence[int] | None = None) -> list[int]:
+    """Indices of the clutter classes: those named ``clutter`` or ``clutter/background``
+    (any case), else the classes outside ``foreground`` (the store's foreground classes).
+
+    Parameters
+    ----------
+    classes : class names, in index order
+    foreground : indices of the foreground classes, optional
+
+    Returns
+    -------
+    list of int
+        Sorted indices; empty when no class is clutter.
+    """
+    named = [i for i, c in enumerate(classes) if str(c).lower() in CLUTTER_NAMES]
+    if named or foreground is None:
+        return named
+    keep = {int(i) for i in foreground}
+    return [i for i in range(len(classes)) if i not in keep]
+
+
+def means_by_clutter(
+    cm: np.ndarray, clutter: Sequence[int], *, classes: Sequence[str] | None = None
+) -> dict:
+    """mF1 and mIoU of a confusion matrix with clutter in the means and without it.
+
+    Published ISPRS numbers differ in this alone (and in eroded vs full ground truth):
+    mmsegmentation averages all 6 classes, Feng et al. (2020) and most remote-sensing
+    papers the 5 foreground classes. OA covers every class either way.
+
+    Parameters
+    ----------
+    cm : (C, C) integer array, ground truth in rows (:func:`confusion_matrix`)
+    clutter : indices of the clutter classes (:func:`clutter_classes`)
+    classes : class names (default ``class_0 ...``)
+
+    Returns
+    -------
+    dict
+        ``clutter`` (names), ``with_clutter`` and ``without_clutter``: each ``classes``
+        (names averaged), ``mF1``, ``mIoU`` (NaN when undefined; a class absent from
+        ground truth and prediction is left out, as in :func:`scores_from_confusion`).
+        With no clutter class the two entries are equal.
+
+    Raises
+    ------
+    ValueError
+        A bad ``cm`` or a clutter index outside it.
+    """
+    cm = np.asarray(cm)
+    n = cm.shape[0] if cm.ndim == 2 else 0
+    names = list(classes) if classes is not None else [f"class_{i}" for i in range(n)]
+    clutter = sorted({int(i) for i in clutter})
+    if any(not 0 <= i < n for i in clutter):
+        raise ValueError(f"`clutter` holds indices outside 0..{n - 1}: {clutter}")
+    every = list(range(n))
+    without = [i for i in every if i not in clutter] or every
+    out = {"clutter": [names[i] for i in clutter]}
+    for key, in_mean in (("with_clutter", every), ("without_clutter", without)):
+        s = scores_from_confusion(cm, classes_in_mean=in_mean)
+        out[key] = {"classes": [names[i] for i in in_mean], "mF1": s["mF1"], "mIoU": s["mIoU"]}
+    return out
 
 
 # -- boundaries ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 #   fig5     FCN, NPALoss, log10 L=0.5, search region k = 8, 16, 32, 64
 #   table3   FCN-dilated, PSPNet, DeepLabV3 (output stride 8, auxiliary loss 0.4): CE and
 #            NPALoss
+#   compare  the tables (npa-train compare: medians over seeds), Fig. 5 (--by k), Fig. 6
 # Every run validates every --val-every iterations (val.csv, best.pt): Fig. 6 (mF1 along
 # training) is drawn from the table1 runs fcn_ce_* and fcn_npa_k32_log10_L0.5_* by the
 # `compare` stage, with the tables (median over the seeds).
@@ -53,7 +54,7 @@ while [ $# -gt 0 ]; do
         *) echo "paper_gpu.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(stores table1 table2 fig5 table3)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(stores table1 table2 fig5 table3 compare)
 [ -n "$DATA" ] || { echo "paper_gpu.sh: --data DIR is required" >&2; exit 2; }
 if [ -z "$PRETRAINED" ] && [[ " ${STAGES[*]} " != " stores " ]]; then
     echo "paper_gpu.sh: --pretrained FILE (ImageNet ResNet weights) is required" >&2; exit 2
@@ -90,8 +91,9 @@ train_eval() {
             --seed "$seed" --val-every "$VAL_EVERY" --out "$OUT/runs/$name" --quiet \
             ${FIT_ARGS:-} "${resume[@]}"
         [ -f "$OUT/eval/$name/metrics.md" ] && continue
-        run npa-train evaluate --store "$SCORE" --checkpoint "$OUT/runs/$name" \
-            --tiles "$VAL" --window 513 --overlap 1/3 --device "$DEVICE" --out "$OUT/eval/$name"
+        run npa-train evaluate --store "$SCORE" --full-gt "$STORE" \
+            --checkpoint "$OUT/runs/$name" --tiles "$VAL" --window 513 --overlap 1/3 \
+            --device "$DEVICE" --out "$OUT/eval/$name"
     done
 }
 
@@ -121,8 +123,19 @@ table3() {  # Table 3: the dilated networks with deep supervision (--aux-weight 
     done
 }
 
+compare() {  # the tables: medians over the seeds (compare.md/.csv), Fig. 5 and Fig. 6
+    local m="fcn$SUFFIX"
+    run npa-train compare "$OUT"/eval/"${m}"_{ce,npa_k32_log10_L0.5,ce-weighted,focal,dice}_s* \
+        "$OUT"/runs/"${m}"_{ce,npa_k32_log10_L0.5}_s* --out "$OUT/tables/table1"
+    run npa-train compare "$OUT"/eval/"${m}"_npa_k32_*_s* --by transform --out "$OUT/tables/table2"
+    run npa-train compare "$OUT"/eval/"${m}"_npa_k*_log10_L0.5_s* "$OUT"/eval/"${m}"_ce_s* \
+        --by k --out "$OUT/tables/fig5"
+    run npa-train compare "$OUT"/eval/{fcn_dilated,pspnet,deeplabv3}"$SUFFIX"_*_s* \
+        --out "$OUT/tables/table3"
+}
+
 for stage in "${STAGES[@]}"; do
     echo "== $stage"
     "$stage"
 done
-echo "== metrics: $OUT/eval/*/metrics.md (median over the seeds, as the paper)"
+echo "tables: $OUT/tables/*/compare.md (medians over the seeds, as the paper)"

@@ -35,8 +35,8 @@ def test_each_stage_uses_the_papers_network(tmp_path):
     fits = _fits(r.stdout)
     stages = re.split(r"^== ", r.stdout, flags=re.M)
     by_stage = {s.split("\n", 1)[0]: _fits(s) for s in stages if s.strip()}
-    assert [s for s in by_stage if s.startswith(("stores", "table", "fig"))] == [
-        "stores", "table1", "table2", "fig5", "table3"
+    assert [s for s in by_stage if s.startswith(("stores", "table", "fig", "compare"))] == [
+        "stores", "table1", "table2", "fig5", "table3", "compare"
     ]  # fmt: skip
     assert {m for m, *_ in by_stage["table1"] + by_stage["table2"] + by_stage["fig5"]} == {"fcn"}
     assert sorted({(m, lo) for m, lo, *_ in by_stage["table3"]}) == [
@@ -56,6 +56,12 @@ def test_each_stage_uses_the_papers_network(tmp_path):
     assert r.stdout.count("+ npa-precompute run") == 2
     assert "--iters 5000 " in r.stdout and "--pretrained r101.pth " in r.stdout
     assert r.stdout.count("+ npa-train evaluate") == len(fits)
+    # every run validates during training (Fig. 6) and is scored on both ground truths
+    assert all("--val-every 500" in line for line in r.stdout.splitlines()
+               if line.startswith("+ npa-train fit"))  # fmt: skip
+    assert r.stdout.count("--full-gt ") == len(fits)
+    compares = [line for line in r.stdout.splitlines() if line.startswith("+ npa-train compare")]
+    assert len(compares) == 4 and sum("--by k " in c for c in compares) == 1
 
 
 def test_r50_iters_seeds_resume_and_skip(tmp_path):
