@@ -295,7 +295,7 @@ def _open_full_gt(full_gt, opened: list, classes: list[str]) -> tuple[str, dict,
         info = store_info(root)
     except StoreError as exc:
         raise ParameterError("full_gt", f"cannot read store {path}: {exc}") from exc
-    theirs = [str(c) for c in info["classes"]]
+    theirs = [str(c) for c in info.classes]
     if [c.lower() for c in theirs] != [c.lower() for c in classes]:
         raise ParameterError(
             "full_gt", f"store {path} has classes ({', '.join(theirs)}), the evaluated store "
@@ -376,7 +376,6 @@ def evaluate_model(
     bands, normalization). Parameters and results as in :func:`evaluate`; with
     ``out=None`` nothing is written.
     """
-    # ---- validate before any work -------------------------------------------------------------
     win = parse_size(window, name="window")
     overlap = parse_overlap(overlap)
     stride = window_stride(win, overlap)
@@ -387,102 +386,27 @@ def evaluate_model(
     root = open_store(store)
     sinfo = store_info(root)
     classes = list(sinfo.classes)
-    ignore_index = sinfo.ignore_index
-    in_mean = parse_class_list(classes_in_mean, classes, name="classes_in_mean")
-    if in_mean is None:
-        in_mean = list(sinfo.foreground_classes or range(len(classes)))
-    small = parse_class_list(small_classes, classes, name="small_classes")
-    if small is None:
-        small = [i for i, c in enumerate(classes) if c.lower() in SMALL_OBJECT_CLASSES]
-    metrics = SegmentationMetrics(
-        len(classes),
-        classes=classes,
-        ignore_index=ignore_index,
-        classes_in_mean=in_mean,
-        small_classes=small,
-        boundary_tolerance=boundary_tolerance,
-        ignore_fill=boundary_ignore_fill,
-    )
+    metrics = _new_metrics(sinfo, classes_in_mean, small_classes, boundary_tolerance,
+                           boundary_ignore_fill)  # fmt: skip
     tile_ids, tiles_from = _resolve_tiles(root, tiles, store_path, info)
-    opened = [open_tile(root, t) for t in tile_ids]  # StoreError / IncompleteTileError
-    no_image = [t.tile_id for t in opened if t.image is None]
-    if no_image:
-        raise StoreError(
-            f"tile(s) {', '.join(no_image)} of {store_path} have no image; re-run "
-            "`npa-precompute run ... --images <image files>`"
-        )
-    bands = {int(t.image.shape[2]) for t in opened}
-    for b in sorted(bands):
-        check_compatible(info, sinfo, bands=b, store_path=store_path)
-    for dtype in sorted({np.dtype(t.image.dtype).name for t in opened}):
-        check_image_dtype(info, dtype, f"the images of store {store_path}")
-    trained = [t for t in tile_ids if t in set(info.train_tiles)]
-    if trained:
-        hint = (
-            f"its validation tiles are {', '.join(info.val_tiles)}"
-            if info.val_tiles
-            else "train with --val-tiles to keep tiles for evaluation"
-        )
-        warnings.warn(
-            f"tile(s) {', '.join(trained)} of {store_path} are training tiles of checkpoint "
-            f"{info.path}: their scores show how well it fits its training data, not how it "
-            f"does on new data ({hint})",
-            stacklevel=2,
-        )
+    opened = _open_tiles(root, tile_ids, store_path, info, sinfo)
+    trained = _warn_training_tiles(tile_ids, store_path, info)
     full = None
     if full_gt is not None:
         full_path, full_info, full_tiles = _open_full_gt(full_gt, opened, classes)
-        full = (full_path, _like(metrics, int(full_info["ignore_index"])))
-    palette = palette_for(sinfo)
-    out_dir = None if out is None else Path(out)
-    if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ParameterError("out", f"{out_dir} exists and is not a folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    # ---- predict and score tile by tile -----------------------------------------------------
+        full = (full_path, _like(metrics, int(full_info.ignore_index)), full_tiles)
+    out_dir = _out_folder(out)
     total = sum(len(window_grid(t.shape, win, overlap)) for t in opened)
     per_tile: dict[str, dict] = {}
     t_start = time.perf_counter()
     with _progress(total, "evaluate", progress) as bar:
         for t in opened:
-            t0 = time.perf_counter()
             bar.set_postfix_str(t.tile_id, refresh=False)
-            image = t.read_window("image", 0, t.shape[0], 0, t.shape[1])
-            probs = sliding_window_probs(
-                model,
-                image,
-                **normalization(info, image, tile_meta=t.meta),
-                window=win,
-                overlap=overlap,
-                batch=batch,
-                device=dev,
-                amp=amp,
-                num_classes=info.num_classes,
-                on_batch=bar.update,
-            )
-            pred = probs.argmax(axis=0).astype(np.uint8 if len(classes) <= 256 else np.uint16)
-            del probs, image
-            label = t.read_window("label", 0, t.shape[0], 0, t.shape[1])
-            scores = metrics.update(label, pred)
-            if full is not None:
-                full[1].update(np.asarray(full_tiles[t.tile_id].label[...]), pred)
-            files = {}
-            if out_dir is not None and save_images:
-                files = write_label_maps(
-                    pred, out_dir, t.tile_id, palette, target=label, ignore_index=ignore_index
-                )
-            per_tile[t.tile_id] = {
-                "shape": list(t.shape),
-                "windows": len(window_grid(t.shape, win, overlap)),
-                "seconds": time.perf_counter() - t0,
-                "mF1": scores["mF1"],
-                "mIoU": scores["mIoU"],
-                "OA": scores["OA"],
-                "boundary_f1": scores["boundary"]["f1"],
-                "f1": {c: v["f1"] for c, v in scores["per_class"].items()},
-                "files": files,
-            }
+            per_tile[t.tile_id] = _score_tile(
+                t, model, info, metrics, full, win=win, overlap=overlap, batch=batch,
+                device=dev, amp=amp, on_batch=bar.update,
+                images=(out_dir, palette_for(sinfo)) if out_dir and save_images else None,
+            )  # fmt: skip
     result = {
         "model": info.name,
         "checkpoint": info.path,
@@ -496,25 +420,126 @@ def evaluate_model(
         "device": str(dev),
         "amp": bool(amp),
         "classes": classes,
-        "ignore_index": ignore_index,
+        "ignore_index": sinfo.ignore_index,
         **metrics.compute(),
         "per_tile": per_tile,
         "windows": total,
         "seconds": time.perf_counter() - t_start,
     }
-    clutter = clutter_classes(classes, sinfo.get("foreground_classes"))
+    clutter = clutter_classes(classes, sinfo.foreground_classes)
     pixels = sum(int(t.shape[0]) * int(t.shape[1]) for t in opened)
-    result.update(_conventions(metrics, clutter, pixels, full))
+    result.update(_conventions(metrics, clutter, pixels, None if full is None else full[:2]))
     if out_dir is not None:
-        (out_dir / "metrics.json").write_text(
-            json.dumps(_finite_or_none(result), indent=2, allow_nan=False) + "\n"
-        )
-        (out_dir / "metrics.md").write_text(format_table(result))
-        result["files"] = {
-            "metrics_json": str(out_dir / "metrics.json"),
-            "metrics_md": str(out_dir / "metrics.md"),
-        }
+        _write_results(out_dir, result)
     return result
+
+
+def _new_metrics(sinfo, classes_in_mean, small_classes, tolerance, ignore_fill):
+    """Empty :class:`SegmentationMetrics` for the store's classes: the means over
+    ``classes_in_mean`` (default the foreground classes), small objects ``small_classes``
+    (default those named in :data:`SMALL_OBJECT_CLASSES`)."""
+    classes = list(sinfo.classes)
+    in_mean = parse_class_list(classes_in_mean, classes, name="classes_in_mean")
+    if in_mean is None:
+        in_mean = list(sinfo.foreground)
+    small = parse_class_list(small_classes, classes, name="small_classes")
+    if small is None:
+        small = [i for i, c in enumerate(classes) if c.lower() in SMALL_OBJECT_CLASSES]
+    return SegmentationMetrics(
+        len(classes), classes=classes, ignore_index=sinfo.ignore_index,
+        classes_in_mean=in_mean, small_classes=small, boundary_tolerance=tolerance,
+        ignore_fill=ignore_fill,
+    )  # fmt: skip
+
+
+def _open_tiles(root, tile_ids: list[str], store_path: str, info: ModelInfo, sinfo) -> list:
+    """The tiles, checked: complete, with an image whose bands and dtype fit the model."""
+    opened = [open_tile(root, t) for t in tile_ids]  # StoreError / IncompleteTileError
+    no_image = [t.tile_id for t in opened if t.image is None]
+    if no_image:
+        raise StoreError(
+            f"tile(s) {', '.join(no_image)} of {store_path} have no image; re-run "
+            "`npa-precompute run ... --images <image files>`"
+        )
+    for b in sorted({int(t.image.shape[2]) for t in opened}):
+        check_compatible(info, sinfo, bands=b, store_path=store_path)
+    for dtype in sorted({np.dtype(t.image.dtype).name for t in opened}):
+        check_image_dtype(info, dtype, f"the images of store {store_path}")
+    return opened
+
+
+def _warn_training_tiles(tile_ids: list[str], store_path: str, info: ModelInfo) -> list[str]:
+    """The evaluated tiles the model was trained on, with a warning when there are any."""
+    trained = [t for t in tile_ids if t in set(info.train_tiles)]
+    if trained:
+        hint = (
+            f"its validation tiles are {', '.join(info.val_tiles)}"
+            if info.val_tiles
+            else "train with --val-tiles to keep tiles for evaluation"
+        )
+        warnings.warn(
+            f"tile(s) {', '.join(trained)} of {store_path} are training tiles of checkpoint "
+            f"{info.path}: their scores show how well it fits its training data, not how it "
+            f"does on new data ({hint})",
+            stacklevel=3,
+        )
+    return trained
+
+
+def _out_folder(out) -> Path | None:
+    if out is None:
+        return None
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParameterError("out", f"{out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _score_tile(t, model, info, metrics, full, *, win, overlap, batch, device, amp, on_batch,
+                images) -> dict:  # fmt: skip
+    """Predict one whole tile with the sliding window, score it (and against the full
+    ground truth), write its PNGs when ``images`` = (folder, palette); its per-tile entry."""
+    t0 = time.perf_counter()
+    image = t.read_window("image", 0, t.shape[0], 0, t.shape[1])
+    probs = sliding_window_probs(
+        model, image, **normalization(info, image, tile_meta=t.meta), window=win,
+        overlap=overlap, batch=batch, device=device, amp=amp, num_classes=info.num_classes,
+        on_batch=on_batch,
+    )  # fmt: skip
+    pred = probs.argmax(axis=0).astype(np.uint8 if metrics.num_classes <= 256 else np.uint16)
+    del probs, image
+    label = t.read_window("label", 0, t.shape[0], 0, t.shape[1])
+    scores = metrics.update(label, pred)
+    if full is not None:
+        full[1].update(np.asarray(full[2][t.tile_id].label[...]), pred)
+    files = {}
+    if images is not None:
+        files = write_label_maps(pred, images[0], t.tile_id, images[1], target=label,
+                                 ignore_index=metrics.ignore_index)  # fmt: skip
+    return {
+        "shape": list(t.shape),
+        "windows": len(window_grid(t.shape, win, overlap)),
+        "seconds": time.perf_counter() - t0,
+        "mF1": scores["mF1"],
+        "mIoU": scores["mIoU"],
+        "OA": scores["OA"],
+        "boundary_f1": scores["boundary"]["f1"],
+        "f1": {c: v["f1"] for c, v in scores["per_class"].items()},
+        "files": files,
+    }
+
+
+def _write_results(out_dir: Path, result: dict) -> None:
+    """``metrics.json`` (NaN as null) and ``metrics.md``; their paths into ``result``."""
+    (out_dir / "metrics.json").write_text(
+        json.dumps(_finite_or_none(result), indent=2, allow_nan=False) + "\n"
+    )
+    (out_dir / "metrics.md").write_text(format_table(result))
+    result["files"] = {
+        "metrics_json": str(out_dir / "metrics.json"),
+        "metrics_md": str(out_dir / "metrics.md"),
+    }
 
 
 def evaluate(
