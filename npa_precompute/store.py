@@ -266,15 +266,6 @@ class StoreInfo:
             return self.foreground_classes
         return tuple(range(self.num_classes))
 
-    # Read-only mapping access to the JSON attrs, for code written against the dict that
-    # store_info returned before StoreInfo; new code uses the attributes.
-    def get(self, key: str, default=None):
-        """``self.to_dict().get(key, default)`` (compatibility; prefer the attributes)."""
-        return self.to_dict().get(key, default)
-
-    def __getitem__(self, key: str):
-        return self.to_dict()[key]
-
 
 def _remap(v) -> dict[str, int]:
     return {str(k): _int(x) for k, x in _mapping(v).items()}

@@ -96,7 +96,7 @@ def test_cli_roundtrip_reads_store_back(isprs_tiles, tmp_path):
     assert res.exit_code == 0, res.output
     assert "3 tile(s) written, 0 up to date" in res.output
     root = open_store(out)
-    info = store_info(root)
+    info = store_info(root).to_dict()  # the attrs as written
     assert info["preset"] == "isprs" and info["ignore_index"] == 255
     assert info["classes"][4] == "car" and info["palette"][4] == [255, 255, 0]
     assert list_tiles(root) == ["area0", "area1", "area2"]
@@ -322,7 +322,7 @@ def test_real_vaihingen_and_loveda_stores(shared_data, tmp_path):
                 *[a for t in TRANSFORMS for a in ("--transform", t)]])  # fmt: skip
     assert res.exit_code == 0, res.output
     root = open_store(out_l)
-    info = store_info(root)
+    info = store_info(root).to_dict()
     assert info["label_remap"]["0"] == 255 and info["classes"][0] == "background"
     attrs = json.loads((out_l / "zarr.json").read_text())["attributes"]["npaloss"]
     assert attrs["preset"] == "loveda"

@@ -43,9 +43,8 @@ def test_store_info_round_trips_the_root_attrs(store):
     assert info.preset == "isprs" and info.ignore_index == 255 and info.num_classes == 6
     assert info.classes[4] == "car" and info.palette[4] == (255, 255, 0)
     assert info.foreground == info.foreground_classes == (0, 1, 2, 3, 4)
-    # read-only mapping access, for code written against the dict (npa_train.train)
-    assert info.get("preset") == "isprs" and info["classes"] == raw["classes"]
-    assert info.get("nope", 7) == 7
+    # the typed attributes are the only way in: no mapping access by raw key
+    assert not hasattr(info, "get") and not hasattr(info, "__getitem__")
 
 
 def test_tile_meta_round_trips_the_tile_attrs(store):
