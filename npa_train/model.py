@@ -33,7 +33,7 @@ local file (:func:`load_pretrained`). The trainer adds ``aux_weight`` (0.4) time
 same loss, with the same pixel weights, on the auxiliary output. ``in_channels`` other
 than 3 (e.g. 4 for RGBIR) replaces the backbone's first convolution.
 
-Output contract (every model built here, and every model :func:`npa_train.train.load_checkpoint`
+Output contract (every model built here, and every model :func:`npa_train.checkpoint.load_checkpoint`
 returns):
 
 * **eval mode**: ``model(x)`` returns the logits **Tensor** ``(N, num_classes, H, W)`` at
