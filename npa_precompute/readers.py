@@ -158,19 +158,24 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
         TIFF, or a file that cannot be decoded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"label file not found: {path}")
-    if path.suffix.lower() in _LOSSY:
+    if path.is_file() and path.suffix.lower() in _LOSSY:
         raise InputError(
             f"{path}: lossy {path.suffix} labels are refused: compression artefacts invent "
             "colours/classes at every boundary; use a lossless PNG or TIFF"
         )
+    return _read_file(path, "label")
+
+
+def _read_file(path: Path, kind: str) -> np.ndarray:
+    """The raw array of a ``kind`` ("label" or "image") file; InputError naming the file."""
+    if not path.is_file():
+        raise InputError(f"{kind} file not found: {path}")
     try:
-        arr, _ = _read_raw(path, "label")
+        arr, _ = _read_raw(path, kind)
     except InputError:
         raise
     except _READ_ERRORS as exc:
-        raise _cannot_read(path, "label file", exc) from exc
+        raise _cannot_read(path, f"{kind} file", exc) from exc
     return arr
 
 
@@ -182,15 +187,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     InputError
         Missing or unreadable file, or a dtype other than uint8/uint16.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image file not found: {path}")
-    try:
-        arr, _ = _read_raw(path, "image")
-    except InputError:
-        raise
-    except _READ_ERRORS as exc:
-        raise _cannot_read(path, "image file", exc) from exc
+    arr = _read_file(Path(path), "image")
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3:

@@ -33,8 +33,8 @@ local file (:func:`load_pretrained`). The trainer adds ``aux_weight`` (0.4) time
 same loss, with the same pixel weights, on the auxiliary output. ``in_channels`` other
 than 3 (e.g. 4 for RGBIR) replaces the backbone's first convolution.
 
-Output contract (every model built here, and every model :func:`npa_train.checkpoint.load_checkpoint`
-returns):
+Output contract (every model built here, and every model
+:func:`npa_train.checkpoint.load_checkpoint` returns):
 
 * **eval mode**: ``model(x)`` returns the logits **Tensor** ``(N, num_classes, H, W)`` at
   the input resolution (the auxiliary head is not evaluated);
@@ -225,7 +225,28 @@ def _replace_conv1(backbone: nn.Module, in_channels: int) -> None:
     nn.init.kaiming_normal_(backbone.conv1.weight, mode="fan_out", nonlinearity="relu")
 
 
-class TorchvisionSegmenter(nn.Module):
+class _BackboneSegmenter(nn.Module):
+    """A ResNet ``backbone`` (features ``"out"``, ``"aux"``), a ``classifier`` head and an
+    optional ``aux_classifier``; logits upsampled (bilinear) to the input size."""
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        out = F.interpolate(self.classifier(feats["out"]), size=size, mode="bilinear",
+                            align_corners=False)  # fmt: skip
+        if self.training and self.aux_classifier is not None:
+            aux = F.interpolate(self.aux_classifier(feats["aux"]), size=size, mode="bilinear",
+                                align_corners=False)  # fmt: skip
+            return {"out": out, "aux": aux}
+        return out
+
+    def config(self) -> dict:
+        """Constructor arguments (stored in checkpoints)."""
+        return {"arch": self.arch, "in_channels": self.in_channels,
+                "num_classes": self.num_classes, "aux": self.aux}  # fmt: skip
+
+
+class TorchvisionSegmenter(_BackboneSegmenter):
     """torchvision's FCN or DeepLabV3 (ResNet-50/101), built offline, any band count.
 
     The parameters keep torchvision's names (``backbone.*``, ``classifier.*``,
@@ -275,21 +296,6 @@ class TorchvisionSegmenter(nn.Module):
         if in_channels != 3:
             _replace_conv1(self.backbone, in_channels)
 
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)
-        out = F.interpolate(self.classifier(feats["out"]), size=size, mode="bilinear",
-                            align_corners=False)  # fmt: skip
-        if self.training and self.aux_classifier is not None:
-            aux = F.interpolate(self.aux_classifier(feats["aux"]), size=size, mode="bilinear",
-                                align_corners=False)  # fmt: skip
-            return {"out": out, "aux": aux}
-        return out
-
-    def config(self) -> dict:
-        """Constructor arguments (stored in checkpoints)."""
-        return {"arch": self.arch, "in_channels": self.in_channels,
-                "num_classes": self.num_classes, "aux": self.aux}  # fmt: skip
 
 
 # ---- the paper's networks ------------------------------------------------------------------------
@@ -384,7 +390,7 @@ def _init_head(head: nn.Module, last: nn.Conv2d) -> None:
     nn.init.zeros_(last.bias)
 
 
-class PaperSegmenter(nn.Module):
+class PaperSegmenter(_BackboneSegmenter):
     """The paper's FCN, FCN-dilated, PSPNet and DeepLabV3 on a torchvision ResNet-50/101.
 
     Sources of each choice:
@@ -473,21 +479,6 @@ class PaperSegmenter(nn.Module):
         if in_channels != 3:
             _replace_conv1(self.backbone, in_channels)
 
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)
-        out = F.interpolate(self.classifier(feats["out"]), size=size, mode="bilinear",
-                            align_corners=False)  # fmt: skip
-        if self.training and self.aux_classifier is not None:
-            aux = F.interpolate(self.aux_classifier(feats["aux"]), size=size, mode="bilinear",
-                                align_corners=False)  # fmt: skip
-            return {"out": out, "aux": aux}
-        return out
-
-    def config(self) -> dict:
-        """Constructor arguments (stored in checkpoints)."""
-        return {"arch": self.arch, "in_channels": self.in_channels,
-                "num_classes": self.num_classes, "aux": self.aux}  # fmt: skip
 
 
 def parse_model_name(name: str) -> str:
