@@ -297,7 +297,6 @@ class TorchvisionSegmenter(_BackboneSegmenter):
             _replace_conv1(self.backbone, in_channels)
 
 
-
 # ---- the paper's networks ------------------------------------------------------------------------
 def _conv_bn_relu(cin: int, cout: int, k: int):
     """mmsegmentation's ``ConvModule`` (conv without bias, BN, ReLU), from torchvision."""
@@ -478,7 +477,6 @@ class PaperSegmenter(_BackboneSegmenter):
             _init_head(self.aux_classifier, self.aux_classifier[4])
         if in_channels != 3:
             _replace_conv1(self.backbone, in_channels)
-
 
 
 def parse_model_name(name: str) -> str:
