@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npa_precompute import defaults
 from npa_precompute._kernels import valid_min_max
 from npa_precompute.affinity import affinity_maps
 from npa_precompute.errors import ParameterError
@@ -86,7 +87,7 @@ class DaskOptions:
         ``block`` < 16, ``workers`` < 1, or a ``memory_limit`` that is not a positive size.
     """
 
-    block: int = 2048
+    block: int = defaults.BLOCK
     scheduler: str | None = None
     workers: int = 1
     memory_limit: str | int | None = None

@@ -7,7 +7,7 @@ import warnings
 
 import click
 
-from npa_precompute import __version__
+from npa_precompute import __version__, defaults
 from npa_precompute.cli_inspect import export_cmd, inspect_cmd, show_cmd
 from npa_precompute.cli_options import echo_warning, out_option, quiet_option, reports_user_errors
 from npa_precompute.presets import PRESETS
@@ -41,19 +41,23 @@ def main() -> None:
 @click.option(
     "--preset",
     type=click.Choice(PRESETS),
-    default="isprs",
+    default=defaults.PRESET,
     show_default=True,
     help="isprs: RGB colour-coded ISPRS ground truth; loveda: raw LoveDA masks; "
     "index: already-indexed labels.",
 )
 @click.option(
-    "--k", "ks", default="8,16,32,64", show_default=True, help="Search regions k, comma-separated."
+    "--k",
+    "ks",
+    default=",".join(map(str, defaults.KS)),
+    show_default=True,
+    help="Search regions k, comma-separated.",
 )
 @click.option(
     "--transform",
     "transforms",
     multiple=True,
-    default=("log10:L=0.5",),
+    default=defaults.TRANSFORMS,
     show_default=True,
     help="Weight transformation: raw, norm:L=<f>, log10:L=<f>, ln:L=<f>, log:a=<f>,L=<f>. "
     "Repeatable.",
@@ -62,7 +66,7 @@ def main() -> None:
     "--dtype",
     "weight_dtype",
     type=click.Choice(["float32", "float16"]),
-    default="float32",
+    default=defaults.WEIGHT_DTYPE,
     show_default=True,
     help="Weights dtype.",
 )
@@ -73,15 +77,17 @@ def main() -> None:
 @click.option(
     "--unknown-colors",
     type=click.Choice(["error", "ignore"]),
-    default="error",
+    default=defaults.UNKNOWN_COLORS,
     show_default=True,
     help="Colours outside the palette: stop with an error, or map them to ignore.",
 )
-@click.option("--chunk", type=int, default=256, show_default=True, help="Chunk side in pixels.")
+@click.option(
+    "--chunk", type=int, default=defaults.CHUNK, show_default=True, help="Chunk side in pixels."
+)
 @click.option(
     "--workers",
     type=int,
-    default=1,
+    default=defaults.WORKERS,
     show_default=True,
     help="Tiles processed in parallel; with --dask, worker processes of the local Dask cluster.",
 )
@@ -95,7 +101,7 @@ def main() -> None:
 @click.option(
     "--block",
     type=click.IntRange(min=16),
-    default=2048,
+    default=defaults.BLOCK,
     show_default=True,
     help="With --dask: block side in pixels, >= 16 (one task and one shard per block; a "
     "multiple of --chunk).",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npa_precompute import __version__
+from npa_precompute import __version__, defaults
 from npa_precompute._kernels import count_ranges
 from npa_precompute.affinity import affinity_maps, parse_ks
 from npa_precompute.blockwise import DaskOptions
@@ -458,15 +458,15 @@ def run_precompute(
     out: str | os.PathLike,
     *,
     images: Sequence[str] | None = None,
-    preset: str = "isprs",
-    ks: int | str | Iterable[int] = (8, 16, 32, 64),
-    transforms: Sequence[str] = ("log10:L=0.5",),
-    weight_dtype: str = "float32",
+    preset: str = defaults.PRESET,
+    ks: int | str | Iterable[int] = defaults.KS,
+    transforms: Sequence[str] = defaults.TRANSFORMS,
+    weight_dtype: str = defaults.WEIGHT_DTYPE,
     num_classes: int | None = None,
     ignore_index: int | None = None,
-    unknown_colors: str = "error",
-    chunk: int = 256,
-    workers: int = 1,
+    unknown_colors: str = defaults.UNKNOWN_COLORS,
+    chunk: int = defaults.CHUNK,
+    workers: int = defaults.WORKERS,
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     dask: DaskOptions | None = None,
