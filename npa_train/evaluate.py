@@ -42,11 +42,11 @@ from npa_train.checkpoint import CheckpointError, ModelInfo, load_model
 from npa_train.choices import INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 from npa_train.metrics import SegmentationMetrics, clutter_classes, means_by_clutter
 from npa_train.predict import (
-    _progress,
     check_image_dtype,
     normalization,
     palette_for,
     parse_overlap,
+    progress_bar,
     sliding_window_probs,
     window_grid,
     window_stride,
@@ -399,7 +399,7 @@ def evaluate_model(
     total = sum(len(window_grid(t.shape, win, overlap)) for t in opened)
     per_tile: dict[str, dict] = {}
     t_start = time.perf_counter()
-    with _progress(total, "evaluate", progress) as bar:
+    with progress_bar(total, "evaluate", progress) as bar:
         for t in opened:
             bar.set_postfix_str(t.tile_id, refresh=False)
             per_tile[t.tile_id] = _score_tile(

@@ -48,6 +48,7 @@ __all__ = [
     "palette_for",
     "parse_overlap",
     "predict",
+    "progress_bar",
     "sliding_window_probs",
     "window_grid",
     "window_starts",
@@ -485,7 +486,8 @@ def write_label_maps(
     return paths
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar over ``total`` sliding windows (a no-op context when not ``enabled``)."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="win", disable=not enabled, dynamic_ncols=True)
@@ -580,7 +582,7 @@ def predict(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    with _progress(total, "predict", progress) as bar:
+    with progress_bar(total, "predict", progress) as bar:
         for f, _, georef in arrays:
             t0 = time.perf_counter()
             img = read_image(f)
