@@ -609,10 +609,11 @@ def _lock(fd: int) -> None:
 
 
 def _read_text(fd: int) -> str:
-    """The holder's line (it writes it right after taking the lock: wait for it a little)."""
+    """The holder's line (it writes it right after taking the lock: wait for it up to 1 s,
+    which a loaded machine can take between the two)."""
     import time
 
-    for _ in range(10):
+    for _ in range(50):
         try:
             text = os.pread(fd, 200, 0).decode(errors="replace").strip()
         except (OSError, AttributeError):  # no os.pread on Windows
