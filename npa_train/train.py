@@ -53,7 +53,6 @@ resumed DDP run equals an uninterrupted one bit for bit, too.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -87,6 +86,7 @@ from npa_train.distributed import (
 )
 from npa_train.loss import build_criterion, median_frequency_weights
 from npa_train.model import build_model, load_pretrained, model_config, model_spec
+from npa_train.runlog import CsvLog, rows_until
 from npa_train.splits import available_weights, resolve_split
 from npa_train.validation import Validator
 
@@ -194,37 +194,6 @@ def poly_lr(base_lr: float, it: int, iters: int, power: float = 0.9) -> float:
     Source: the paper's schedule (Feng et al. 2020, §5.1; power 0.9).
     """
     return base_lr * (1.0 - it / iters) ** power
-
-
-def _read_rows(path: Path, header: list[str] | None = None) -> list[list[str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or (header is not None and rows[0] != header):
-        return []
-    return rows[1:]
-
-
-class _CsvLog:
-    """A CSV file of rank 0: header, the rows kept from before a resume, then appends."""
-
-    def __init__(self, path: Path | None, header: list[str], keep: list[list[str]]) -> None:
-        self.file = None if path is None else open(path, "w", newline="")
-        if self.file is not None:
-            self.writer = csv.writer(self.file)
-            self.writer.writerow(header)
-            self.writer.writerows(keep)
-            self.file.flush()
-
-    def write(self, row: list) -> None:
-        if self.file is not None:
-            self.writer.writerow(row)
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 class Trainer:
@@ -541,9 +510,12 @@ class Trainer:
         self.t0, self.cur_lr, self.done = time.perf_counter(), cfg.lr, self.start
         self.bar = tqdm(total=cfg.iters, initial=self.start, desc="fit", unit="it",
                         disable=not (cfg.progress and ddp.main), dynamic_ncols=True)  # fmt: skip
-        keep = [r for r in _read_rows(self.out / "log.csv", _LOG_HEADER)
-                if r and int(r[0]) <= self.start] if cfg.resume and ddp.main else []  # fmt: skip
-        self.log = _CsvLog(self.out / "log.csv" if ddp.main else None, _LOG_HEADER, keep)
+        keep = (
+            rows_until(self.out / "log.csv", _LOG_HEADER, self.start)
+            if cfg.resume and ddp.main
+            else []
+        )
+        self.log = CsvLog(self.out / "log.csv" if ddp.main else None, _LOG_HEADER, keep)
         self.signals = _StopSignals(announce=ddp.main).__enter__()
         try:
             self._loop(loader)

@@ -15,7 +15,6 @@ the iteration with the highest ``best_metric`` so far (the first of equal ones).
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -23,8 +22,9 @@ import torch
 
 from npa_train.checkpoint import model_info_from_checkpoint
 from npa_train.config import TrainConfig
+from npa_train.runlog import CsvLog, rows_until
 
-__all__ = ["VAL_OVERLAP", "Validator", "read_val_log", "val_header"]
+__all__ = ["VAL_OVERLAP", "Validator", "val_header"]
 
 #: Overlap of the validation sliding windows (the paper's inference, §5.1).
 VAL_OVERLAP = "1/3"
@@ -34,16 +34,6 @@ def val_header(classes) -> list[str]:
     """The columns of ``val.csv`` for these class names."""
     return ["iteration", "seconds", "mF1", "mIoU", "OA", "boundary_f1",
             *(f"f1:{c}" for c in classes)]  # fmt: skip
-
-
-def read_val_log(path: str | Path) -> list[dict[str, float | None]]:
-    """Rows of a ``val.csv`` as dicts of floats (None for empty cells); [] if no file."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: (float(v) if v != "" else None) for k, v in row.items()}
-                for row in csv.DictReader(f)]  # fmt: skip
 
 
 def _cell(value) -> str:
@@ -70,19 +60,12 @@ class Validator:
         self.header = val_header(self.info.classes)
         self.last: float | None = None
         self.best: tuple[int, float] | None = None
-        self.file = None
-        if out is None:
-            return
-        path = Path(out) / "val.csv"
-        kept = [r for r in read_val_log(path) if r["iteration"] <= start] if start else []
+        path = None if out is None else Path(out) / "val.csv"
+        kept = rows_until(path, self.header, start) if path is not None and start else []
+        col = self.header.index(config.best_metric)
         for row in kept:
-            self._track(int(row["iteration"]), row.get(config.best_metric))
-        self.file = open(path, "w", newline="")
-        self.writer = csv.writer(self.file)
-        self.writer.writerow(self.header)
-        self.writer.writerows([[_cell(r.get(k)) if k != "iteration" else int(r[k])
-                                for k in self.header] for r in kept])  # fmt: skip
-        self.file.flush()
+            self._track(int(row[0]), float(row[col]) if row[col] else None)
+        self.log = CsvLog(path, self.header, kept)
 
     def _track(self, iteration: int, value: float | None) -> bool:
         self.last = value
@@ -106,10 +89,8 @@ class Validator:
         values = {"mF1": result["mF1"], "mIoU": result["mIoU"], "OA": result["OA"],
                   "boundary_f1": result["boundary"]["f1"]}  # fmt: skip
         values.update({f"f1:{c}": v["f1"] for c, v in result["per_class"].items()})
-        if self.file is not None:
-            self.writer.writerow([iteration, f"{seconds:.3f}",
-                                  *(_cell(values.get(k)) for k in self.header[2:])])  # fmt: skip
-            self.file.flush()
+        self.log.write([iteration, f"{seconds:.3f}",
+                        *(_cell(values.get(k)) for k in self.header[2:])])  # fmt: skip
         return self._track(iteration, values[self.cfg.best_metric])
 
     def best_summary(self) -> dict:
@@ -118,5 +99,4 @@ class Validator:
         return {"best_metric": self.cfg.best_metric, "best_iteration": it, "best_value": value}
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        self.log.close()

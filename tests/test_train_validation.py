@@ -13,9 +13,10 @@ from conftest import write_train_store
 
 from npa_precompute.errors import ParameterError
 from npa_train.cli import main
+from npa_train.compare import read_csv_rows as read_val_log
 from npa_train.evaluate import evaluate
 from npa_train.train import fit
-from npa_train.validation import read_val_log, val_header
+from npa_train.validation import val_header
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
