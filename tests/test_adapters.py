@@ -423,3 +423,45 @@ def test_npa_weights_crop_equals_the_tiles_weights(shared_data, spec):
         npa_weights_crop(t, (500, 0, size, size), k)
     with pytest.raises(ValueError, match="crop"):
         npa_weights_crop(t, (0, 0, size), k)
+
+
+# ---- install: the wheel the README's install lines build -------------------------------------
+def test_wheel_has_the_packages_entry_points_and_extras(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+    from email.parser import Parser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    # offline: the environment's setuptools builds it (no isolated build environment)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--no-cache-dir", "-w", str(tmp_path), str(root)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if proc.returncode != 0 and "No module named pip" in proc.stderr:
+        pytest.skip("pip is not installed in this environment")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("npaloss-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        meta = Parser().parsestr(z.read(info).decode())
+        entry = z.read(info.replace("METADATA", "entry_points.txt")).decode()
+    for module in ("npa_precompute/__init__.py", "npa_train/__init__.py",
+                   "npa_train/adapters/__init__.py", "npa_train/adapters/torchgeo.py",
+                   "npa_train/adapters/smp.py", "npa_train/adapters/lightning.py",
+                   "npa_train/adapters/mmseg.py"):  # fmt: skip
+        assert module in names, module
+    assert "npa-precompute = npa_precompute.cli:main" in entry
+    assert "npa-train = npa_train.cli:main" in entry
+    extras = set(meta.get_all("Provides-Extra"))
+    assert {"torchgeo", "lightning", "smp", "mmseg", "adapters"} <= extras
+    requires = meta.get_all("Requires-Dist")
+    by_extra = {e: [r for r in requires if f'extra == "{e}"' in r] for e in extras}
+    assert any(r.startswith("torchgeo") for r in by_extra["torchgeo"])
+    assert any(r.startswith("segmentation-models-pytorch") for r in by_extra["smp"])
+    # users bring their own mmcv: no extra installs one (mmcv-lite would shadow theirs)
+    for extra in ("mmseg", "adapters"):
+        assert by_extra[extra] and not [r for r in by_extra[extra] if r.startswith("mmcv")]
