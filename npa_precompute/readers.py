@@ -241,11 +241,24 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     and TIFFs keep 16 bits. TIFFs may use any lossless compression (LZW, Deflate,
     ZSTD, LZMA, PackBits, with or without predictor), tiled or striped, BigTIFF.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF, PNG or BMP file.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) or (H, W, 3|4), the file's dtype (uint8, uint16...); decoded into classes
+        by a preset (:mod:`npa_precompute.presets`).
+
     Raises
     ------
     InputError
         Missing file, lossy format (JPEG/WebP labels, JPEG-compressed TIFF), a multi-page
-        TIFF, or a file that cannot be decoded.
+        TIFF, a TIFF with missing strips or tiles (byte count 0), or a file that cannot be
+        decoded (``cannot read label file <path>: corrupt <codec> data (...)`` when its
+        compressed data is damaged).
     """
     path = Path(path)
     if path.is_file() and path.suffix.lower() in _LOSSY:
@@ -274,10 +287,22 @@ def _read_file(path: Path, kind: str) -> np.ndarray:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as (H, W, C) uint8 or uint16 (C = 1, 3 or 4, e.g. Potsdam RGBIR).
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF, PNG, JPEG, BMP or WebP file.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, C) uint8 or uint16; a single-band file gets C = 1.
+
     Raises
     ------
     InputError
-        Missing or unreadable file, or a dtype other than uint8/uint16.
+        Missing or unreadable file (corrupt compressed data named as for
+        :func:`read_label`), a TIFF with missing strips or tiles, or a dtype other than
+        uint8/uint16.
     """
     arr = _read_file(Path(path), "image")
     if arr.ndim == 2:
@@ -405,7 +430,24 @@ class Raster:
         return arr
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
-        """The window ``[rows, cols]`` as an in-memory array ((h, w) or (h, w, C))."""
+        """Read one window of the file.
+
+        Parameters
+        ----------
+        rows, cols : slice
+            The window, in pixels of the full raster.
+
+        Returns
+        -------
+        numpy.ndarray
+            (h, w) or (h, w, C) (images always 3-D), C-contiguous, the file's dtype.
+
+        Raises
+        ------
+        InputError
+            The strips or tiles under the window hold corrupt compressed data
+            (``cannot read <role> file <path>: corrupt <codec> data (...)``).
+        """
         arr = self._open()
         try:
             win = np.asarray(arr[:, rows, cols] if self._planar else arr[rows, cols])
@@ -434,7 +476,19 @@ def _read_whole(path: Path, role: str) -> np.ndarray:
 
 
 def file_sha256(path: str | os.PathLike, *, block: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes (content hash recorded per tile)."""
+    """Hex SHA-256 of a file's bytes (the content hash recorded per tile).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    block : int, default 4 MiB
+        Bytes read at a time.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(block):
@@ -511,7 +565,16 @@ def expand_paths(items: list[str] | tuple[str, ...], *, what: str) -> list[Path]
 
 @dataclass(frozen=True)
 class TileSource:
-    """One tile: its id, label file and optional image file."""
+    """One tile: its id, label file and optional image file.
+
+    Attributes
+    ----------
+    tile_id : str
+        The id the preset's naming rules give (:func:`discover_tiles`).
+    label : pathlib.Path
+    image : pathlib.Path or None
+        None when the store holds weights only.
+    """
 
     tile_id: str
     label: Path
