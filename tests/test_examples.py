@@ -25,12 +25,14 @@ RUNS = {
     "smp_lightning.py": ("lightning", "segmentation_models_pytorch"),
     "lightning_cli.py": ("lightning", "segmentation_models_pytorch", "jsonargparse"),
     "torchgeo_loveda.py": ("lightning", "torchgeo", "kornia"),
+    "mmseg_config.py": ("lightning", "mmseg", "mmengine"),
 }
 # (file, excerpt name) shown in the README
 EXCERPTS = [
     ("smp_lightning.py", "module"),
     ("lightning_cli.yaml", "config"),
     ("torchgeo_loveda.py", "task"),
+    ("mmseg_config.py", "config"),
 ]
 
 
