@@ -194,7 +194,7 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
 
 def _check_weight_range(ks, transforms, weight_dtype) -> None:
     """A usage error, naming the options, for weights that would overflow the dtype."""
-    from npa_precompute.affinity import parse_ks
+    from npa_precompute.params import parse_ks
     from npa_precompute.transforms import WeightRangeError, check_weight_range
 
     names = {"transforms": "--transform", "dtype": "--dtype", "k": "--k"}

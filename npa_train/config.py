@@ -24,7 +24,14 @@ from npa_precompute.params import (
     parse_tiles,
     parse_weights_option,
 )
-from npa_train.choices import LOSSES, SPLITS, VAL_METRICS, WARP_ON
+from npa_train.choices import (
+    LOSSES,
+    SPLITS,
+    VAL_METRICS,
+    WARP_ON,
+    parse_model_name,
+    parse_reduction,
+)
 
 __all__ = ["AUX_WEIGHT", "MOMENTUM", "POLY_POWER", "WEIGHT_DECAY", "TrainConfig"]
 
@@ -117,9 +124,6 @@ class TrainConfig:
             object.__setattr__(self, name, value)
 
     def _parsed(self) -> dict[str, Any]:
-        from npa_train.loss import parse_reduction
-        from npa_train.model import parse_model_name
-
         check_choice("loss", self.loss, LOSSES)
         reduction = parse_reduction(self.reduction)
         if reduction == "none":

@@ -12,13 +12,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.names import WeightsSpec
+from npa_precompute.params import parse_weights_option
 from npa_train.cli import main
 from npa_train.compare import (
     by_series,
     compare,
     group_results,
     load_results,
-    parse_weights_name,
     summarize,
 )
 from npa_train.plot import plot_runs, render_pillow, training_panels
@@ -207,7 +208,11 @@ def test_refusals_name_the_folder(tmp_path):
     ],
 )
 def test_parse_weights_name(name, prefix, k, transform):
-    assert parse_weights_name(name) == {"prefix": prefix, "k": k, "transform": transform}
+    # compare reads a run's weights with the one weights-name type, WeightsSpec
+    spec = None if parse_weights_option(name) is None else WeightsSpec.parse(name)
+    got = ({"prefix": "", "k": None, "transform": None} if spec is None else
+           {"prefix": spec.family, "k": spec.k, "transform": spec.transform.slug})  # fmt: skip
+    assert got == {"prefix": prefix, "k": k, "transform": transform}
 
 
 def _by_runs(root: Path) -> list[Path]:
