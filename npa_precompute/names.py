@@ -49,8 +49,9 @@ class WeightsSpec:
     Attributes
     ----------
     ks : tuple of int
-        One k (``k32_...``), or two or more in increasing order (``ms_k8-16-32_...``),
-        each in ``[0, MAX_K]``.
+        One k (``k32_...``), or one or more in increasing order (``ms_k8-16-32_...``; a
+        name lists two or more, ``ms_k3-3_...`` is the mean over k = 3 alone), each in
+        ``[0, MAX_K]``.
     transform : WeightTransform
     multiscale : bool
         True for ``ms_`` names (the mean over ``ks``).
@@ -60,8 +61,8 @@ class WeightsSpec:
     Raises
     ------
     ValueError
-        ``ks`` empty, unsorted, repeated or out of range, or not one k for a single-k
-        name and two or more for a multi-scale one.
+        ``ks`` empty, unsorted, repeated or out of range, or more than one k for a
+        single-k name.
 
     Examples
     --------
@@ -83,11 +84,8 @@ class WeightsSpec:
             raise TypeError(f"`transform` must be a WeightTransform, got {self.transform!r}")
         if any(not 0 <= k <= MAX_K for k in ks) or list(ks) != sorted(set(ks)):
             raise ValueError(f"`ks` must be increasing k in [0, {MAX_K}], got {self.ks}")
-        if (len(ks) < 2) if self.multiscale else (len(ks) != 1):
-            raise ValueError(
-                f"a {'multi-scale' if self.multiscale else 'single-k'} weights name needs "
-                f"{'two or more k' if self.multiscale else 'one k'}, got {ks}"
-            )
+        if not ks or (len(ks) != 1 and not self.multiscale):
+            raise ValueError(f"`ks` must hold one k (or more, multi-scale), got {ks}")
         object.__setattr__(self, "ks", ks)
 
     @classmethod
@@ -117,6 +115,8 @@ class WeightsSpec:
         try:
             if head[:1] != "k" or not all(d.isdigit() for d in digits):
                 raise ValueError("no k")
+            if multiscale and len(digits) < 2:
+                raise ValueError("a multi-scale name lists two or more k")
             ks = tuple(sorted({int(d) for d in digits}))
             return cls(ks, parse_slug(slug), multiscale=multiscale, online=online)
         except ValueError as exc:
@@ -129,7 +129,8 @@ class WeightsSpec:
         """The name without ``online:``: the store's array name, e.g. ``"k32_log10_L0.5"``."""
         if not self.multiscale:
             return weights_name(self.ks[0], self.transform)
-        return f"{_MS_PREFIX}{'-'.join(map(str, self.ks))}_{self.transform.slug}"
+        ks = self.ks if len(self.ks) > 1 else self.ks * 2  # ms_k3-3: two listed, one k
+        return f"{_MS_PREFIX}{'-'.join(map(str, ks))}_{self.transform.slug}"
 
     @property
     def name(self) -> str:

@@ -59,7 +59,6 @@ PARAMS: dict[str, tuple[str, ...]] = {
     "ln": ("L",),
     "log": ("a", "L"),
 }
-_KINDS = tuple(PARAMS)
 _LN_FLOAT64_MAX = math.log(sys.float_info.max)
 
 
@@ -117,11 +116,15 @@ class WeightTransform:
     a: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ValueError(f"transform kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.kind not in PARAMS:
+            raise ValueError(f"transform kind must be one of {tuple(PARAMS)}, got {self.kind!r}")
+        # parameters a kind does not take get their defaults, so that equal weights compare
+        # equal (raw with any L is raw)
+        if "L" not in PARAMS[self.kind]:
+            object.__setattr__(self, "L", DEFAULT_L)
         if self.kind == "ln":
             object.__setattr__(self, "a", math.e)
-        elif self.kind == "log10":
+        elif "a" not in PARAMS[self.kind]:
             object.__setattr__(self, "a", 10.0)
         if self.L < 0:
             raise ValueError(f"`L` must be >= 0, got {self.L}")
@@ -298,7 +301,7 @@ def parse_transform(spec: str | WeightTransform) -> WeightTransform:
     text = spec.replace(" ", "")
     kind, _, rest = text.partition(":")
     kind = kind.lower()
-    if kind not in _KINDS:
+    if kind not in PARAMS:
         raise ValueError(
             f"unknown transform {spec!r}: expected raw, norm:L=<f>, log10:L=<f>, ln:L=<f> "
             "or log:a=<f>,L=<f>"
