@@ -272,8 +272,8 @@ def _label_error(found: list[int], num_classes: int, ignore_index: int | None) -
         hints.append("if 255 marks pixels to leave out (no-data, boundaries), set "
                      "ignore_index=255")  # fmt: skip
     if num_classes in found:
-        hints.append(f"labels 1..{num_classes} with 0 as no-data (LoveDA: 0 is no-data, map "
-                     f"c to c-1 for c >= 1 and 0 to the ignore_index)")  # fmt: skip
+        hints.append(f"if the labels are 1..{num_classes} with 0 as no-data (LoveDA: 0 is "
+                     "no-data, map c to c-1, and 0 to the ignore_index)")  # fmt: skip
     if found and found[0] < 0:
         hints.append("labels must be >= 0 (torch's ignore value -100 is no label here: "
                      "map it to ignore_index)")  # fmt: skip

@@ -185,7 +185,7 @@ HEAVY = ("numba", "llvmlite", "zarr", "tifffile", "click")
 def _loaded(code: str) -> dict:
     script = textwrap.dedent(code) + textwrap.dedent(f"""
         import json, sys
-        print(json.dumps({{m: m in sys.modules for m in {HEAVY + ("torch",)!r}}}))
+        print(json.dumps({{m: m in sys.modules for m in {(*HEAVY, "torch")!r}}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout  # fmt: skip
@@ -210,7 +210,9 @@ def test_adapters_add_no_heavy_module(adapter, framework):
         pytest.importorskip(framework.split(".")[0])
     # what the framework itself loads (torchgeo loads click through rasterio) is not ours
     before = _loaded(f"import {framework}" if framework else "import torch")
-    after = _loaded(f"{'import ' + framework if framework else ''}\nimport npa_train.adapters.{adapter}")
+    after = _loaded(
+        f"{'import ' + framework if framework else ''}\nimport npa_train.adapters.{adapter}"
+    )
     added = [m for m in HEAVY if after[m] and not before[m]]
     assert not added and not after["numba"] and not after["zarr"], after
 
