@@ -57,6 +57,11 @@ __all__ = [
 def check_derivable(spec: WeightsSpec, dtype: np.dtype | str) -> None:
     """Refuse weights whose values ``dtype`` cannot hold, as ``npa-precompute run`` does.
 
+    Single-k weights: :func:`~npa_precompute.transforms.check_weight_range` in ``dtype``.
+    Multi-scale weights: each k's in float32 (they are computed in float32), and the
+    largest possible mean in ``dtype`` (``ms_k2-130_raw`` fits float16 where
+    ``k130_raw`` does not).
+
     Raises
     ------
     WeightRangeError
@@ -65,7 +70,19 @@ def check_derivable(spec: WeightsSpec, dtype: np.dtype | str) -> None:
     dtype = np.dtype(dtype)
     names = {"transforms": "transform", "k": "k =", "dtype": "a store written with --dtype"}
     try:
-        check_weight_range(spec.ks, [spec.transform], dtype, names=names)
+        check_weight_range(spec.ks, [spec.transform], np.float32 if spec.multiscale else dtype,
+                           names=names)  # fmt: skip
+        if spec.multiscale:
+            top = sum(spec.transform.max_weight(k) for k in spec.ks) / len(spec.ks)
+            with np.errstate(over="ignore"):  # rounded as Deriver rounds: float64 -> 32 -> dtype
+                stored = np.float64(top).astype(np.float32).astype(dtype)
+            if not np.isfinite(stored):
+                limit = float(np.finfo(dtype).max)
+                raise WeightRangeError(
+                    f"the mean over k = {', '.join(map(str, spec.ks))} reaches {top:.6g}, "
+                    f"above {limit:.6g}, the largest {dtype}; use a store written with "
+                    "--dtype float32, or smaller k"
+                )
     except WeightRangeError as exc:
         reason = f"{spec.name!r} cannot be derived in this store's {dtype} weights: {exc}"
         raise WeightRangeError(reason, detail=str(exc), param="weights") from None

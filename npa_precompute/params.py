@@ -278,7 +278,7 @@ def parse_weights_option(value: str | None) -> str | None:
     """A weights option value: None, ``""`` or ``"none"`` (any case) -> None, else the name.
 
     The name itself (``k32_log10_L0.5``, ``online:k32_log10_L0.5``) is parsed where it is
-    used (:func:`npa_precompute.derived.parse_weights_name`).
+    used (:class:`npa_precompute.names.WeightsSpec`).
 
     Raises
     ------

@@ -28,7 +28,7 @@ from npa_train.data import MAX_GROWN_PIXELS, StoreCropDataset, write_preview
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-OVERFLOWING = ["k130_raw", "k130_norm_L70000", "ms_k2-130_raw"]
+OVERFLOWING = ["k130_raw", "k130_norm_L70000", "ms_k2-130_norm_L70000"]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,10 @@ def test_every_derived_path_refuses_float16_overflow(half_store, tmp_path, name)
     counts = np.zeros((4, 4), dtype=np.uint32)
     with pytest.raises(WeightRangeError, match=limit):
         derive(name, {2: counts, 130: counts}, counts, ignore_index=255, dtype="float16")
-    # what fits is derived as before
+    # what fits is derived as before: the mean over k = 2 and 130 of raw counts fits float16
     assert open_weights(half_store, tile, "k2_raw").dtype == np.float16
+    ms = open_weights(half_store, tile, "ms_k2-130_raw")[...]
+    assert ms.dtype == np.float16 and np.isfinite(ms).all() and ms.max() > 2048
 
 
 def test_the_commands_report_the_overflow_against_their_option(half_store, tmp_path):
