@@ -222,11 +222,9 @@ class StoreCropDataset(Dataset):
             raise StoreError(f"tiles have different band counts: {bands}")
         #: the WeightsSpec of ``online:`` weights, else None
         self.online = None
-        if weights_name is not None:
-            spec = WeightsSpec.parse(weights_name)  # ParameterError if malformed
-            if spec.online:
-                self.online = spec
-                _check_halo(spec, self.crop)
+        if isinstance(weights_name, str) and weights_name.strip().lower().startswith("online:"):
+            self.online = WeightsSpec.parse(weights_name)  # ParameterError if malformed
+            _check_halo(self.online, self.crop)
         self._set_derivers(opened)
         self.tiles = [t.tile_id for t in opened]
         self.shapes = [tuple(int(s) for s in t.shape) for t in opened]
