@@ -43,8 +43,10 @@ threads_option = click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads of torch's operators (torch.set_num_threads; default: torch's "
-    "choice, usually one per core).",
+    help="CPU threads of torch's operators (torch.set_num_threads). Default: fit picks "
+    "the cores this process may use less its loader workers, fewer when the load shows "
+    "busy cores, and prints the choice; evaluate and predict take torch's choice. On a "
+    "busy machine --threads 1 is often fastest.",
 )
 
 
