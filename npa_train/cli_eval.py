@@ -171,7 +171,8 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
         progress=not quiet,
         full_gt=full_gt,
     )
-    click.echo(format_table(result), nl=False)
+    if not quiet:  # -q: the scores are in metrics.md and metrics.json; one line here
+        click.echo(format_table(result), nl=False)
     which = " (the checkpoint's validation tiles)" if result["tiles_from"] == "val_tiles" else ""
     click.echo(
         f"{len(result['tiles'])} tile(s){which}, {result['windows']} windows in "

@@ -106,8 +106,20 @@ def _pct_column(rows, column: str) -> tuple[list, list]:
     return xs, [None if y is None else 100 * y for y in ys]
 
 
+#: y-axis label per ``--loss``; each loss gets its own panel, since an NPA-weighted CE is
+#: about (mean weight) x a plain CE and cannot be read against it on one axis.
+_LOSS_LABELS = {
+    "npa": "NPALoss (~ mean weight x CE)",
+    "ce": "cross-entropy",
+    "ce-weighted": "class-weighted CE",
+    "focal": "focal loss",
+    "dice": "Dice loss",
+}
+
+
 def training_panels(runs: Sequence[dict], metrics: Sequence[str] = ("mF1", "mIoU")) -> list[Panel]:
-    """Panels of training curves: loss and lr from ``log.csv``, then each validation
+    """Panels of training curves: loss (one panel per ``--loss``, as their scales differ)
+    and lr from ``log.csv``, then each validation
     metric of ``val.csv`` (in %; a class name selects its F1 column), one line per run.
 
     Parameters
@@ -120,12 +132,16 @@ def training_panels(runs: Sequence[dict], metrics: Sequence[str] = ("mF1", "mIoU
     -------
     list of Panel
     """
-    loss = Panel("training loss", "iteration", "loss")
+    losses: dict[str, Panel] = {}  # one panel per loss: their values are not comparable
     lr = Panel("learning rate", "iteration", "lr")
     for r in runs:
-        loss.series.append(Series(r["label"], *_column(r["log"], "loss")))
+        kind = (r.get("config") or {}).get("loss") or "unknown"
+        if kind not in losses:
+            ylabel = _LOSS_LABELS.get(kind, f"{kind} loss")
+            losses[kind] = Panel(f"training loss: {kind}", "iteration", ylabel)
+        losses[kind].series.append(Series(r["label"], *_column(r["log"], "loss")))
         lr.series.append(Series(r["label"], *_column(r["log"], "lr")))
-    panels = [loss, lr]
+    panels = [*losses.values(), lr]
     for m in metrics:
         column = m if m in ("mF1", "mIoU", "OA", "boundary_f1") else f"f1:{m}"
         p = Panel(f"validation {m}", "iteration", f"{m if column == m else 'F1 ' + m} (%)")

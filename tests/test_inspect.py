@@ -474,3 +474,14 @@ def test_consolidate_store_quiet_and_xarray(store, tmp_path):
     ds = xr.open_zarr(copy, group="tiles/t1")
     assert ds["image"].dims == ("y", "x", "band")
     np.testing.assert_array_equal(ds["label"].values, _stored(store, "label"))
+
+
+def test_inspect_lists_k_in_numeric_order_and_explains_the_mean(tmp_path):
+    _write_rgb_label(tmp_path / "gt" / "t_noBoundary.png", _label())
+    out = tmp_path / "store.zarr"
+    run_precompute([str(tmp_path / "gt")], out, preset="isprs", ks=(12, 2, 3), chunk=16)
+    text = CliRunner().invoke(_cli(), ["inspect", str(out)]).output
+    for prefix in ("affinity/k", "weights/k", "\n  k"):
+        where = [text.index(f"{prefix}{k}") for k in (2, 3, 12)]
+        assert where == sorted(where), (prefix, text)  # k3 before k12: numbers, not text
+    assert "mean: the loss scale" in text and "weighted_mean" in text
