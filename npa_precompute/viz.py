@@ -343,7 +343,6 @@ def _mpl_header(fig, gs, data: ShowData) -> tuple[int, list[int]]:
 
 def _mpl_mean_bars(ax, data: ShowData, ids: list[int]) -> None:
     """Mean weight per class of the first row's maps in the window (grouped bars by k)."""
-    x0, y0, ww, hh = data.window
     title, panels = data.rows[0]
     n = len(panels)
     width = 0.8 / n
@@ -364,10 +363,7 @@ def _mpl_mean_bars(ax, data: ShowData, ids: list[int]) -> None:
     )
     ax.set_ylabel("mean weight", fontsize=9)
     ax.tick_params(axis="y", labelsize=8)
-    ax.set_title(
-        f"mean weight per class in window x0,y0,w,h = {x0},{y0},{ww},{hh}, {title}",
-        fontsize=10,
-    )
+    ax.set_title(f"mean weight per class in the window\n{title}", fontsize=10)
     ax.legend(fontsize=8, ncol=min(n, 4), frameon=False, loc="upper left")
     ax.set_ylim(0, top * 1.35 if top > 0 else 1.0)
 
