@@ -14,6 +14,7 @@ import click
 
 from npa_precompute import __version__
 from npa_precompute.cli_options import (
+    announce_start,
     device_option,
     echo_warning,
     out_option,
@@ -78,6 +79,7 @@ def _scale(ctx, param, value):
 def main() -> None:
     """Train segmentation models with NPALoss (Feng et al. 2020) on an npa-precompute store."""
     warnings.showwarning = echo_warning
+    announce_start("npa-train", "torch")
 
 
 def _augment_options(f):
