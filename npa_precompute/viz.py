@@ -566,7 +566,8 @@ def panel_row(
     Returns
     -------
     PIL.Image.Image, mode RGB
-        Panels start ``top`` pixels down, where ``top`` is 13 px per title line plus 4.
+        Panels start ``top`` pixels down, where ``top`` is 17 px per title line plus 4
+        (14 px type).
 
     Raises
     ------
@@ -577,7 +578,7 @@ def panel_row(
 
     if len(titles) != len(panels):
         raise ValueError(f"{len(panels)} panels but {len(titles)} titles")
-    font = _font(11)
+    font = _font(14)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def width(text: str) -> int:
@@ -601,7 +602,7 @@ def panel_row(
                 line = trial
         lines.append(line)
         cols.append((panel, lines, col_w, extra))
-    line_h = 13
+    line_h = 17
     top = max(len(lines) for _, lines, _, _ in cols) * line_h + 4
     height = top + max(p.shape[0] for p in panels)
     canvas = Image.new("RGB", (sum(c[2] for c in cols) + gap * (len(cols) - 1), height), "white")

@@ -312,7 +312,7 @@ def test_panel_row_titles_and_colour_bar():
     panels = [rng.integers(0, 256, (30, 50, 3)).astype(np.uint8) for _ in range(3)]
     img = np.asarray(panel_row(panels, ["a", "b", "c"], colorbar=(1, 0.5, 3.25)))
     top = img.shape[0] - 30
-    assert top == 13 + 4  # one line of titles
+    assert top == 17 + 4  # one line of titles (14 px type, readable; was 11 px)
     np.testing.assert_array_equal(img[top:, :50], panels[0])
     np.testing.assert_array_equal(img[top:, 54:104], panels[1])
     lut = colormap_lut(256)
