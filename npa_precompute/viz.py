@@ -363,7 +363,10 @@ def _mpl_mean_bars(ax, data: ShowData, ids: list[int]) -> None:
     )
     ax.set_ylabel("mean weight", fontsize=9)
     ax.tick_params(axis="y", labelsize=8)
-    ax.set_title(f"mean weight per class in the window\n{title}", fontsize=10)
+    x0, y0, ww, hh = data.window
+    ax.set_title(
+        f"mean weight per class, {title}\nin window x0,y0,w,h = {x0},{y0},{ww},{hh}", fontsize=10
+    )
     ax.legend(fontsize=8, ncol=min(n, 4), frameon=False, loc="upper left")
     ax.set_ylim(0, top * 1.35 if top > 0 else 1.0)
 
