@@ -324,17 +324,20 @@ def _draw_panel(draw, panel: Panel, x0: int, y0: int, font, small) -> None:
                 draw.line([(u - 4, bottom), (u + 4, bottom)], fill=colour)
             if len(pts) <= 30:
                 draw.ellipse([u - 3, v - 3, u + 3, v + 3], fill=colour)
-        legend.append((s.label, colour, False))
+        legend.append((s.label, colour, False, len(pts) <= 30))
     for j, (label, yref) in enumerate(panel.references):
         colour = _TAB10[(len(panel.series) + j) % len(_TAB10)]
         y = to_px(xmin, yref)[1]
         for a in range(int(px0), int(px1), 12):
             draw.line([(a, y), (min(a + 7, px1), y)], fill=colour, width=2)
-        legend.append((label, colour, True))
-    for k, (label, colour, dashed) in enumerate(legend):
-        y = py0 + 8 + 14 * k
-        draw.line([(px0 + 8, y), (px0 + 24, y)], fill=colour, width=1 if dashed else 3)
-        draw.text((px0 + 28, y), label, fill="black", font=small, anchor="lm")
+        legend.append((label, colour, True, False))
+    for k, (label, colour, dashed, marker) in enumerate(legend):  # as the lines are drawn
+        y = py0 + 10 + 16 * k
+        for a, b in ((8, 14), (18, 24)) if dashed else ((8, 26),):
+            draw.line([(px0 + a, y), (px0 + b, y)], fill=colour, width=2)
+        if marker:
+            draw.ellipse([px0 + 14, y - 3, px0 + 20, y + 3], fill=colour)
+        draw.text((px0 + 30, y), label, fill="black", font=small, anchor="lm")
 
 
 def render_pillow(panels: Sequence[Panel], *, title: str | None = None):
@@ -350,15 +353,43 @@ def render_pillow(panels: Sequence[Panel], *, title: str | None = None):
 
     rows, cols = _grid(len(panels))
     head = 28 if title else 0
-    img = Image.new("RGB", (cols * _PANEL_W, rows * _PANEL_H + head), "white")
-    draw = ImageDraw.Draw(img)
-    font, small = _font(14), _font(11)
+    size = (cols * _PANEL_W, rows * _PANEL_H + head)
+    # drawn at _SUPERSAMPLE times the size and scaled down: smooth lines, not staircases
+    img = Image.new("RGB", tuple(_SUPERSAMPLE * v for v in size), "white")
+    draw = _ScaledDraw(ImageDraw.Draw(img), _SUPERSAMPLE)
+    font, small = _font(15 * _SUPERSAMPLE), _font(12 * _SUPERSAMPLE)
     if title:
-        draw.text((img.width / 2, 6), title, fill="black", font=font, anchor="mt")
+        draw.text((size[0] / 2, 6), title, fill="black", font=font, anchor="mt")
     for i, panel in enumerate(panels):
         r, c = divmod(i, cols)
         _draw_panel(draw, panel, c * _PANEL_W, head + r * _PANEL_H, font, small)
-    return img
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+_SUPERSAMPLE = 3
+
+
+class _ScaledDraw:
+    """An ``ImageDraw`` whose coordinates and line widths are multiplied by ``s``."""
+
+    def __init__(self, draw, s: int) -> None:
+        self.draw, self.s = draw, s
+
+    def _xy(self, xy) -> list[float]:
+        flat = [v for p in xy for v in p] if isinstance(xy[0], (tuple, list)) else list(xy)
+        return [v * self.s for v in flat]
+
+    def line(self, xy, fill=None, width: int = 1) -> None:
+        self.draw.line(self._xy(xy), fill=fill, width=width * self.s, joint="curve")
+
+    def rectangle(self, xy, **kw) -> None:
+        self.draw.rectangle(self._xy(xy), width=self.s, **kw)
+
+    def ellipse(self, xy, **kw) -> None:
+        self.draw.ellipse(self._xy(xy), **kw)
+
+    def text(self, xy, text, **kw) -> None:
+        self.draw.text(tuple(self._xy(xy)), text, **kw)
 
 
 def render_panels(
