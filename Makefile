@@ -49,8 +49,11 @@ lint: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two pytest workers (pytest-xdist); modules that time or kill processes share one worker
+# (tests/conftest.py SERIAL_MODULES). `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
 test: setup-test lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 bench: setup
 	$(PY) -m pip install -e ".[bench,dask]"
