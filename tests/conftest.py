@@ -123,5 +123,6 @@ SERIAL_MODULES = frozenset(
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+        module = getattr(item, "module", None)  # doctest items have none
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
             item.add_marker(pytest.mark.xdist_group("serial"))
