@@ -541,12 +541,13 @@ def write_preview(
     * ``NNN_label.png``: labels colour-coded with the store's palette, ignore black;
     * ``NNN_weight.png``: the weights as a viridis heat map, ignore black;
     * ``NNN_triplet.png``: the three side by side, plus the label blended over the image,
-      under titles (tile, weights name) and with the weights' colour bar;
+      under titles (tile, scale, rotation and mirrors of the crop; weights name) and with
+      the weights' colour bar;
     * ``NNN_image.npy`` (C, h, w) float32 normalized, ``NNN_label.npy`` (h, w) int64,
       ``NNN_weight.npy`` (h, w) float32: exactly what the model and the loss get;
 
-    and ``preview.json`` with each sample's parameters (tile, centre, scale, angle,
-    mirrors, blur) and weight range.
+    ``legend.png`` naming the class colours, and ``preview.json`` with each sample's
+    parameters (tile, centre, scale, angle, mirrors, blur) and weight range.
 
     Returns
     -------
@@ -563,7 +564,13 @@ def write_preview(
 
     from PIL import Image
 
-    from npa_precompute.colors import class_palette, heatmap_rgb, label_rgb, stretch_image
+    from npa_precompute.colors import (
+        class_palette,
+        heatmap_rgb,
+        label_rgb,
+        legend_image,
+        stretch_image,
+    )
     from npa_precompute.viz import panel_row
 
     check_int("n", n, minimum=1)
@@ -599,7 +606,11 @@ def write_preview(
         Image.fromarray(rgb).save(out / f"{stem}_image.png")
         Image.fromarray(lab_rgb).save(out / f"{stem}_label.png")
         Image.fromarray(w_rgb).save(out / f"{stem}_weight.png")
-        titles = [f"image {params.tile}", "label", f"weights {weights_name or 'none (1)'}",
+        flips = [n for n, on in (("h-mirror", params.hflip), ("v-mirror", params.vflip),
+                                 ("transposed", params.transpose)) if on]  # fmt: skip
+        titles = [f"image {params.tile}, scale x{params.scale:.2f}, rotated "
+                  f"{params.angle:+.1f}°{''.join(', ' + f for f in flips)}",
+                  "label (key: legend.png)", f"weights {weights_name or 'none (1)'}",
                   "label over image"]  # fmt: skip
         panel_row([rgb, lab_rgb, w_rgb, overlay], titles, colorbar=(2, lo, hi)).save(
             out / f"{stem}_triplet.png"
@@ -618,4 +629,5 @@ def write_preview(
         "samples": records,
     }
     (out / "preview.json").write_text(json.dumps(meta, indent=2) + "\n")
+    legend_image(ds.info.classes, palette).save(out / "legend.png")
     return records

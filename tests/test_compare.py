@@ -278,7 +278,7 @@ def test_training_panels_and_plot_cli(tmp_path):
     runs[0]["label"] = "a"
     panels = training_panels(runs, ["mF1", "car"])
     assert [p.title for p in panels] == [
-        "training loss", "learning rate", "validation mF1", "validation car"
+        "training loss: ce", "learning rate", "validation mF1", "validation car"
     ]  # fmt: skip
     assert panels[0].series[0].y == [2.0, 1.5, 1.2]
     assert panels[2].series[0].x == [1.0, 3.0] and panels[2].series[0].y == [50.0, 70.0]
@@ -287,11 +287,15 @@ def test_training_panels_and_plot_cli(tmp_path):
     result = CliRunner().invoke(main, ["plot", str(a), str(b), "--out", str(out),
                                        "--backend", "pillow"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "2 run(s), panels: training loss, learning rate, validation mF1, validation mIoU" in (
-        result.output
+    assert (
+        "2 run(s), panels: training loss: ce, learning rate, validation mF1, validation mIoU"
+        in (result.output)
     )
     assert Image.open(out).size == (1120, 760)
     info = plot_runs([b], tmp_path / "m.png", backend="matplotlib")
-    assert info["panels"] == ["training loss", "learning rate"] and info["runs"] == ["b"]
+    assert info["panels"] == ["training loss: ce", "learning rate"] and info["runs"] == ["b"]
+    c = _run(tmp_path, "c", loss="npa", weights="k32_log10_L0.5")
+    info = plot_runs([b, c], tmp_path / "two.png", backend="matplotlib")  # NPA and CE apart
+    assert info["panels"] == ["training loss: ce", "training loss: npa", "learning rate"]
     result = CliRunner().invoke(main, ["plot", str(tmp_path), "--out", str(out)])
     assert result.exit_code != 0 and "no run folder" in result.output
