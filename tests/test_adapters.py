@@ -79,9 +79,7 @@ def test_smp_npa_options_are_keyword_only():
 
 
 # ---- label mistakes: a clear error through every adapter ---------------------------------------
-# online.py's value check is the weights branch's fix (issue 20 item 1); these tests pin
-# what users of the adapters must read, and pass once it is merged.
-NEEDS_WEIGHTS = pytest.mark.xfail(strict=False, reason="needs weights branch")
+# online.py's value check (issue 20 item 1) seen through the adapters: what their users read
 
 
 def _blocky(values, n=2, size=64, block=16, seed=0):
@@ -105,7 +103,6 @@ LABEL_MISTAKES = {
 }  # fmt: skip
 
 
-@NEEDS_WEIGHTS
 @pytest.mark.parametrize("case", list(LABEL_MISTAKES))
 def test_label_mistakes_give_a_named_error_through_the_adapters(case):
     from npa_train.adapters.smp import NPALoss
