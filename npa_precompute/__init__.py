@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "affinity_maps": "npa_precompute.affinity",
-    "open_weights": "npa_precompute.derived",
+    "open_weights": "npa_precompute.store",
     "parse_ks": "npa_precompute.affinity",
     "WeightTransform": "npa_precompute.transforms",
     "parse_transform": "npa_precompute.transforms",
@@ -25,7 +25,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from npa_precompute.affinity import affinity_maps, parse_ks
-    from npa_precompute.derived import open_weights
+    from npa_precompute.store import open_weights
     from npa_precompute.transforms import WeightTransform, parse_transform, weights_name
 
 __all__ = [

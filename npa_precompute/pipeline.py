@@ -43,6 +43,7 @@ from npa_precompute.readers import (
 from npa_precompute.store import (
     LOCK_NAME,
     SCHEMA_VERSION,
+    LockGuard,
     StoreError,
     StoreInfo,
     StoreLock,
@@ -56,6 +57,7 @@ from npa_precompute.store import (
     is_consolidated,
     list_tiles,
     open_store,
+    stored_weights,
     tile_meta,
     write_tile,
 )
@@ -161,8 +163,12 @@ def _source_attrs(src: TileSource) -> dict:
     }
 
 
-def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dict) -> dict:
+def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dict,
+                 guard: LockGuard | None = None) -> dict:  # fmt: skip
     """Compute and write one tile; returns {"tile", "pixels", "kernel_seconds"}.
+
+    ``guard``, the run's :class:`~npa_precompute.store.LockGuard`, is checked before each
+    write (a worker whose run has ended writes nothing).
 
     Raises
     ------
@@ -228,14 +234,15 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
         weights=weights(),
         attrs=meta,
         chunk=cfg.chunk,
+        guard=guard,
     )
     return {"tile": src.tile_id, "pixels": int(label.size), "kernel_seconds": kernel_s}
 
 
-def _grow_job(store: str, tile_id: str, cfg, new_ks, new_weights) -> dict:
+def _grow_job(store: str, tile_id: str, cfg, new_ks, new_weights, guard=None) -> dict:
     from npa_precompute.grow import grow_tile
 
-    return grow_tile(store, tile_id, cfg, new_ks, new_weights)
+    return grow_tile(store, tile_id, cfg, new_ks, new_weights, guard=guard)
 
 
 #: Seconds into the warm-up after which a compilation in progress is announced.
@@ -313,18 +320,40 @@ def compile_kernels(cfg: PrecomputeConfig, notify: Callable[[str], None] | None 
     return time.perf_counter() - t0 if misses() > before else 0.0
 
 
-def _init_worker(threads: int) -> None:
-    import numba
+def _init_worker(threads: int, parent: int) -> None:
+    """Start-up of a tile worker: die with the run (``parent``), then size numba's pool.
 
-    numba.set_num_threads(threads)
-    # Die with the parent: a killed `npa-precompute run` must not leave workers behind.
-    # Their unfinished tile stays incomplete and the next run redoes it.
+    A killed ``npa-precompute run`` must not leave workers behind: their unfinished tile
+    stays incomplete and the next run redoes it. The parent-death signal only covers a
+    parent that dies after it is set, so a run killed while this worker was starting
+    (importing numpy, numba, zarr) is caught by the check that follows it.
+    """
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+    _exit_if_orphaned(parent)
+    import numba
+
+    numba.set_num_threads(threads)
+
+
+def _exit_if_orphaned(parent: int) -> None:
+    """End this worker process at once when the run that started it has ended."""
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _in_worker(parent: int, fn: Callable, *args) -> dict:
+    """Run one tile job in a worker, which ends with its run (``parent``) even if that
+    happens between two jobs."""
+    _exit_if_orphaned(parent)
+    try:
+        return fn(*args)
+    finally:
+        _exit_if_orphaned(parent)
 
 
 def _remove_store(path: Path, *, keep_folder: bool) -> None:
@@ -365,7 +394,8 @@ def _open_rasters(
     return rasters
 
 
-def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progress) -> None:
+def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progress,
+                   guard) -> None:  # fmt: skip
     from npa_precompute.blockwise import count_blocks, dask_client, process_tile_blockwise
     from npa_precompute.grow import grow_blocks, grow_tile
 
@@ -391,7 +421,7 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
                 current = src.tile_id
                 r = process_tile_blockwise(
                     store, src, tile_cfg, source, client=client, opts=opts, label=label,
-                    image=image, progress=tick,
+                    image=image, progress=tick, guard=guard,
                 )  # fmt: skip
                 current = None
                 summary.add("written", r)
@@ -404,7 +434,8 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
                         progress(done, total, tile)
 
                 r = grow_tile(store, src.tile_id, tile_cfg, new_ks, new_weights, client=client,
-                              block=opts.block, threads=threads, progress=tick)  # fmt: skip
+                              block=opts.block, threads=threads, progress=tick,
+                              guard=guard)  # fmt: skip
                 summary.add("grown", r)
     except InputError:
         # Bad label or image content, found by a block: the in-memory path finds it before
@@ -429,8 +460,6 @@ def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overw
     ``"skip"`` (current), ``"changed"`` (complete, made with another dtype, chunk or
     decoding: an error without ``overwrite``).
     """
-    from npa_precompute.store import stored_weights
-
     if overwrite or not meta.complete:
         return "write", cfg, (), ()
     old = meta.params
@@ -578,10 +607,10 @@ def run_precompute(
     existed = path.exists()
     if not existed:
         path.mkdir(parents=True, exist_ok=True)
-    with StoreLock(path):
+    with StoreLock(path) as lock:
         summary = _run_locked(
             out, sources, cfg, rasters, existed=existed, overwrite=overwrite, workers=workers,
-            progress=progress, dask=dask, notify=notify,
+            progress=progress, dask=dask, notify=notify, guard=lock.guard,
         )  # fmt: skip
     summary.seconds = time.perf_counter() - t_start
     return summary
@@ -600,10 +629,11 @@ def _run_jobs(jobs, workers: int, summary: RunSummary, progress) -> None:
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
+    parent = os.getpid()
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, parent)
     ) as pool:
-        futures = {pool.submit(fn, *args): kind for fn, args, kind in jobs}
+        futures = {pool.submit(_in_worker, parent, fn, *args): kind for fn, args, kind in jobs}
         for i, fut in enumerate(as_completed(futures)):
             try:
                 r = fut.result()
@@ -617,7 +647,8 @@ def _run_jobs(jobs, workers: int, summary: RunSummary, progress) -> None:
 
 
 def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
-                overwrite: bool, workers: int, progress, dask, notify) -> RunSummary:  # fmt: skip
+                overwrite: bool, workers: int, progress, dask, notify,
+                guard: LockGuard) -> RunSummary:  # fmt: skip
     """The part of :func:`run_precompute` that reads and writes the store (lock held)."""
     path = Path(out)
     info = replace(
@@ -665,10 +696,11 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
         if todo or grow:
             summary.compile_seconds = compile_kernels(cfg, notify)
             drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
-        jobs = [(process_tile, (store, s, c, so), "written") for s, so, c in todo]
-        jobs += [(_grow_job, (store, s.tile_id, c, nk, nw), "grown") for s, c, nk, nw in grow]
+        jobs = [(process_tile, (store, s, c, so, guard), "written") for s, so, c in todo]
+        jobs += [(_grow_job, (store, s.tile_id, c, nk, nw, guard), "grown")
+                 for s, c, nk, nw in grow]  # fmt: skip
         if dask is not None:
-            _run_blockwise(store, todo, grow, dask, rasters, summary, progress)
+            _run_blockwise(store, todo, grow, dask, rasters, summary, progress, guard)
         else:
             _run_jobs(jobs, workers, summary, progress)
     except BaseException:
