@@ -8,11 +8,8 @@ tile per worker process, each worker writing only its own tile's arrays.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing as mp
 import os
-import signal
-import sys
 import threading
 import time
 import warnings
@@ -25,6 +22,7 @@ import numpy as np
 
 from npa_precompute import __version__, defaults
 from npa_precompute._kernels import count_ranges
+from npa_precompute._workers import in_worker, init_worker
 from npa_precompute.affinity import affinity_maps, parse_ks
 from npa_precompute.blockwise import DaskOptions
 from npa_precompute.errors import ParameterError
@@ -320,42 +318,6 @@ def compile_kernels(cfg: PrecomputeConfig, notify: Callable[[str], None] | None 
     return time.perf_counter() - t0 if misses() > before else 0.0
 
 
-def _init_worker(threads: int, parent: int) -> None:
-    """Start-up of a tile worker: die with the run (``parent``), then size numba's pool.
-
-    A killed ``npa-precompute run`` must not leave workers behind: their unfinished tile
-    stays incomplete and the next run redoes it. The parent-death signal only covers a
-    parent that dies after it is set, so a run killed while this worker was starting
-    (importing numpy, numba, zarr) is caught by the check that follows it.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    _exit_if_orphaned(parent)
-    import numba
-
-    numba.set_num_threads(threads)
-
-
-def _exit_if_orphaned(parent: int) -> None:
-    """End this worker process at once when the run that started it has ended."""
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _in_worker(parent: int, fn: Callable, *args) -> dict:
-    """Run one tile job in a worker, which ends with its run (``parent``) even if that
-    happens between two jobs."""
-    _exit_if_orphaned(parent)
-    try:
-        return fn(*args)
-    finally:
-        _exit_if_orphaned(parent)
-
-
 def _remove_store(path: Path, *, keep_folder: bool) -> None:
     import shutil
 
@@ -631,9 +593,9 @@ def _run_jobs(jobs, workers: int, summary: RunSummary, progress) -> None:
     ctx = mp.get_context("spawn")
     parent = os.getpid()
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, parent)
+        max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(threads, parent)
     ) as pool:
-        futures = {pool.submit(_in_worker, parent, fn, *args): kind for fn, args, kind in jobs}
+        futures = {pool.submit(in_worker, parent, fn, *args): kind for fn, args, kind in jobs}
         for i, fut in enumerate(as_completed(futures)):
             try:
                 r = fut.result()

@@ -123,7 +123,7 @@ class StoreLock:
     def guard(self) -> LockGuard:
         """What the processes writing for this run check before each write
         (:class:`LockGuard`): this process, and the line it wrote in the lock file."""
-        return LockGuard(str(self.path), os.getpid(), socket.gethostname(), self._line)
+        return LockGuard(os.path.abspath(self.path), os.getpid(), socket.gethostname(), self._line)
 
     def release(self) -> None:
         """Give the lock back (closing the file releases it)."""
