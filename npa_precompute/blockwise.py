@@ -47,6 +47,7 @@ from npa_precompute.transforms import weights_attrs, weights_name
 __all__ = [
     "DaskOptions",
     "block_grid",
+    "check_block",
     "check_memory_limit",
     "count_blocks",
     "dask_client",
@@ -376,6 +377,20 @@ def check_memory_limit(opts: DaskOptions, cfg, image_bands: int = 0) -> None:
         )
 
 
+def check_block(block: int, chunk: int) -> None:
+    """Refuse a block side that is not a multiple of the chunk side.
+
+    Raises
+    ------
+    ParameterError
+        ``block`` not a multiple of ``chunk`` (each block's task writes whole shards).
+    """
+    if block % chunk:
+        why = (f"`block` ({block}) must be a multiple of `chunk` ({chunk}): each block's "
+               "task writes whole shards of the store")  # fmt: skip
+        raise ParameterError("block", why, message=why)
+
+
 def count_blocks(label: Raster, cfg, block: int) -> int:
     """Tasks a tile needs: one per block, twice when a ``norm`` transformation is asked for."""
     n = len(block_grid(label.shape[:2], block))
@@ -422,12 +437,7 @@ def process_tile_blockwise(
     from npa_precompute.geo import tile_georef
     from npa_precompute.store import TileWriter, build_tile_meta, open_store
 
-    if opts.block % cfg.chunk:
-        raise ParameterError(
-            "block",
-            f"({opts.block}) must be a multiple of `chunk` ({cfg.chunk}): each block's "
-            "task writes whole shards of the store",
-        )
+    check_block(opts.block, cfg.chunk)
     label = label if label is not None else Raster(src.label, role="label")
     if image is None and src.image is not None:
         image = Raster(src.image, role="image")

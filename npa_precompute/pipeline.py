@@ -24,7 +24,7 @@ from npa_precompute import __version__, defaults
 from npa_precompute._kernels import count_ranges
 from npa_precompute._workers import in_worker, init_worker
 from npa_precompute.affinity import affinity_maps, parse_ks
-from npa_precompute.blockwise import DaskOptions
+from npa_precompute.blockwise import DaskOptions, check_block
 from npa_precompute.errors import ParameterError
 from npa_precompute.geo import tile_georef
 from npa_precompute.imagestats import image_stats
@@ -73,17 +73,73 @@ __all__ = ["PrecomputeConfig", "RunSummary", "process_tile", "run_precompute"]
 
 @dataclass(frozen=True)
 class PrecomputeConfig:
-    """Parameters of one precompute run; ``params()`` is what decides if a tile is current."""
+    """Parameters of one precompute run; ``params()`` is what decides if a tile is current.
+
+    Checks itself when made (as :class:`npa_train.config.TrainConfig` does), so every
+    path that builds one (:func:`run_precompute`, a grow's union of a tile's and a run's
+    parameters) holds valid values.
+
+    Attributes
+    ----------
+    preset : Preset
+    ks : tuple of int
+        Search regions k (Eq. 1); anything :func:`~npa_precompute.affinity.parse_ks` takes.
+    transforms : tuple of WeightTransform
+        Weight transformations; specs such as ``"log10:L=0.5"`` are parsed, duplicates
+        dropped.
+    weight_dtype : {"float32", "float16"}
+    unknown_colors : {"error", "ignore"}
+    chunk : int, >= 16
+    store_weights : bool or tuple of str
+        Weights arrays to materialize: True every k x transform, False none (counts
+        only, the weights are derived when read), or a tuple of weights names.
+
+    Raises
+    ------
+    ParameterError
+        A bad value, naming its argument (``ks`` as ``k``, ``transforms``,
+        ``weight_dtype``, ``unknown_colors``, ``chunk``).
+    WeightRangeError
+        A (k, transformation, dtype) whose weights would overflow the dtype.
+    """
 
     preset: Preset
-    ks: tuple[int, ...] = (8, 16, 32, 64)
-    transforms: tuple[WeightTransform, ...] = (parse_transform("log10:L=0.5"),)
-    weight_dtype: str = "float32"
-    unknown_colors: str = "error"
-    chunk: int = 256
-    #: weights arrays to materialize: True every k x transform, False none (counts only,
-    #: the weights are derived when read), or a tuple of weights names
+    ks: tuple[int, ...] = defaults.KS
+    transforms: tuple[WeightTransform, ...] = (parse_transform(defaults.TRANSFORMS[0]),)
+    weight_dtype: str = defaults.WEIGHT_DTYPE
+    unknown_colors: str = defaults.UNKNOWN_COLORS
+    chunk: int = defaults.CHUNK
     store_weights: bool | tuple[str, ...] = True
+
+    def __post_init__(self) -> None:
+        ks = tuple(parse_ks(self.ks))
+        object.__setattr__(self, "ks", ks)
+        transforms = self.transforms
+        if isinstance(transforms, (str, WeightTransform)):
+            transforms = [transforms]
+        try:
+            parsed = tuple(dict.fromkeys(
+                t if isinstance(t, WeightTransform) else parse_transform(t) for t in transforms
+            ))  # fmt: skip
+        except WeightRangeError:
+            check_weight_range(ks, transforms, self.weight_dtype)  # names the transform, limit
+            raise
+        except ValueError as exc:
+            raise ParameterError("transforms", str(exc), message=str(exc)) from None
+        if not parsed:
+            raise ParameterError("transforms", "must name at least one weight transformation")
+        object.__setattr__(self, "transforms", parsed)
+        if self.weight_dtype not in ("float32", "float16"):
+            raise ParameterError(
+                "weight_dtype", f"must be 'float32' or 'float16', got {self.weight_dtype!r}"
+            )
+        if self.unknown_colors not in ("error", "ignore"):
+            raise ParameterError(
+                "unknown_colors", f"must be 'error' or 'ignore', got {self.unknown_colors!r}"
+            )
+        if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 16:
+            raise ParameterError("chunk", f"must be an integer >= 16, got {self.chunk!r}")
+        check_weight_range(ks, parsed, self.weight_dtype)
 
     def stored_pairs(self) -> list[tuple[int, WeightTransform]]:
         """(k, transformation) of the weights arrays a tile written with this config holds."""
@@ -529,38 +585,12 @@ def run_precompute(
     """
     t_start = time.perf_counter()
     preset_obj = get_preset(preset, num_classes=num_classes, ignore_index=ignore_index)
-    ks = parse_ks(ks)
-    if isinstance(transforms, str):
-        transforms = [transforms]
-    try:
-        parsed = tuple(dict.fromkeys(parse_transform(t) for t in transforms))
-    except WeightRangeError:
-        check_weight_range(ks, transforms, weight_dtype)  # names the transform and the limit
-        raise
-    except ValueError as exc:
-        raise ParameterError("transforms", str(exc), message=str(exc)) from None
-    if not parsed:
-        raise ParameterError("transforms", "must name at least one weight transformation")
-    if weight_dtype not in ("float32", "float16"):
-        raise ParameterError(
-            "weight_dtype", f"must be 'float32' or 'float16', got {weight_dtype!r}"
-        )
-    if unknown_colors not in ("error", "ignore"):
-        raise ParameterError(
-            "unknown_colors", f"must be 'error' or 'ignore', got {unknown_colors!r}"
-        )
-    if not isinstance(chunk, int) or chunk < 16:
-        raise ParameterError("chunk", f"must be an integer >= 16, got {chunk!r}")
+    cfg = PrecomputeConfig(preset_obj, ks, transforms, weight_dtype, unknown_colors, chunk,
+                           bool(store_weights))  # fmt: skip
     if not isinstance(workers, int) or workers < 1:
         raise ParameterError("workers", f"must be an integer >= 1, got {workers!r}")
-    if dask is not None and dask.block % chunk:
-        raise ValueError(
-            f"`block` ({dask.block}) must be a multiple of `chunk` ({chunk}): each block's "
-            "task writes whole shards of the store"
-        )
-    check_weight_range(ks, parsed, weight_dtype)
-    cfg = PrecomputeConfig(preset_obj, ks, parsed, weight_dtype, unknown_colors, chunk,
-                           bool(store_weights))  # fmt: skip
+    if dask is not None:
+        check_block(dask.block, cfg.chunk)
     sources = discover_tiles(labels, images, preset=preset)
     rasters = _open_rasters(sources, cfg, dask) if dask is not None else {}
 
