@@ -146,8 +146,8 @@ def command(mode: str, inputs: dict, store: Path, ks=KS) -> list[str]:
 
 
 def run(cmd: list[str], token: str, kill_after: float | None) -> tuple[int, float]:
-    env = {**os.environ, "NPALOSS_HARNESS": token,
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "NPALOSS_HARNESS": token, "PYTHONPATH": path}
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if kill_after is None:

@@ -77,8 +77,8 @@ def test_sigkill_while_workers_start_leaves_no_worker_and_no_foreign_tile(tmp_pa
     for trial in range(10):
         inputs, other = sets[trial % 2], sets[1 - trial % 2]
         marker = f"NPALOSS_KILL_TEST={uuid.uuid4().hex}"
-        env = {**os.environ, "NPALOSS_KILL_TEST": marker.split("=")[1],
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+        path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        env = {**os.environ, "NPALOSS_KILL_TEST": marker.split("=")[1], "PYTHONPATH": path}
         cmd = [sys.executable, "-m", "npa_precompute", "run", inputs["gt"], "--images",
                inputs["top"], "--out", str(out), "--k", ",".join(map(str, KS)), "--transform",
                TRANSFORMS[0], "--transform", TRANSFORMS[1], "--workers", "2", "--overwrite",

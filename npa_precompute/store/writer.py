@@ -323,6 +323,7 @@ def write_tile(
     attrs: TileMeta | dict,
     chunk: int = 256,
     guard: LockGuard | None = None,
+    more: Iterable[tuple[str, np.ndarray, dict]] = (),
 ) -> None:
     """Write one tile held in memory with a :class:`TileWriter`, replacing any earlier
     version, and mark it complete last.
@@ -337,6 +338,7 @@ def write_tile(
     attrs : TileMeta (:func:`~npa_precompute.store.meta.build_tile_meta`) or dict
     chunk : chunk side in pixels
     guard : checked before each write (:class:`~npa_precompute.store.lock.LockGuard`)
+    more : (path, array, attrs) of any other array of the tile (``"<group>/<name>"``)
     """
     w = TileWriter.create(root, tile_id, attrs, chunk=chunk, guard=guard)
     w.add("label", label, fill_value=ignore_index)
@@ -346,4 +348,6 @@ def write_tile(
         w.add(f"affinity/k{k}", a, attrs={"k": int(k)})
     for name, data, wattrs in weights:
         w.add(f"weights/{name}", data, fill_value=0.0, attrs=wattrs)
+    for path, data, more_attrs in more:
+        w.add(path, data, attrs=more_attrs)
     w.commit(attrs)
