@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -67,6 +66,7 @@ from npa_precompute.transforms import (
     weights_attrs,
     weights_name,
 )
+from npa_precompute.warmup import compile_kernels
 
 __all__ = ["PrecomputeConfig", "RunSummary", "process_tile", "run_precompute"]
 
@@ -297,81 +297,6 @@ def _grow_job(store: str, tile_id: str, cfg, new_ks, new_weights, guard=None) ->
     from npa_precompute.grow import grow_tile
 
     return grow_tile(store, tile_id, cfg, new_ks, new_weights, guard=guard)
-
-
-#: Seconds into the warm-up after which a compilation in progress is announced.
-COMPILE_NOTICE_AFTER = 0.5
-
-
-def compile_kernels(cfg: PrecomputeConfig, notify: Callable[[str], None] | None = None) -> float:
-    """Run each numba kernel a run uses once, on tiny inputs of the run's types.
-
-    The first run on a machine compiles them (10-40 s; ``notify`` is then told so, once)
-    and numba caches the machine code on disk; later runs and the worker processes load
-    it from there in about a second (which the first tile would spend anyway). Warming up
-    here keeps compilation out of the per-tile kernel times.
-
-    Returns
-    -------
-    float
-        Seconds spent compiling, 0.0 when every kernel came from numba's cache.
-    """
-    from numba.core.registry import CPUDispatcher
-
-    from npa_precompute import _kernels
-
-    kernels = [v for v in vars(_kernels).values() if isinstance(v, CPUDispatcher)]
-
-    def misses() -> int:
-        return sum(sum(k.stats.cache_misses.values()) for k in kernels)
-
-    before = misses()
-    done = threading.Event()
-
-    def announce() -> None:
-        # numba counts a cache miss before it compiles: say so while it does, once
-        if done.wait(COMPILE_NOTICE_AFTER):
-            return
-        while not done.is_set():
-            if misses() > before:
-                if notify is not None:
-                    notify(
-                        "Compiling the numba kernels (first run only, 10-40 s; later runs "
-                        "load them from numba's cache)..."
-                    )
-                return
-            done.wait(0.1)
-
-    watcher = threading.Thread(target=announce, name="npaloss-compile-notice", daemon=True)
-    t0 = time.perf_counter()
-    watcher.start()
-    try:
-        preset = cfg.preset
-        index = np.zeros((6, 6), dtype=preset.label_dtype)
-        index[2:, 3:] = 1
-        index[0, 0] = preset.ignore_index
-        dtype = np.dtype(cfg.weight_dtype)
-        for writable in (True, False):  # files read through Pillow come read-only
-            if preset.palette is not None:
-                rgb = np.array([*preset.palette, *preset.ignore_colors], dtype=np.uint8)
-                rgb = np.ascontiguousarray(rgb[np.arange(36) % len(rgb)].reshape(6, 6, 3))
-                rgb.setflags(write=writable)
-                label = preset.decode(rgb, unknown_colors="ignore")
-            else:
-                label = index.copy()
-                label.setflags(write=writable)
-            aff = affinity_maps(label, cfg.ks)
-            ignore = label == preset.ignore_index
-            for t in {t.kind: t for t in cfg.transforms}.values():
-                t.apply(aff[0], ignore, dtype=dtype)
-            for image_dtype in (np.uint8, np.uint16):
-                image = np.zeros((2, 2, 3), dtype=image_dtype)
-                image.setflags(write=writable)
-                image_stats(image)
-    finally:
-        done.set()
-        watcher.join()
-    return time.perf_counter() - t0 if misses() > before else 0.0
 
 
 def _remove_store(path: Path, *, keep_folder: bool) -> None:
