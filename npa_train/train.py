@@ -13,7 +13,9 @@ is the total that is minimized, ``aux_loss`` the auxiliary term before weighting
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations, at the end, on Ctrl-C or
 SIGTERM, and before stopping on a non-finite loss; format: :mod:`npa_train.checkpoint`).
 With ``val_every`` N > 0 the validation tiles are scored every N iterations and at the
-end (:mod:`npa_train.validation`): ``val.csv`` and ``best.pt``.
+end (:mod:`npa_train.validation`): ``val.csv`` and ``best.pt``. An iteration is validated
+before its checkpoint is saved, so a run killed at any moment and resumed has the same
+``log.csv``, ``val.csv`` and ``best.pt`` as an uninterrupted one (timings aside).
 
 The run is a :class:`Trainer` of a :class:`~npa_train.config.TrainConfig`, in stages
 (check, setup, restore, loader, step, log, checkpoint, validate); :func:`fit` builds both.
@@ -590,9 +592,12 @@ class Trainer:
         self.bar.update(1)
         if self.callback is not None:
             self.callback(iteration, self.cur_lr, loss_value)
+        # validation first: a checkpoint of `iteration` means its validation is in val.csv
+        # and best.pt, so a kill between the two is resumed from the checkpoint before and
+        # scores `iteration` again (never skips it)
+        self.validate(iteration)
         if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < cfg.iters:
             self.save_checkpoint(iteration)
-        self.validate(iteration)
         if self.ddp.world_size == 1:
             requested = self.signals.signum
         return requested
