@@ -41,7 +41,11 @@ class TrainConfig:
     Parameters (as :func:`npa_train.train.fit`, where each is documented)
     ----------------------------------------------------------------------
     store, out : str, the weight store and the run folder
-    weights : str or None; ``"none"`` and ``""`` become None
+    weights : str or None
+        A weights name; ``"none"`` (or ``""``, any case) for none, kept as ``"none"``;
+        None (the default): not given, and :class:`npa_train.train.Trainer` chooses
+        (:data:`npa_train.choices.DEFAULT_WEIGHTS` for ``loss="npa"`` when every training
+        tile holds it, else none). ``Trainer.weights`` is the name it trains with.
     loss, reduction, model, width, pretrained, aux_weight : the criterion and network
     iters, batch, crop : steps, crops per step (per rank), crop ``(h, w)``
     tiles, val_tiles, split : training/validation tiles (tuples; None: all / none)
@@ -131,7 +135,7 @@ class TrainConfig:
         return {
             "store": str(self.store),
             "out": str(self.out),
-            "weights": parse_weights_option(self.weights),
+            "weights": _weights(self.weights),
             "reduction": reduction,
             "model": parse_model_name(self.model),
             **self._parsed_numbers(),
@@ -187,6 +191,13 @@ class TrainConfig:
             for k in cls.RESUME_KEYS
             if _json_ready(old.get(k)) != _json_ready(new.get(k))
         ]
+
+
+def _weights(value) -> str | None:
+    """None (not given) stays None; an explicit none becomes ``"none"``; else the name."""
+    if value is None:
+        return None
+    return parse_weights_option(value) or "none"
 
 
 def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
