@@ -90,6 +90,7 @@ from npa_train.distributed import (
 from npa_train.loss import build_criterion, median_frequency_weights
 from npa_train.model import build_model, load_pretrained, model_config, model_spec
 from npa_train.runlog import CsvLog, rows_until
+from npa_train.runrecord import RUN_RECORD_SCHEMA
 from npa_train.splits import available_weights, resolve_split
 from npa_train.validation import Validator
 
@@ -434,6 +435,9 @@ class Trainer:
             "image_dtype": ds.image_dtype,
             "image_mean": ds.mean.tolist(), "image_std": ds.std.tolist(),
             "store_preset": ds.info.preset,
+            # the classes validation (and evaluate) average: the preset's foreground
+            "classes_in_mean": [ds.classes[i] for i in ds.info.foreground],
+            "run_record_schema": RUN_RECORD_SCHEMA,
             "torch_version": str(torch.__version__),
         })  # fmt: skip
         return record
