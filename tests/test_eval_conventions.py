@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from npa_precompute.errors import ParameterError
 from npa_precompute.pipeline import run_precompute
-from npa_precompute.presets import ISPRS
+from npa_precompute.presets import ISPRS, LOVEDA
 from npa_train.cli_eval import evaluate_cmd
 from npa_train.evaluate import evaluate_model, format_table
 from npa_train.metrics import clutter_classes, means_by_clutter
@@ -41,9 +41,11 @@ def test_means_with_and_without_clutter_by_hand():
         means_by_clutter(CM, [3])
 
 
-def test_clutter_classes_by_name_else_the_non_foreground_ones():
-    assert clutter_classes(ISPRS.classes) == [5]
-    assert clutter_classes(["a", "Clutter", "b"]) == [1]
+def test_clutter_classes_are_those_outside_the_preset_foreground():
+    # one definition, the preset's (issue 19.5): no class is clutter by its name alone
+    assert clutter_classes(ISPRS.classes, ISPRS.foreground) == [5]
+    assert clutter_classes(LOVEDA.classes, range(LOVEDA.num_classes)) == []  # background scored
+    assert clutter_classes(["a", "Clutter", "b"]) == []
     assert clutter_classes(["a", "b", "c"], foreground=[0, 2]) == [1]
     assert clutter_classes(["a", "b"]) == []
 
