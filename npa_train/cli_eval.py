@@ -42,8 +42,10 @@ threads_option = click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads of torch's operators (torch.set_num_threads; default: torch's "
-    "choice, usually one per core).",
+    help="CPU threads of torch's operators (torch.set_num_threads). Default: fit picks "
+    "the cores this process may use less its loader workers, fewer when the load shows "
+    "busy cores, and prints the choice; evaluate and predict take torch's choice. On a "
+    "busy machine --threads 1 is often fastest.",
 )
 
 
@@ -168,7 +170,8 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
         progress=not quiet,
         full_gt=full_gt,
     )
-    click.echo(format_table(result), nl=False)
+    if not quiet:  # -q: the scores are in metrics.md and metrics.json; one line here
+        click.echo(format_table(result), nl=False)
     which = " (the checkpoint's validation tiles)" if result["tiles_from"] == "val_tiles" else ""
     click.echo(
         f"{len(result['tiles'])} tile(s){which}, {result['windows']} windows in "

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.names import WeightsSpec
+from npa_precompute.params import parse_weights_option
 from npa_train.plot import BACKENDS, by_panel, render_panels, validation_panel
 from npa_train.runrecord import SCALAR_METRICS, EvalRecord, RunRecord, read_csv_rows
 
@@ -42,7 +44,6 @@ __all__ = [
     "load_results",
     "method_label",
     "metric_value",
-    "parse_weights_name",
     "read_csv_rows",
     "summarize",
     "write_csv",
@@ -58,8 +59,6 @@ METHOD_KEYS = (
 )  # fmt: skip
 #: What ``--by`` puts on the x axis of Fig. 5.
 BY_CHOICES = ("k", "transform")
-
-_WEIGHTS_RE = re.compile(r"^(?P<prefix>online:|ms_k[\d-]+_)?(?:k(?P<k>\d+)_)?(?P<tf>.+)$")
 
 
 # -- readers ------------------------------------------------------------------------------------
@@ -397,20 +396,13 @@ def _short_json(value) -> str:
 # -- Fig. 5: a metric against k or the transform ------------------------------------------------
 
 
-def parse_weights_name(name: str | None) -> dict:
-    """Split a weights name into prefix, search region k and transform.
-
-    ``"k32_log10_L0.5"`` -> ``{"prefix": "", "k": 32, "transform": "log10_L0.5"}``;
-    ``"online:k32_log10_L0.5"`` -> prefix ``"online:"``; ``"ms_k8-16-32_log10_L0.5"`` ->
-    prefix ``"ms_k8-16-32_"``, k None; ``None``/``"none"`` (ce, focal, ...) -> k and
-    transform None.
-    """
-    if not name or str(name).lower() == "none":
-        return {"prefix": "", "k": None, "transform": None}
-    m = _WEIGHTS_RE.match(str(name))
-    k = m.group("k")
-    return {"prefix": m.group("prefix") or "", "k": None if k is None else int(k),
-            "transform": m.group("tf")}  # fmt: skip
+def _weights_spec(name: str | None) -> WeightsSpec | None:
+    """The weights of a run's config (None: no weights, or a name of no known form)."""
+    name = parse_weights_option(name)
+    try:
+        return None if name is None else WeightsSpec.parse(name)
+    except ValueError:
+        return None
 
 
 def by_series(summary: dict, by: str, metric: str = "mF1") -> dict:
@@ -451,17 +443,18 @@ def by_series(summary: dict, by: str, metric: str = "mF1") -> dict:
         s = row["metrics"].get(metric) or {"median": None}
         if s["median"] is None:
             continue
-        w = parse_weights_name(row["config"].get("weights"))
-        if w[by] is None:
+        w = _weights_spec(row["config"].get("weights"))
+        axes = {} if w is None else {"k": w.k, "transform": w.transform.slug}
+        if axes.get(by) is None:
             references.append({"label": row["label"], "y": 100 * s["median"]})
             continue
         cfg = {**row["config"], "weights": None}
-        key = json.dumps([cfg.get(k) for k in METHOD_KEYS] + [w["prefix"], w[other],
+        key = json.dumps([cfg.get(k) for k in METHOD_KEYS] + [w.family, axes[other],
                          row["scored_on"]], sort_keys=True, default=str)  # fmt: skip
-        tag = f"{w['prefix']}{'k' + str(w['k']) if other == 'k' else w['transform']}"
+        tag = f"{w.family}{'k' + str(w.k) if other == 'k' else axes['transform']}"
         label = f"{cfg.get('model')} {cfg.get('loss')} ({tag})"
         entry = series.setdefault(key, {"label": label, "points": {}})
-        entry["points"][w[by]] = (100 * s["median"], 100 * s["min"], 100 * s["max"])
+        entry["points"][axes[by]] = (100 * s["median"], 100 * s["min"], 100 * s["max"])
     out = []
     for e in series.values():
         xs = sorted(e["points"]) if by == "k" else list(e["points"])

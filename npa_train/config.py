@@ -24,7 +24,14 @@ from npa_precompute.params import (
     parse_tiles,
     parse_weights_option,
 )
-from npa_train.choices import LOSSES, SPLITS, VAL_METRICS, WARP_ON
+from npa_train.choices import (
+    LOSSES,
+    SPLITS,
+    VAL_METRICS,
+    WARP_ON,
+    parse_model_name,
+    parse_reduction,
+)
 
 __all__ = ["AUX_WEIGHT", "MOMENTUM", "POLY_POWER", "WEIGHT_DECAY", "TrainConfig"]
 
@@ -53,6 +60,9 @@ class TrainConfig:
     augment, scale, rotation, flip, rotate, blur, normalize : the data
     focal_gamma, dice_smooth : loss parameters
     device, amp, amp_dtype, warp_on, workers : where and how it runs
+    threads : torch's CPU threads (``torch.set_num_threads``); None: chosen by
+        :func:`npa_train.device.choose_threads` from the usable cores, the loader workers
+        and the load, and printed once
     seed : int >= 0
     log_every, checkpoint_every, val_every, best_metric : logging, checkpoints and
         validation during training (``val_every`` 0: none; ``best_metric`` one of
@@ -99,6 +109,7 @@ class TrainConfig:
     warp_on: str = "auto"
     seed: int = 0
     workers: int | None = None
+    threads: int | None = None
     log_every: int = 1
     checkpoint_every: int = 500
     val_every: int = 0
@@ -121,9 +132,6 @@ class TrainConfig:
             object.__setattr__(self, name, value)
 
     def _parsed(self) -> dict[str, Any]:
-        from npa_train.loss import parse_reduction
-        from npa_train.model import parse_model_name
-
         check_choice("loss", self.loss, LOSSES)
         reduction = parse_reduction(self.reduction)
         if reduction == "none":
@@ -151,7 +159,7 @@ class TrainConfig:
         }
 
     def _parsed_numbers(self) -> dict[str, Any]:
-        workers = self.workers
+        workers, threads = self.workers, self.threads
         return {
             "width": check_int("width", self.width, minimum=1),
             "iters": check_int("iters", self.iters, minimum=1),
@@ -161,6 +169,7 @@ class TrainConfig:
             "val_every": check_int("val_every", self.val_every, minimum=0),
             "seed": check_int("seed", self.seed, minimum=0),
             "workers": None if workers is None else check_int("workers", workers, minimum=0),
+            "threads": None if threads is None else check_int("threads", threads, minimum=1),
             "lr": check_number("lr", self.lr, minimum=0.0, strict=True),
             "momentum": check_number("momentum", self.momentum, minimum=0.0),
             "weight_decay": check_number("weight_decay", self.weight_decay, minimum=0.0),

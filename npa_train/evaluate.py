@@ -51,6 +51,7 @@ from npa_train.predict import (
     window_grid,
     window_stride,
     write_label_maps,
+    write_legend,
 )
 
 __all__ = [
@@ -398,6 +399,8 @@ def evaluate_model(
     out_dir = _out_folder(out)
     total = sum(len(window_grid(t.shape, win, overlap)) for t in opened)
     per_tile: dict[str, dict] = {}
+    if out_dir and save_images:
+        write_legend(out_dir, sinfo.classes, palette_for(sinfo), errors=True)
     t_start = time.perf_counter()
     with progress_bar(total, "evaluate", progress) as bar:
         for t in opened:

@@ -59,6 +59,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -78,7 +79,7 @@ from npa_train.checkpoint import read_checkpoint, save_checkpoint
 from npa_train.choices import DEFAULT_WEIGHTS
 from npa_train.config import TrainConfig
 from npa_train.data import StoreCropDataset
-from npa_train.device import resolve_device
+from npa_train.device import choose_threads, resolve_device
 from npa_train.distributed import (
     RankSampler,
     all_reduce_mean,
@@ -276,6 +277,18 @@ class Trainer:
         self._check_out()
         self._warn_unfinished()
 
+    def _set_threads(self) -> None:
+        """``torch.set_num_threads``: the config's, or :func:`choose_threads`'s (printed)."""
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+            return
+        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        ranks = int(local) if local.isdigit() and self.ddp.world_size > 1 else 1
+        threads, reason = choose_threads(self.workers, ranks=ranks)
+        torch.set_num_threads(threads)
+        if self.ddp.main and self.cfg.progress:
+            print(f"torch threads: {threads} ({reason}; --threads N to choose)", file=sys.stderr)
+
     def resolve_weights(self) -> str | None:
         """The weights name to train with: ``weights``, or the default when not given.
 
@@ -345,6 +358,7 @@ class Trainer:
     def setup(self) -> None:
         """Build the dataset, model, criterion, optimizer and AMP scaler (seeded)."""
         cfg, world = self.cfg, self.ddp.world_size
+        self._set_threads()
         torch.manual_seed(cfg.seed)
         self.dataset = StoreCropDataset(
             cfg.store, self.weights, augment=self.aug, tiles=self.train_tiles,
