@@ -475,7 +475,8 @@ def plot_runs(
         if not (Path(path) / "config.json").is_file():
             raise ParameterError("runs", f"{path} is no run folder (no config.json)")
         record = RunRecord.read(path)
-        loaded.append({"run": str(record.folder), "log": record.log, "val": record.val})
+        loaded.append({"run": str(record.folder), "config": record.config, "log": record.log,
+                       "val": record.val})  # fmt: skip
     names = [Path(r["run"]).name for r in loaded]
     for r, name in zip(loaded, names, strict=True):
         r["label"] = name if names.count(name) == 1 else r["run"]
