@@ -173,7 +173,7 @@ def test_full_gt_refusals_name_the_option(stores, tmp_path):
     fit(stores["eroded"], run, weights=None, loss="ce", iters=1, batch=1, crop=16,
         device="cpu", progress=False)  # fmt: skip
     args = ["--store", stores["eroded"], "--checkpoint", run, "--out", tmp_path / "o",
-            "--window", "16", "--overlap", "0", "--device", "cpu", "-q"]  # fmt: skip
+            "--window", "16", "--overlap", "0", "--device", "cpu"]  # fmt: skip
     result = CliRunner().invoke(evaluate_cmd, [*map(str, args), "--full-gt", str(tmp_path)])
     assert result.exit_code == 2 and "Invalid value for '--full-gt'" in result.output
     result = CliRunner().invoke(evaluate_cmd, [*map(str, args), "--full-gt", str(stores["full"])])
