@@ -61,8 +61,8 @@ class TrainConfig:
     focal_gamma, dice_smooth : loss parameters
     device, amp, amp_dtype, warp_on, workers : where and how it runs
     threads : torch's CPU threads (``torch.set_num_threads``); None: chosen by
-        :func:`npa_train.device.choose_threads` from the usable cores, the loader workers
-        and the load, and printed once
+        :func:`npa_train.device.choose_threads` from the usable cores and the loader workers,
+        printed once
     seed : int >= 0
     log_every, checkpoint_every, val_every, best_metric : logging, checkpoints and
         validation during training (``val_every`` 0: none; ``best_metric`` one of
