@@ -22,11 +22,12 @@ import numpy as np
 from npa_precompute import __version__, defaults
 from npa_precompute._kernels import count_ranges
 from npa_precompute._workers import in_worker, init_worker
-from npa_precompute.affinity import affinity_maps, parse_ks
+from npa_precompute.affinity import affinity_maps
 from npa_precompute.blockwise import DaskOptions, check_block
 from npa_precompute.errors import ParameterError
 from npa_precompute.geo import tile_georef
 from npa_precompute.imagestats import image_stats
+from npa_precompute.params import parse_ks
 from npa_precompute.presets import Preset, get_preset
 from npa_precompute.readers import (
     InputError,
@@ -83,7 +84,7 @@ class PrecomputeConfig:
     ----------
     preset : Preset
     ks : tuple of int
-        Search regions k (Eq. 1); anything :func:`~npa_precompute.affinity.parse_ks` takes.
+        Search regions k (Eq. 1); anything :func:`~npa_precompute.params.parse_ks` takes.
     transforms : tuple of WeightTransform
         Weight transformations; specs such as ``"log10:L=0.5"`` are parsed, duplicates
         dropped.
@@ -177,6 +178,7 @@ class RunSummary:
     seconds: float = 0.0
     kernel_seconds: float = 0.0
     compile_seconds: float = 0.0
+    compile_reason: str = ""
 
     @property
     def mpix_per_s(self) -> float:
@@ -194,7 +196,7 @@ class RunSummary:
     def text(self) -> str:
         grown = f", {len(self.grown)} grown in place" if self.grown else ""
         compiled = (
-            f"; numba kernels compiled in {self.compile_seconds:.1f} s (first run only)"
+            f"; numba kernels compiled in {self.compile_seconds:.1f} s: {self.compile_reason}"
             if self.compile_seconds
             else ""
         )
@@ -611,7 +613,10 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
             )
         store = os.path.abspath(out)  # workers of a Dask cluster may run in another folder
         if todo or grow:
-            summary.compile_seconds = compile_kernels(cfg, notify)
+            from npa_precompute.kernel_cache import compile_reason
+
+            summary.compile_reason = compile_reason()
+            summary.compile_seconds = compile_kernels(cfg, notify, summary.compile_reason)
             drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
         jobs = [(process_tile, (store, s, c, so, guard), "written") for s, so, c in todo]
         jobs += [(_grow_job, (store, s.tile_id, c, nk, nw, guard), "grown")

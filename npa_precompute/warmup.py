@@ -19,29 +19,26 @@ __all__ = ["COMPILE_NOTICE_AFTER", "compile_kernels"]
 COMPILE_NOTICE_AFTER = 0.5
 
 
-def compile_kernels(cfg, notify: Callable[[str], None] | None = None) -> float:
+def compile_kernels(
+    cfg, notify: Callable[[str], None] | None = None, reason: str | None = None
+) -> float:
     """Run each numba kernel a run uses once, on tiny inputs of the run's types.
 
-    The first run on a machine compiles them (10-40 s; ``notify`` is then told so, once)
+    The first run on a machine compiles them (10-40 s; ``notify`` is then told so, once,
+    with ``reason``, by default :func:`npa_precompute.kernel_cache.compile_reason`)
     and numba caches the machine code on disk; later runs and the worker processes load
     it from there in about a second (which the first tile would spend anyway). Warming up
     here keeps compilation out of the per-tile kernel times.
-
-    Parameters
-    ----------
-    cfg : :class:`~npa_precompute.pipeline.PrecomputeConfig`, the run's
-    notify : callback(message), told once when a compilation is under way
 
     Returns
     -------
     float
         Seconds spent compiling, 0.0 when every kernel came from numba's cache.
     """
-    from numba.core.registry import CPUDispatcher
+    from npa_precompute.kernel_cache import compile_reason, kernel_dispatchers
 
-    from npa_precompute import _kernels
-
-    kernels = [v for v in vars(_kernels).values() if isinstance(v, CPUDispatcher)]
+    kernels = kernel_dispatchers()
+    reason = compile_reason(kernels) if reason is None else reason
 
     def misses() -> int:
         return sum(sum(k.stats.cache_misses.values()) for k in kernels)
@@ -57,8 +54,8 @@ def compile_kernels(cfg, notify: Callable[[str], None] | None = None) -> float:
             if misses() > before:
                 if notify is not None:
                     notify(
-                        "Compiling the numba kernels (first run only, 10-40 s; later runs "
-                        "load them from numba's cache)..."
+                        f"Compiling the numba kernels ({reason}; 10-40 s, later runs load "
+                        "them from numba's cache)..."
                     )
                 return
             done.wait(0.1)
