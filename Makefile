@@ -13,8 +13,8 @@ TORCH_SPEC ?= torch==2.13.0
 TORCHVISION_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
 DEMO_ITERS ?= 300
-# torch threads of the demo's training; empty: fit chooses from the usable cores, the loader
-# workers and the load (and prints it). On a busy machine `make demo THREADS=1` is faster.
+# torch threads of the demo's training; empty: fit chooses from the usable cores and the
+# loader workers (and prints it). On a busy machine `make demo THREADS=1` is faster.
 THREADS ?=
 
 .PHONY: setup setup-test demo test lint bench clean

@@ -353,16 +353,6 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
         rank = 0  # fit_ reports the bad variable
     # under torchrun every rank reports its own errors; ranks other than 0 say which they are
     prefix = f"rank {rank}: " if rank else ""
-    if weights is None:
-        weights = "none"
-        if loss == "npa" and _store_has_default_weights(store, tiles, val_tiles, split):
-            weights = DEFAULT_WEIGHTS
-            if rank == 0:
-                click.echo(
-                    f"--weights not given: training with {DEFAULT_WEIGHTS} (k = 32, log10, "
-                    "L = 0.5, the paper's best), which the store holds",
-                    err=True,
-                )
     try:
         summary = fit_(
             store, out, weights=weights, loss=loss, reduction=reduction, model=model,
@@ -374,7 +364,7 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
             device=device, amp=amp, amp_dtype=amp_dtype, warp_on=warp_on, seed=seed,
             workers=workers, threads=threads, log_every=log_every,
             checkpoint_every=checkpoint_every, val_every=val_every, best_metric=best_metric,
-            resume=resume, overwrite=overwrite, progress=not quiet,
+            resume=resume, overwrite=overwrite, progress=not quiet, notify=_note,
         )  # fmt: skip
     except _user_errors() as exc:
         raise user_error(exc, prefix=prefix, aliases=_ALIASES) from exc
@@ -412,17 +402,9 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
     )
 
 
-def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
-    """Whether every training tile of ``store`` holds :data:`DEFAULT_WEIGHTS` (False when the
-    store or the split cannot be read: ``fit`` then reports why)."""
-    from npa_precompute.store import StoreError
-    from npa_train.splits import available_weights, resolve_split
-
-    try:
-        train_tiles, _ = resolve_split(store, tiles=tiles, val_tiles=val_tiles, split=split)
-        return DEFAULT_WEIGHTS in available_weights(store, train_tiles)
-    except (StoreError, ValueError, TypeError, OSError):
-        return False
+def _note(argument: str, note: str) -> None:
+    """A default the library chose from the data, named by its option (``--weights ...``)."""
+    click.echo(f"--{argument.replace('_', '-')} {note}", err=True)
 
 
 @main.command()

@@ -21,7 +21,6 @@ from npa_precompute.cli_options import (
     store_option,
     tiles_option,
 )
-from npa_precompute.params import parse_tiles
 from npa_train.choices import FORMATS, INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 
 __all__ = ["evaluate_cmd", "predict_cmd", "set_threads", "threads_option"]
@@ -157,7 +156,7 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
         store,
         checkpoint,
         out,
-        tiles=parse_tiles(tiles),
+        tiles=tiles,
         window=window,
         overlap=overlap,
         batch=batch,

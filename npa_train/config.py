@@ -48,7 +48,11 @@ class TrainConfig:
     Parameters (as :func:`npa_train.train.fit`, where each is documented)
     ----------------------------------------------------------------------
     store, out : str, the weight store and the run folder
-    weights : str or None; ``"none"`` and ``""`` become None
+    weights : str or None
+        A weights name; ``"none"`` (or ``""``, any case) for none, kept as ``"none"``;
+        None (the default): not given, and :class:`npa_train.train.Trainer` chooses
+        (:data:`npa_train.choices.DEFAULT_WEIGHTS` for ``loss="npa"`` when every training
+        tile holds it, else none). ``Trainer.weights`` is the name it trains with.
     loss, reduction, model, width, pretrained, aux_weight : the criterion and network
     iters, batch, crop : steps, crops per step (per rank), crop ``(h, w)``
     tiles, val_tiles, split : training/validation tiles (tuples; None: all / none)
@@ -57,8 +61,8 @@ class TrainConfig:
     focal_gamma, dice_smooth : loss parameters
     device, amp, amp_dtype, warp_on, workers : where and how it runs
     threads : torch's CPU threads (``torch.set_num_threads``); None: chosen by
-        :func:`npa_train.device.choose_threads` from the usable cores, the loader workers
-        and the load, and printed once
+        :func:`npa_train.device.choose_threads` from the usable cores and the loader workers,
+        printed once
     seed : int >= 0
     log_every, checkpoint_every, val_every, best_metric : logging, checkpoints and
         validation during training (``val_every`` 0: none; ``best_metric`` one of
@@ -139,7 +143,7 @@ class TrainConfig:
         return {
             "store": str(self.store),
             "out": str(self.out),
-            "weights": parse_weights_option(self.weights),
+            "weights": _weights(self.weights),
             "reduction": reduction,
             "model": parse_model_name(self.model),
             **self._parsed_numbers(),
@@ -196,6 +200,13 @@ class TrainConfig:
             for k in cls.RESUME_KEYS
             if _json_ready(old.get(k)) != _json_ready(new.get(k))
         ]
+
+
+def _weights(value) -> str | None:
+    """None (not given) stays None; an explicit none becomes ``"none"``; else the name."""
+    if value is None:
+        return None
+    return parse_weights_option(value) or "none"
 
 
 def _tuple(values: list[str] | None) -> tuple[str, ...] | None:

@@ -147,6 +147,9 @@ class StoreCropDataset(Dataset):
         ``auto``: read windows straight from the shard files where the array has the
         layout ``npa-precompute`` writes (:class:`ShardReader`), else through zarr;
         ``zarr``: always through zarr. Both return the same values.
+    root : zarr.Group, optional
+        The store at ``store_path`` opened already (the trainer's), so it is not opened
+        again in this process; worker processes open their own.
 
     Raises
     ------
@@ -177,6 +180,7 @@ class StoreCropDataset(Dataset):
         normalize: str = "store",
         output: str = "crop",
         reader: str = "auto",
+        root=None,
     ) -> None:
         augment = AugmentConfig() if augment is None else augment
         if not isinstance(augment, AugmentConfig):
@@ -198,7 +202,8 @@ class StoreCropDataset(Dataset):
         self.normalize = normalize
         self.output = output
 
-        root = open_store(self.store_path)
+        root = open_store(self.store_path) if root is None else root
+        self._root, self._root_pid = root, os.getpid()  # reused by this process's reads
         info = store_info(root)
         self.info = info
         self.classes = list(info.classes)
@@ -314,12 +319,14 @@ class StoreCropDataset(Dataset):
         state["_arrays"] = None
         state["_counts"] = None
         state["_pid"] = None
+        state["_root"] = None
         return state
 
     def _tile_arrays(self, tile: str):
         """(image, label, weights) readers of a tile; weights None when derived or absent."""
         if self._arrays is None or self._pid != os.getpid():
-            root = open_store(self.store_path)
+            same = self._root is not None and self._root_pid == os.getpid()
+            root = self._root if same else open_store(self.store_path)
             arrays, counts = {}, {}
             for i, tid in enumerate(self.tiles):
                 t = open_tile(root, tid)

@@ -60,17 +60,15 @@ def usable_cores() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-def choose_threads(
-    workers: int, *, ranks: int = 1, cores: int | None = None, load: float | None = None
-) -> tuple[int, str]:
+def choose_threads(workers: int, *, ranks: int = 1, cores: int | None = None) -> tuple[int, str]:
     """The default number of torch intra-op threads for training, and why.
 
     Each of the ``ranks`` processes on this node gets an equal share of the ``cores`` this
-    process may use, less one core per DataLoader worker (each worker runs one thread).
-    On a machine whose cores are already busy (1-minute load average ``load`` above
-    ``cores - share``) the share shrinks to the idle cores: more threads than idle cores
-    oversubscribe them, and a 2-core machine at load 4.5 trained at 3.8 it/s with 2
-    threads against 6.8 it/s with 1 (issue 21).
+    process may use, less one core per DataLoader worker (each worker runs one thread). The
+    choice does not look at the machine's load, so the same command trains with the same
+    threads (and the same arithmetic) wherever the cores are the same; on a machine whose
+    cores are busy with other work, ``--threads 1`` is faster (issue 21: a 2-core machine at
+    load 4.5 trained at 3.8 it/s with 2 threads against 6.8 it/s with 1).
 
     Parameters
     ----------
@@ -78,27 +76,17 @@ def choose_threads(
         DataLoader worker processes of this rank.
     ranks : int >= 1
         Training processes on this node (DDP's ``LOCAL_WORLD_SIZE``).
-    cores, load : int, float or None
-        The usable cores (None: :func:`usable_cores`) and the 1-minute load average
-        (None: ``os.getloadavg()``, 0 where unavailable).
+    cores : int or None
+        The usable cores (None: :func:`usable_cores`).
 
     Returns
     -------
     (threads, reason) : int >= 1 and a one-line explanation to print.
     """
     cores = usable_cores() if cores is None else cores
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
-    share = max(cores // max(ranks, 1) - workers, 1)
-    idle = int(cores - load + 0.5)
-    threads = max(min(share, idle), 1)
+    threads = max(cores // max(ranks, 1) - workers, 1)
     reason = f"{cores} usable core(s)"
     if ranks > 1:
         reason += f" shared by {ranks} ranks"
     reason += f", {workers} loader worker(s)"
-    if threads < share:
-        reason += f", load {load:.1f} (cores busy)"
     return threads, reason

@@ -429,7 +429,7 @@ def evaluate_model(
         "windows": total,
         "seconds": time.perf_counter() - t_start,
     }
-    clutter = clutter_classes(classes, sinfo.foreground_classes)
+    clutter = clutter_classes(classes, sinfo.foreground)
     pixels = sum(int(t.shape[0]) * int(t.shape[1]) for t in opened)
     result.update(_conventions(metrics, clutter, pixels, None if full is None else full[:2]))
     if out_dir is not None:

@@ -10,8 +10,9 @@ Two renderers, as ``npa-precompute show`` has:
   a legend) for minimal installs.
 
 ``backend="auto"`` uses matplotlib when it is installed. The figure data are plain
-:class:`Panel` / :class:`Series` objects, built from the readers of
-:mod:`npa_train.compare`; nothing here imports torch.
+:class:`Panel` / :class:`Series` objects, built from run folders read by
+:mod:`npa_train.runrecord` and from the summaries of :mod:`npa_train.compare` (which
+imports this module, never the reverse); nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npa_precompute.errors import ParameterError
-from npa_train.compare import by_series, load_result
+from npa_train.runrecord import RunRecord
 
 __all__ = [
     "BACKENDS",
@@ -164,11 +165,10 @@ def validation_panel(groups: Sequence[dict], metric: str = "mF1") -> Panel:
     return panel
 
 
-def by_panel(summary: dict, by: str, metric: str = "mF1") -> Panel:
-    """Fig. 5: ``metric`` against k or the transform (:func:`npa_train.compare.by_series`);
-    error bars span min–max over seeds; methods without k (or transform) are dashed
-    horizontal reference lines."""
-    data = by_series(summary, by, metric)
+def by_panel(data: dict, by: str, metric: str = "mF1") -> Panel:
+    """Fig. 5: ``metric`` against k or the transform, from ``data`` (the output of
+    :func:`npa_train.compare.by_series`); error bars span min–max over seeds; methods
+    without k (or transform) are dashed horizontal reference lines."""
     panel = Panel(f"{metric} against {'k' if by == 'k' else 'the weight transform'}",
                   data["xlabel"], data["ylabel"], categorical=by == "transform")  # fmt: skip
     panel.series = [Series(s["label"], s["x"], s["y"], s["low"], s["high"])
@@ -474,7 +474,9 @@ def plot_runs(
     for path in runs:
         if not (Path(path) / "config.json").is_file():
             raise ParameterError("runs", f"{path} is no run folder (no config.json)")
-        loaded.append(load_result(path))
+        record = RunRecord.read(path)
+        loaded.append({"run": str(record.folder), "config": record.config, "log": record.log,
+                       "val": record.val})  # fmt: skip
     names = [Path(r["run"]).name for r in loaded]
     for r, name in zip(loaded, names, strict=True):
         r["label"] = name if names.count(name) == 1 else r["run"]

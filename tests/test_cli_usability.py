@@ -202,16 +202,13 @@ def test_threads_sets_torch_threads_and_is_recorded(stores, tmp_path):
         torch.set_num_threads(before)
 
 
-def test_default_threads_follow_cores_workers_ranks_and_load():
+def test_default_threads_follow_cores_workers_and_ranks():
     from npa_train.device import choose_threads, usable_cores
 
-    assert choose_threads(0, cores=2, load=0.0) == (2, "2 usable core(s), 0 loader worker(s)")
-    assert choose_threads(1, cores=4, load=0.0)[0] == 3  # one core per loader worker
-    assert choose_threads(8, cores=4, load=0.0)[0] == 1  # never below 1
-    assert choose_threads(0, ranks=2, cores=8, load=0.0)[0] == 4  # the node's ranks share
-    threads, reason = choose_threads(0, cores=2, load=4.5)  # issue 21: busy 2-core machine
-    assert threads == 1 and "load 4.5 (cores busy)" in reason
-    assert choose_threads(0, cores=4, load=2.2)[0] == 2  # two idle cores
+    assert choose_threads(0, cores=2) == (2, "2 usable core(s), 0 loader worker(s)")
+    assert choose_threads(1, cores=4)[0] == 3  # one core per loader worker
+    assert choose_threads(8, cores=4)[0] == 1  # never below 1
+    assert choose_threads(0, ranks=2, cores=8)[0] == 4  # the node's ranks share
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
 
 
