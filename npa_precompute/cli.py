@@ -7,7 +7,8 @@ import warnings
 
 import click
 
-from npa_precompute import __version__, defaults
+from npa_precompute import defaults
+from npa_precompute._version import __version__
 from npa_precompute.cli_inspect import export_cmd, inspect_cmd, show_cmd
 from npa_precompute.cli_options import (
     announce_start,

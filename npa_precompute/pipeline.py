@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from npa_precompute import __version__, defaults
+from npa_precompute import defaults
 from npa_precompute._kernels import count_ranges
+from npa_precompute._version import __version__
 from npa_precompute._workers import in_worker, init_worker
 from npa_precompute.affinity import affinity_maps
 from npa_precompute.blockwise import DaskOptions, check_block

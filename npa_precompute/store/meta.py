@@ -401,7 +401,7 @@ def build_tile_meta(
     TileMeta
         ``complete`` False: :meth:`~npa_precompute.store.writer.TileWriter.commit` sets it last.
     """
-    from npa_precompute import __version__
+    from npa_precompute._version import __version__
 
     stats = image_stats or {}
     n = int(shape[0]) * int(shape[1])
