@@ -55,12 +55,10 @@ resumed DDP run equals an uninterrupted one bit for bit, too.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -75,24 +73,24 @@ from npa_precompute.errors import ParameterError
 from npa_precompute.params import check_amp
 from npa_precompute.store import StoreError, list_tiles, open_store
 from npa_train.augment import AugmentConfig
-from npa_train.checkpoint import read_checkpoint, save_checkpoint
+from npa_train.checkpoint import save_checkpoint
 from npa_train.choices import DEFAULT_WEIGHTS
 from npa_train.config import TrainConfig
 from npa_train.data import StoreCropDataset
 from npa_train.device import choose_threads, resolve_device
 from npa_train.distributed import (
-    RankSampler,
     all_reduce_mean,
     distributed_env,
     start_distributed,
     step_seed,
-    worker_init,
 )
+from npa_train.loader import default_workers, step_loader
 from npa_train.loss import build_criterion, median_frequency_weights
-from npa_train.model import build_model, load_pretrained, model_config, model_spec
+from npa_train.model import build_model, load_pretrained, model_spec
+from npa_train.runfolder import RunFolder
 from npa_train.runlog import CsvLog, rows_until
-from npa_train.runrecord import RUN_RECORD_SCHEMA
 from npa_train.splits import available_weights, resolve_split
+from npa_train.stopping import StopSignals, TrainingError, TrainingInterrupted
 from npa_train.validation import Validator
 
 __all__ = [
@@ -104,93 +102,7 @@ __all__ = [
     "poly_lr",
 ]
 
-_RUN_FILES = ("config.json", "log.csv", "checkpoint.pt", "val.csv", "best.pt")
 _LOG_HEADER = ["iteration", "lr", "loss", "aux_loss", "seconds"]
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (a non-finite loss); the message names the iteration and tiles."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """:func:`fit` was stopped by Ctrl-C (SIGINT) or SIGTERM.
-
-    Attributes
-    ----------
-    signum : int, ``signal.SIGINT`` or ``signal.SIGTERM``
-    checkpoint_iteration : int or None
-        The iteration ``checkpoint.pt`` holds now (None: none was saved).
-    partial : bool
-        False: stopped after a completed iteration, which was saved; True: aborted
-        inside an iteration (a second Ctrl-C), which was not.
-    """
-
-    def __init__(self, signum: int, checkpoint_iteration: int | None = None, partial=True):
-        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-        super().__init__(f"training stopped by {name}")
-        self.signum = signum
-        self.checkpoint_iteration = checkpoint_iteration
-        self.partial = partial
-
-    @property
-    def terminated(self) -> bool:
-        """True for SIGTERM, False for Ctrl-C."""
-        return self.signum == signal.SIGTERM
-
-
-#: A second stop signal within this many seconds of the first is taken for the same
-#: request relayed (a wrapper that forwards the terminal's Ctrl-C), not a request to abort.
-_REPEAT_S = 1.0
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM while :func:`fit` trains (a context manager; main thread only).
-
-    The first signal only records the request (``signum``): the loop stops at the next
-    iteration boundary, so a checkpoint never holds part of an iteration (BatchNorm
-    statistics of a forward pass, an optimizer step without its bookkeeping). A later
-    one, at least :data:`_REPEAT_S` after it, aborts at once with
-    :class:`TrainingInterrupted` (``partial``). A SIGINT that is ignored (a background
-    job) stays ignored; outside the main thread nothing is installed.
-    """
-
-    def __init__(self, announce: bool) -> None:
-        self.signum: int | None = None
-        self.announce = announce
-        self._at = 0.0
-        self._old: dict = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                if s == signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN:
-                    continue
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, signal.SIG_DFL if old is None else old)
-        self._old.clear()
-
-    def requested(self, signum: int) -> bool:
-        return self.signum == signum
-
-    def _handle(self, signum, frame) -> None:
-        now = time.monotonic()
-        if self.signum is None:
-            self.signum, self._at = signum, now
-            if self.announce:  # os.write: no buffered stream is re-entered from a handler
-                name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-                os.write(
-                    2,
-                    f"\n{name}: stopping after the current iteration, then saving the "
-                    "checkpoint; press Ctrl-C again to abort without saving\n".encode(),
-                )
-            return
-        if now - self._at < _REPEAT_S:
-            return
-        raise TrainingInterrupted(signum, partial=True)
 
 
 def poly_lr(base_lr: float, it: int, iters: int, power: float = 0.9) -> float:
@@ -201,7 +113,7 @@ def poly_lr(base_lr: float, it: int, iters: int, power: float = 0.9) -> float:
     return base_lr * (1.0 - it / iters) ** power
 
 
-class Trainer:
+class Trainer(RunFolder):
     """One training run of :class:`TrainConfig`, in stages.
 
     :meth:`run` calls, in order: :meth:`check` (arguments against the store and the run
@@ -259,7 +171,7 @@ class Trainer:
         self.dev = resolve_device(cfg.device)
         self.amp = self.dev.type == "cuda" if cfg.amp is None else bool(cfg.amp)
         check_amp(self.amp, self.dev)
-        self.workers = cfg.workers if cfg.workers is not None else _default_workers(self.dev)
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(self.dev)
         self.warp_on = cfg.warp_on
         if self.warp_on == "auto":
             self.warp_on = "device" if self.dev.type == "cuda" else "loader"
@@ -330,16 +242,6 @@ class Trainer:
                 "loss",
                 f"{cfg.loss!r} uses no stored weights, got the weights name {weights!r}; "
                 "pass --weights none, or --loss npa to train with them",
-            )
-
-    def _check_out(self) -> None:
-        existing = [f for f in _RUN_FILES if (self.out / f).exists()]
-        if self.cfg.resume and not self.ckpt_path.is_file():
-            raise ValueError(f"--resume: no checkpoint.pt in {self.out} to resume from")
-        if existing and not (self.cfg.overwrite or self.cfg.resume):
-            raise ValueError(
-                f"{self.out} already holds a run ({', '.join(existing)}); choose another --out, "
-                "pass --resume to continue it or --overwrite to replace it"
             )
 
     def _warn_unfinished(self) -> None:
@@ -418,121 +320,13 @@ class Trainer:
         background = [c for c in range(ds.num_classes) if c not in ds.info.foreground]
         return median_frequency_weights(ds.class_pixels, background=background).tolist()
 
-    def run_record(self, class_weight, pretrained_report) -> dict:
-        """``config.json``: the settings plus what the data, model and machine resolved to."""
-        cfg, ds, world = self.cfg, self.dataset, self.ddp.world_size
-        record = cfg.to_dict()
-        for key in ("out", "resume", "overwrite", "progress", "scale", "rotation", "flip",
-                    "rotate", "blur", "width", "amp_dtype"):  # fmt: skip
-            record.pop(key)
-        amp_dtype = str(self.amp_dtype).replace("torch.", "") if self.amp else None
-        record.update({
-            "store": str(Path(cfg.store).resolve()),
-            "weights": self.weights,
-            "model_config": model_config(self.net),
-            "aux_weight": self.aux_weight,
-            "pretrained": _resolved(cfg.pretrained),
-            "pretrained_report": pretrained_report,
-            "world_size": world, "effective_batch": cfg.batch * world,
-            "distributed_backend": self.ddp.backend,
-            "tiles": ds.tiles, "val_tiles": self.val_tiles,
-            "lr_schedule": f"poly, power {cfg.poly_power}",
-            "augment": self.aug.to_dict(),
-            "focal_gamma": cfg.focal_gamma if cfg.loss == "focal" else None,
-            "dice_smooth": cfg.dice_smooth if cfg.loss == "dice" else None,
-            "class_weight": class_weight,
-            "device": str(self.dev), "amp": self.amp, "amp_dtype": amp_dtype,
-            "warp_on": self.warp_on, "workers": self.workers,
-            "threads": torch.get_num_threads(),
-            "classes": ds.classes, "num_classes": ds.num_classes,
-            "ignore_index": ds.ignore_index, "in_channels": ds.in_channels,
-            "image_dtype": ds.image_dtype,
-            "image_mean": ds.mean.tolist(), "image_std": ds.std.tolist(),
-            "store_preset": ds.info.preset,
-            # the classes validation (and evaluate) average: the preset's foreground
-            "classes_in_mean": [ds.classes[i] for i in ds.info.foreground],
-            "run_record_schema": RUN_RECORD_SCHEMA,
-            "torch_version": str(torch.__version__),
-        })  # fmt: skip
-        return record
-
-    # ---- stage 3: a new run folder, or the state of a checkpoint ---------------------------
-    def start_folder(self) -> None:
-        """Empty the run folder of an earlier run and write ``config.json`` (rank 0)."""
-        self.ddp.barrier()  # every rank has checked --out before rank 0 writes to it
-        if self.ddp.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for f in _RUN_FILES:
-                (self.out / f).unlink(missing_ok=True)
-            text = json.dumps(self.record, indent=2) + "\n"
-            (self.out / "config.json").write_text(text)
-
-    def restore(self) -> None:
-        """Continue from ``checkpoint.pt``: model, optimizer, scaler, RNG, losses, timing.
-
-        Raises
-        ------
-        ValueError
-            Another world size, other settings (:attr:`TrainConfig.RESUME_KEYS`, named
-            in the message) or weights that do not fit the model.
-        """
-        ckpt = read_checkpoint(self.ckpt_path, "cpu")  # every rank reads it
-        old = ckpt["config"]
-        self._check_resume(old)
-        try:
-            self.net.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"--resume: checkpoint weights do not fit the model: {exc}") from exc
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        rng = ckpt.get("rng") or {}
-        if rng.get("torch") is not None:
-            torch.set_rng_state(rng["torch"])
-        if self.dev.type == "cuda" and rng.get("cuda") and self.ddp.world_size == 1:
-            torch.cuda.set_rng_state_all(list(rng["cuda"]))
-        self.start = self.resumed_from = self.saved_at = int(ckpt["iteration"])
-        self.losses = [float(x) for x in ckpt.get("losses", [])]
-        self.pending = [(float(a), None if x is None else float(x))
-                        for a, x in ckpt.get("log_pending", [])]  # fmt: skip
-        self.seconds0 = float(ckpt.get("seconds", 0.0))
-        self.record["pretrained_report"] = old.get("pretrained_report")
-        self.record["pretrained"] = old.get("pretrained")
-
-    def _check_resume(self, old: dict) -> None:
-        old_world, world = int(old.get("world_size") or 1), self.ddp.world_size
-        if old_world != world:
-            raise ValueError(
-                f"--resume: the run in {self.out} was trained with world size {old_world} "
-                f"(processes), it is now started with world size {world}; resume it with "
-                f"{old_world} process(es) (torchrun --nnodes x --nproc-per-node): the world "
-                f"size fixes the effective batch ({self.cfg.batch} x {old_world}) and the "
-                "crops of each step"
-            )
-        diff = TrainConfig.resume_differences(old, self.record)
-        if diff:
-            raise ValueError(
-                f"--resume: the run in {self.out} was made with other settings; pass the same "
-                "options as the first time, or start a new run. Differences: " + "; ".join(diff)
-            )
-
     # ---- stage 4: the loader -----------------------------------------------------------------
     def build_loader(self) -> DataLoader:
         """Batches of steps ``start .. iters - 1``; sample ``i`` depends on (seed, i) only."""
-        cfg, ddp, ds = self.cfg, self.ddp, self.dataset
-        if ddp.world_size == 1:
-            sampler = range(self.start * cfg.batch, cfg.iters * cfg.batch)
-            loader_seed = cfg.seed * 1_000_003 + self.start
-        else:
-            sampler = RankSampler(self.start, cfg.iters, cfg.batch, ddp.rank, ddp.world_size)
-            loader_seed = step_seed(cfg.seed * 1_000_003 + self.start, ddp.rank, 0)
-        return DataLoader(
-            ds, batch_size=cfg.batch, sampler=sampler, num_workers=self.workers,
-            collate_fn=ds.collate, drop_last=True, pin_memory=self.dev.type == "cuda",
-            worker_init_fn=worker_init if self.workers else None,
-            generator=torch.Generator().manual_seed(loader_seed),
-            prefetch_factor=4 if self.workers else None, persistent_workers=False,
-        )  # fmt: skip
+        cfg = self.cfg
+        return step_loader(self.dataset, batch=cfg.batch, iters=cfg.iters, start=self.start,
+                           seed=cfg.seed, workers=self.workers, device=self.dev,
+                           ddp=self.ddp)  # fmt: skip
 
     # ---- stage 5: the loop -------------------------------------------------------------------
     def run(self) -> dict:
@@ -577,7 +371,7 @@ class Trainer:
             else []
         )
         self.log = CsvLog(self.out / "log.csv" if ddp.main else None, _LOG_HEADER, keep)
-        self.signals = _StopSignals(announce=ddp.main).__enter__()
+        self.signals = StopSignals(announce=ddp.main).__enter__()
         try:
             self._loop(loader)
         finally:
@@ -592,7 +386,7 @@ class Trainer:
         return self.summary(self.done - self.start, seconds, self.cur_lr)
 
     def _loop(self, loader: DataLoader) -> None:
-        # a stop signal is a request (_StopSignals): the loop ends at an iteration boundary;
+        # a stop signal is a request (StopSignals): the loop ends at an iteration boundary;
         # under DDP the requests ride on the loss all-reduce, so every rank stops after the
         # same iteration. A collective broken by a rank that stopped raises RuntimeError.
         stop_errors = (KeyboardInterrupt, RuntimeError) if self.ddp.world_size > 1 else (
@@ -797,21 +591,6 @@ class Trainer:
         if self.validator is not None:
             result.update(self.validator.best_summary())
         return result
-
-
-def _default_workers(dev: torch.device) -> int:
-    """0 on the CPU; with CUDA ``min(8, cores - 1)`` of the cores this rank shares."""
-    if dev.type != "cuda":
-        return 0
-    cores = os.cpu_count() or 1
-    if distributed_env()[2] > 1:  # the node's cores are shared by its ranks
-        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
-        cores //= max(int(local), 1) if local.isdigit() else 1
-    return min(8, max(cores - 1, 0))
-
-
-def _resolved(path) -> str | None:
-    return None if path is None else str(Path(path).resolve())
 
 
 def fit(

@@ -525,7 +525,7 @@ def test_signal_inside_an_iteration_stops_after_it(
 def test_second_ctrl_c_aborts_without_saving_and_a_relayed_one_does_not(
     store, tmp_path, monkeypatch, uninterrupted
 ):
-    import npa_train.train as train_mod
+    import npa_train.stopping as stopping
 
     kw = {**_SIG_KW, "checkpoint_every": 2}
     # two SIGINTs at once (a wrapper relaying the terminal's Ctrl-C): one request
@@ -535,10 +535,10 @@ def test_second_ctrl_c_aborts_without_saving_and_a_relayed_one_does_not(
         fit(store, out, **kw)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 3
     monkeypatch.undo()
-    # a second Ctrl-C (later than train._REPEAT_S) aborts inside the iteration: the
+    # a second Ctrl-C (later than stopping.REPEAT_S) aborts inside the iteration: the
     # periodic checkpoint of iteration 2 is kept, nothing of iteration 3 is saved
     out = tmp_path / "aborted"
-    monkeypatch.setattr(train_mod, "_REPEAT_S", 0.0)
+    monkeypatch.setattr(stopping, "REPEAT_S", 0.0)
     _signal_during(monkeypatch, "forward", 3, [signal.SIGINT, signal.SIGINT])
     with pytest.raises(TrainingInterrupted) as info:
         fit(store, out, **kw)
