@@ -156,18 +156,25 @@ class SmallFCN(nn.Module):
     context), a 1x1 classifier, a 1x1 skip classifier from stride 4 added in (as in
     FCN-8s), and bilinear upsampling to the input size.
 
-    Args:
-        in_channels: Image bands (3 for IRRG/RGB, 4 for RGBIR).
-        num_classes: Output classes.
-        width: Channels of the first stage (doubled at each of the two further
-            downsamplings). Default 24.
+    Parameters
+    ----------
+    in_channels
+        Image bands (3 for IRRG/RGB, 4 for RGBIR).
+    num_classes
+        Output classes.
+    width
+        Channels of the first stage (doubled at each of the two further
+        downsamplings). Default 24.
 
-    Shape:
-        - input: ``(N, in_channels, H, W)``, any ``H, W`` (not necessarily multiples of 8).
-        - output: ``(N, num_classes, H, W)`` logits (a Tensor in train and eval mode).
+    Shape
+    -----
+    - input: ``(N, in_channels, H, W)``, any ``H, W`` (not necessarily multiples of 8).
+    - output: ``(N, num_classes, H, W)`` logits (a Tensor in train and eval mode).
 
-    Raises:
-        ValueError: ``in_channels``, ``num_classes`` or ``width`` below 1.
+    Raises
+    ------
+    ValueError
+        ``in_channels``, ``num_classes`` or ``width`` below 1.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 6, *, width: int = 24) -> None:
@@ -250,22 +257,31 @@ class TorchvisionSegmenter(_BackboneSegmenter):
     The parameters keep torchvision's names (``backbone.*``, ``classifier.*``,
     ``aux_classifier.*``), so a torchvision state dict loads as is.
 
-    Args:
-        arch: One of :data:`TORCHVISION_MODELS`.
-        in_channels: Image bands; not 3 replaces ``backbone.conv1`` (a fresh
-            ``Conv2d(in_channels, 64, 7, 2, 3, bias=False)``).
-        num_classes: Output classes.
-        aux: Keep the auxiliary FCN head on ``layer3`` (deep supervision). Default True.
+    Parameters
+    ----------
+    arch
+        One of :data:`TORCHVISION_MODELS`.
+    in_channels
+        Image bands; not 3 replaces ``backbone.conv1`` (a fresh
+        ``Conv2d(in_channels, 64, 7, 2, 3, bias=False)``).
+    num_classes
+        Output classes.
+    aux
+        Keep the auxiliary FCN head on ``layer3`` (deep supervision). Default True.
 
-    Shape:
-        - input: ``(N, in_channels, H, W)``; DeepLabV3 in train mode needs ``N >= 2``
-          (batch norm after its global pooling branch).
-        - output: eval mode, or ``aux=False``: logits ``(N, num_classes, H, W)``; train
-          mode with ``aux``: ``{"out": logits, "aux": aux_logits}``.
+    Shape
+    -----
+    - input: ``(N, in_channels, H, W)``; DeepLabV3 in train mode needs ``N >= 2``
+      (batch norm after its global pooling branch).
+    - output: eval mode, or ``aux=False``: logits ``(N, num_classes, H, W)``; train
+      mode with ``aux``: ``{"out": logits, "aux": aux_logits}``.
 
-    Raises:
-        ImportError: torchvision missing or not importable.
-        ValueError: Unknown ``arch``, ``in_channels`` or ``num_classes`` below 1.
+    Raises
+    ------
+    ImportError
+        torchvision missing or not importable.
+    ValueError
+        Unknown ``arch``, ``in_channels`` or ``num_classes`` below 1.
     """
 
     _last_layers = ("classifier.4.", "aux_classifier.4.")
@@ -313,15 +329,20 @@ class PyramidPooling(nn.Module):
     mmsegmentation's ``pspnet_r50-d8`` config (``pool_scales=(1, 2, 3, 6)``,
     ``channels=512``).
 
-    Args:
-        in_channels: Feature channels (2048 for a ResNet-50/101 ``layer4``).
-        channels: Channels of each pooled branch and of the output. Default 512.
-        bins: Pooled grid sizes. Default ``(1, 2, 3, 6)``.
+    Parameters
+    ----------
+    in_channels
+        Feature channels (2048 for a ResNet-50/101 ``layer4``).
+    channels
+        Channels of each pooled branch and of the output. Default 512.
+    bins
+        Pooled grid sizes. Default ``(1, 2, 3, 6)``.
 
-    Shape:
-        - input: ``(N, in_channels, h, w)``; train mode needs ``N >= 2`` (batch norm
-          after the 1x1 bin).
-        - output: ``(N, channels, h, w)``.
+    Shape
+    -----
+    - input: ``(N, in_channels, h, w)``; train mode needs ``N >= 2`` (batch norm
+      after the 1x1 bin).
+    - output: ``(N, channels, h, w)``.
     """
 
     def __init__(self, in_channels: int, channels: int = 512, bins=(1, 2, 3, 6)) -> None:
@@ -421,21 +442,30 @@ class PaperSegmenter(_BackboneSegmenter):
     Parameter names: ``backbone.*`` (torchvision's ResNet names), ``classifier.*``
     (``classifier.conv_seg`` the last layer), ``aux_classifier.*``.
 
-    Args:
-        arch: One of :data:`PAPER_MODELS`.
-        in_channels: Image bands; not 3 replaces ``backbone.conv1``.
-        num_classes: Output classes.
-        aux: Build the auxiliary head (where the network has one). Default True.
+    Parameters
+    ----------
+    arch
+        One of :data:`PAPER_MODELS`.
+    in_channels
+        Image bands; not 3 replaces ``backbone.conv1``.
+    num_classes
+        Output classes.
+    aux
+        Build the auxiliary head (where the network has one). Default True.
 
-    Shape:
-        - input: ``(N, in_channels, H, W)``; ``pspnet*``/``deeplabv3*`` in train mode need
-          ``N >= 2`` (:attr:`ModelSpec.needs_batch_ge2`).
-        - output: eval mode, or no auxiliary head: logits ``(N, num_classes, H, W)``; train
-          mode with it: ``{"out": logits, "aux": aux_logits}``.
+    Shape
+    -----
+    - input: ``(N, in_channels, H, W)``; ``pspnet*``/``deeplabv3*`` in train mode need
+      ``N >= 2`` (:attr:`ModelSpec.needs_batch_ge2`).
+    - output: eval mode, or no auxiliary head: logits ``(N, num_classes, H, W)``; train
+      mode with it: ``{"out": logits, "aux": aux_logits}``.
 
-    Raises:
-        ImportError: torchvision missing or not importable.
-        ValueError: Unknown ``arch``, ``in_channels`` or ``num_classes`` below 1.
+    Raises
+    ------
+    ImportError
+        torchvision missing or not importable.
+    ValueError
+        Unknown ``arch``, ``in_channels`` or ``num_classes`` below 1.
     """
 
     _last_layers = ("classifier.conv_seg.", "aux_classifier.4.")

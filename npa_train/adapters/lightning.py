@@ -61,21 +61,34 @@ def _unpack(batch: Any, image_key: str, mask_key: str) -> tuple[Tensor, Tensor]:
 class NPASegmentationModule(pl.LightningModule):
     """A segmentation model trained with NPALoss, weights computed from each batch's masks.
 
-    Args:
-        model: The network: ``forward(image)`` gives ``(N, C, H, W)`` logits or a dict
-            with ``"out"`` (and optionally ``"aux"``, weighted ``aux_weight``).
-        k: Search region of Eq. 1 (default 32, the paper's best).
-        transform: Weight transform spec (default ``"log10:L=0.5"``).
-        ignore_index: Mask value of ignored pixels (default 255; None: none).
-        reduction: NPALoss reduction (default ``"mean"`` over non-ignored pixels).
-        lr: Base learning rate of SGD (default 0.01), decayed as
-            ``(1 - step / total_steps) ** poly_power``.
-        momentum: SGD momentum (0.9).
-        weight_decay: SGD weight decay (1e-4).
-        poly_power: Power of the poly decay (0.9).
-        aux_weight: Weight of an auxiliary output's loss (0.4).
-        image_key: Key of the images in dict batches (``"image"``).
-        mask_key: Key of the masks in dict batches (``"mask"``).
+    Parameters
+    ----------
+    model
+        The network: ``forward(image)`` gives ``(N, C, H, W)`` logits or a dict
+        with ``"out"`` (and optionally ``"aux"``, weighted ``aux_weight``).
+    k
+        Search region of Eq. 1 (default 32, the paper's best).
+    transform
+        Weight transform spec (default ``"log10:L=0.5"``).
+    ignore_index
+        Mask value of ignored pixels (default 255; None: none).
+    reduction
+        NPALoss reduction (default ``"mean"`` over non-ignored pixels).
+    lr
+        Base learning rate of SGD (default 0.01), decayed as
+        ``(1 - step / total_steps) ** poly_power``.
+    momentum
+        SGD momentum (0.9).
+    weight_decay
+        SGD weight decay (1e-4).
+    poly_power
+        Power of the poly decay (0.9).
+    aux_weight
+        Weight of an auxiliary output's loss (0.4).
+    image_key
+        Key of the images in dict batches (``"image"``).
+    mask_key
+        Key of the masks in dict batches (``"mask"``).
     """
 
     def __init__(

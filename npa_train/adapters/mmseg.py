@@ -51,16 +51,24 @@ _REDUCTIONS = ("none", "mean", "sum")
 class NPALoss(nn.Module):
     """NPALoss with mmsegmentation's loss interface.
 
-    Args:
-        k: Search region of Eq. 1 (default 32).
-        transform: Weight transform spec (default ``"log10:L=0.5"``).
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
-        loss_weight: Factor of the loss (default 1.0).
-        loss_name: Name in mmseg's loss dict (default ``"loss_npa"``; must start with
-            ``loss_`` to be trained on).
-        avg_non_ignore: ``"mean"`` divides by the non-ignored pixels instead of all
-            pixels (default False, as mmseg's ``CrossEntropyLoss``).
-        ignore_index: Label of ignored pixels when the call does not pass one (255).
+    Parameters
+    ----------
+    k
+        Search region of Eq. 1 (default 32).
+    transform
+        Weight transform spec (default ``"log10:L=0.5"``).
+    reduction
+        ``"mean"`` (default), ``"sum"`` or ``"none"``.
+    loss_weight
+        Factor of the loss (default 1.0).
+    loss_name
+        Name in mmseg's loss dict (default ``"loss_npa"``; must start with
+        ``loss_`` to be trained on).
+    avg_non_ignore
+        ``"mean"`` divides by the non-ignored pixels instead of all
+        pixels (default False, as mmseg's ``CrossEntropyLoss``).
+    ignore_index
+        Label of ignored pixels when the call does not pass one (255).
     """
 
     def __init__(

@@ -35,23 +35,32 @@ class NPALoss(_NPALoss):
     (``classes``, ``alpha``), so ``NPALoss("multiclass", 32)`` is refused rather than
     read as ``k``.
 
-    Args:
-        mode: ``"multiclass"`` (smp's ``MULTICLASS_MODE``), the only mode with one label
-            per pixel.
-        k: Search region of Eq. 1 (default 32).
-        transform: Weight transform spec (default ``"log10:L=0.5"``).
-        ignore_index: Label of ignored pixels (default None: none, as in smp; masks
-            holding 255 then need ``ignore_index=255``).
-        reduction: ``"mean"`` over non-ignored pixels (default), ``"weighted_mean"``,
-            ``"batch"``, ``"sum"`` or ``"none"``.
+    Parameters
+    ----------
+    mode
+        ``"multiclass"`` (smp's ``MULTICLASS_MODE``), the only mode with one label
+        per pixel.
+    k
+        Search region of Eq. 1 (default 32).
+    transform
+        Weight transform spec (default ``"log10:L=0.5"``).
+    ignore_index
+        Label of ignored pixels (default None: none, as in smp; masks
+        holding 255 then need ``ignore_index=255``).
+    reduction
+        ``"mean"`` over non-ignored pixels (default), ``"weighted_mean"``,
+        ``"batch"``, ``"sum"`` or ``"none"``.
 
-    Shape:
-        - y_pred: ``(N, C, H, W)`` logits.
-        - y_true: ``(N, H, W)`` or ``(N, 1, H, W)`` integer class indices.
+    Shape
+    -----
+    - y_pred: ``(N, C, H, W)`` logits.
+    - y_true: ``(N, H, W)`` or ``(N, 1, H, W)`` integer class indices.
 
-    Raises:
-        ValueError: ``mode`` other than ``"multiclass"``; as
-            :class:`npa_train.loss.NPALoss` otherwise.
+    Raises
+    ------
+    ValueError
+        ``mode`` other than ``"multiclass"``; as
+        :class:`npa_train.loss.NPALoss` otherwise.
     """
 
     def __init__(

@@ -52,13 +52,18 @@ class ClassWeightedNPALoss(NPALoss):
     they do in its ``"ce"`` loss, on top of the NPA weights. A ``weight`` given to the
     call is used as it is (neither NPA nor class weights are applied to it).
 
-    Args:
-        class_weight: ``(C,)`` non-negative finite weights, one per class.
-        **kwargs: :class:`npa_train.adapters.smp.NPALoss`'s keyword arguments.
+    Parameters
+    ----------
+    class_weight
+        ``(C,)`` non-negative finite weights, one per class.
+    **kwargs
+        :class:`npa_train.adapters.smp.NPALoss`'s keyword arguments.
 
-    Raises:
-        ValueError: ``class_weight`` not 1-D, negative or not finite; at call time
-            ``C`` of the logits differing from ``len(class_weight)``.
+    Raises
+    ------
+    ValueError
+        ``class_weight`` not 1-D, negative or not finite; at call time
+        ``C`` of the logits differing from ``len(class_weight)``.
     """
 
     def __init__(self, class_weight: Tensor, **kwargs: Any) -> None:
@@ -91,23 +96,31 @@ class NPASegmentationTask(SemanticSegmentationTask):
     """torchgeo's ``SemanticSegmentationTask`` (``tasks.SemanticSegmentation`` from 0.10 on)
     with the ``"npa"`` loss (the default here).
 
-    Args:
-        loss: ``"npa"`` (NPALoss, weights from the mask), or one of torchgeo's.
-        npa_k: Search region of Eq. 1 (default 32).
-        npa_transform: Weight transform spec (default ``"log10:L=0.5"``).
-        npa_reduction: ``"mean"`` over non-ignored pixels (default), ``"weighted_mean"``,
-            ``"batch"`` or ``"sum"`` (:data:`NPA_REDUCTIONS`; ``"none"`` is refused: the
-            task logs one number per step).
-        **kwargs: torchgeo's arguments (``model``, ``backbone``, ``weights``,
-            ``in_channels``, ``num_classes``, ``ignore_index``, ``class_weights``,
-            ``lr``, ...); ``ignore_index`` (default None) is NPALoss's too. With
-            ``loss="npa"``, ``class_weights`` multiply the NPA weights: each pixel weighs
-            ``npa · class_weights[label]`` (:class:`ClassWeightedNPALoss`).
+    Parameters
+    ----------
+    loss
+        ``"npa"`` (NPALoss, weights from the mask), or one of torchgeo's.
+    npa_k
+        Search region of Eq. 1 (default 32).
+    npa_transform
+        Weight transform spec (default ``"log10:L=0.5"``).
+    npa_reduction
+        ``"mean"`` over non-ignored pixels (default), ``"weighted_mean"``,
+        ``"batch"`` or ``"sum"`` (:data:`NPA_REDUCTIONS`; ``"none"`` is refused: the
+        task logs one number per step).
+    **kwargs
+        torchgeo's arguments (``model``, ``backbone``, ``weights``,
+        ``in_channels``, ``num_classes``, ``ignore_index``, ``class_weights``,
+        ``lr``, ...); ``ignore_index`` (default None) is NPALoss's too. With
+        ``loss="npa"``, ``class_weights`` multiply the NPA weights: each pixel weighs
+        ``npa · class_weights[label]`` (:class:`ClassWeightedNPALoss`).
 
-    Raises:
-        ValueError: ``loss="npa"`` with a ``task`` other than ``"multiclass"``;
-            ``npa_reduction`` not in :data:`NPA_REDUCTIONS`; ``class_weights`` negative,
-            not finite or not one per class.
+    Raises
+    ------
+    ValueError
+        ``loss="npa"`` with a ``task`` other than ``"multiclass"``;
+        ``npa_reduction`` not in :data:`NPA_REDUCTIONS`; ``class_weights`` negative,
+        not finite or not one per class.
     """
 
     def __init__(
