@@ -12,7 +12,7 @@ import warnings
 
 import click
 
-from npa_precompute._version import __version__
+from npa_precompute import __version__
 from npa_precompute.cli_options import (
     announce_start,
     device_option,
