@@ -41,10 +41,10 @@ _MODULES = {
         "SmallFCN",
         "TorchvisionSegmenter",
         "build_model",
-        "load_pretrained",
         "logits_of",
         "model_spec",
     ),
+    "npa_train.pretrained": ("load_pretrained",),
     "npa_train.online": ("affinity_counts", "npa_weights"),
     "npa_train.checkpoint": ("CheckpointError", "load_checkpoint", "load_model"),
     "npa_train.config": ("TrainConfig",),
@@ -82,11 +82,11 @@ if TYPE_CHECKING:  # pragma: no cover
         SmallFCN,
         TorchvisionSegmenter,
         build_model,
-        load_pretrained,
         logits_of,
         model_spec,
     )
     from npa_train.online import affinity_counts, npa_weights
+    from npa_train.pretrained import load_pretrained
     from npa_train.splits import SPLITS, resolve_split
     from npa_train.train import Trainer, TrainingError, TrainingInterrupted, fit, poly_lr
 

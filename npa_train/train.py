@@ -86,7 +86,8 @@ from npa_train.distributed import (
 )
 from npa_train.loader import default_workers, step_loader
 from npa_train.loss import build_criterion, median_frequency_weights
-from npa_train.model import build_model, load_pretrained, model_spec
+from npa_train.model import build_model, model_spec
+from npa_train.pretrained import load_pretrained
 from npa_train.runfolder import RunFolder
 from npa_train.runlog import CsvLog, rows_until
 from npa_train.splits import available_weights, resolve_split
@@ -620,7 +621,7 @@ def fit(
     reduction : ``npa``/``focal`` reduction (default ``"mean"``; not ``"none"``)
     model : one of :data:`npa_train.model.MODELS` (default ``small_fcn``)
     width : first-stage width of ``small_fcn``
-    pretrained : local weights file for the model (:func:`npa_train.model.load_pretrained`)
+    pretrained : local weights file for the model (:func:`npa_train.pretrained.load_pretrained`)
     aux_weight : weight of the auxiliary loss of torchvision models (default 0.4; 0 builds
         the model without its auxiliary head)
     iters, batch, crop : optimizer steps (5000), crops per step (6), crop size (513)

@@ -1,7 +1,7 @@
 """CRC-32 checks of ``torch.save`` files (zip archives), which ``torch.load`` never does.
 
 One check serves the checkpoint reader (:func:`npa_train.checkpoint.verify_checkpoint_file`)
-and ``--pretrained`` state dicts (:func:`npa_train.model.load_pretrained`); each wraps the
+and ``--pretrained`` state dicts (:func:`npa_train.pretrained.load_pretrained`); each wraps the
 result in its own error. Standard library only.
 """
 

@@ -87,7 +87,8 @@ def test_a_file_that_is_not_a_zip_is_not_a_readable_checkpoint(tmp_path):
 def test_damaged_pretrained_file_is_refused_naming_it(tmp_path):
     """``--pretrained`` (the trainer's --init) reads its state dict through the same CRC check."""
     from npa_precompute.errors import ParameterError
-    from npa_train.model import build_model, load_pretrained
+    from npa_train.model import build_model
+    from npa_train.pretrained import load_pretrained
 
     model = build_model("small_fcn", width=8)
     good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"

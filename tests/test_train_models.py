@@ -20,12 +20,12 @@ from npa_train.model import (
     PyramidPooling,
     SmallFCN,
     build_model,
-    load_pretrained,
     logits_of,
     model_config,
     model_name,
     model_spec,
 )
+from npa_train.pretrained import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
