@@ -288,8 +288,9 @@ def render_matplotlib(
     units, bars_in_header = _mpl_layout(lead, [len(p) for _, p in data.rows])
     n_rows = 1 + len(data.rows)
     h, w = data.label.shape
+    size = (units * panel_in, n_rows * (panel_in * h / w + 0.45) + 0.5)
     fig = Figure(
-        figsize=(units * panel_in, n_rows * (panel_in * h / w + 0.45) + 0.5),
+        figsize=tuple(round(v * dpi) / dpi for v in size),  # whole pixels: no PNG rounding
         dpi=dpi,
         layout="constrained",
     )
