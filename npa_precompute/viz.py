@@ -3,7 +3,7 @@
 :func:`show_figure` is what ``npa-precompute show`` calls. Two renderers:
 
 * ``matplotlib`` (the ``viz`` extra, ``pip install npaloss[viz]``): heat maps with
-  colour bars, a class legend, bars of the mean weight per class and k, and a
+  colour bars, a class legend, bars of the mean weight per class and k per row, and a
   histogram of the weights per class; imported lazily, drawn on the Agg canvas (no
   display needed).
 * ``pillow``: the same panels tiled with Pillow and a built-in viridis colour map
@@ -244,14 +244,18 @@ def render_matplotlib(
 ) -> Figure:
     """Draw a :class:`ShowData` with matplotlib (Agg canvas, no display).
 
-    Layout: a first row with the image, the colour-coded label, the class legend and
-    the mean weight per class of the first transformation's maps in the window
-    (grouped bars by k); then one row per transformation with its maps by increasing
-    k (as in the paper's Fig. 4: k = 8, 16, 32, 64) on one colour scale with one
-    colour bar (``color_scale="shared"``), or each on its own with its own colour bar
-    (``"panel"``), and beside them a histogram of the weights per class for the k
-    closest to 32 (the share of each class's pixels per bin, log scale; a legend
-    names the classes). Ignore pixels are black and left out of every statistic.
+    Layout: a first row with the image, the colour-coded label and the class legend;
+    then one row per transformation with its maps by increasing k (as in the paper's
+    Fig. 4: k = 8, 16, 32, 64) on one colour scale with one colour bar
+    (``color_scale="shared"``), or each on its own with its own colour bar
+    (``"panel"``), followed by the mean weight per class of each map in the window
+    (horizontal bars, one per k; "mean count" for raw weights and affinity arrays,
+    Eq. 1) and a histogram of the weights per class for the k closest to 32 (the
+    share of each class's pixels per bin, log scale). The first row's bars move up
+    beside the class legend when that makes the figure no wider (one row of four k).
+    Each row is its own sub-figure (its columns are not pushed apart by another
+    row's labels); the legends of bars and histograms lie beside their axes, not over
+    the data. Ignore pixels are black and left out of every statistic.
 
     Parameters
     ----------
@@ -265,9 +269,9 @@ def render_matplotlib(
     Returns
     -------
     matplotlib.figure.Figure
-        Axes: image (if any), label, legend, and when maps are shown the mean-weight
-        bars, one axes per map, one colour bar per row (``"shared"``) or per map
-        (``"panel"``) and one histogram per row.
+        Axes: image (if any), label, legend, and per row of maps: one axes per map,
+        one colour bar per row (``"shared"``) or per map (``"panel"``), the
+        mean-weight bars and one histogram.
 
     Raises
     ------
