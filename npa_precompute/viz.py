@@ -3,7 +3,7 @@
 :func:`show_figure` is what ``npa-precompute show`` calls. Two renderers:
 
 * ``matplotlib`` (the ``viz`` extra, ``pip install npaloss[viz]``): heat maps with
-  colour bars, a class legend, bars of the mean weight per class and k, and a
+  colour bars, a class legend, bars of the mean weight per class and k per row, and a
   histogram of the weights per class; imported lazily, drawn on the Agg canvas (no
   display needed).
 * ``pillow``: the same panels tiled with Pillow and a built-in viridis colour map
@@ -244,14 +244,18 @@ def render_matplotlib(
 ) -> Figure:
     """Draw a :class:`ShowData` with matplotlib (Agg canvas, no display).
 
-    Layout: a first row with the image, the colour-coded label, the class legend and
-    the mean weight per class of the first transformation's maps in the window
-    (grouped bars by k); then one row per transformation with its maps by increasing
-    k (as in the paper's Fig. 4: k = 8, 16, 32, 64) on one colour scale with one
-    colour bar (``color_scale="shared"``), or each on its own with its own colour bar
-    (``"panel"``), and beside them a histogram of the weights per class for the k
-    closest to 32 (the share of each class's pixels per bin, log scale; a legend
-    names the classes). Ignore pixels are black and left out of every statistic.
+    Layout: a first row with the image, the colour-coded label and the class legend;
+    then one row per transformation with its maps by increasing k (as in the paper's
+    Fig. 4: k = 8, 16, 32, 64) on one colour scale with one colour bar
+    (``color_scale="shared"``), or each on its own with its own colour bar
+    (``"panel"``), followed by the mean weight per class of each map in the window
+    (horizontal bars, one per k; "mean count" for raw weights and affinity arrays,
+    Eq. 1) and a histogram of the weights per class for the k closest to 32 (the
+    share of each class's pixels per bin, log scale). The first row's bars move up
+    beside the class legend when that makes the figure no wider (one row of four k).
+    Each row is its own sub-figure (its columns are not pushed apart by another
+    row's labels); the legends of bars and histograms lie beside their axes, not over
+    the data. Ignore pixels are black and left out of every statistic.
 
     Parameters
     ----------
@@ -265,9 +269,9 @@ def render_matplotlib(
     Returns
     -------
     matplotlib.figure.Figure
-        Axes: image (if any), label, legend, and when maps are shown the mean-weight
-        bars, one axes per map, one colour bar per row (``"shared"``) or per map
-        (``"panel"``) and one histogram per row.
+        Axes: image (if any), label, legend, and per row of maps: one axes per map,
+        one colour bar per row (``"shared"``) or per map (``"panel"``), the
+        mean-weight bars and one histogram.
 
     Raises
     ------
@@ -285,29 +289,36 @@ def render_matplotlib(
         bad=np.asarray(IGNORE_COLOR) / 255.0
     )
     lead = (1 if data.image is not None else 0) + 1
-    max_maps = max((len(p) for _, p in data.rows), default=0)
-    n_cols = max(max_maps + 1, lead + 3) if data.rows else lead + 1
+    units, bars_in_header = _mpl_layout(lead, [len(p) for _, p in data.rows])
     n_rows = 1 + len(data.rows)
     h, w = data.label.shape
+    size = (units * panel_in, n_rows * (panel_in * h / w + 0.45) + 0.5)
     fig = Figure(
-        figsize=(n_cols * panel_in, n_rows * (panel_in * h / w + 0.45) + 0.4),
+        figsize=tuple(round(v * dpi) / dpi for v in size),  # whole pixels: no PNG rounding
         dpi=dpi,
         layout="constrained",
     )
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(n_rows, n_cols)
+    # one sub-figure per row: a wide label or legend in one row does not push the
+    # columns of another apart
+    subs = fig.subfigures(n_rows, 1, squeeze=False).ravel()
     x0, y0, ww, hh = data.window
-    fig.suptitle(
-        f"NPALoss weights of {data.tile_id}, window x0,y0,w,h = {x0},{y0},{ww},{hh} "
-        "(ignore pixels black)",
-        fontsize=12,
-    )
-    col, ids = _mpl_header(fig, gs, data)
-    if data.rows:
-        _mpl_mean_bars(fig.add_subplot(gs[0, col + 2 :]), data, ids)
-    for r, (title, panels) in enumerate(data.rows, start=1):
-        _mpl_map_row(fig, gs, r, title, panels, data, cmap, color_scale)
-        _mpl_histograms(fig.add_subplot(gs[r, len(panels)]), data, panels, ids)
+    title = f"NPALoss weights of {data.tile_id}, window x0,y0,w,h = {x0},{y0},{ww},{hh}"
+    sep = " " if len(title) + 22 < units * panel_in * 9 else "\n"  # ~9 chars an inch at 12 pt
+    fig.suptitle(f"{title}{sep}(ignore pixels black)", fontsize=12)
+    ids = _mpl_header(subs[0], data, lead, units, bars_in_header)
+    for r, (row_title, panels) in enumerate(data.rows, start=1):
+        n = len(panels)
+        ratios = [_MAP_UNITS] * n + ([] if r == 1 and bars_in_header else [_BAR_UNITS])
+        ratios.append(_HIST_UNITS)
+        if units - sum(ratios) > 1e-6:
+            ratios.append(units - sum(ratios))
+        gs = subs[r].add_gridspec(1, len(ratios), width_ratios=ratios)
+        _mpl_map_row(subs[r], gs, row_title, panels, data, cmap, color_scale)
+        if not (r == 1 and bars_in_header):
+            _mpl_mean_bars(subs[r].add_subplot(gs[0, n]), data, r - 1, ids)
+            n += 1
+        _mpl_histograms(subs[r].add_subplot(gs[0, n]), data, panels, ids)
     for ax in fig.axes:
         if ax.images:
             ax.set_xticks([])
@@ -315,17 +326,42 @@ def render_matplotlib(
     return fig
 
 
-def _mpl_header(fig, gs, data: ShowData) -> tuple[int, list[int]]:
-    """First row: image, colour-coded label and the class legend; (label column, classes)."""
+#: Widths of the cells of :func:`render_matplotlib`, in panels: a map, the bar chart of
+#: a row (with its legend of k beside it), a histogram (with its class legend beside it).
+_MAP_UNITS, _BAR_UNITS, _HIST_UNITS, _LEGEND_UNITS = 1.0, 1.45, 1.5, 1.0
+
+
+def _mpl_layout(lead: int, n_maps: list[int]) -> tuple[float, bool]:
+    """Figure width in panels, and whether the first row's bars go in the header row.
+
+    Each row of maps is followed by its bar chart and histogram; the first row's bar chart
+    moves up beside the class legend when that makes the figure no wider (Fig. 4's four
+    k), so that no row leaves a wide blank.
+    """
+    head = lead + _LEGEND_UNITS
+    if not n_maps:
+        return head, False
+    rows = [n * _MAP_UNITS + _BAR_UNITS + _HIST_UNITS for n in n_maps]
+    in_row = max(head, *rows)
+    up = max(head + 2 * _MAP_UNITS, n_maps[0] * _MAP_UNITS + _HIST_UNITS, *rows[1:], 0)
+    return (up, True) if up <= in_row else (in_row, False)
+
+
+def _mpl_header(sub, data: ShowData, lead: int, units: float, bars: bool) -> list[int]:
+    """First row: image, colour-coded label, the class legend (and the first row's bars)."""
     from matplotlib.patches import Patch
 
+    ratios = [_MAP_UNITS] * lead
+    rest = units - lead * _MAP_UNITS
+    ratios += [_LEGEND_UNITS, rest - _LEGEND_UNITS] if bars else [rest]
+    gs = sub.add_gridspec(1, len(ratios), width_ratios=ratios)
     col = 0
     if data.image is not None:
-        ax = fig.add_subplot(gs[0, col])
+        ax = sub.add_subplot(gs[0, col])
         ax.imshow(data.image, interpolation="nearest")
         ax.set_title("image (2–98 % stretch)", fontsize=10)
         col += 1
-    ax = fig.add_subplot(gs[0, col])
+    ax = sub.add_subplot(gs[0, col])
     ax.imshow(label_rgb(data.label, data.palette, data.ignore_index), interpolation="nearest")
     ax.set_title("label", fontsize=10)
     ids, has_ignore = _present_classes(data)
@@ -335,58 +371,63 @@ def _mpl_header(fig, gs, data: ShowData) -> tuple[int, list[int]]:
     ]
     if has_ignore:
         handles.append(Patch(facecolor=np.asarray(IGNORE_COLOR) / 255.0, label="ignore"))
-    ax = fig.add_subplot(gs[0, col + 1])
+    ax = sub.add_subplot(gs[0, col + 1])
     ax.axis("off")
     ax.legend(handles=handles, loc="center left", fontsize=9, frameon=False, title="classes")
-    return col, ids
+    if bars and data.rows:
+        _mpl_mean_bars(sub.add_subplot(gs[0, col + 2]), data, 0, ids)
+    return ids
 
 
-def _mpl_mean_bars(ax, data: ShowData, ids: list[int]) -> None:
-    """Mean weight per class of the first row's maps in the window (grouped bars by k)."""
-    title, panels = data.rows[0]
+def _quantity(ref: ArrayRef) -> str:
+    """What a map holds: ``"count"`` (affinity arrays, raw weights: Eq. 1) or ``"weight"``."""
+    return "count" if ref.kind == "affinity" or ref.transform == "raw" else "weight"
+
+
+def _mpl_mean_bars(ax, data: ShowData, row: int, ids: list[int]) -> None:
+    """Mean weight (or count) per class of one row's maps in the window, a bar per k."""
+    title, panels = data.rows[row]
     n = len(panels)
-    width = 0.8 / n
+    height = 0.8 / n
     shades = colormap_lut(256)[np.linspace(20, 230, n).astype(int)] / 255.0
-    top = 0.0
     for j, (ref, values) in enumerate(panels):
         means = [float(values[data.label == i].mean()) for i in ids]
-        top = max([top, *means])
-        ax.bar(
-            np.arange(len(ids)) + (j - (n - 1) / 2) * width, means, width,
-            color=shades[j], label=_panel_title(ref),
+        ax.barh(
+            np.arange(len(ids)) + (j - (n - 1) / 2) * height, means, height,
+            color=shades[j], label="\n".join(wrap_header(_panel_title(ref), 14)),
         )  # fmt: skip
-    ax.set_xticks(
-        np.arange(len(ids)),
-        [_short(data.classes[i]) for i in ids],
-        fontsize=8,
-        rotation=30 if len(ids) > 6 else 0,
-    )
-    ax.set_ylabel("mean weight", fontsize=9)
-    ax.tick_params(axis="y", labelsize=8)
+    ax.set_yticks(np.arange(len(ids)), [_short(data.classes[i]) for i in ids], fontsize=8)
+    ax.invert_yaxis()  # classes top to bottom, as in the class legend
+    what = _quantity(panels[0][0])
+    ax.set_xlabel(f"mean {what}" + (" (Eq. 1)" if what == "count" else ""), fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
     x0, y0, ww, hh = data.window
     ax.set_title(
-        f"mean weight per class, {title}\nin window x0,y0,w,h = {x0},{y0},{ww},{hh}", fontsize=10
+        f"mean {what} per class, {title}\nin window x0,y0,w,h = {x0},{y0},{ww},{hh}", fontsize=10
     )
-    ax.legend(fontsize=8, ncol=min(n, 4), frameon=False, loc="upper left")
-    ax.set_ylim(0, top * 1.35 if top > 0 else 1.0)
+    # beside the axes: a legend inside would cover bars
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
-def _mpl_map_row(fig, gs, r: int, title: str, panels, data: ShowData, cmap, color_scale) -> None:
+def _mpl_map_row(sub, gs, title: str, panels, data: ShowData, cmap, color_scale) -> None:
     """One transformation's maps by increasing k, with one colour bar per row or per map."""
     mask = data.ignore_mask
     ranges = _row_ranges(panels, ~mask, color_scale)
     row_axes = []
     for j, ((ref, values), (lo, hi)) in enumerate(zip(panels, ranges, strict=True)):
-        ax = fig.add_subplot(gs[r, j])
+        ax = sub.add_subplot(gs[0, j])
         row_axes.append(ax)
         shown = np.ma.masked_array(values, mask=mask)
         im = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
-        ax.set_title(f"{title}, {_panel_title(ref)}", fontsize=10)
+        text = f"{title}, {_panel_title(ref)}"
+        if len(text) > 28:  # wider than the panel at 10 pt: the k on a second line
+            text = f"{title},\n{_panel_title(ref)}"
+        ax.set_title(text, fontsize=10)
         if color_scale == "panel":
-            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            cb = sub.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             cb.ax.tick_params(labelsize=8)
     if color_scale == "shared":  # one bar for the row: the same colour, the same value
-        cb = fig.colorbar(im, ax=row_axes, fraction=0.046 / len(row_axes), pad=0.02)
+        cb = sub.colorbar(im, ax=row_axes, fraction=0.046 / len(row_axes), pad=0.02)
         cb.ax.tick_params(labelsize=8)
 
 
@@ -419,11 +460,12 @@ def _mpl_histograms(ax, data: ShowData, panels, ids: list[int]) -> None:
             Line2D([], [], color=data.palette[i] / 255.0, linewidth=lw,
                    path_effects=effects, label=data.classes[i])
         )  # fmt: skip
-    ax.legend(handles=legend, fontsize=7, frameon=False, loc="best")
+    # beside the axes, not over the lines
+    ax.legend(handles=legend, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
     ax.set_yscale("log")
-    what = "counts" if ref.kind == "affinity" else "weights"
-    ax.set_title(f"{what} per class, {_panel_title(ref)}", fontsize=10)
-    ax.set_xlabel(what[:-1], fontsize=9)
+    what = _quantity(ref)
+    ax.set_title(f"{what}s per class, {_panel_title(ref)}", fontsize=10)
+    ax.set_xlabel(what + (" (Eq. 1)" if what == "count" else ""), fontsize=9)
     ax.set_ylabel("share of class pixels", fontsize=9)
     ax.tick_params(labelsize=8)
 

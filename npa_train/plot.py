@@ -232,6 +232,9 @@ def figure_matplotlib(panels: Sequence[Panel], title: str | None = None):
 
 _PANEL_W, _PANEL_H = 560, 380
 _LEFT, _RIGHT, _TOP, _BOTTOM = 66, 16, 30, 46
+#: The legend lies under the x-axis title, never over the lines: rows of entries
+#: ``_LEGEND_ROW`` px high; a panel holds ``_LEGEND_ROWS`` of them and grows for more.
+_LEGEND_ROW, _LEGEND_ROWS = 16, 2
 
 
 def _font(size: int):
@@ -280,9 +283,36 @@ def _ranges(panel: Panel) -> tuple[float, float, float, float]:
     return min(xs) - xpad, max(xs) + xpad, min(ys) - pad, max(ys) + pad
 
 
-def _draw_panel(draw, panel: Panel, x0: int, y0: int, font, small) -> None:
+def _legend_entries(panel: Panel) -> list[tuple[str, tuple, bool, bool]]:
+    """``(label, colour, dashed, marker)`` of each drawn series and reference line."""
+    out = []
+    for i, s in enumerate(panel.series):
+        n = len(panel.points(s))
+        if n:
+            out.append((s.label, _TAB10[i % len(_TAB10)], False, n <= 30))
+    for j, (label, _) in enumerate(panel.references):
+        out.append((label, _TAB10[(len(panel.series) + j) % len(_TAB10)], True, False))
+    return out
+
+
+def _legend_rows(entries, width: float, text_width) -> list[list[tuple[float, tuple]]]:
+    """Entries flowed into rows ``width`` px wide: rows of ``(x offset, entry)``."""
+    rows: list[list] = [[]]
+    x = 0.0
+    for entry in entries:
+        w = 30 + text_width(entry[0]) + 18  # swatch, label, gap
+        if rows[-1] and x + w > width:
+            rows.append([])
+            x = 0.0
+        rows[-1].append((x, entry))
+        x += w
+    return [r for r in rows if r]
+
+
+def _draw_panel(draw, panel: Panel, x0: int, y0: int, font, small, height: int) -> None:
     px0, py0 = x0 + _LEFT, y0 + _TOP
-    px1, py1 = x0 + _PANEL_W - _RIGHT, y0 + _PANEL_H - _BOTTOM
+    px1 = x0 + _PANEL_W - _RIGHT
+    py1 = y0 + height - _BOTTOM - _LEGEND_ROWS * _LEGEND_ROW - 6
     xmin, xmax, ymin, ymax = _ranges(panel)
     xspan, yspan = (xmax - xmin) or 1.0, (ymax - ymin) or 1.0
 
@@ -307,7 +337,6 @@ def _draw_panel(draw, panel: Panel, x0: int, y0: int, font, small) -> None:
         draw.line([(x, py1), (x, py1 + 4)], fill="black")
         draw.text((x, py1 + 6), text, fill="black", font=small, anchor="mt")
     draw.rectangle([px0, py0, px1, py1], outline="black")
-    legend = []
     for i, s in enumerate(panel.series):
         pts = panel.points(s)
         if not pts:
@@ -324,20 +353,21 @@ def _draw_panel(draw, panel: Panel, x0: int, y0: int, font, small) -> None:
                 draw.line([(u - 4, bottom), (u + 4, bottom)], fill=colour)
             if len(pts) <= 30:
                 draw.ellipse([u - 3, v - 3, u + 3, v + 3], fill=colour)
-        legend.append((s.label, colour, False, len(pts) <= 30))
-    for j, (label, yref) in enumerate(panel.references):
+    for j, (_, yref) in enumerate(panel.references):
         colour = _TAB10[(len(panel.series) + j) % len(_TAB10)]
         y = to_px(xmin, yref)[1]
         for a in range(int(px0), int(px1), 12):
             draw.line([(a, y), (min(a + 7, px1), y)], fill=colour, width=2)
-        legend.append((label, colour, True, False))
-    for k, (label, colour, dashed, marker) in enumerate(legend):  # as the lines are drawn
-        y = py0 + 10 + 16 * k
-        for a, b in ((8, 14), (18, 24)) if dashed else ((8, 26),):
-            draw.line([(px0 + a, y), (px0 + b, y)], fill=colour, width=2)
-        if marker:
-            draw.ellipse([px0 + 14, y - 3, px0 + 20, y + 3], fill=colour)
-        draw.text((px0 + 30, y), label, fill="black", font=small, anchor="lm")
+    rows = _legend_rows(_legend_entries(panel), px1 - px0, lambda t: draw.textlength(t, small))
+    for k, row in enumerate(rows):  # under the x-axis title, styled as the lines are drawn
+        y = py1 + 50 + _LEGEND_ROW * k + _LEGEND_ROW / 2
+        for dx, (label, colour, dashed, marker) in row:
+            x = px0 + dx
+            for a, b in ((0, 6), (10, 16), (20, 26)) if dashed else ((0, 26),):
+                draw.line([(x + a, y), (x + b, y)], fill=colour, width=2)
+            if marker:
+                draw.ellipse([x + 10, y - 3, x + 16, y + 3], fill=colour)
+            draw.text((x + 30, y), label, fill="black", font=small, anchor="lm")
 
 
 def render_pillow(panels: Sequence[Panel], *, title: str | None = None):
@@ -347,22 +377,33 @@ def render_pillow(panels: Sequence[Panel], *, title: str | None = None):
     Returns
     -------
     PIL.Image.Image, mode RGB
-        Panels of 560×380 px in the grid of :func:`render_panels`, under a title strip.
+        Panels of 560×380 px in the grid of :func:`render_panels`, under a title strip;
+        the legend lies under each panel's x-axis title (16 px taller per legend row
+        past two, when the labels need more).
     """
     from PIL import Image, ImageDraw
 
     rows, cols = _grid(len(panels))
     head = 28 if title else 0
-    size = (cols * _PANEL_W, rows * _PANEL_H + head)
+    font, small = _font(15 * _SUPERSAMPLE), _font(12 * _SUPERSAMPLE)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_width(text: str) -> float:
+        return measure.textlength(text, font=small) / _SUPERSAMPLE
+
+    n_legend = max(
+        len(_legend_rows(_legend_entries(p), _PANEL_W - _LEFT - _RIGHT, text_width)) for p in panels
+    )
+    panel_h = _PANEL_H + max(0, n_legend - _LEGEND_ROWS) * _LEGEND_ROW
+    size = (cols * _PANEL_W, rows * panel_h + head)
     # drawn at _SUPERSAMPLE times the size and scaled down: smooth lines, not staircases
     img = Image.new("RGB", tuple(_SUPERSAMPLE * v for v in size), "white")
     draw = _ScaledDraw(ImageDraw.Draw(img), _SUPERSAMPLE)
-    font, small = _font(15 * _SUPERSAMPLE), _font(12 * _SUPERSAMPLE)
     if title:
         draw.text((size[0] / 2, 6), title, fill="black", font=font, anchor="mt")
     for i, panel in enumerate(panels):
         r, c = divmod(i, cols)
-        _draw_panel(draw, panel, c * _PANEL_W, head + r * _PANEL_H, font, small)
+        _draw_panel(draw, panel, c * _PANEL_W, head + r * panel_h, font, small, panel_h)
     return img.resize(size, Image.Resampling.LANCZOS)
 
 
@@ -390,6 +431,9 @@ class _ScaledDraw:
 
     def text(self, xy, text, **kw) -> None:
         self.draw.text(tuple(self._xy(xy)), text, **kw)
+
+    def textlength(self, text, font) -> float:
+        return self.draw.textlength(text, font=font) / self.s
 
 
 def render_panels(

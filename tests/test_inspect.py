@@ -279,8 +279,8 @@ def test_show_one_colour_scale_per_row_legend_and_window(store):
     fig = show_figure(store, "t1", window="0,0,16,16", backend="matplotlib", dpi=30)
     hist = next(ax for ax in fig.axes if " per class, k = " in ax.get_title())
     assert [t.get_text() for t in hist.get_legend().get_texts()] == ["impervious surfaces", "car"]
-    bars = next(ax for ax in fig.axes if ax.get_title().startswith("mean weight per class"))
-    assert "in window x0,y0,w,h = 0,0,16,16" in bars.get_title()
+    bars = next(ax for ax in fig.axes if ax.get_title().startswith("mean count per class"))
+    assert "in window x0,y0,w,h = 0,0,16,16" in bars.get_title()  # raw weights are counts
     with pytest.raises(ValueError, match="`color_scale` must be one of"):
         show_figure(store, "t1", color_scale="global")
     args = ["show", str(store), "--tile", "t1", "--color-scale", "panel", "--out",
@@ -337,7 +337,8 @@ def test_show_two_transforms_rows(store):
     ]
     assert data.label.shape == (20, 24)
     fig = show_figure(store, "t1", arrays=["k2_raw", "k1_log10_L0.5", "k1_raw"], dpi=30)
-    assert len(fig.axes) == 4 + (2 + 1 + 1) + (1 + 1 + 1)  # maps, one colour bar, a histogram
+    # image, label, legend; per row: maps, one colour bar, its mean-weight bars, a histogram
+    assert len(fig.axes) == 3 + (2 + 1 + 1 + 1) + (1 + 1 + 1 + 1)
 
 
 def test_show_pillow_size(store, tmp_path):

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from conftest import write_train_store
 
 from npa_precompute.cli import main as precompute_main
-from npa_precompute.derived import derive, open_weights
+from npa_precompute.derived import derive
 from npa_precompute.export import export_array
 from npa_precompute.pipeline import run_precompute
-from npa_precompute.store import open_store, open_tile
+from npa_precompute.store import open_store, open_tile, open_weights
 from npa_precompute.summary import inspect_store
 from npa_precompute.transforms import WeightRangeError
 from npa_train.cli import main as train_main
