@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import brute_force_affinity
+from helpers import brute_force_affinity
 from PIL import Image
 
 from npa_precompute import affinity_maps

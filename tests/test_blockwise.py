@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
-from conftest import ROOT, SHARED_DATA, write_isprs_tile
+from helpers import ROOT, SHARED_DATA, write_isprs_tile
 
 from npa_precompute.blockwise import DaskOptions, block_grid
 from npa_precompute.cli import main

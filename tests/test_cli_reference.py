@@ -8,7 +8,7 @@ import sys
 
 import click
 from click.testing import CliRunner
-from conftest import ROOT
+from helpers import ROOT
 
 REGENERATE = "python scripts/cli_reference.py"
 

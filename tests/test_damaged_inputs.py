@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
-from conftest import ISPRS_PALETTE, write_isprs_tile
+from helpers import ISPRS_PALETTE, write_isprs_tile
 
 from npa_precompute.cli import main
 from npa_precompute.readers import InputError, Raster, discover_tiles, read_image, read_label

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_isprs_tile, write_train_store
+from helpers import write_isprs_tile, write_train_store
 from PIL import Image
 
 from npa_precompute import open_weights, parse_transform, weights_name

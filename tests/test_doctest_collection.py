@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT
+from helpers import ROOT
 
 FRAMEWORKS = ("lightning", "pytorch_lightning", "mmseg", "torchgeo")
 

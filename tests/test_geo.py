@@ -16,7 +16,7 @@ import pytest
 import rasterio
 import tifffile
 from click.testing import CliRunner
-from conftest import ISPRS_PALETTE
+from helpers import ISPRS_PALETTE
 from PIL import Image
 from rasterio.crs import CRS
 from rasterio.transform import Affine

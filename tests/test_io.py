@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from conftest import ISPRS_PALETTE, write_isprs_tile
+from helpers import ISPRS_PALETTE, write_isprs_tile
 from PIL import Image
 
 from npa_precompute.presets import LabelError, get_preset

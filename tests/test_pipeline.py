@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from conftest import (
+from helpers import (
     brute_force_affinity,
     brute_force_at,
     sample_points,

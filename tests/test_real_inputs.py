@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import tifffile
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 from PIL import Image
 
 from npa_precompute.blockwise import DaskOptions

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import zarr
-from conftest import write_train_store
+from helpers import write_train_store
 
 from npa_precompute.shards import ShardReader, SlowReadWarning, ZarrReader, unsupported_layout
 from npa_precompute.store import (

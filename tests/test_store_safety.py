@@ -16,7 +16,7 @@ import pytest
 import tifffile
 import zarr
 from click.testing import CliRunner
-from conftest import ISPRS_PALETTE, ROOT
+from helpers import ISPRS_PALETTE, ROOT
 
 from npa_precompute import kernel_cache, pipeline
 from npa_precompute.affinity import affinity_maps

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 import zarr
-from conftest import ROOT
+from helpers import ROOT
 from test_store_safety import KS, TILES, TRANSFORMS, check_store, expected_arrays, make_inputs
 
 from npa_precompute import pipeline

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_train_store
+from helpers import write_train_store
 
 from npa_train.checkpoint import CheckpointError, load_model, read_checkpoint
 from npa_train.cli import main

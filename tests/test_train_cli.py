@@ -16,7 +16,7 @@ import pytest
 import tifffile
 import torch
 from click.testing import CliRunner
-from conftest import write_train_store
+from helpers import write_train_store
 
 import npa_train.model as model_mod
 from npa_precompute.pipeline import run_precompute

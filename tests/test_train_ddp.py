@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_train_store
+from helpers import write_train_store
 
 from npa_train.augment import AugmentConfig
 from npa_train.checkpoint import load_checkpoint

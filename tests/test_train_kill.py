@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_train_store
+from helpers import write_train_store
 
 WNAME = "k4_log10_L0.5"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_train_store
+from helpers import write_train_store
 
 from npa_precompute import affinity_maps, parse_transform
 from npa_precompute.pipeline import run_precompute

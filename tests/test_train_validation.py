@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_train_store
+from helpers import write_train_store
 
 from npa_precompute.errors import ParameterError
 from npa_train.cli import main

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_train_store
+from helpers import write_train_store
 
 from npa_precompute.cli import main as precompute_main
 from npa_precompute.derived import derive
