@@ -93,18 +93,20 @@ def _check_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) -> None
         raise TypeError(f"`target` must be a torch.Tensor, got {type(target).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"`logits` must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.ndim != 4:
+    if logits.ndim not in (4, 5):
         raise ValueError(
-            f"`logits` must have shape (N, C, H, W), got {tuple(logits.shape)} ({logits.ndim}-D)"
+            "`logits` must have shape (N, C, H, W) or, for volumes, (N, C, D, H, W), got "
+            f"{tuple(logits.shape)} ({logits.ndim}-D)"
         )
     if logits.shape[1] < 1:
         raise ValueError(f"`logits` must have at least one class (C >= 1), got {logits.shape}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"`target` must be an integer tensor (int64), got dtype {target.dtype}")
-    n, _, h, w = logits.shape
-    if tuple(target.shape) != (n, h, w):
+    want = (logits.shape[0], *logits.shape[2:])
+    axes = "(N, H, W)" if logits.ndim == 4 else "(N, D, H, W)"
+    if tuple(target.shape) != want:
         raise ValueError(
-            f"`target` must have shape (N, H, W) = {(n, h, w)} to match `logits` "
+            f"`target` must have shape {axes} = {want} to match `logits` "
             f"{tuple(logits.shape)}, got {tuple(target.shape)}"
         )
     if target.device != logits.device:
@@ -117,9 +119,9 @@ def _check_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) -> None
         raise TypeError(f"`weight` must be a torch.Tensor or None, got {type(weight).__name__}")
     if not weight.is_floating_point():
         raise TypeError(f"`weight` must be a floating-point tensor, got dtype {weight.dtype}")
-    if tuple(weight.shape) != (n, h, w):
+    if tuple(weight.shape) != want:
         raise ValueError(
-            f"`weight` must have shape (N, H, W) = {(n, h, w)} to match `logits` "
+            f"`weight` must have shape {axes} = {want} to match `logits` "
             f"{tuple(logits.shape)}, got {tuple(weight.shape)}"
         )
     if weight.device != logits.device:
@@ -310,10 +312,17 @@ class _WeightedNLL(torch.autograd.Function):
         return grad, None, None
 
 
-def parse_k(k) -> int | None:
-    """``k`` (search region, Eq. 1) checked: None, or an int in [0, :data:`MAX_K`]."""
+def parse_k(k) -> int | tuple[int, ...] | None:
+    """``k`` (search region, Eq. 1) checked: None, an int in [0, :data:`MAX_K`], or a
+    tuple of one such int per spatial axis (``(k_h, k_w)`` or ``(k_d, k_h, k_w)``)."""
     if k is None:
         return None
+    if isinstance(k, (tuple, list)):
+        if len(k) not in (2, 3):
+            raise ParameterError(
+                "k", f"tuple must have one int per spatial axis (2 or 3), got {tuple(k)!r}"
+            )
+        return tuple(check_int("k", v, minimum=0, maximum=MAX_K) for v in k)
     return check_int("k", k, minimum=0, maximum=MAX_K)
 
 

@@ -38,6 +38,18 @@ group of 7. On the CPU these buffers are kept between calls (per thread;
 :func:`clear_workspace` frees them): freshly allocated memory is page-faulted in at
 the cost of the arithmetic itself.
 
+Volumes and anisotropic regions
+-------------------------------
+Targets ``(N, D, H, W)`` take a third pass, along the depth axis, and a region may give
+one k per axis (``(k_d, k_h, k_w)``, 0 allowed: the pass along that axis is a copy).
+After the passes along the last ``p`` axes every value is a window count over those
+axes, at most ``prod(2 k_a + 1)`` over them, and each pass's accumulator is the
+narrowest of int16/int32/int64 that holds that bound (:func:`_pass_dtypes`); counts are
+int32 while the whole window - 1 fits (isotropic 3-D: k <= 644), else int64; a window of
+more than 2**62 voxels is refused. Memory: groups of ``group_elements // (N·D·H·W)``
+classes, and a group holds at most four ``(G, N, D, H, W)`` arrays (the third pass
+writes the row-sum buffer again, a fourth array only when its dtype is wider).
+
 Synchronisation: with ``classes`` given (the loss passes ``range(C)`` plus the ignore
 value) nothing waits for the device; without it, the distinct values of the batch are
 read first (``torch.unique``, one synchronisation) and checked.
@@ -57,6 +69,7 @@ instead of a table (one synchronisation).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -64,8 +77,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from npa_precompute.affinity import parse_ks
 from npa_precompute.params import check_int
+from npa_precompute.regions import parse_regions, window_size
 from npa_precompute.transforms import MAX_TABLE, WeightTransform, parse_transform
 
 __all__ = [
@@ -93,13 +106,14 @@ def _check_target(target: Tensor) -> Tensor:
         raise TypeError(
             f"`target` must be an integer tensor of labels (e.g. int64), got dtype {target.dtype}"
         )
-    if target.ndim != 3:
+    if target.ndim not in (3, 4):
         raise ValueError(
-            f"`target` must have shape (N, H, W), got {tuple(target.shape)} ({target.ndim}-D)"
+            "`target` must have shape (N, H, W) or, for volumes, (N, D, H, W), got "
+            f"{tuple(target.shape)} ({target.ndim}-D)"
         )
-    n, h, w = target.shape
-    if h < 1 or w < 1:
-        raise ValueError(f"`target` must have H, W >= 1, got shape {tuple(target.shape)}")
+    if min(target.shape[1:]) < 1:
+        axes = "H, W" if target.ndim == 3 else "D, H, W"
+        raise ValueError(f"`target` must have {axes} >= 1, got shape {tuple(target.shape)}")
     if target.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         target = target.to(torch.int64)  # uint16/uint32/uint64: few ops are defined on them
     return target
@@ -115,10 +129,12 @@ def _check_values(values: list[int]) -> None:
         )
 
 
-def counts_dtype(k: int) -> torch.dtype:
-    """dtype of :func:`affinity_counts` for search region ``k``: int32 when every count
-    ``(2k + 1)**2 - 1`` fits (k <= 23169), else int64."""
-    return torch.int32 if (2 * int(k) + 1) ** 2 - 1 <= _INT32_MAX else torch.int64
+def counts_dtype(k: int | Sequence[int], ndim: int = 2) -> torch.dtype:
+    """dtype of :func:`affinity_counts` for search region ``k`` (an int, isotropic over
+    ``ndim`` spatial axes, or one int per axis): int32 when every count, at most the
+    window ``prod(2 k_a + 1)`` - 1, fits (2-D: k <= 23169; 3-D: k <= 644), else int64."""
+    region = (int(k),) * ndim if isinstance(k, (int, np.integer)) else tuple(k)
+    return torch.int32 if window_size(region) - 1 <= _INT32_MAX else torch.int64
 
 
 def _smallest_int(bound: int) -> torch.dtype:
@@ -129,12 +145,17 @@ def _smallest_int(bound: int) -> torch.dtype:
     return torch.int64
 
 
-def _pass_dtypes(k: int) -> tuple[torch.dtype, torch.dtype]:
-    """Accumulator dtypes of the row pass and the column pass for search region ``k``:
-    every value the row pass holds is a window count of one row, in ``[0, 2k + 1]``, and
-    every value the column pass holds in ``[0, (2k + 1)²]`` (:func:`_box_sums`), so no
-    partial sum can overflow: int16 up to k = 90, int32 up to k = 23169, int64 beyond."""
-    return _smallest_int(2 * k + 1), _smallest_int((2 * k + 1) ** 2)
+def _pass_dtypes(region: tuple[int, ...]) -> list[torch.dtype]:
+    """Accumulator dtypes of the passes along the last axis, then the second to last, ...
+    for search region ``region`` (one k per axis): after the passes along the last ``p``
+    axes every value is a count over a window of ``prod(2 k_a + 1)`` over those axes
+    (:func:`_box_sums`), so no partial sum can overflow. 2-D, k isotropic: int16 up to
+    k = 90, int32 up to k = 23169, int64 beyond."""
+    dtypes, bound = [], 1
+    for k in reversed(region):
+        bound *= 2 * k + 1
+        dtypes.append(_smallest_int(bound))
+    return dtypes
 
 
 # ---- counts ------------------------------------------------------------------------------------
@@ -145,10 +166,10 @@ def _compiling() -> bool:
 
 
 def _cumsum_(x: Tensor, dim: int) -> Tensor:
-    """In-place cumulative sum along ``dim`` (last or second to last)."""
-    if x.device.type == "cpu" and dim in (-2, x.ndim - 2) and not _compiling():
+    """In-place cumulative sum along ``dim``."""
+    if x.device.type == "cpu" and dim % x.ndim != x.ndim - 1 and not _compiling():
         # torch's CPU cumsum along a non-innermost axis is a strided scalar loop; adding
-        # whole rows one after another is several times faster
+        # whole rows (planes) one after another is several times faster
         for i in range(1, x.shape[dim]):
             x.select(dim, i).add_(x.select(dim, i - 1))
         return x
@@ -156,8 +177,8 @@ def _cumsum_(x: Tensor, dim: int) -> Tensor:
 
 
 def _box_sums(x: Tensor, k: int, dim: int, out: Tensor) -> Tensor:
-    """Sums of ``x`` over the windows ``[i - k, i + k]`` along ``dim`` (the last or the
-    second to last), ``x`` padded with its edge elements: written to ``out``.
+    """Sums of ``x`` over the windows ``[i - k, i + k]`` along ``dim`` (negative), ``x``
+    padded with its edge elements: written to ``out``.
 
     A running sum: ``out[0]`` is the first window's sum, ``out[i] - out[i - 1] =
     x[i + k] - x[i - k - 1]`` (indices clamped into the sequence), and a cumulative sum
@@ -165,6 +186,8 @@ def _box_sums(x: Tensor, k: int, dim: int, out: Tensor) -> Tensor:
     dtype only has to hold ``(2k + 1) · max(x)``; the cost does not depend on ``k``.
     """
     n = x.shape[dim]
+    if k == 0:
+        return out.copy_(x)
 
     def xs(a: int, b: int) -> Tensor:  # x[a:b] along dim
         return x.narrow(dim, a, b - a)
@@ -273,45 +296,53 @@ def _dense_index(labels: Tensor, values: list[int]) -> Tensor:
 
 def affinity_counts(
     target: Tensor,
-    ks: int | str | Iterable[int],
+    ks: int | str | Iterable[int | Sequence[int]],
     *,
     classes: Sequence[int] | Tensor | None = None,
     group_elements: int = DEFAULT_GROUP_ELEMENTS,
 ) -> Tensor:
-    """Exact Eq. 1 counts of a batch of label maps, computed on ``target``'s device.
+    """Exact Eq. 1 counts of a batch of label maps or volumes, on ``target``'s device.
 
     ``A[n, i, y, x]`` is the number of pixels of the ``(2k_i + 1)²`` window centred on
     ``(y, x)`` of image ``n``, padded with its edge pixels, whose label differs from the
     label at ``(y, x)``; every distinct value is a class (the ignore value included).
-    Image by image the same integers as :func:`npa_precompute.affinity_maps`.
+    Image by image the same integers as :func:`npa_precompute.affinity_maps`. For
+    volumes ``(N, D, H, W)`` the window is ``(2k_d + 1)(2k_h + 1)(2k_w + 1)`` voxels,
+    padded with the edge voxels, and ``A[n, i, z, y, x]`` counts its voxels of another
+    label.
 
     Parameters
     ----------
-    target : (N, H, W) integer tensor
+    target : (N, H, W) or (N, D, H, W) integer tensor
         Labels in ``[0, 2**31 - 1]``, any integer dtype, on any device.
-    ks : int, str or iterable of int
-        Search regions ``k >= 0`` (``2k + 1`` may exceed H or W), e.g. ``32``,
-        ``"8,16,32"``. Duplicates are dropped, order is kept.
+    ks : int, str or iterable
+        Search regions: an int ``k >= 0`` (the same along every axis) or one int per
+        spatial axis (``(k_h, k_w)``, ``(k_d, k_h, k_w)``; 0 along an axis allowed), e.g.
+        ``32``, ``"8,16,32"``, ``[(2, 16, 16), 8]``, ``"2x16x16"``; the window may exceed
+        the image. A bare tuple of ints is a list of isotropic regions. Duplicates are
+        dropped, order is kept (:func:`npa_precompute.regions.parse_regions`).
     classes : sequence of int or 1-D tensor, optional, keyword-only
         The label values to count. Default: the distinct values of ``target`` (read
         with one device synchronisation, and checked). When given, nothing is read
         back from the device; ``target`` must hold no other value (the count of a pixel
         whose value is not listed is undefined).
     group_elements : int, keyword-only
-        Bound on ``classes per group × N × H × W``: the memory bound of the module
+        Bound on ``classes per group × N × D × H × W``: the memory bound of the module
         docstring (at least one class per group).
 
     Returns
     -------
-    (N, len(ks), H, W) tensor on ``target``'s device
-        int32 while ``(2 max(ks) + 1)² - 1`` fits (k <= 23169), else int64.
+    (N, len(ks), H, W) or (N, len(ks), D, H, W) tensor on ``target``'s device
+        int32 while the largest window - 1 fits (2-D: k <= 23169; 3-D isotropic:
+        k <= 644), else int64 (:func:`counts_dtype`).
 
     Raises
     ------
     TypeError
         ``target`` not an integer tensor (floating point, bool), ``ks`` not integers.
     ValueError
-        ``target`` not 3-D or empty along H or W, a ``k < 0``, labels negative or beyond
+        ``target`` not 3-D/4-D or empty along a spatial axis, a ``k < 0``, a region
+        tuple whose length is not the number of spatial axes, labels negative or beyond
         int32 (checked when ``classes`` is None), ``group_elements < 1``.
 
     Example
@@ -323,9 +354,10 @@ def affinity_counts(
             [3, 5, 3]], dtype=torch.int32)
     """
     target = _check_target(target)
-    ks = parse_ks(ks)
+    spatial = tuple(target.shape[1:])
+    regions = parse_regions(ks, len(spatial))
     group_elements = check_int("group_elements", group_elements, minimum=1)
-    n, h, w = target.shape
+    n = target.shape[0]
     dev = target.device
     if classes is None:
         values = torch.unique(target).tolist()  # sorted; the one synchronisation
@@ -333,7 +365,8 @@ def affinity_counts(
     else:
         values = classes.tolist() if isinstance(classes, Tensor) else [int(c) for c in classes]
         values = sorted(set(values))
-    out = torch.zeros((n, len(ks), h, w), dtype=counts_dtype(max(ks)), device=dev)
+    top = max(regions, key=window_size)
+    out = torch.zeros((n, len(regions), *spatial), dtype=counts_dtype(top), device=dev)
     if n == 0 or not values:
         return out
     # a value the target's dtype cannot hold cannot occur in it
@@ -341,10 +374,9 @@ def affinity_counts(
     values = [v for v in values if info.min <= v <= info.max]
     if not values:
         return out
-    per_image = n * h * w
+    per_image = n * math.prod(spatial)
     group = max(1, group_elements // max(per_image, 1))
     group = -(-len(values) // -(-len(values) // group))  # as even as the groups can be
-    ws = _WORKSPACE
     # labels in the narrowest dtype that holds the values (fewer bytes for every comparison)
     small = next(
         dt
@@ -352,35 +384,48 @@ def affinity_counts(
         if torch.iinfo(dt).min <= values[0] and values[-1] <= torch.iinfo(dt).max
     )
     labels = target if target.dtype == small else target.to(small)
-    dense = _dense_index(labels, values)  # (N, H, W) int64: position of each label in values
+    dense = _dense_index(labels, values)  # (N, *spatial) int64: position of each label
     for g0 in range(0, len(values), group):
-        gvals = values[g0 : g0 + group]
-        g = len(gvals)
-        vals = _values_tensor(gvals, small, dev)
-        shape = (g, n, h, w)
-        ind = torch.eq(labels.unsqueeze(0), vals.view(-1, 1, 1, 1),
-                       out=ws.get("ind", shape, torch.int16, dev))  # fmt: skip
-        # each pixel's own class within the group (its plane in the per-class sums)
-        in_group = None
-        if g == len(values):
-            own = dense.unsqueeze(0)
-        else:
-            own = (dense - g0).clamp_(0, g - 1).unsqueeze(0)
-            in_group = (dense >= g0) & (dense < g0 + g)
-        for i, k in enumerate(ks):
-            row_dt, col_dt = _pass_dtypes(k)
-            # integral image, separably: window sums along each row, then window sums of
-            # those down the columns (running sums, see _box_sums)
-            rows = _box_sums(ind, k, -1, ws.get("rows", shape, row_dt, dev))
-            sums = _box_sums(rows, k, -2, ws.get("sums", shape, col_dt, dev))
-            mine = sums.gather(0, own)[0]  # (N, H, W): the window count of the own class
-            total = torch.full((), (2 * k + 1) ** 2, dtype=col_dt, device=dev)
-            diff = total - mine
-            if in_group is None:
-                out[:, i] = diff
-            else:
-                out[:, i] = torch.where(in_group, diff.to(out.dtype), out[:, i])
+        _count_group(labels, dense, values, g0, min(group, len(values) - g0), regions, out)
     return out
+
+
+def _count_group(
+    labels: Tensor,
+    dense: Tensor,
+    values: list[int],
+    g0: int,
+    g: int,
+    regions: tuple[tuple[int, ...], ...],
+    out: Tensor,
+) -> None:
+    """Counts of the pixels of the classes ``values[g0 : g0 + g]`` into ``out``."""
+    ws, dev = _WORKSPACE, labels.device
+    vals = _values_tensor(values[g0 : g0 + g], labels.dtype, dev)
+    shape = (g, *labels.shape)
+    ind = torch.eq(labels.unsqueeze(0), vals.view(-1, *[1] * labels.ndim),
+                   out=ws.get("ind", shape, torch.int16, dev))  # fmt: skip
+    # each pixel's own class within the group (its plane in the per-class sums)
+    in_group = None
+    if g == len(values):
+        own = dense.unsqueeze(0)
+    else:
+        own = (dense - g0).clamp_(0, g - 1).unsqueeze(0)
+        in_group = (dense >= g0) & (dense < g0 + g)
+    for i, region in enumerate(regions):
+        # the window sums separably: along each row, then those down the columns (then
+        # along the depth axis): running sums, see _box_sums
+        sums = ind
+        for p, (k, dt) in enumerate(zip(reversed(region), _pass_dtypes(region), strict=True)):
+            buf = ws.get(("rows", "sums")[p % 2], shape, dt, dev)
+            sums = _box_sums(sums, k, -1 - p, buf)
+        mine = sums.gather(0, own)[0]  # (N, *spatial): the window count of the own class
+        total = torch.full((), window_size(region), dtype=sums.dtype, device=dev)
+        diff = total - mine
+        if in_group is None:
+            out[:, i] = diff
+        else:
+            out[:, i] = torch.where(in_group, diff.to(out.dtype), out[:, i])
 
 
 # ---- weights -----------------------------------------------------------------------------------
@@ -440,22 +485,24 @@ def weights_from_counts(
     target: Tensor,
     transform: str | WeightTransform = "log10:L=0.5",
     *,
-    k: int | None = None,
+    k: int | Sequence[int] | None = None,
     ignore_index: int | None = 255,
 ) -> Tensor:
     """Weights ``(N, H, W)`` float32 of counts ``(N, H, W)`` (one k), 0 where ``target``
-    is ``ignore_index``: :meth:`WeightTransform.apply` image by image.
+    is ``ignore_index``: :meth:`WeightTransform.apply` image by image. Volumes: counts
+    and target ``(N, D, H, W)``.
 
-    ``k`` (the counts' search region) sizes the lookup table; without it the largest
-    count is read from the device (one synchronisation). ``norm`` uses each image's min
-    and max over its non-ignored pixels.
+    ``k`` (the counts' search region, an int or one per spatial axis) sizes the lookup
+    table; without it the largest count is read from the device (one synchronisation).
+    ``norm`` uses each image's min and max over its non-ignored pixels.
     """
     transform = parse_transform(transform)
-    if counts.ndim != 3 or tuple(counts.shape) != tuple(target.shape):
+    if counts.ndim not in (3, 4) or tuple(counts.shape) != tuple(target.shape):
         raise ValueError(
             f"`counts` {tuple(counts.shape)} and `target` {tuple(target.shape)} must both be "
-            "(N, H, W)"
+            "(N, H, W) or both (N, D, H, W)"
         )
+    image_dims = tuple(range(1, counts.ndim))
     dev = counts.device
     if ignore_index is None:
         valid = torch.ones(counts.shape, dtype=torch.bool, device=dev)
@@ -465,8 +512,8 @@ def weights_from_counts(
     if transform.kind == "norm":
         c = counts.to(torch.float64)
         big = torch.full((), float("inf"), dtype=torch.float64, device=dev)
-        lo = torch.where(valid, c, big).amin(dim=(1, 2), keepdim=True)
-        hi = torch.where(valid, c, -big).amax(dim=(1, 2), keepdim=True)
+        lo = torch.where(valid, c, big).amin(dim=image_dims, keepdim=True)
+        hi = torch.where(valid, c, -big).amax(dim=image_dims, keepdim=True)
         span = hi - lo
         one = torch.ones((), dtype=torch.float64, device=dev)
         scaled = (c - lo) / torch.where(span > 0, span, one) + transform.L
@@ -479,7 +526,7 @@ def weights_from_counts(
         top = int(counts.max()) if counts.numel() else 0
         size = top + 1
     else:
-        size = (2 * int(k) + 1) ** 2
+        size = window_size(parse_regions([k], counts.ndim - 1)[0])
     if size <= MAX_TABLE:
         table = _table(transform, size, dev)
         idx = counts.reshape(-1)
@@ -495,7 +542,7 @@ def weights_from_counts(
 
 def npa_weights(
     target: Tensor,
-    k: int = 32,
+    k: int | Sequence[int] = 32,
     transform: str | WeightTransform = "log10:L=0.5",
     *,
     ignore_index: int | None = 255,
@@ -512,8 +559,9 @@ def npa_weights(
 
     Parameters
     ----------
-    target : (N, H, W) integer tensor of labels (any device)
-    k : search region ``k >= 0`` (default 32, the paper's best)
+    target : (N, H, W) or (N, D, H, W) integer tensor of labels (any device)
+    k : search region ``k >= 0`` (default 32, the paper's best), or one k per spatial
+        axis (``(k_d, k_h, k_w)`` for volumes)
     transform : spec string or :class:`~npa_precompute.WeightTransform`
     ignore_index : label whose pixels weigh 0 (it still counts as a class in Eq. 1);
         None: none
@@ -525,16 +573,19 @@ def npa_weights(
 
     Returns
     -------
-    (N, H, W) float32 tensor on ``target``'s device
+    (N, H, W) or (N, D, H, W) float32 tensor on ``target``'s device
 
     Raises
     ------
     TypeError, ValueError
-        As :func:`affinity_counts`; an unknown transform spec; ``k`` not one integer >= 0.
+        As :func:`affinity_counts`; an unknown transform spec; ``k`` not one integer >= 0
+        nor one per spatial axis.
     """
-    k = check_int("k", k, minimum=0)
+    if not isinstance(k, (Sequence, np.ndarray)):
+        k = check_int("k", k, minimum=0)
     transform = parse_transform(transform)
     target = _check_target(target)
+    region = parse_regions([k], target.ndim - 1)[0]
     if ignore_index is not None:
         check_int("ignore_index", ignore_index)
     if num_classes is not None:
@@ -546,6 +597,7 @@ def npa_weights(
         classes = torch.unique(target).tolist()  # the one synchronisation
         _check_values([v for v in classes if v != ignore_index])
     with torch.no_grad():
-        counts = affinity_counts(target, int(k), classes=classes, group_elements=group_elements)
-        return weights_from_counts(counts[:, 0], target, transform, k=int(k),
+        counts = affinity_counts(target, [region], classes=classes,
+                                 group_elements=group_elements)  # fmt: skip
+        return weights_from_counts(counts[:, 0], target, transform, k=region,
                                    ignore_index=ignore_index)  # fmt: skip
