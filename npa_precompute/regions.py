@@ -224,6 +224,11 @@ def k_from_physical(size, spacing, *, ndim: int | None = None, name: str = "k_ph
             (len(v) for v in (spacing, size) if not isinstance(v, (int, float, np.number))),
             2,
         )
+    if ndim not in (2, 3):
+        raise ParameterError(
+            "spacing",
+            f"must have one value per spatial axis (2 for (H, W), 3 for (D, H, W)), got {ndim}",
+        )
     spacing = parse_spacing(spacing, ndim)
     sizes = parse_spacing(size, ndim, name=name, allow_zero=True)
     ks = []

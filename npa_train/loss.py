@@ -389,6 +389,18 @@ def npa_loss(
                              reduction=reduction)  # fmt: skip
 
 
+def _k_of_physical(k, k_physical, spacing) -> int | tuple[int, ...]:
+    """``k`` of a physical radius (NPALoss): an int when isotropic, else one per axis."""
+    from npa_precompute.regions import k_from_physical
+
+    if k not in (None, 32):
+        raise ParameterError("k_physical", "replaces `k`: give one or the other")
+    if spacing is None:
+        raise ParameterError("spacing", "is needed with `k_physical` (pixel/voxel size)")
+    region = k_from_physical(k_physical, spacing, name="k_physical")
+    return region[0] if len(set(region)) == 1 else region
+
+
 class NPALoss(nn.Module):
     """NPALoss (pixel-weighted cross-entropy) as a module; see :func:`npa_loss`.
 
@@ -406,6 +418,13 @@ class NPALoss(nn.Module):
         reduction: ``"mean"`` (default), ``"weighted_mean"``, ``"batch"``, ``"sum"`` or
             ``"none"``.
         group_elements: Memory bound of the weight computation.
+        k_physical: Search radius in physical units instead of ``k`` (keyword-only; ``k``
+            then stays at its default): one value, or one per spatial axis, in the units
+            of ``spacing``. Resolved once to ``k = round_half_up(k_physical / spacing)``
+            per axis (:func:`npa_precompute.regions.k_from_physical`): 2.88 (m) at 0.09
+            is k = 32; ``(10, 10, 10)`` (mm) at ``(5, 0.7, 0.7)`` is ``(2, 14, 14)``.
+        spacing: Pixel/voxel size for ``k_physical`` (one value, or one per spatial
+            axis in the order (D,) H, W), > 0.
 
     Works under autocast (float16/bfloat16 logits are upcast: weights and loss in
     float32), with DistributedDataParallel (each rank weighs its own targets) and with
@@ -418,9 +437,10 @@ class NPALoss(nn.Module):
         - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
 
     Raises:
-        TypeError: ``ignore_index`` not an int, ``k`` not an int or None.
-        ValueError: Unknown ``reduction`` or ``transform``, ``k < 0`` (at construction);
-            bad inputs at call time as in :func:`npa_cross_entropy`.
+        TypeError: ``ignore_index`` not an int, ``k`` not an int, a tuple or None.
+        ValueError: Unknown ``reduction`` or ``transform``, ``k < 0``, ``spacing`` not
+            positive, ``k_physical`` without ``spacing`` or rounding to 0 along every axis
+            (at construction); bad inputs at call time as in :func:`npa_cross_entropy`.
 
     Example:
         >>> criterion = NPALoss(k=32, transform="log10:L=0.5", ignore_index=255)
@@ -438,8 +458,15 @@ class NPALoss(nn.Module):
         ignore_index: int | None = 255,
         reduction: str = "mean",
         group_elements: int = DEFAULT_GROUP_ELEMENTS,
+        *,
+        k_physical: float | Sequence[float] | None = None,
+        spacing: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if k_physical is not None:
+            k = _k_of_physical(k, k_physical, spacing)
+        elif spacing is not None:
+            raise ParameterError("spacing", "applies only with `k_physical`")
         self.k = parse_k(k)
         self.transform = parse_transform(transform).spec
         self.ignore_index = None if ignore_index is None else _parse_ignore_index(ignore_index)
