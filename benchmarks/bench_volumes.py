@@ -14,12 +14,15 @@ package here): 4 classes, background and three kinds of random balls, determinis
   speed-up over ``scipy.ndimage.uniform_filter`` of each class's indicator (float32,
   size 17, ``mode="nearest"``: the same edge padding), one core too (target >= 5x).
 
-Times are medians of ``--repeats`` wall-clock runs after one warm-up (compilation
-excluded). Prints a Markdown table; ``--json PATH`` also writes the numbers.
+Times are medians of ``--repeats`` runs after one warm-up (compilation excluded), the
+two k of the flatness ratio interleaved; by default the process's CPU time with one
+torch thread (``--clock cpu``, the steadiest numbers on a shared machine: time spent
+waiting for a core is not counted), or wall-clock time (``--clock wall``, ``--threads``).
+Prints a Markdown table; ``--json PATH`` also writes the numbers.
 
 Usage::
 
-    python benchmarks/bench_volumes.py [--repeats 3] [--threads N] [--json out.json]
+    python benchmarks/bench_volumes.py [--repeats 3] [--threads 1] [--clock cpu] [--json out.json]
 
 Needs the ``monai`` and ``bench`` (scipy) extras.
 """
@@ -48,14 +51,25 @@ def balls(shape, n_balls=40, classes=4, seed=0):
     return out
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation, workspaces
-    times = []
+CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCK["cpu"]
+
+
+def median_times(fns, repeats: int) -> list[float]:
+    """Median time of each function, the functions interleaved within each repeat."""
+    for fn in fns:
+        fn()  # warm-up: compilation, workspaces
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t = clock()
+            fn()
+            ts.append(clock() - t)
+    return [statistics.median(ts) for ts in times]
+
+
+def median_time(fn, repeats: int) -> float:
+    return median_times([fn], repeats)[0]
 
 
 def bench_online(repeats: int) -> dict:
@@ -66,8 +80,11 @@ def bench_online(repeats: int) -> dict:
 
     target = torch.from_numpy(np.stack([balls((96, 96, 96), seed=s) for s in (1, 2)]))
     classes = list(range(4))
-    t_888 = median_time(lambda: affinity_counts(target, [(8, 8, 8)], classes=classes), repeats)
-    t_21616 = median_time(lambda: affinity_counts(target, [(2, 16, 16)], classes=classes), repeats)
+    t_888, t_21616 = median_times(
+        [lambda: affinity_counts(target, [(8, 8, 8)], classes=classes),
+         lambda: affinity_counts(target, [(2, 16, 16)], classes=classes)],
+        repeats,
+    )  # fmt: skip
     torch.manual_seed(0)
     net = UNet(spatial_dims=3, in_channels=1, out_channels=4, channels=(16, 32, 64, 128),
                strides=(2, 2, 2))  # fmt: skip
@@ -134,7 +151,7 @@ def report(r: dict) -> str:
     ]  # fmt: skip
     lines = [
         f"machine: {platform.processor() or platform.machine()}, torch threads "
-        f"{r['torch_threads']}",
+        f"{r['torch_threads']}, {r['clock']} time",
         "",
         "| measure | value | target | times |",
         "|---|---:|---|---|",
@@ -149,14 +166,16 @@ def report(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = {"torch_threads": torch.get_num_threads()}
+    global clock
+    clock = CLOCK[args.clock]
+    torch.set_num_threads(args.threads)
+    results = {"torch_threads": torch.get_num_threads(), "clock": args.clock}
     results.update(bench_online(args.repeats))
     results.update(bench_precompute(args.repeats))
     print(report(results))

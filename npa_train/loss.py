@@ -383,7 +383,8 @@ def npa_loss(
     if weight is None and k is not None:
         weight = npa_weights(target, k, transform, ignore_index=ignore_index,
                              num_classes=int(logits.shape[1]),
-                             group_elements=group_elements)  # fmt: skip
+                             group_elements=group_elements,
+                             spatial_dims=logits.ndim - 2)  # fmt: skip
     ce_ignore = _NO_IGNORE if ignore_index is None else ignore_index
     return npa_cross_entropy(logits, target, weight, ignore_index=ce_ignore,
                              reduction=reduction)  # fmt: skip

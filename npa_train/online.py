@@ -129,6 +129,24 @@ def _check_values(values: list[int]) -> None:
         )
 
 
+def _check_spatial_dims(target: Tensor, spatial_dims: int | None) -> None:
+    """Refuse a target whose axes cannot be told apart: ``(N, 1, H, W)`` is MONAI's
+    channel-first label batch as much as a batch of one-slice volumes."""
+    if spatial_dims is None:
+        if target.ndim == 4 and target.shape[1] == 1:
+            raise ValueError(
+                f"`target` of shape {tuple(target.shape)} is ambiguous: (N, 1, H, W) label "
+                "maps with a channel axis, or (N, D, H, W) volumes of one slice? Pass "
+                "target[:, 0] for label maps, or spatial_dims=3 for volumes"
+            )
+        return
+    if spatial_dims not in (2, 3) or spatial_dims != target.ndim - 1:
+        raise ValueError(
+            f"`spatial_dims` {spatial_dims!r} does not fit `target` of shape "
+            f"{tuple(target.shape)}: 2 for (N, H, W), 3 for (N, D, H, W)"
+        )
+
+
 def counts_dtype(k: int | Sequence[int], ndim: int = 2) -> torch.dtype:
     """dtype of :func:`affinity_counts` for search region ``k`` (an int, isotropic over
     ``ndim`` spatial axes, or one int per axis): int32 when every count, at most the
@@ -300,6 +318,7 @@ def affinity_counts(
     *,
     classes: Sequence[int] | Tensor | None = None,
     group_elements: int = DEFAULT_GROUP_ELEMENTS,
+    spatial_dims: int | None = None,
 ) -> Tensor:
     """Exact Eq. 1 counts of a batch of label maps or volumes, on ``target``'s device.
 
@@ -329,6 +348,9 @@ def affinity_counts(
     group_elements : int, keyword-only
         Bound on ``classes per group × N × D × H × W``: the memory bound of the module
         docstring (at least one class per group).
+    spatial_dims : {2, 3}, optional, keyword-only
+        Spatial axes of ``target``, to confirm a ``(N, 1, H, W)`` target is a batch of
+        one-slice volumes (refused as ambiguous without it); None: from ``target.ndim``.
 
     Returns
     -------
@@ -341,7 +363,8 @@ def affinity_counts(
     TypeError
         ``target`` not an integer tensor (floating point, bool), ``ks`` not integers.
     ValueError
-        ``target`` not 3-D/4-D or empty along a spatial axis, a ``k < 0``, a region
+        ``target`` not 3-D/4-D or empty along a spatial axis, or ``(N, 1, H, W)``
+        without ``spatial_dims=3`` (a channel axis or one slice?), a ``k < 0``, a region
         tuple whose length is not the number of spatial axes, labels negative or beyond
         int32 (checked when ``classes`` is None), ``group_elements < 1``.
 
@@ -354,6 +377,7 @@ def affinity_counts(
             [3, 5, 3]], dtype=torch.int32)
     """
     target = _check_target(target)
+    _check_spatial_dims(target, spatial_dims)
     spatial = tuple(target.shape[1:])
     regions = parse_regions(ks, len(spatial))
     group_elements = check_int("group_elements", group_elements, minimum=1)
@@ -548,6 +572,7 @@ def npa_weights(
     ignore_index: int | None = 255,
     num_classes: int | None = None,
     group_elements: int = DEFAULT_GROUP_ELEMENTS,
+    spatial_dims: int | None = None,
 ) -> Tensor:
     """NPA pixel weights of a batch of label maps, computed on ``target``'s device.
 
@@ -570,6 +595,8 @@ def npa_weights(
         other values must not occur (they are not checked: :class:`NPALoss` checks
         them). None: the distinct values are read and checked (one synchronisation).
     group_elements : memory bound of :func:`affinity_counts`
+    spatial_dims : 2 or 3, to confirm that a ``(N, 1, H, W)`` target holds one-slice
+        volumes (:func:`affinity_counts`); None: from ``target.ndim``
 
     Returns
     -------
@@ -585,6 +612,7 @@ def npa_weights(
         k = check_int("k", k, minimum=0)
     transform = parse_transform(transform)
     target = _check_target(target)
+    _check_spatial_dims(target, spatial_dims)
     region = parse_regions([k], target.ndim - 1)[0]
     if ignore_index is not None:
         check_int("ignore_index", ignore_index)
@@ -598,6 +626,7 @@ def npa_weights(
         _check_values([v for v in classes if v != ignore_index])
     with torch.no_grad():
         counts = affinity_counts(target, [region], classes=classes,
-                                 group_elements=group_elements)  # fmt: skip
+                                 group_elements=group_elements,
+                                 spatial_dims=target.ndim - 1)  # fmt: skip
         return weights_from_counts(counts[:, 0], target, transform, k=region,
                                    ignore_index=ignore_index)  # fmt: skip

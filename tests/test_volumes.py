@@ -87,7 +87,7 @@ def test_affinity_maps_3d_equal_brute_force(name):
 def test_online_counts_3d_equal_brute_force(name):
     labels = volumes()[name]
     batch = torch.from_numpy(np.stack([labels, labels[::-1].copy()]))
-    got = affinity_counts(batch, REGIONS)
+    got = affinity_counts(batch, REGIONS, spatial_dims=3)
     assert got.shape == (2, len(REGIONS), *labels.shape) and got.dtype == torch.int32
     for n in range(2):
         for i, region in enumerate(REGIONS):
@@ -245,5 +245,13 @@ def test_bad_regions_name_the_argument():
         affinity_maps(labels, 2, method="columns")
     with pytest.raises(ValueError, match=r"\(N, D, H, W\)"):
         affinity_counts(torch.zeros(1, 1, 2, 3, 4, dtype=torch.int64), 1)
+    one_slice = torch.zeros(2, 1, 5, 6, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"`target` of shape \(2, 1, 5, 6\) is ambiguous"):
+        npa_weights(one_slice)
+    with pytest.raises(ValueError, match="ambiguous"):
+        affinity_counts(one_slice, 1)
+    assert npa_weights(one_slice, 1, spatial_dims=3).shape == (2, 1, 5, 6)
+    with pytest.raises(ValueError, match="`spatial_dims` 2 does not fit"):
+        affinity_counts(one_slice, 1, spatial_dims=2)
     with pytest.raises(ValueError, match=r"`target` must have shape \(N, D, H, W\)"):
         NPALoss()(torch.zeros(1, 3, 2, 3, 4), torch.zeros(1, 1, 2, 3, 4, dtype=torch.int64))

@@ -188,7 +188,8 @@ class NPAWeightsd(MapTransform):
                 )
             target = _index_target(target[None], tuple(target.shape[1:]))  # (1, *spatial)
             weights = npa_weights(target, self._k_of(label), self.transform,
-                                  ignore_index=self.ignore_index)  # fmt: skip
+                                  ignore_index=self.ignore_index,
+                                  spatial_dims=target.ndim - 1)  # fmt: skip
             if isinstance(label, MetaTensor):
                 weights = MetaTensor(weights, meta=dict(label.meta))
             d[f"{key}{self.weight_suffix}"] = weights
