@@ -423,8 +423,11 @@ def affinity_boxes(dense, regions, n_classes, n_bands, acc_dtype_probe, out):
     counts of the class along W (running sums), then along H, then along D, with
     indices clamped (edge padding); the voxels of the class get ``window - count``.
     Cost per voxel and class independent of k; memory per task
-    ``(min(D, 2k_d + 2) + 2) * H * band`` accumulators. Every task writes only the
-    voxels of its class in its columns: results are identical for any thread count.
+    ``(min(D, 2k_d + 2) + 2) * H * band`` accumulators and ``H * (W + 1)`` int32 prefix
+    counts. Every task writes only the voxels of its class in its columns: results are
+    identical for any thread count. No accumulator overflows: every value is a window
+    count over the axes summed so far, at most the whole window, which the caller's
+    dtype holds (int16 below 2**15 voxels, int32 below 2**31, else int64).
 
     dense: (D, H, W) dense labels; regions: (K, 3) int64 (k_d, k_h, k_w);
     acc_dtype_probe: (1,) array whose dtype holds the largest window;

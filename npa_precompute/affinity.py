@@ -172,7 +172,7 @@ def affinity_maps(
         faster in every case of ``benchmarks/bench_affinity.py``. Volumes and
         anisotropic regions are counted by per-class separable box sums (running sums
         along W, H, D; cost independent of k, linear in the number of classes, memory
-        ``(min(D, 2k_d + 2) + 2) H W`` accumulators per thread); they take ``auto``
+        ``(min(D, 2k_d + 3) + 3) H W`` numbers per thread); they take ``auto``
         only. All methods are exact and return identical arrays.
 
     Returns
