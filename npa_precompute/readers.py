@@ -101,10 +101,73 @@ def _tiff_raster(tif: tifffile.TiffFile, path: Path) -> tuple[str, int]:
     )
 
 
+def _row_ranges(rows: list[tuple[int, int]]) -> str:
+    """``"0-63, 128-191"`` from sorted inclusive (first, last) row pairs, neighbours merged."""
+    merged: list[list[int]] = []
+    for a, b in rows:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in merged)
+
+
+def _missing_blocks(page, height: int, width: int) -> list[str]:
+    """Where a page's strips or tiles are missing (byte count 0): ``["rows 64-127"]``, or
+    ``["rows 0-31, cols 32-63", ...]`` for tiles, one entry per missing tile."""
+    counts = page.databytecounts
+    gone = [i for i, n in enumerate(counts) if n == 0]
+    if not gone:
+        return []
+    separate = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and page.samplesperpixel > 1
+    per_plane = len(counts) // page.samplesperpixel if separate else len(counts)
+    gone = sorted({i % per_plane for i in gone})
+    if not page.is_tiled:
+        step = page.rowsperstrip
+        return ["rows " + _row_ranges([(j * step, min((j + 1) * step, height) - 1) for j in gone])]
+    th, tw = page.tilelength, page.tilewidth
+    across = -(-width // tw)
+    out = []
+    for j in gone:
+        r, c = divmod(j, across)
+        rows = _row_ranges([(r * th, min((r + 1) * th, height) - 1)])
+        out.append(f"rows {rows}, cols {c * tw}-{min((c + 1) * tw, width) - 1}")
+    return out
+
+
+def _refuse_missing_blocks(tif: tifffile.TiffFile, kind: str, index: int, path, role: str):
+    """Refuse a TIFF whose raster has strips or tiles with no data (Strip/TileByteCounts
+    of 0: a sparse GDAL file or a partial copy), which tifffile would read as zeros.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the rows (and columns, for tiles) that hold no data.
+    """
+    if kind == "series":  # one page per row
+        pages = tif.series[0].pages
+        rows = [(i, i) for i, pg in enumerate(pages) if pg is None or 0 in pg.databytecounts]
+        where, what = (["rows " + _row_ranges(rows)] if rows else []), "strips"
+    else:
+        page = tif.pages[index]
+        where = _missing_blocks(page, page.imagelength, page.imagewidth)
+        what = "tiles" if page.is_tiled else "strips"
+    if not where:
+        return
+    shown = "; ".join(where[:8]) + (f"; ... ({len(where)} tiles in all)" if len(where) > 8 else "")
+    read_as = "class 0" if role == "label" else "black pixels"
+    raise InputError(
+        f"{role} file {path} has missing {what} ({what[:-1].capitalize()}ByteCounts = 0) at "
+        f"{shown}: a sparse or partially copied TIFF, whose missing data would be read as "
+        f"{read_as}; refused. Copy the file again, or fill it (e.g. gdal_translate)"
+    )
+
+
 def _read_raw(path: Path, role: str) -> tuple[np.ndarray, str]:
     if path.suffix.lower() in _TIFF:
         with tifffile.TiffFile(path) as tif:
             kind, index = _tiff_raster(tif, path)
+            _refuse_missing_blocks(tif, kind, index, path, role)
             if kind == "series":
                 page = tif.pages[0]
                 if role == "label":
@@ -135,13 +198,40 @@ def _read_raw(path: Path, role: str) -> tuple[np.ndarray, str]:
 
 #: What reading a file can raise besides InputError (a codec missing raises ImportError).
 _READ_ERRORS = (OSError, ValueError, ImportError, tifffile.TiffFileError)
+#: Modules whose exceptions mean compressed data that does not decode (imagecodecs'
+#: LzwError/ImcdError, DeflateError, ZstdError...; zlib/lzma where tifffile falls back).
+_CODEC_MODULES = ("imagecodecs", "zlib", "lzma")
+#: Readable names of TIFF compressions, by tifffile.COMPRESSION name.
+_CODEC_NAMES = {"ADOBE_DEFLATE": "Deflate", "DEFLATE": "Deflate", "PACKBITS": "PackBits"}
+
+
+def _is_codec_error(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a decompressor: the file's compressed data is corrupt."""
+    return type(exc).__module__.split(".")[0] in _CODEC_MODULES
+
+
+def _tiff_codec(path: Path) -> str:
+    """The compression of a TIFF's raster ("LZW", "Deflate", "ZSTD"...); "compressed" when
+    the file cannot tell (it is only asked once decoding has already failed)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[_tiff_raster(tif, path)[1]]
+            name = getattr(page.compression, "name", str(page.compression))
+    except Exception:  # only naming the codec of a file that already failed to decode
+        return "compressed"
+    return _CODEC_NAMES.get(name, name)
 
 
 def _cannot_read(path: Path, what: str, exc: BaseException) -> InputError:
+    """The one error for a file that does not decode: ``cannot read <what> <path>: ...``,
+    ``corrupt <codec> data (...)`` when a decompressor refused its bytes."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if _is_codec_error(exc):
+        return InputError(f"cannot read {what} {path}: corrupt {_tiff_codec(path)} data ({detail})")
     hint = ""
     if "imagecodecs" in str(exc) or isinstance(exc, ImportError):
         hint = "; the TIFF codecs come with the imagecodecs package: pip install imagecodecs"
-    return InputError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc}{hint})")
+    return InputError(f"cannot read {what} {path}: {detail}{hint}")
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
@@ -151,11 +241,24 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     and TIFFs keep 16 bits. TIFFs may use any lossless compression (LZW, Deflate,
     ZSTD, LZMA, PackBits, with or without predictor), tiled or striped, BigTIFF.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF, PNG or BMP file.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) or (H, W, 3|4), the file's dtype (uint8, uint16...); decoded into classes
+        by a preset (:mod:`npa_precompute.presets`).
+
     Raises
     ------
     InputError
         Missing file, lossy format (JPEG/WebP labels, JPEG-compressed TIFF), a multi-page
-        TIFF, or a file that cannot be decoded.
+        TIFF, a TIFF with missing strips or tiles (byte count 0), or a file that cannot be
+        decoded (``cannot read label file <path>: corrupt <codec> data (...)`` when its
+        compressed data is damaged).
     """
     path = Path(path)
     if path.is_file() and path.suffix.lower() in _LOSSY:
@@ -174,7 +277,9 @@ def _read_file(path: Path, kind: str) -> np.ndarray:
         arr, _ = _read_raw(path, kind)
     except InputError:
         raise
-    except _READ_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, _READ_ERRORS) and not _is_codec_error(exc):
+            raise
         raise _cannot_read(path, f"{kind} file", exc) from exc
     return arr
 
@@ -182,10 +287,22 @@ def _read_file(path: Path, kind: str) -> np.ndarray:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as (H, W, C) uint8 or uint16 (C = 1, 3 or 4, e.g. Potsdam RGBIR).
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF, PNG, JPEG, BMP or WebP file.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, C) uint8 or uint16; a single-band file gets C = 1.
+
     Raises
     ------
     InputError
-        Missing or unreadable file, or a dtype other than uint8/uint16.
+        Missing or unreadable file (corrupt compressed data named as for
+        :func:`read_label`), a TIFF with missing strips or tiles, or a dtype other than
+        uint8/uint16.
     """
     arr = _read_file(Path(path), "image")
     if arr.ndim == 2:
@@ -279,6 +396,7 @@ class Raster:
         try:
             tif = tifffile.TiffFile(path)
             kind, index = _tiff_raster(tif, path)
+            _refuse_missing_blocks(tif, kind, index, path, self.role)
             page = tif.pages[index]
             if self.role == "label":
                 _refuse_lossy_tiff(page, path)
@@ -312,12 +430,33 @@ class Raster:
         return arr
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
-        """The window ``[rows, cols]`` as an in-memory array ((h, w) or (h, w, C))."""
+        """Read one window of the file.
+
+        Parameters
+        ----------
+        rows, cols : slice
+            The window, in pixels of the full raster.
+
+        Returns
+        -------
+        numpy.ndarray
+            (h, w) or (h, w, C) (images always 3-D), C-contiguous, the file's dtype.
+
+        Raises
+        ------
+        InputError
+            The strips or tiles under the window hold corrupt compressed data
+            (``cannot read <role> file <path>: corrupt <codec> data (...)``).
+        """
         arr = self._open()
+        try:
+            win = np.asarray(arr[:, rows, cols] if self._planar else arr[rows, cols])
+        except Exception as exc:
+            if not _is_codec_error(exc):
+                raise
+            raise _cannot_read(self.path, f"{self.role} file", exc) from exc
         if self._planar:
-            win = np.moveaxis(np.asarray(arr[:, rows, cols]), 0, -1)
-        else:
-            win = np.asarray(arr[rows, cols])
+            win = np.moveaxis(win, 0, -1)
         if self.role == "image" and win.ndim == 2:
             win = win[..., None]
         return np.ascontiguousarray(win)
@@ -337,7 +476,19 @@ def _read_whole(path: Path, role: str) -> np.ndarray:
 
 
 def file_sha256(path: str | os.PathLike, *, block: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes (content hash recorded per tile)."""
+    """Hex SHA-256 of a file's bytes (the content hash recorded per tile).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    block : int, default 4 MiB
+        Bytes read at a time.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(block):
@@ -345,30 +496,67 @@ def file_sha256(path: str | os.PathLike, *, block: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _is_dangling(path: Path) -> bool:
+    """A symlink whose target is missing (an un-fetched git-annex/DataLad file)."""
+    return path.is_symlink() and not path.exists()
+
+
+def _refuse_dangling(links: list[Path], what: str) -> None:
+    """Refuse links to missing files, naming each link and its target.
+
+    Raises
+    ------
+    InputError
+        When ``links`` is not empty: skipping them would shrink the dataset without a word.
+    """
+    if not links:
+        return
+    shown = "; ".join(f"{f} -> {os.readlink(f)}" for f in links[:8])
+    more = f"; ... ({len(links)} in all)" if len(links) > 8 else ""
+    raise InputError(
+        f"{what}: {len(links)} link(s) whose target is missing: {shown}{more}. Fetch the "
+        "content (e.g. git annex get, datalad get) or remove the links"
+    )
+
+
 def expand_paths(items: list[str] | tuple[str, ...], *, what: str) -> list[Path]:
     """Expand files, folders (searched recursively for image files) and glob patterns.
 
     Paths are made absolute without resolving symlinks: a link keeps its own name.
 
+    Parameters
+    ----------
+    items : files, folders or glob patterns
+    what : str
+        The argument or ``--option`` the items came from, named in errors.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Absolute, sorted within each item, duplicates removed.
+
     Raises
     ------
     InputError
-        If an item matches nothing.
+        If an item matches nothing, or a file it names or holds is a symlink whose target
+        is missing (every such link is listed with its target).
     """
     out: list[Path] = []
+    dangling: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _FILE_TYPES
-            )
-        elif p.is_file():
-            found = [p]
+            entries = sorted(f for f in p.rglob("*") if f.suffix.lower() in _FILE_TYPES)
+        elif p.is_file() or _is_dangling(p):
+            entries = [p]
         else:
-            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
-        if not found:
+            entries = sorted(Path(f) for f in glob.glob(item, recursive=True))
+        dangling += [f for f in entries if _is_dangling(f)]
+        found = [f for f in entries if f.is_file()]
+        if not found and not dangling:
             raise InputError(f"{what} {item!r} matches no file")
         out.extend(found)
+    _refuse_dangling(list(dict.fromkeys(dangling)), what)
     # Absolute, but symlinks kept: in git-annex, DVC or datalad datasets (folders of links
     # to content-addressed files) the tile id and the label/image pairing come from the
     # link's name, and two links to one object (two identical files) stay two files.
@@ -377,7 +565,16 @@ def expand_paths(items: list[str] | tuple[str, ...], *, what: str) -> list[Path]
 
 @dataclass(frozen=True)
 class TileSource:
-    """One tile: its id, label file and optional image file."""
+    """One tile: its id, label file and optional image file.
+
+    Attributes
+    ----------
+    tile_id : str
+        The id the preset's naming rules give (:func:`discover_tiles`).
+    label : pathlib.Path
+    image : pathlib.Path or None
+        None when the store holds weights only.
+    """
 
     tile_id: str
     label: Path

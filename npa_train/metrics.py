@@ -340,6 +340,8 @@ def _shifted(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
     """``out[y, x] = a[y + dy, x + dx]``, ``fill`` outside ``a``."""
     h, w = a.shape
     out = np.full_like(a, fill)
+    if abs(dy) >= h or abs(dx) >= w:  # shifted out entirely (slices would wrap around)
+        return out
     ys_out = slice(max(0, -dy), min(h, h - dy))
     xs_out = slice(max(0, -dx), min(w, w - dx))
     ys_in = slice(max(0, dy), min(h, h + dy))
@@ -568,9 +570,9 @@ class SegmentationMetrics:
     Examples
     --------
     >>> m = SegmentationMetrics(2, classes=["a", "b"])
-    >>> m.update(np.array([[0, 1]]), np.array([[0, 0]]))
-    >>> round(m.compute()["OA"], 2)
-    0.5
+    >>> tile = m.update(np.array([[0, 1]]), np.array([[0, 0]]))  # this tile's scores
+    >>> round(tile["OA"], 2), round(m.compute()["OA"], 2)
+    (0.5, 0.5)
     """
 
     def __init__(

@@ -256,3 +256,14 @@ def test_eroded_ground_truth_recovers_the_full_ground_truth_boundaries():
     assert math.isnan(boundary_counts(eroded, full, ignore_index=255, ignore_fill=0).f1)
     b = boundary_counts(eroded, full, tolerance=3, ignore_index=255, ignore_fill=4)
     assert b.gt_pixels > 30_000 and b.recall > 0.99 and b.f1 > 0.95
+
+
+def test_dilate_radius_beyond_the_mask():
+    """A radius reaching past a thin mask (1 x 2, radius 3: offsets of 3 rows or columns)
+    shifts whole copies out instead of wrapping slices round (a broadcast error before)."""
+    m = np.array([[True, False]])
+    np.testing.assert_array_equal(dilate(m, 3), [[True, True]])
+    col = np.zeros((5, 1), bool)
+    col[4, 0] = True
+    np.testing.assert_array_equal(dilate(col, 6)[:, 0], [True] * 5)
+    np.testing.assert_array_equal(dilate(col, 2)[:, 0], [False, False, True, True, True])
