@@ -13,13 +13,17 @@ TORCH_SPEC ?= torch==2.13.0
 TORCHVISION_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
 DEMO_ITERS ?= 300
+# torch threads of the demo's training; empty: fit chooses from the usable cores and the
+# loader workers (and prints it). On a busy machine `make demo THREADS=1` is faster.
+THREADS ?=
 
 .PHONY: setup setup-test demo test lint bench clean
 
+# The `viz` extra (matplotlib) draws the figures the README shows (`show`, `plot`).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e .
+	$(PY) -m pip install -e ".[viz]"
 	touch $@
 
 # The adapter tests (tests/test_adapters.py) need the frameworks: the `adapters` extra
@@ -39,14 +43,17 @@ demo: setup
 		--k 8,16,32,64 --transform log10:L=0.5 --transform norm:L=0.5 --workers 2
 	$(VENV)/bin/npa-train fit --store $(DEMO_OUT)/store.zarr --weights k32_log10_L0.5 \
 		--loss npa --iters $(DEMO_ITERS) --batch 4 --crop 256 --out $(DEMO_OUT)/fit --seed 0 \
-		--overwrite
+		--overwrite $(if $(THREADS),--threads $(THREADS))
 
 lint: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two pytest workers (pytest-xdist); modules that time or kill processes share one worker
+# (tests/conftest.py SERIAL_MODULES). `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
 test: setup-test lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 bench: setup
 	$(PY) -m pip install -e ".[bench,dask]"

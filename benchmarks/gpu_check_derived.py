@@ -3,7 +3,7 @@
 Builds two stores of the demo tiles (``data/demo``): weights stored, and counts only
 (``--no-store-weights``). Then, on ``--device`` (default cuda):
 
-* :class:`npa_precompute.derived.TorchDeriver` on the device against the CPU
+* :class:`npa_train.weights.TorchDeriver` on the device against the CPU
   :class:`~npa_precompute.derived.Deriver` (and the stored arrays), whole tiles, for every
   transformation and a multi-scale name: equal bit for bit (float32);
 * a training batch in ``"window"`` mode: the counts store's batch (weights derived in
@@ -37,10 +37,11 @@ def main() -> int:
     import torch
 
     from npa_precompute import weights_name
-    from npa_precompute.derived import TorchDeriver, parse_weights_name
+    from npa_precompute.derived import parse_weights_name
     from npa_precompute.pipeline import run_precompute
     from npa_precompute.store import open_store, open_tile
     from npa_train.data import StoreCropDataset
+    from npa_train.weights import TorchDeriver
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")

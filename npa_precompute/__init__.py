@@ -17,19 +17,23 @@ __version__ = "0.1.0"
 _LAZY = {
     "affinity_maps": "npa_precompute.affinity",
     "open_weights": "npa_precompute.derived",
-    "parse_ks": "npa_precompute.affinity",
+    "parse_ks": "npa_precompute.params",
     "WeightTransform": "npa_precompute.transforms",
+    "WeightsSpec": "npa_precompute.names",
     "parse_transform": "npa_precompute.transforms",
     "weights_name": "npa_precompute.transforms",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from npa_precompute.affinity import affinity_maps, parse_ks
+    from npa_precompute.affinity import affinity_maps
     from npa_precompute.derived import open_weights
+    from npa_precompute.names import WeightsSpec
+    from npa_precompute.params import parse_ks
     from npa_precompute.transforms import WeightTransform, parse_transform, weights_name
 
 __all__ = [
     "WeightTransform",
+    "WeightsSpec",
     "__version__",
     "affinity_maps",
     "open_weights",

@@ -13,14 +13,12 @@ import numpy as np
 
 from npa_precompute import _kernels
 from npa_precompute.errors import ParameterError
+from npa_precompute.params import MAX_K, parse_ks  # numba-free home of the k parser
 
 __all__ = ["MAX_K", "METHODS", "affinity_dtype", "affinity_maps", "dense_labels", "parse_ks"]
 
 #: Exact methods of :func:`affinity_maps`; ``auto`` picks one per call.
 METHODS = ("auto", "integral", "columns")
-
-#: Largest supported search region: keeps (2k + 1)**2 inside int64 arithmetic.
-MAX_K = 2**30
 
 _INTEGRAL_BAND_ROWS = 128
 _LUT_MAX_SPAN = 1 << 24
@@ -46,45 +44,6 @@ def affinity_dtype(k: int) -> np.dtype:
         if top <= np.iinfo(dt).max:
             return np.dtype(dt)
     raise ParameterError("k", f"must be <= {MAX_K}, got {k}")
-
-
-def parse_ks(ks: int | str | Iterable[int]) -> tuple[int, ...]:
-    """Parse search regions from an int, an iterable of ints or a string like ``"8,16,32"``.
-
-    Returns the values in the given order without duplicates.
-
-    Raises
-    ------
-    TypeError
-        If a value is not an integer (booleans and floats are refused).
-    ValueError
-        If the list is empty or a value is < 0 or > :data:`MAX_K`.
-    """
-    if isinstance(ks, str):
-        parts = [p.strip() for p in ks.split(",") if p.strip()]
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise ParameterError("k", f"must be comma-separated integers, got {ks!r}") from None
-    elif isinstance(ks, (int, np.integer)) and not isinstance(ks, bool):
-        values = [int(ks)]
-    else:
-        values = []
-        for v in ks:
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"`k` must hold integers, got {v!r} ({type(v).__name__})")
-            values.append(int(v))
-    if not values:
-        raise ParameterError("k", "must hold at least one search region")
-    out: list[int] = []
-    for v in values:
-        if v < 0:
-            raise ParameterError("k", f"must be >= 0, got {v}")
-        if v > MAX_K:
-            raise ParameterError("k", f"must be <= {MAX_K}, got {v}")
-        if v not in out:
-            out.append(v)
-    return tuple(out)
 
 
 def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,13 @@ import click
 
 from npa_precompute import __version__, defaults
 from npa_precompute.cli_inspect import export_cmd, inspect_cmd, show_cmd
-from npa_precompute.cli_options import echo_warning, out_option, quiet_option, reports_user_errors
+from npa_precompute.cli_options import (
+    announce_start,
+    echo_warning,
+    out_option,
+    quiet_option,
+    reports_user_errors,
+)
 from npa_precompute.presets import PRESETS
 
 __all__ = ["main"]
@@ -27,6 +33,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main() -> None:
     """Precompute NPALoss affinity maps and pixel weights (Feng et al. 2020) into a zarr store."""
     warnings.showwarning = echo_warning
+    announce_start("npa-precompute", "numba and zarr")
 
 
 @main.command()
@@ -217,7 +224,7 @@ def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype
 
 def _check_weight_range(ks, transforms, weight_dtype) -> None:
     """A usage error, naming the options, for weights that would overflow the dtype."""
-    from npa_precompute.affinity import parse_ks
+    from npa_precompute.params import parse_ks
     from npa_precompute.transforms import WeightRangeError, check_weight_range
 
     names = {"transforms": "--transform", "dtype": "--dtype", "k": "--k"}

@@ -99,7 +99,7 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     show_default=True,
     help="matplotlib resolution (dots per inch of the figure).",
 )
-@reports_user_errors(_user_errors)
+@reports_user_errors(_user_errors, aliases={"weights": "arrays"})
 def show_cmd(store, tile, arrays, window, out, backend, color_scale, dpi) -> None:
     """Figure of one tile of STORE: image, label, weight maps by k, weights per class.
 
@@ -131,7 +131,7 @@ def show_cmd(store, tile, arrays, window, out, backend, color_scale, dpi) -> Non
     "colours, 16-bit counts, weights heat map).",
     file=True,
 )
-@reports_user_errors(_user_errors)
+@reports_user_errors(_user_errors, aliases={"weights": "array"})
 def export_cmd(store, tile, array, window, out) -> None:
     """Write one array of a tile of STORE (or a window of it) to .npy, .tif or .png."""
     from npa_precompute.export import export_array

@@ -127,3 +127,17 @@ def reports_user_errors(
         return wrapper
 
     return decorate
+
+
+def announce_start(prog: str, loading: str) -> None:
+    """On a terminal, say at once which command starts and what it loads (torch takes
+    4-17 s to import on a busy machine, during which nothing else appears); silent when
+    stderr is a pipe or file, and for ``--help``/``-h``."""
+    import sys
+
+    ctx = click.get_current_context()
+    if not sys.stderr.isatty() or ctx.resilient_parsing:
+        return
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        return
+    click.echo(f"{prog} {ctx.invoked_subcommand or ''}: loading {loading}...", err=True)

@@ -20,6 +20,7 @@ __all__ = [
     "colormap_lut",
     "heatmap_rgb",
     "label_rgb",
+    "legend_image",
     "preset_palette",
     "stretch_image",
 ]
@@ -190,3 +191,51 @@ def stretch_image(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> np
         lo, hi = np.percentile(b, [low, high]) if b.size else (0.0, 1.0)
         out[..., c] = (b - lo) / (hi - lo) if hi > lo else 0.0
     return np.clip(out, 0.0, 1.0)
+
+
+#: Error-map colours of :func:`npa_train.predict.write_label_maps`, and their meaning.
+ERROR_KEY = (
+    ((255, 255, 255), "right (prediction = ground truth)"),
+    ((255, 0, 0), "wrong"),
+    (IGNORE_COLOR, "ignored (no ground truth)"),
+)
+
+
+def legend_image(classes, palette: np.ndarray, *, errors: bool = False, font_size: int = 16):
+    """A key to the colour-coded label PNGs (``*_color.png``) and error maps (``*_error.png``).
+
+    Parameters
+    ----------
+    classes : sequence of str, the class names, in class-index order
+    palette : (num_classes, 3) uint8 class colours
+    errors : bool
+        Also explain the error map's colours (:data:`ERROR_KEY`).
+    font_size : int, pixels
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB, white background: one swatch and name per line under a heading.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=font_size)
+    bold = ImageFont.load_default(size=font_size + 2)
+    rows: list[tuple[tuple | None, str]] = [(None, "*_color.png: predicted class")]
+    rows += [(tuple(int(v) for v in palette[i]), f"{i}  {c}") for i, c in enumerate(classes)]
+    rows.append((IGNORE_COLOR, "ignore (not a class)"))
+    if errors:
+        rows += [(None, ""), (None, "*_error.png: prediction vs ground truth")]
+        rows += [(c, text) for c, text in ERROR_KEY]
+    line, pad, box = int(font_size * 1.6), 12, font_size
+    width = max(int(bold.getlength(t)) + (box + 10) * (c is not None) for c, t in rows)
+    img = Image.new("RGB", (width + 2 * pad, line * len(rows) + 2 * pad), "white")
+    draw = ImageDraw.Draw(img)
+    for i, (colour, text) in enumerate(rows):
+        y = pad + i * line
+        if colour is None:
+            draw.text((pad, y), text, fill="black", font=bold)
+            continue
+        draw.rectangle([pad, y + 2, pad + box, y + 2 + box], fill=colour, outline="grey")
+        draw.text((pad + box + 10, y), text, fill="black", font=font)
+    return img

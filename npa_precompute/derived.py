@@ -9,7 +9,8 @@ non-ignore pixels, which the store records per tile and k (tile attr ``count_ran
 So every reader can ask for any weights name whose counts are stored, materialized or
 not, and gets the values the precompute would have written, bit for bit.
 
-Names (:func:`parse_weights_name`):
+Names (:class:`~npa_precompute.names.WeightsSpec`, re-exported here with
+:func:`parse_weights_name`):
 
 * ``k<K>_<slug>``, e.g. ``k32_log10_L0.5``, ``k16_norm_L0``, ``k32_raw``,
   ``k32_log_a2_L0.5``: one k, one transformation (:func:`~npa_precompute.weights_name`).
@@ -21,127 +22,75 @@ Names (:func:`parse_weights_name`):
 
 :func:`open_weights` opens one of them as a read-only array (numpy-style slicing).
 Deriving a 513 x 513 window costs about as much as decompressing it: one table lookup
-per pixel on one core (:func:`derive`); :class:`TorchDeriver` does the same on a torch
-device (the trainer's GPU), where ``log`` tables are gathered and ``norm``/``raw`` are
-evaluated with the same float64 operations, so both give identical float32 values.
+per pixel on one core (:func:`derive`); :class:`npa_train.weights.TorchDeriver` does the
+same on a torch device (the trainer's GPU), with identical float32 values.
+
+Every derived path (:func:`open_weights`, ``Tile.weights``, ``export``, ``inspect``,
+``show``, the trainer's dataset, ``preview``) builds a :class:`Deriver`, which refuses
+weights the store's dtype cannot hold (``k130_raw`` in a float16 store) with the check
+``npa-precompute run`` applies (:func:`~npa_precompute.transforms.check_weight_range`),
+as a :class:`~npa_precompute.transforms.WeightRangeError` of the argument ``weights``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from npa_precompute._kernels import gather_masked, gather_masked_add, valid_min_max
-from npa_precompute.transforms import MAX_TABLE, WeightTransform, parse_transform, weights_name
+from npa_precompute.names import WeightsSpec, parse_weights_name
+from npa_precompute.transforms import MAX_TABLE, WeightRangeError, check_weight_range
 
 __all__ = [
     "DerivedWeights",
     "Deriver",
-    "TorchDeriver",
     "WeightsSpec",
+    "check_derivable",
     "derive",
     "open_weights",
     "parse_weights_name",
 ]
 
-_FLOAT = r"[0-9][0-9.eE+\-]*"
-_SLUG = re.compile(
-    rf"^(?:(?P<raw>raw)|(?P<kind>norm|log10|ln)_L(?P<L>{_FLOAT})"
-    rf"|log_a(?P<a>{_FLOAT})_L(?P<La>{_FLOAT}))$"
-)
-_SINGLE = re.compile(r"^k(?P<k>[0-9]+)_(?P<slug>.+)$")
-_MULTI = re.compile(r"^ms_k(?P<ks>[0-9]+(?:-[0-9]+)+)_(?P<slug>.+)$")
 
+def check_derivable(spec: WeightsSpec, dtype: np.dtype | str) -> None:
+    """Refuse weights whose values ``dtype`` cannot hold, as ``npa-precompute run`` does.
 
-@dataclass(frozen=True)
-class WeightsSpec:
-    """What a weights name asks for: search regions and one transformation.
-
-    Attributes
-    ----------
-    ks : tuple of int
-        One k (``k32_...``), or two or more in increasing order (``ms_k8-16-32_...``).
-    transform : WeightTransform
-    multiscale : bool
-        True for ``ms_`` names (the mean over ``ks``), even of a single k.
-    """
-
-    ks: tuple[int, ...]
-    transform: WeightTransform
-    multiscale: bool = False
-
-    @property
-    def name(self) -> str:
-        """Canonical name, e.g. ``"k32_log10_L0.5"`` or ``"ms_k8-16-32_log10_L0.5"``."""
-        if not self.multiscale:
-            return weights_name(self.ks[0], self.transform)
-        return f"ms_k{'-'.join(map(str, self.ks))}_{self.transform.slug}"
-
-    @property
-    def k(self) -> int | None:
-        """The k of a single-k name, None for multi-scale names."""
-        return None if self.multiscale else self.ks[0]
-
-    def attrs(self) -> dict:
-        """Attrs of the derived array, like a stored weights array's plus ``ks``, ``derived``."""
-        return {
-            "k": self.k,
-            "ks": list(self.ks),
-            "transform": self.transform.spec,
-            "transform_params": self.transform.to_dict(),
-            "derived": True,
-        }
-
-
-def _parse_slug(slug: str) -> WeightTransform | None:
-    m = _SLUG.match(slug)
-    if m is None:
-        return None
-    try:
-        if m["raw"]:
-            return parse_transform("raw")
-        if m["kind"]:
-            return parse_transform(f"{m['kind']}:L={m['L']}")
-        return parse_transform(f"log:a={m['a']},L={m['La']}")
-    except ValueError:
-        return None
-
-
-def parse_weights_name(name: str) -> WeightsSpec:
-    """Parse a weights name: ``k32_log10_L0.5``, ``k16_norm_L0``, ``ms_k8-16-32_ln_L0.5``, ...
+    Single-k weights: :func:`~npa_precompute.transforms.check_weight_range` in ``dtype``.
+    Multi-scale weights: each k's in float32 (they are computed in float32), and the
+    largest possible mean in ``dtype`` (``ms_k2-130_raw`` fits float16 where
+    ``k130_raw`` does not).
 
     Raises
     ------
-    TypeError
-        ``name`` is not a string.
-    ValueError
-        Not a weights name (the message shows the accepted forms).
+    WeightRangeError
+        Of the argument ``weights``: the name, the largest weight and the limit of ``dtype``.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"weights name must be a string, got {type(name).__name__}")
-    text = name.strip().removeprefix("weights/")
-    single, multi = _SINGLE.match(text), _MULTI.match(text)
-    m = single or multi
-    transform = _parse_slug(m["slug"]) if m else None
-    if transform is None:
-        raise ValueError(
-            f"{name!r} is not a weights name: expected k<K>_<transform> (k32_log10_L0.5, "
-            "k32_ln_L0.5, k32_norm_L0.5, k32_log_a2_L0.5, k32_raw) or multi-scale "
-            "ms_k<K1>-<K2>-..._<transform> (ms_k8-16-32_log10_L0.5)"
-        )
-    if single:
-        return WeightsSpec((int(single["k"]),), transform)
-    ks = tuple(sorted({int(k) for k in multi["ks"].split("-")}))
-    return WeightsSpec(ks, transform, multiscale=True)
+    dtype = np.dtype(dtype)
+    names = {"transforms": "transform", "k": "k =", "dtype": "a store written with --dtype"}
+    try:
+        check_weight_range(spec.ks, [spec.transform], np.float32 if spec.multiscale else dtype,
+                           names=names)  # fmt: skip
+        if spec.multiscale:
+            top = sum(spec.transform.max_weight(k) for k in spec.ks) / len(spec.ks)
+            with np.errstate(over="ignore"):  # rounded as Deriver rounds: float64 -> 32 -> dtype
+                stored = np.float64(top).astype(np.float32).astype(dtype)
+            if not np.isfinite(stored):
+                limit = float(np.finfo(dtype).max)
+                raise WeightRangeError(
+                    f"the mean over k = {', '.join(map(str, spec.ks))} reaches {top:.6g}, "
+                    f"above {limit:.6g}, the largest {dtype}; use a store written with "
+                    "--dtype float32, or smaller k"
+                )
+    except WeightRangeError as exc:
+        reason = f"{spec.name!r} cannot be derived in this store's {dtype} weights: {exc}"
+        raise WeightRangeError(reason, detail=str(exc), param="weights") from None
 
 
-def _needs_range(transform: WeightTransform, k: int) -> bool:
-    """Whether deriving ``k`` with ``transform`` needs the tile's min/max count."""
-    return transform.kind == "norm" or (2 * k + 1) ** 2 > MAX_TABLE
+def _needs_range(spec: WeightsSpec, k: int) -> bool:
+    """Whether deriving ``k`` of ``spec`` needs the tile's min/max count."""
+    return spec.transform.needs_range or (2 * k + 1) ** 2 > MAX_TABLE
 
 
 class Deriver:
@@ -159,6 +108,8 @@ class Deriver:
 
     Raises
     ------
+    WeightRangeError
+        ``dtype`` cannot hold the weights (:func:`check_derivable`).
     ValueError
         A range is missing where it is needed.
     """
@@ -171,14 +122,15 @@ class Deriver:
         ignore_index: int,
         dtype: np.dtype | str = np.float32,
     ) -> None:
+        self.dtype = np.dtype(dtype)
+        check_derivable(spec, self.dtype)
         self.spec = spec
         self.ranges = {int(k): (None if r is None else (int(r[0]), int(r[1])))
                        for k, r in ranges.items()}  # fmt: skip
         for k in spec.ks:
-            if self.ranges.get(k) is None and _needs_range(spec.transform, k):
+            if self.ranges.get(k) is None and _needs_range(spec, k):
                 raise ValueError(f"deriving {spec.name!r} needs the tile's count range for k={k}")
         self.ignore_index = int(ignore_index)
-        self.dtype = np.dtype(dtype)
         self._tables: dict[int, np.ndarray | None] = {}
 
     def __getstate__(self) -> dict:
@@ -187,15 +139,9 @@ class Deriver:
     def table(self, k: int) -> np.ndarray | None:
         """float32 weights of the counts ``0 .. max`` for ``k`` (None: too large, per pixel)."""
         if k not in self._tables:
-            t = self.spec.transform
             r = self.ranges.get(k)
             lo, hi = r if r is not None else (0, (2 * k + 1) ** 2 - 1)
-            if hi < 0:
-                self._tables[k] = np.zeros(0, dtype=np.float32)
-            elif hi < MAX_TABLE:
-                self._tables[k] = t.table(hi + 1, lo=lo, hi=hi).astype(np.float32)
-            else:
-                self._tables[k] = None
+            self._tables[k] = self.spec.transform.lookup_table(lo, hi)
         return self._tables[k]
 
     def derive_k(self, k: int, counts: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -207,8 +153,7 @@ class Deriver:
         table = self.table(k)
         if table is None:  # astronomically large k: per pixel, as WeightTransform.apply
             lo, hi = self.ranges[k]
-            out = self.spec.transform._formula(counts.astype(np.float64), lo, hi)
-            out = out.astype(np.float32)
+            out = self.spec.transform.per_pixel(counts, lo, hi)
             out[label == self.ignore_index] = 0
             return out
         out = np.empty(counts.shape, dtype=np.float32)
@@ -279,7 +224,7 @@ def derive(
         For a whole tile, ``None`` takes them from ``counts`` and ``label``.
     dtype : float32 (default) or float16
     """
-    spec = name if isinstance(name, WeightsSpec) else parse_weights_name(name)
+    spec = WeightsSpec.parse(name)
     if isinstance(counts, Mapping):
         counts = [counts[k] for k in spec.ks]
     if ranges is None:
@@ -368,14 +313,16 @@ def tile_deriver(tile, name: str | WeightsSpec) -> Deriver:
     """
     from npa_precompute.store import StoreError
 
-    if isinstance(name, WeightsSpec):
-        spec = name
-    else:
-        try:
-            spec = parse_weights_name(name)
-        except ValueError as exc:
-            have = ", ".join(tile.weight_names) or "none"
-            raise StoreError(f"tile {tile.tile_id!r}: {exc}; its named weights: {have}") from None
+    try:
+        spec = WeightsSpec.parse(name)
+    except ValueError as exc:
+        have = ", ".join(tile.weight_names) or "none"
+        raise StoreError(f"tile {tile.tile_id!r}: {exc}; its named weights: {have}") from None
+    if spec.online:
+        raise StoreError(
+            f"{spec.name!r} names weights computed from each augmented label during training "
+            f"(npa-train fit --weights {spec.name}); the store derives {spec.array_name!r}"
+        )
     have = tile.affinity_ks
     missing = [k for k in spec.ks if k not in have]
     if missing:
@@ -391,7 +338,7 @@ def tile_deriver(tile, name: str | WeightsSpec) -> Deriver:
         )
     ranges = {}
     for k in spec.ks:
-        ranges[k] = tile.count_range(k, compute=_needs_range(spec.transform, k))
+        ranges[k] = tile.count_range(k, compute=_needs_range(spec, k))
     return Deriver(spec, ranges, ignore_index=tile.ignore_index, dtype=tile.weight_dtype)
 
 
@@ -425,104 +372,6 @@ def open_weights(store: str | os.PathLike, tile: str, name: str):
     from npa_precompute.store import open_store, open_tile
 
     return open_tile(open_store(store), tile).weights(name)
-
-
-class TorchDeriver:
-    """Derives one weights name on a torch device, for a batch of windows of several tiles.
-
-    ``log`` transformations gather from the same float32 table as :class:`Deriver`
-    (evaluating the logarithm on a GPU would not round like numpy); ``raw`` and ``norm``
-    are the same float64 operations as the table's, evaluated per pixel: IEEE-754
-    subtraction, division and addition round identically on every device. So the
-    weights equal :class:`Deriver`'s bit for bit.
-
-    Parameters
-    ----------
-    spec : WeightsSpec
-    ranges : per tile, {k: (min, max) or None}
-    ignore_index : int
-    """
-
-    def __init__(
-        self,
-        spec: WeightsSpec,
-        ranges: Sequence[Mapping[int, tuple[int, int] | None]],
-        *,
-        ignore_index: int,
-    ) -> None:
-        t = spec.transform
-        for k in spec.ks:
-            if (2 * k + 1) ** 2 > MAX_TABLE:
-                raise ValueError(f"k={k} is too large to derive on the device")
-            if t.kind == "norm" and any(r.get(k) is None for r in ranges):
-                raise ValueError(f"deriving {spec.name!r} needs every tile's range for k={k}")
-        self.spec = spec
-        self.ignore_index = int(ignore_index)
-        if t.kind == "norm":
-            self._ranges = np.array([[r[k] for k in spec.ks] for r in ranges], dtype=np.float64)
-        else:
-            self._ranges = None
-        self._tables = None
-        if t.kind not in ("raw", "norm"):
-            # one table per k for every tile: a log table's values do not depend on its length
-            self._tables = [t.table((2 * k + 1) ** 2).astype(np.float32) for k in spec.ks]
-        self._device_cache: dict = {}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_device_cache": {}}
-
-    def _on(self, device):
-        import torch
-
-        key = str(device)
-        if key not in self._device_cache:
-            tables = (None if self._tables is None else
-                      [torch.from_numpy(x).to(device) for x in self._tables])  # fmt: skip
-            ranges = None if self._ranges is None else torch.from_numpy(self._ranges).to(device)
-            self._device_cache[key] = (tables, ranges)
-        return self._device_cache[key]
-
-    def __call__(self, counts, label, tile_index):
-        """Weights (N, H, W) float32 of counts (N, K, H, W), labels (N, H, W) on one device.
-
-        ``counts`` may be int16/int32 tensors holding uint16/uint32 counts bit for bit
-        (torch has no unsigned types before 2.3); ``tile_index`` (N,) indexes ``ranges``.
-        """
-        import torch
-
-        dev = counts.device
-        tables, ranges = self._on(dev)
-        if counts.dtype == torch.int16:
-            c = counts.to(torch.int32) & 0xFFFF
-        elif counts.dtype == torch.int32:
-            c = counts.to(torch.int64) & 0xFFFFFFFF
-        else:
-            c = counts.to(torch.int64)
-        valid = label != self.ignore_index
-        zero = torch.zeros((), dtype=torch.float32, device=dev)
-        t = self.spec.transform
-        acc = None
-        for i, _k in enumerate(self.spec.ks):
-            ci = c[:, i]
-            if t.kind == "raw":
-                w = ci.to(torch.float64).to(torch.float32)
-            elif t.kind == "norm":
-                r = ranges[tile_index.to(dev)]  # (N, K, 2)
-                lo = r[:, i, 0].view(-1, 1, 1)
-                hi = r[:, i, 1].view(-1, 1, 1)
-                span = hi - lo
-                w64 = (ci.to(torch.float64) - lo) / torch.where(span > 0, span, 1.0) + t.L
-                w64 = torch.where(span > 0, w64, torch.full((), float(t.L), device=dev,
-                                                            dtype=torch.float64))  # fmt: skip
-                w = w64.to(torch.float32)
-            else:
-                table = tables[i]
-                w = table[ci.clamp(0, table.numel() - 1).long()]
-            w = torch.where(valid, w, zero)
-            if not self.spec.multiscale:
-                return w
-            acc = w.to(torch.float64) if acc is None else acc + w.to(torch.float64)
-        return (acc / len(self.spec.ks)).to(torch.float32)
 
 
 def multiscale_formula(per_k: Sequence[np.ndarray]) -> np.ndarray:

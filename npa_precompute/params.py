@@ -23,16 +23,22 @@ import numpy as np
 from npa_precompute.errors import ParameterError, ParameterTypeError
 
 __all__ = [
+    "MAX_K",
     "check_amp",
     "check_choice",
     "check_int",
     "check_number",
+    "parse_ks",
     "parse_size",
     "parse_tiles",
     "parse_weights_option",
     "parse_window",
     "split_list",
 ]
+
+
+#: Largest supported search region k of Eq. 1: keeps (2k + 1)**2 inside int64 arithmetic.
+MAX_K = 2**30
 
 
 def _is_int(value) -> bool:
@@ -272,7 +278,7 @@ def parse_weights_option(value: str | None) -> str | None:
     """A weights option value: None, ``""`` or ``"none"`` (any case) -> None, else the name.
 
     The name itself (``k32_log10_L0.5``, ``online:k32_log10_L0.5``) is parsed where it is
-    used (:func:`npa_precompute.derived.parse_weights_name`).
+    used (:class:`npa_precompute.names.WeightsSpec`).
 
     Raises
     ------
@@ -285,3 +291,42 @@ def parse_weights_option(value: str | None) -> str | None:
         raise ParameterTypeError("weights", f"must be a weights name or None, got {value!r}")
     value = value.strip()
     return None if value.lower() in ("", "none") else value
+
+
+def parse_ks(ks: int | str | Iterable[int]) -> tuple[int, ...]:
+    """Parse search regions from an int, an iterable of ints or a string like ``"8,16,32"``.
+
+    Returns the values in the given order without duplicates.
+
+    Raises
+    ------
+    ParameterTypeError
+        A value is not an integer (booleans and floats are refused); argument ``k``.
+    ParameterError
+        The list is empty, or a value is < 0 or > :data:`MAX_K` (argument ``k``).
+    """
+    if isinstance(ks, str):
+        parts = [p.strip() for p in ks.split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ParameterError("k", f"must be comma-separated integers, got {ks!r}") from None
+    elif _is_int(ks):
+        values = [int(ks)]
+    else:
+        values = []
+        for v in ks:
+            if not _is_int(v):
+                raise ParameterTypeError("k", f"must hold integers, got {v!r} ({type(v).__name__})")
+            values.append(int(v))
+    if not values:
+        raise ParameterError("k", "must hold at least one search region")
+    out: list[int] = []
+    for v in values:
+        if v < 0:
+            raise ParameterError("k", f"must be >= 0, got {v}")
+        if v > MAX_K:
+            raise ParameterError("k", f"must be <= {MAX_K}, got {v}")
+        if v not in out:
+            out.append(v)
+    return tuple(out)

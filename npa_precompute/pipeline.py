@@ -128,6 +128,7 @@ class RunSummary:
     seconds: float = 0.0
     kernel_seconds: float = 0.0
     compile_seconds: float = 0.0
+    compile_reason: str = ""
 
     @property
     def mpix_per_s(self) -> float:
@@ -145,7 +146,7 @@ class RunSummary:
     def text(self) -> str:
         grown = f", {len(self.grown)} grown in place" if self.grown else ""
         compiled = (
-            f"; numba kernels compiled in {self.compile_seconds:.1f} s (first run only)"
+            f"; numba kernels compiled in {self.compile_seconds:.1f} s: {self.compile_reason}"
             if self.compile_seconds
             else ""
         )
@@ -249,10 +250,13 @@ def _grow_job(store: str, tile_id: str, cfg, new_ks, new_weights) -> dict:
 COMPILE_NOTICE_AFTER = 0.5
 
 
-def compile_kernels(cfg: PrecomputeConfig, notify: Callable[[str], None] | None = None) -> float:
+def compile_kernels(
+    cfg: PrecomputeConfig, notify: Callable[[str], None] | None = None, reason: str | None = None
+) -> float:
     """Run each numba kernel a run uses once, on tiny inputs of the run's types.
 
-    The first run on a machine compiles them (10-40 s; ``notify`` is then told so, once)
+    The first run on a machine compiles them (10-40 s; ``notify`` is then told so, once,
+    with ``reason``, by default :func:`npa_precompute.kernel_cache.compile_reason`)
     and numba caches the machine code on disk; later runs and the worker processes load
     it from there in about a second (which the first tile would spend anyway). Warming up
     here keeps compilation out of the per-tile kernel times.
@@ -262,11 +266,10 @@ def compile_kernels(cfg: PrecomputeConfig, notify: Callable[[str], None] | None 
     float
         Seconds spent compiling, 0.0 when every kernel came from numba's cache.
     """
-    from numba.core.registry import CPUDispatcher
+    from npa_precompute.kernel_cache import compile_reason, kernel_dispatchers
 
-    from npa_precompute import _kernels
-
-    kernels = [v for v in vars(_kernels).values() if isinstance(v, CPUDispatcher)]
+    kernels = kernel_dispatchers()
+    reason = compile_reason(kernels) if reason is None else reason
 
     def misses() -> int:
         return sum(sum(k.stats.cache_misses.values()) for k in kernels)
@@ -282,8 +285,8 @@ def compile_kernels(cfg: PrecomputeConfig, notify: Callable[[str], None] | None 
             if misses() > before:
                 if notify is not None:
                     notify(
-                        "Compiling the numba kernels (first run only, 10-40 s; later runs "
-                        "load them from numba's cache)..."
+                        f"Compiling the numba kernels ({reason}; 10-40 s, later runs load "
+                        "them from numba's cache)..."
                     )
                 return
             done.wait(0.1)
@@ -686,7 +689,10 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
             )
         store = os.path.abspath(out)  # workers of a Dask cluster may run in another folder
         if todo or grow:
-            summary.compile_seconds = compile_kernels(cfg, notify)
+            from npa_precompute.kernel_cache import compile_reason
+
+            summary.compile_reason = compile_reason()
+            summary.compile_seconds = compile_kernels(cfg, notify, summary.compile_reason)
             drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
         jobs = [(process_tile, (store, s, c, so), "written") for s, so, c in todo]
         jobs += [(_grow_job, (store, s.tile_id, c, nk, nw), "grown") for s, c, nk, nw in grow]

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from npa_precompute._kernels import decode_colors
 from npa_precompute.errors import ParameterError
 
 __all__ = ["PRESETS", "LabelError", "Preset", "get_preset"]
@@ -151,6 +150,8 @@ class Preset:
         codes = np.array([(r << 16) | (g << 8) | b for r, g, b in colors], dtype=np.int64)
         unknown = 1 << 20  # not a class index nor an ignore value
         out = np.empty(raw.shape[:2], dtype=np.int32)
+        from npa_precompute._kernels import decode_colors  # numba: loaded when decoding
+
         decode_colors(raw, codes, np.array(values, dtype=np.int64), unknown, out)
         known = out != unknown
         if not known.all():

@@ -18,8 +18,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
-from npa_precompute.affinity import MAX_K, parse_ks
 from npa_precompute.errors import ParameterError, ParameterTypeError
+from npa_precompute.params import MAX_K, parse_ks
 
 __all__ = [
     "MAX_WINDOW",

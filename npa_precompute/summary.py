@@ -505,6 +505,10 @@ def format_inspect(report: dict) -> str:
                 ]
             )
         lines += ["", *_table(header, rows, "l" + "r" * (len(header) - 1))]
+        lines.append(
+            "  mean: the loss scale, NPALoss (reduction 'mean', Eq. 4) ~ mean weight x plain CE "
+            "on whole tiles; reduction 'weighted_mean' divides it out"
+        )
         header = ["mean weight per class", *classes, "boundary", "interior"]
         rows = []
         for a in weights:

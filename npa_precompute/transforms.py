@@ -15,6 +15,15 @@ spec                        formula                             source
 ``L`` is the weight margin (the weight of a pixel whose window holds one class
 only; the paper finds L = 0.5 best, Table 2). ``L`` may be left out and defaults
 to 0.5. Weights at ignore pixels are 0 whatever the transformation.
+
+Array names use the transformation's *slug*, the spec with ``_`` for ``:`` and ``,`` and
+no ``=`` (``log10_L0.5``, ``log_a2_L0.5``, ``raw``); :func:`parse_slug` reads it back.
+Both grammars follow from :data:`PARAMS` (each kind's parameters, in order): a new
+transformation is a ``PARAMS`` entry, a branch of :meth:`WeightTransform._formula` and
+of :meth:`WeightTransform.max_weight` (and, if its weights depend on the tile's count
+range like ``norm``, of :func:`npa_train.weights.weights_from_counts`).
+
+Imports numpy only (the numba kernels of :meth:`WeightTransform.apply` load on first use).
 """
 
 from __future__ import annotations
@@ -26,13 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npa_precompute._kernels import gather_weights, valid_min_max
+from npa_precompute.errors import ParameterError
 
 __all__ = [
     "DEFAULT_L",
     "WeightRangeError",
     "WeightTransform",
     "check_weight_range",
+    "parse_slug",
     "parse_transform",
     "weights_attrs",
     "weights_name",
@@ -41,19 +51,31 @@ __all__ = [
 #: Weight margin used when a spec leaves ``L`` out (the paper's best, Table 2).
 DEFAULT_L = 0.5
 
-_KINDS = ("raw", "norm", "log10", "ln", "log")
+#: The kinds of transformation and their parameters, in the order specs and slugs list them.
+PARAMS: dict[str, tuple[str, ...]] = {
+    "raw": (),
+    "norm": ("L",),
+    "log10": ("L",),
+    "ln": ("L",),
+    "log": ("a", "L"),
+}
 _LN_FLOAT64_MAX = math.log(sys.float_info.max)
 
 
-class WeightRangeError(ValueError):
+class WeightRangeError(ParameterError):
     """Weights of a (k, transformation, dtype) that cannot be represented (overflow).
 
-    ``detail`` is the message without the transform spec it was found in (None when
-    the message names no spec), for callers that name the spec their own way.
+    A :class:`~npa_precompute.errors.ParameterError` (so a ValueError) of the argument
+    ``param`` (default ``"transforms"``; ``"weights"`` for a weights name), which the
+    command lines report against the option that sets it. ``detail`` is the message
+    without the transform spec it was found in (None when the message names no spec),
+    for callers that name the spec their own way.
     """
 
-    def __init__(self, message: str, *, detail: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, detail: str | None = None, param: str = "transforms"
+    ) -> None:
+        super().__init__(param, message, message=message)
         self.detail = detail
 
 
@@ -94,11 +116,15 @@ class WeightTransform:
     a: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ValueError(f"transform kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.kind not in PARAMS:
+            raise ValueError(f"transform kind must be one of {tuple(PARAMS)}, got {self.kind!r}")
+        # parameters a kind does not take get their defaults, so that equal weights compare
+        # equal (raw with any L is raw)
+        if "L" not in PARAMS[self.kind]:
+            object.__setattr__(self, "L", DEFAULT_L)
         if self.kind == "ln":
             object.__setattr__(self, "a", math.e)
-        elif self.kind == "log10":
+        elif "a" not in PARAMS[self.kind]:
             object.__setattr__(self, "a", 10.0)
         if self.L < 0:
             raise ValueError(f"`L` must be >= 0, got {self.L}")
@@ -115,20 +141,19 @@ class WeightTransform:
     @property
     def spec(self) -> str:
         """Canonical spec string, e.g. ``"log10:L=0.5"``; parses back to an equal object."""
-        if self.kind == "raw":
-            return "raw"
-        if self.kind == "log":
-            return f"log:a={_fmt(self.a)},L={_fmt(self.L)}"
-        return f"{self.kind}:L={_fmt(self.L)}"
+        params = ",".join(f"{p}={_fmt(getattr(self, p))}" for p in PARAMS[self.kind])
+        return f"{self.kind}:{params}" if params else self.kind
 
     @property
     def slug(self) -> str:
-        """Path-safe form used in array names, e.g. ``"log10_L0.5"``, ``"log_a2_L0.5"``."""
-        if self.kind == "raw":
-            return "raw"
-        if self.kind == "log":
-            return f"log_a{_fmt(self.a)}_L{_fmt(self.L)}"
-        return f"{self.kind}_L{_fmt(self.L)}"
+        """Path-safe form used in array names, e.g. ``"log10_L0.5"``, ``"log_a2_L0.5"``;
+        :func:`parse_slug` reads it back."""
+        return "_".join([self.kind, *(f"{p}{_fmt(getattr(self, p))}" for p in PARAMS[self.kind])])
+
+    @property
+    def needs_range(self) -> bool:
+        """Whether the weights depend on the tile's (or image's) min and max count (``norm``)."""
+        return self.kind == "norm"
 
     def max_weight(self, k: int) -> float:
         """The largest weight this transformation can give for search region ``k`` (float64).
@@ -199,22 +224,42 @@ class WeightTransform:
                 raise ValueError(
                     f"`ignore_mask` shape {ignore.shape} differs from `affinity` shape {a.shape}"
                 )
+        from npa_precompute._kernels import gather_weights, valid_min_max
+
         if value_range is None:
             lo, hi = valid_min_max(a, ignore)
         else:
             lo, hi = (int(v) for v in value_range)
-        if hi < 0:  # every pixel ignored
-            return np.zeros(a.shape, dtype=dtype)
-        if hi < MAX_TABLE:
-            # Counts are integers in [0, hi]: evaluate the formula once per possible
-            # count (in float64) and gather, instead of once per pixel.
-            table = self.table(hi + 1, lo=lo, hi=hi).astype(np.float32)
-            out = np.empty(a.shape, dtype=np.float32)
-            gather_weights(a, ignore, table, out)
-        else:  # astronomically large k: evaluate per pixel
-            out = self._formula(a.astype(np.float64), lo, hi).astype(np.float32)
+        table = self.lookup_table(lo, hi)
+        if table is None:  # astronomically large k: evaluate per pixel
+            out = self.per_pixel(a, lo, hi)
             out[ignore] = 0
+        else:
+            out = np.empty(a.shape, dtype=np.float32)
+            if table.size:
+                gather_weights(a, ignore, table, out)
+            else:  # every pixel ignored
+                out.fill(0)
         return out if dtype == np.float32 else out.astype(dtype)
+
+    def lookup_table(self, lo: int, hi: int) -> np.ndarray | None:
+        """The float32 weights of the counts ``0 .. hi`` (the numpy path's lookup table).
+
+        ``lo``/``hi``: the min and max count over the tile's non-ignore pixels (``hi < 0``:
+        every pixel ignored, an empty table). Each count's weight is the formula evaluated
+        in float64, rounded to float32, as every path computes it. None when ``hi`` reaches
+        :data:`MAX_TABLE` (evaluate :meth:`per_pixel` instead).
+        """
+        if hi < 0:
+            return np.zeros(0, dtype=np.float32)
+        if hi >= MAX_TABLE:
+            return None
+        return self.table(hi + 1, lo=lo, hi=hi).astype(np.float32)
+
+    def per_pixel(self, counts: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """float32 weights of ``counts`` evaluated pixel by pixel (the formula in float64),
+        for counts too large for :meth:`lookup_table`; ignore pixels are not zeroed."""
+        return self._formula(np.asarray(counts).astype(np.float64), lo, hi).astype(np.float32)
 
     def table(self, n: int, *, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Weights of the counts ``0 .. n - 1`` as float64: the transformation's lookup table.
@@ -256,12 +301,12 @@ def parse_transform(spec: str | WeightTransform) -> WeightTransform:
     text = spec.replace(" ", "")
     kind, _, rest = text.partition(":")
     kind = kind.lower()
-    if kind not in _KINDS:
+    if kind not in PARAMS:
         raise ValueError(
             f"unknown transform {spec!r}: expected raw, norm:L=<f>, log10:L=<f>, ln:L=<f> "
             "or log:a=<f>,L=<f>"
         )
-    allowed = {"raw": (), "norm": ("L",), "log10": ("L",), "ln": ("L",), "log": ("a", "L")}[kind]
+    allowed = PARAMS[kind]
     params: dict[str, float] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
@@ -281,6 +326,34 @@ def parse_transform(spec: str | WeightTransform) -> WeightTransform:
         raise WeightRangeError(f"{exc} in transform {spec!r}", detail=str(exc)) from None
     except ValueError as exc:
         raise type(exc)(f"{exc} in transform {spec!r}") from None
+
+
+def parse_slug(slug: str) -> WeightTransform:
+    """The transformation of an array-name slug: ``"log10_L0.5"``, ``"log_a2_L0.5"``, ``"raw"``.
+
+    The kind (lower case) and then each of its parameters (:data:`PARAMS`, in order) as
+    ``_<name><value>``; the values are checked as :func:`parse_transform` checks them.
+
+    Raises
+    ------
+    TypeError
+        ``slug`` is not a string.
+    ValueError
+        Anything else (the message says what was expected).
+    """
+    if not isinstance(slug, str):
+        raise TypeError(f"transform slug must be a string, got {type(slug).__name__}")
+    kind, *values = slug.split("_")
+    names = PARAMS.get(kind)
+    if names is None or len(values) != len(names):
+        raise ValueError(f"unknown transform {slug!r} in a weights name")
+    items = []
+    for name, text in zip(names, values, strict=True):
+        value = text[len(name) :]
+        if not text.startswith(name) or not value[:1].isdigit():
+            raise ValueError(f"{kind} takes {'_'.join(names)} in that order, got {slug!r}")
+        items.append(f"{name}={value}")
+    return parse_transform(f"{kind}:{','.join(items)}" if items else kind)
 
 
 #: How :func:`check_weight_range` names the parameters (the CLI passes its option names).

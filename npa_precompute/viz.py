@@ -343,7 +343,6 @@ def _mpl_header(fig, gs, data: ShowData) -> tuple[int, list[int]]:
 
 def _mpl_mean_bars(ax, data: ShowData, ids: list[int]) -> None:
     """Mean weight per class of the first row's maps in the window (grouped bars by k)."""
-    x0, y0, ww, hh = data.window
     title, panels = data.rows[0]
     n = len(panels)
     width = 0.8 / n
@@ -364,9 +363,9 @@ def _mpl_mean_bars(ax, data: ShowData, ids: list[int]) -> None:
     )
     ax.set_ylabel("mean weight", fontsize=9)
     ax.tick_params(axis="y", labelsize=8)
+    x0, y0, ww, hh = data.window
     ax.set_title(
-        f"mean weight per class in window x0,y0,w,h = {x0},{y0},{ww},{hh}, {title}",
-        fontsize=10,
+        f"mean weight per class, {title}\nin window x0,y0,w,h = {x0},{y0},{ww},{hh}", fontsize=10
     )
     ax.legend(fontsize=8, ncol=min(n, 4), frameon=False, loc="upper left")
     ax.set_ylim(0, top * 1.35 if top > 0 else 1.0)
@@ -570,7 +569,8 @@ def panel_row(
     Returns
     -------
     PIL.Image.Image, mode RGB
-        Panels start ``top`` pixels down, where ``top`` is 13 px per title line plus 4.
+        Panels start ``top`` pixels down, where ``top`` is 17 px per title line plus 4
+        (14 px type).
 
     Raises
     ------
@@ -581,7 +581,7 @@ def panel_row(
 
     if len(titles) != len(panels):
         raise ValueError(f"{len(panels)} panels but {len(titles)} titles")
-    font = _font(11)
+    font = _font(14)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def width(text: str) -> int:
@@ -605,7 +605,7 @@ def panel_row(
                 line = trial
         lines.append(line)
         cols.append((panel, lines, col_w, extra))
-    line_h = 13
+    line_h = 17
     top = max(len(lines) for _, lines, _, _ in cols) * line_h + 4
     height = top + max(p.shape[0] for p in panels)
     canvas = Image.new("RGB", (sum(c[2] for c in cols) + gap * (len(cols) - 1), height), "white")

@@ -8,6 +8,8 @@ them from here so that ``npa-train --help`` does not import torch.
 
 from __future__ import annotations
 
+from npa_precompute.errors import ParameterError
+
 __all__ = [
     "DEFAULT_WEIGHTS",
     "FORMATS",
@@ -22,6 +24,8 @@ __all__ = [
     "WARP_ON",
     "WINDOW",
     "WINDOW_OVERLAP",
+    "parse_model_name",
+    "parse_reduction",
 ]
 
 #: Allowed values of ``reduction``.
@@ -69,3 +73,33 @@ WINDOW = 513
 WINDOW_OVERLAP = "1/3"
 #: Windows per forward pass in evaluate and predict (``--batch``).
 INFERENCE_BATCH = 4
+
+#: Older spellings of model names (checkpoints written before the names were settled).
+MODEL_ALIASES = {"SmallFCN": "small_fcn", "small-fcn": "small_fcn"}
+
+
+def parse_reduction(reduction: str) -> str:
+    """``reduction`` if it is one of :data:`REDUCTIONS`.
+
+    Raises
+    ------
+    ParameterError
+        Any other value (argument ``reduction``).
+    """
+    if reduction not in REDUCTIONS:
+        raise ParameterError("reduction", f"must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def parse_model_name(name: str) -> str:
+    """Canonical model name (accepts ``SmallFCN`` from older checkpoints).
+
+    Raises
+    ------
+    ValueError
+        Not a name of :data:`MODELS`.
+    """
+    name = MODEL_ALIASES.get(name, name)
+    if name not in MODELS:
+        raise ValueError(f"`model` must be one of {MODELS}, got {name!r}")
+    return name

@@ -14,6 +14,7 @@ import click
 
 from npa_precompute import __version__
 from npa_precompute.cli_options import (
+    announce_start,
     device_option,
     echo_warning,
     out_option,
@@ -33,7 +34,7 @@ from npa_train.choices import (
     VAL_METRICS,
     WARP_ON,
 )
-from npa_train.cli_eval import evaluate_cmd, predict_cmd, set_threads, threads_option
+from npa_train.cli_eval import evaluate_cmd, predict_cmd, threads_option
 from npa_train.cli_report import compare_cmd, plot_cmd
 from npa_train.config import TrainConfig
 
@@ -78,6 +79,7 @@ def _scale(ctx, param, value):
 def main() -> None:
     """Train segmentation models with NPALoss (Feng et al. 2020) on an npa-precompute store."""
     warnings.showwarning = echo_warning
+    announce_start("npa-train", "torch")
 
 
 def _augment_options(f):
@@ -351,17 +353,6 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
         rank = 0  # fit_ reports the bad variable
     # under torchrun every rank reports its own errors; ranks other than 0 say which they are
     prefix = f"rank {rank}: " if rank else ""
-    set_threads(threads)
-    if weights is None:
-        weights = "none"
-        if loss == "npa" and _store_has_default_weights(store, tiles, val_tiles, split):
-            weights = DEFAULT_WEIGHTS
-            if rank == 0:
-                click.echo(
-                    f"--weights not given: training with {DEFAULT_WEIGHTS} (k = 32, log10, "
-                    "L = 0.5, the paper's best), which the store holds",
-                    err=True,
-                )
     try:
         summary = fit_(
             store, out, weights=weights, loss=loss, reduction=reduction, model=model,
@@ -371,9 +362,9 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
             scale=scale, rotation=rotation, flip=flip, rotate=rotate, blur=blur,
             normalize=normalize, focal_gamma=focal_gamma, dice_smooth=dice_smooth,
             device=device, amp=amp, amp_dtype=amp_dtype, warp_on=warp_on, seed=seed,
-            workers=workers, log_every=log_every, checkpoint_every=checkpoint_every,
-            val_every=val_every, best_metric=best_metric, resume=resume, overwrite=overwrite,
-            progress=not quiet,
+            workers=workers, threads=threads, log_every=log_every,
+            checkpoint_every=checkpoint_every, val_every=val_every, best_metric=best_metric,
+            resume=resume, overwrite=overwrite, progress=not quiet, notify=_note,
         )  # fmt: skip
     except _user_errors() as exc:
         raise user_error(exc, prefix=prefix, aliases=_ALIASES) from exc
@@ -411,17 +402,9 @@ def fit(store, weights, loss, reduction, model, width, pretrained, aux_weight, i
     )
 
 
-def _store_has_default_weights(store, tiles, val_tiles, split) -> bool:
-    """Whether every training tile of ``store`` holds :data:`DEFAULT_WEIGHTS` (False when the
-    store or the split cannot be read: ``fit`` then reports why)."""
-    from npa_precompute.store import StoreError
-    from npa_train.splits import available_weights, resolve_split
-
-    try:
-        train_tiles, _ = resolve_split(store, tiles=tiles, val_tiles=val_tiles, split=split)
-        return DEFAULT_WEIGHTS in available_weights(store, train_tiles)
-    except (StoreError, ValueError, TypeError, OSError):
-        return False
+def _note(argument: str, note: str) -> None:
+    """A default the library chose from the data, named by its option (``--weights ...``)."""
+    click.echo(f"--{argument.replace('_', '-')} {note}", err=True)
 
 
 @main.command()

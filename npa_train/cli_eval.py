@@ -21,7 +21,6 @@ from npa_precompute.cli_options import (
     store_option,
     tiles_option,
 )
-from npa_precompute.params import parse_tiles
 from npa_train.choices import FORMATS, INFERENCE_BATCH, WINDOW, WINDOW_OVERLAP
 
 __all__ = ["evaluate_cmd", "predict_cmd", "set_threads", "threads_option"]
@@ -43,8 +42,10 @@ threads_option = click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads of torch's operators (torch.set_num_threads; default: torch's "
-    "choice, usually one per core).",
+    help="CPU threads of torch's operators (torch.set_num_threads). Default: fit picks "
+    "the cores this process may use less its loader workers, fewer when the load shows "
+    "busy cores, and prints the choice; evaluate and predict take torch's choice. On a "
+    "busy machine --threads 1 is often fastest.",
 )
 
 
@@ -155,7 +156,7 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
         store,
         checkpoint,
         out,
-        tiles=parse_tiles(tiles),
+        tiles=tiles,
         window=window,
         overlap=overlap,
         batch=batch,
@@ -169,7 +170,8 @@ def evaluate_cmd(store, checkpoint, out, tiles, window, overlap, batch, device, 
         progress=not quiet,
         full_gt=full_gt,
     )
-    click.echo(format_table(result), nl=False)
+    if not quiet:  # -q: the scores are in metrics.md and metrics.json; one line here
+        click.echo(format_table(result), nl=False)
     which = " (the checkpoint's validation tiles)" if result["tiles_from"] == "val_tiles" else ""
     click.echo(
         f"{len(result['tiles'])} tile(s){which}, {result['windows']} windows in "

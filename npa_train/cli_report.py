@@ -2,8 +2,9 @@
 and :func:`npa_train.plot.plot_runs`.
 
 Register them on the ``npa-train`` group (:mod:`npa_train.cli`) with
-``main.add_command(compare_cmd)`` and ``main.add_command(plot_cmd)``. The library is
-imported inside the commands (it needs no torch either), so ``--help`` stays light.
+``main.add_command(compare_cmd)`` and ``main.add_command(plot_cmd)``. compare and plot
+import neither torch nor numpy, so ``--help`` stays light; their choices (``BACKENDS``,
+``BY_CHOICES``) are the library's own.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import click
 
 from npa_precompute.cli_options import out_option, reports_user_errors
+from npa_train.compare import BY_CHOICES
+from npa_train.plot import BACKENDS
 
 __all__ = ["compare_cmd", "plot_cmd"]
-
-_BACKENDS = ("auto", "matplotlib", "pillow")  # npa_train.plot.BACKENDS, without importing it
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -23,7 +24,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 _backend_option = click.option(
     "--backend",
-    type=click.Choice(_BACKENDS),
+    type=click.Choice(BACKENDS),
     default="auto",
     show_default=True,
     help="Figure renderer: matplotlib (the viz extra) or Pillow; auto: matplotlib if installed.",
@@ -35,7 +36,7 @@ _backend_option = click.option(
 @out_option("Output folder.")
 @click.option(
     "--by",
-    type=click.Choice(["k", "transform"]),
+    type=click.Choice(BY_CHOICES),
     default=None,
     help="Also draw Fig. 5: the metric against the search region k or the weight transform "
     "(parsed from the weights name, e.g. k32_log10_L0.5); methods without one (ce, focal, "

@@ -28,6 +28,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.names import WeightsSpec
+from npa_precompute.params import parse_weights_option
+from npa_train.plot import BACKENDS, by_panel, render_panels, validation_panel
+from npa_train.runrecord import SCALAR_METRICS, EvalRecord, RunRecord, read_csv_rows
 
 __all__ = [
     "BY_CHOICES",
@@ -40,7 +44,6 @@ __all__ = [
     "load_results",
     "method_label",
     "metric_value",
-    "parse_weights_name",
     "read_csv_rows",
     "summarize",
     "write_csv",
@@ -56,97 +59,9 @@ METHOD_KEYS = (
 )  # fmt: skip
 #: What ``--by`` puts on the x axis of Fig. 5.
 BY_CHOICES = ("k", "transform")
-#: Class names left out of the per-class columns of val.csv scores (as the ISPRS tables do).
-CLUTTER_NAMES = ("clutter", "clutter/background", "background")
-#: Metric names of a summary besides class names (whose F1 they select).
-SCALAR_METRICS = ("mF1", "mIoU", "OA", "boundary_f1")
-
-_WEIGHTS_RE = re.compile(r"^(?P<prefix>online:|ms_k[\d-]+_)?(?:k(?P<k>\d+)_)?(?P<tf>.+)$")
 
 
 # -- readers ------------------------------------------------------------------------------------
-
-
-def _number(text: str | None) -> float | None:
-    if text is None or not str(text).strip():
-        return None
-    value = float(text)
-    return None if math.isnan(value) else value
-
-
-def read_csv_rows(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``log.csv`` or ``val.csv`` as dicts of floats (``None`` for empty cells).
-
-    Parameters
-    ----------
-    path : the CSV file; its first line names the columns.
-
-    Returns
-    -------
-    list of dict
-        One dict per row, ``{column: float | None}``, in file order.
-
-    Raises
-    ------
-    ValueError
-        A cell that is no number (the message names file, line and column).
-    OSError
-        The file cannot be read.
-    """
-    rows = []
-    with open(path, newline="") as fh:
-        for line, row in enumerate(csv.DictReader(fh), start=2):
-            try:
-                rows.append({k: _number(v) for k, v in row.items() if k is not None})
-            except ValueError as exc:
-                raise ValueError(f"{path}, line {line}: not a number ({exc})") from None
-    return rows
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-
-
-def _run_folder_of(checkpoint: str, eval_dir: Path) -> Path:
-    """The run folder of a ``metrics.json`` ``checkpoint`` entry (a file or a folder).
-
-    A relative entry is relative to where ``evaluate`` ran: tried from the current
-    folder, then from the evaluation folder; the first with a ``config.json`` wins."""
-    path = Path(checkpoint)
-    tries = [path] if path.is_absolute() else [Path.cwd() / path, eval_dir / path]
-    folders = [p if p.is_dir() else p.parent for p in tries]
-    return next((f for f in folders if (f / "config.json").is_file()), folders[0])
-
-
-def _is_clutter(name: str) -> bool:
-    return name.lower() in CLUTTER_NAMES
-
-
-def _scores_from_metrics(metrics: dict) -> dict:
-    per_class = {c: s.get("f1") for c, s in metrics["per_class"].items()}
-    return {
-        "mF1": metrics.get("mF1"),
-        "mIoU": metrics.get("mIoU"),
-        "OA": metrics.get("OA"),
-        "boundary_f1": (metrics.get("boundary") or {}).get("f1"),
-        "f1": per_class,
-        "classes_in_mean": list(metrics.get("classes_in_mean") or per_class),
-    }
-
-
-def _scores_from_val_row(row: dict) -> dict:
-    per_class = {k[3:]: v for k, v in row.items() if k.startswith("f1:")}
-    return {
-        "mF1": row.get("mF1"),
-        "mIoU": row.get("mIoU"),
-        "OA": row.get("OA"),
-        "boundary_f1": row.get("boundary_f1"),
-        "f1": per_class,
-        "classes_in_mean": [c for c in per_class if not _is_clutter(c)],
-    }
 
 
 def load_result(path: str | os.PathLike) -> dict:
@@ -177,38 +92,30 @@ def load_result(path: str | os.PathLike) -> dict:
         Unreadable JSON or CSV.
     """
     folder = Path(path)
-    scored_on, scores = None, None
-    if (folder / "metrics.json").is_file():
-        metrics = _read_json(folder / "metrics.json")
-        run = _run_folder_of(str(metrics.get("checkpoint", "")), folder)
-        scores = _scores_from_metrics(metrics)
-        scored_on = {
-            "kind": "evaluate",
-            "store": metrics.get("store"),
-            "tiles": list(metrics.get("tiles") or []),
-            "window": metrics.get("window"),
-            "overlap": metrics.get("overlap"),
-            "classes_in_mean": scores["classes_in_mean"],
-        }
-    elif (folder / "config.json").is_file():
-        run = folder
-    else:
-        raise ParameterError(
-            "runs", f"{folder} holds neither metrics.json (npa-train evaluate) nor "
-            "config.json (npa-train fit)",
-        )  # fmt: skip
-    if not (run / "config.json").is_file():
-        raise ParameterError(
-            "runs", f"{folder}: its checkpoint's run folder {run} has no config.json"
-        )
-    config = _read_json(run / "config.json")
-    val = read_csv_rows(run / "val.csv") if (run / "val.csv").is_file() else None
-    log = read_csv_rows(run / "log.csv") if (run / "log.csv").is_file() else None
-    if scores is None and val:
-        scores = _scores_from_val_row(val[-1])
-        scored_on = {"kind": "val.csv", "iteration": val[-1].get("iteration")}
-    return {"source": str(folder), "run": str(run), "config": config, "scores": scores,
-            "scored_on": scored_on, "val": val, "log": log}  # fmt: skip
+    try:
+        if (folder / "metrics.json").is_file():
+            evaluation = EvalRecord.read(folder)
+            run, scores, scored_on = evaluation.run, evaluation.scores, evaluation.scored_on()
+        elif (folder / "config.json").is_file():
+            run, scores, scored_on = folder, None, None
+        else:
+            raise ParameterError(
+                "runs", f"{folder} holds neither metrics.json (npa-train evaluate) nor "
+                "config.json (npa-train fit)",
+            )  # fmt: skip
+        if not (run / "config.json").is_file():
+            raise ParameterError(
+                "runs", f"{folder}: its checkpoint's run folder {run} has no config.json"
+            )
+        record = RunRecord.read(run)
+    except FileNotFoundError as exc:
+        raise ParameterError("runs", f"{folder}: {exc}") from exc
+    if scores is None and record.val:
+        scores = record.final_scores()
+        scored_on = {"kind": "val.csv", "iteration": record.val[-1].get("iteration")}
+    return {"source": str(folder), "run": str(run), "config": record.config,
+            "scores": None if scores is None else scores.as_dict(), "scored_on": scored_on,
+            "val": record.val, "log": record.log}  # fmt: skip
 
 
 def load_results(paths: Iterable[str | os.PathLike]) -> list[dict]:
@@ -489,20 +396,13 @@ def _short_json(value) -> str:
 # -- Fig. 5: a metric against k or the transform ------------------------------------------------
 
 
-def parse_weights_name(name: str | None) -> dict:
-    """Split a weights name into prefix, search region k and transform.
-
-    ``"k32_log10_L0.5"`` -> ``{"prefix": "", "k": 32, "transform": "log10_L0.5"}``;
-    ``"online:k32_log10_L0.5"`` -> prefix ``"online:"``; ``"ms_k8-16-32_log10_L0.5"`` ->
-    prefix ``"ms_k8-16-32_"``, k None; ``None``/``"none"`` (ce, focal, ...) -> k and
-    transform None.
-    """
-    if not name or str(name).lower() == "none":
-        return {"prefix": "", "k": None, "transform": None}
-    m = _WEIGHTS_RE.match(str(name))
-    k = m.group("k")
-    return {"prefix": m.group("prefix") or "", "k": None if k is None else int(k),
-            "transform": m.group("tf")}  # fmt: skip
+def _weights_spec(name: str | None) -> WeightsSpec | None:
+    """The weights of a run's config (None: no weights, or a name of no known form)."""
+    name = parse_weights_option(name)
+    try:
+        return None if name is None else WeightsSpec.parse(name)
+    except ValueError:
+        return None
 
 
 def by_series(summary: dict, by: str, metric: str = "mF1") -> dict:
@@ -543,17 +443,18 @@ def by_series(summary: dict, by: str, metric: str = "mF1") -> dict:
         s = row["metrics"].get(metric) or {"median": None}
         if s["median"] is None:
             continue
-        w = parse_weights_name(row["config"].get("weights"))
-        if w[by] is None:
+        w = _weights_spec(row["config"].get("weights"))
+        axes = {} if w is None else {"k": w.k, "transform": w.transform.slug}
+        if axes.get(by) is None:
             references.append({"label": row["label"], "y": 100 * s["median"]})
             continue
         cfg = {**row["config"], "weights": None}
-        key = json.dumps([cfg.get(k) for k in METHOD_KEYS] + [w["prefix"], w[other],
+        key = json.dumps([cfg.get(k) for k in METHOD_KEYS] + [w.family, axes[other],
                          row["scored_on"]], sort_keys=True, default=str)  # fmt: skip
-        tag = f"{w['prefix']}{'k' + str(w['k']) if other == 'k' else w['transform']}"
+        tag = f"{w.family}{'k' + str(w.k) if other == 'k' else axes['transform']}"
         label = f"{cfg.get('model')} {cfg.get('loss')} ({tag})"
         entry = series.setdefault(key, {"label": label, "points": {}})
-        entry["points"][w[by]] = (100 * s["median"], 100 * s["min"], 100 * s["max"])
+        entry["points"][axes[by]] = (100 * s["median"], 100 * s["min"], 100 * s["max"])
     out = []
     for e in series.values():
         xs = sorted(e["points"]) if by == "k" else list(e["points"])
@@ -608,8 +509,6 @@ def compare(
         Bad ``by``, ``metric`` or ``backend``; folders that are neither runs nor
         evaluations, duplicate seeds (param ``runs``); ``out`` is a file.
     """
-    from npa_train.plot import BACKENDS, by_panel, render_panels, validation_panel
-
     if by is not None and by not in BY_CHOICES:
         raise ParameterError("by", f"must be one of {', '.join(BY_CHOICES)}, got {by!r}")
     if backend not in BACKENDS:
@@ -621,7 +520,8 @@ def compare(
     summary = summarize(groups)
     figures = []
     if by is not None:
-        figures.append((f"fig5_{_file_part(metric)}_by_{by}.png", by_panel(summary, by, metric)))
+        panel = by_panel(by_series(summary, by, metric), by, metric)
+        figures.append((f"fig5_{_file_part(metric)}_by_{by}.png", panel))
     fig6 = validation_panel(groups, metric)
     if fig6.series:
         figures.append((f"fig6_val_{_file_part(metric)}.png", fig6))

@@ -24,7 +24,14 @@ from npa_precompute.params import (
     parse_tiles,
     parse_weights_option,
 )
-from npa_train.choices import LOSSES, SPLITS, VAL_METRICS, WARP_ON
+from npa_train.choices import (
+    LOSSES,
+    SPLITS,
+    VAL_METRICS,
+    WARP_ON,
+    parse_model_name,
+    parse_reduction,
+)
 
 __all__ = ["AUX_WEIGHT", "MOMENTUM", "POLY_POWER", "WEIGHT_DECAY", "TrainConfig"]
 
@@ -41,7 +48,11 @@ class TrainConfig:
     Parameters (as :func:`npa_train.train.fit`, where each is documented)
     ----------------------------------------------------------------------
     store, out : str, the weight store and the run folder
-    weights : str or None; ``"none"`` and ``""`` become None
+    weights : str or None
+        A weights name; ``"none"`` (or ``""``, any case) for none, kept as ``"none"``;
+        None (the default): not given, and :class:`npa_train.train.Trainer` chooses
+        (:data:`npa_train.choices.DEFAULT_WEIGHTS` for ``loss="npa"`` when every training
+        tile holds it, else none). ``Trainer.weights`` is the name it trains with.
     loss, reduction, model, width, pretrained, aux_weight : the criterion and network
     iters, batch, crop : steps, crops per step (per rank), crop ``(h, w)``
     tiles, val_tiles, split : training/validation tiles (tuples; None: all / none)
@@ -49,6 +60,9 @@ class TrainConfig:
     augment, scale, rotation, flip, rotate, blur, normalize : the data
     focal_gamma, dice_smooth : loss parameters
     device, amp, amp_dtype, warp_on, workers : where and how it runs
+    threads : torch's CPU threads (``torch.set_num_threads``); None: chosen by
+        :func:`npa_train.device.choose_threads` from the usable cores and the loader workers,
+        printed once
     seed : int >= 0
     log_every, checkpoint_every, val_every, best_metric : logging, checkpoints and
         validation during training (``val_every`` 0: none; ``best_metric`` one of
@@ -95,6 +109,7 @@ class TrainConfig:
     warp_on: str = "auto"
     seed: int = 0
     workers: int | None = None
+    threads: int | None = None
     log_every: int = 1
     checkpoint_every: int = 500
     val_every: int = 0
@@ -117,9 +132,6 @@ class TrainConfig:
             object.__setattr__(self, name, value)
 
     def _parsed(self) -> dict[str, Any]:
-        from npa_train.loss import parse_reduction
-        from npa_train.model import parse_model_name
-
         check_choice("loss", self.loss, LOSSES)
         reduction = parse_reduction(self.reduction)
         if reduction == "none":
@@ -131,7 +143,7 @@ class TrainConfig:
         return {
             "store": str(self.store),
             "out": str(self.out),
-            "weights": parse_weights_option(self.weights),
+            "weights": _weights(self.weights),
             "reduction": reduction,
             "model": parse_model_name(self.model),
             **self._parsed_numbers(),
@@ -147,7 +159,7 @@ class TrainConfig:
         }
 
     def _parsed_numbers(self) -> dict[str, Any]:
-        workers = self.workers
+        workers, threads = self.workers, self.threads
         return {
             "width": check_int("width", self.width, minimum=1),
             "iters": check_int("iters", self.iters, minimum=1),
@@ -157,6 +169,7 @@ class TrainConfig:
             "val_every": check_int("val_every", self.val_every, minimum=0),
             "seed": check_int("seed", self.seed, minimum=0),
             "workers": None if workers is None else check_int("workers", workers, minimum=0),
+            "threads": None if threads is None else check_int("threads", threads, minimum=1),
             "lr": check_number("lr", self.lr, minimum=0.0, strict=True),
             "momentum": check_number("momentum", self.momentum, minimum=0.0),
             "weight_decay": check_number("weight_decay", self.weight_decay, minimum=0.0),
@@ -187,6 +200,13 @@ class TrainConfig:
             for k in cls.RESUME_KEYS
             if _json_ready(old.get(k)) != _json_ready(new.get(k))
         ]
+
+
+def _weights(value) -> str | None:
+    """None (not given) stays None; an explicit none becomes ``"none"``; else the name."""
+    if value is None:
+        return None
+    return parse_weights_option(value) or "none"
 
 
 def _tuple(values: list[str] | None) -> tuple[str, ...] | None:

@@ -48,7 +48,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from npa_precompute.derived import DerivedWeights, TorchDeriver
+from npa_precompute.derived import DerivedWeights
+from npa_precompute.errors import ParameterError
+from npa_precompute.names import WeightsSpec
 from npa_precompute.params import check_choice, check_int, parse_tiles
 from npa_precompute.shards import ShardReader, ZarrReader
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
@@ -61,6 +63,7 @@ from npa_train.augment import (
     sample_params,
     warp_windows,
 )
+from npa_train.weights import TorchDeriver
 
 __all__ = [
     "OUTPUTS",
@@ -77,6 +80,9 @@ __all__ = [
 ]
 
 _NORMALIZE = ("store", "tile")
+#: Largest grown crop (pixels per image) of ``online:`` weights: the crop plus the label
+#: halo of k pixels each side, 8192 x 8192 (a batch of 8 of them is 2 GiB of counts).
+MAX_GROWN_PIXELS = 1 << 26
 #: Allowed values of ``output``.
 OUTPUTS = ("crop", "window")
 #: Allowed values of ``reader``: ``auto`` reads shard files directly where the layout allows
@@ -112,13 +118,15 @@ class StoreCropDataset(Dataset):
         transformation of a stored k or a multi-scale name (``"ms_k8-16-32_log10_L0.5"``),
         derived from the counts; None reads no weights and returns weight 1 at every
         non-ignored pixel (0 elsewhere): plain cross-entropy.
-        ``"online:k32_log10_L0.5"`` (any ``k<K>_<transform>`` name): weights computed
+        ``"online:k32_log10_L0.5"`` (any weights name after ``online:``, multi-scale
+        included): weights computed
         from the *augmented* label where the crop is resampled (:meth:`warp`, on the
         training device for ``output="window"``), exact Eq. 1 at the training scale; the
         label is resampled ``K`` pixels beyond the crop on each side (the window read
         grows by ``K`` / scale tile pixels), so pixels at the crop border count their
         real neighbours, and beyond the tile its edge is repeated as Eq. 1 pads it.
         ``norm`` takes min/max over the crop. The store needs no weights array for it.
+        The grown crop must hold at most :data:`MAX_GROWN_PIXELS` pixels.
     augment : AugmentConfig, optional
         Default ``AugmentConfig()``: the paper's recipe with 513 × 513 crops.
         ``AugmentConfig.identity(crop)`` gives exact, unresampled crops.
@@ -139,6 +147,9 @@ class StoreCropDataset(Dataset):
         ``auto``: read windows straight from the shard files where the array has the
         layout ``npa-precompute`` writes (:class:`ShardReader`), else through zarr;
         ``zarr``: always through zarr. Both return the same values.
+    root : zarr.Group, optional
+        The store at ``store_path`` opened already (the trainer's), so it is not opened
+        again in this process; worker processes open their own.
 
     Raises
     ------
@@ -148,6 +159,10 @@ class StoreCropDataset(Dataset):
         ``weights_name`` a tile cannot give (not a weights name, or a k without counts:
         the message lists the k it has and the command that adds them); tiles with
         different band counts or without image statistics.
+    ParameterError
+        ``weights_name`` not a weights name, weights the store's dtype cannot hold
+        (``k130_raw`` in a float16 store), or an ``online:`` halo too large for the crop
+        (argument ``weights``).
     TypeError, ValueError
         Bad ``crop``, ``length``, ``seed``, ``normalize`` or ``output``.
     """
@@ -165,6 +180,7 @@ class StoreCropDataset(Dataset):
         normalize: str = "store",
         output: str = "crop",
         reader: str = "auto",
+        root=None,
     ) -> None:
         augment = AugmentConfig() if augment is None else augment
         if not isinstance(augment, AugmentConfig):
@@ -186,7 +202,8 @@ class StoreCropDataset(Dataset):
         self.normalize = normalize
         self.output = output
 
-        root = open_store(self.store_path)
+        root = open_store(self.store_path) if root is None else root
+        self._root, self._root_pid = root, os.getpid()  # reused by this process's reads
         info = store_info(root)
         self.info = info
         self.classes = list(info.classes)
@@ -208,10 +225,11 @@ class StoreCropDataset(Dataset):
         bands = {t.tile_id: int(t.image.shape[2]) for t in opened}
         if len(set(bands.values())) > 1:
             raise StoreError(f"tiles have different band counts: {bands}")
-        #: ``(k, WeightTransform)`` for ``online:`` weights, else None
+        #: the WeightsSpec of ``online:`` weights, else None
         self.online = None
         if isinstance(weights_name, str) and weights_name.strip().lower().startswith("online:"):
-            self.online = _online.parse_online_spec(weights_name)  # ValueError if malformed
+            self.online = WeightsSpec.parse(weights_name)  # ParameterError if malformed
+            _check_halo(self.online, self.crop)
         self._set_derivers(opened)
         self.tiles = [t.tile_id for t in opened]
         self.shapes = [tuple(int(s) for s in t.shape) for t in opened]
@@ -293,7 +311,7 @@ class StoreCropDataset(Dataset):
     @property
     def margin(self) -> int:
         """Pixels the label is resampled beyond the crop on each side (k of ``online:``)."""
-        return self.online[0] if self.online else 0
+        return self.online.halo if self.online else 0
 
     # -- pickling for DataLoader workers: reopen the store in each process ---------------------
     def __getstate__(self) -> dict:
@@ -301,12 +319,14 @@ class StoreCropDataset(Dataset):
         state["_arrays"] = None
         state["_counts"] = None
         state["_pid"] = None
+        state["_root"] = None
         return state
 
     def _tile_arrays(self, tile: str):
         """(image, label, weights) readers of a tile; weights None when derived or absent."""
         if self._arrays is None or self._pid != os.getpid():
-            root = open_store(self.store_path)
+            same = self._root is not None and self._root_pid == os.getpid()
+            root = self._root if same else open_store(self.store_path)
             arrays, counts = {}, {}
             for i, tid in enumerate(self.tiles):
                 t = open_tile(root, tid)
@@ -433,24 +453,17 @@ class StoreCropDataset(Dataset):
             margin=self.margin,
         )
         if self.online:
-            out["weight"] = self.online_weights(out.pop("label_margin"), out["label"])
+            grown = out.pop("label_margin", out["label"])  # no margin for k = 0
+            out["weight"] = self.online_weights(grown, out["label"])
         return out
 
     def online_weights(self, label_margin: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """``online:`` weights of a batch: exact Eq. 1 counts of the grown labels
         ``label_margin`` (N, h + 2k, w + 2k), cut to the crop, transformed; 0 where
         ``label`` (N, h, w) is ignored. Computed where the labels are (no host sync)."""
-        k, transform = self.online
-        classes = list(range(self.num_classes))
-        if not 0 <= self.ignore_index < self.num_classes:
-            classes.append(self.ignore_index)
-        with torch.no_grad():
-            counts = _online.affinity_counts(label_margin, k, classes=classes)[:, 0]
-            h, w = label.shape[-2:]
-            m = (label_margin.shape[-1] - w) // 2  # the margin (>= k)
-            counts = counts[:, m : m + h, m : m + w]
-            return _online.weights_from_counts(counts, label, transform, k=k,
-                                               ignore_index=self.ignore_index)  # fmt: skip
+        classes = _online.known_classes(self.num_classes, self.ignore_index)
+        return _online.label_weights(label_margin, label, self.online, classes=classes,
+                                     ignore_index=self.ignore_index)  # fmt: skip
 
     def __getitem__(self, index: int) -> dict:
         item = self.window_item(index)
@@ -471,6 +484,23 @@ class StoreCropDataset(Dataset):
             f"crop={self.crop}, tiles={self.tiles}, length={self.length}, seed={self.seed}, "
             f"output={self.output!r})"
         )
+
+
+def _check_halo(spec: WeightsSpec, crop: tuple[int, int]) -> None:
+    """Refuse ``online:`` weights whose grown crop exceeds :data:`MAX_GROWN_PIXELS`."""
+    h, w = crop
+    k = spec.halo
+    if (h + 2 * k) * (w + 2 * k) <= MAX_GROWN_PIXELS:
+        return
+    kmax = 0
+    while (h + 2 * (kmax + 1)) * (w + 2 * (kmax + 1)) <= MAX_GROWN_PIXELS:
+        kmax += 1
+    raise ParameterError(
+        "weights",
+        f"{spec.name!r}: the label halo of k = {k} grows each {h} x {w} crop to "
+        f"{h + 2 * k} x {w + 2 * k} pixels, more than the {MAX_GROWN_PIXELS} "
+        f"(8192 x 8192) online weights can count per crop; use k <= {kmax} with this crop",
+    )
 
 
 def _collate_windows(items, *, ignore_index: int) -> dict:
@@ -518,12 +548,13 @@ def write_preview(
     * ``NNN_label.png``: labels colour-coded with the store's palette, ignore black;
     * ``NNN_weight.png``: the weights as a viridis heat map, ignore black;
     * ``NNN_triplet.png``: the three side by side, plus the label blended over the image,
-      under titles (tile, weights name) and with the weights' colour bar;
+      under titles (tile, scale, rotation and mirrors of the crop; weights name) and with
+      the weights' colour bar;
     * ``NNN_image.npy`` (C, h, w) float32 normalized, ``NNN_label.npy`` (h, w) int64,
       ``NNN_weight.npy`` (h, w) float32: exactly what the model and the loss get;
 
-    and ``preview.json`` with each sample's parameters (tile, centre, scale, angle,
-    mirrors, blur) and weight range.
+    ``legend.png`` naming the class colours, and ``preview.json`` with each sample's
+    parameters (tile, centre, scale, angle, mirrors, blur) and weight range.
 
     Returns
     -------
@@ -540,7 +571,13 @@ def write_preview(
 
     from PIL import Image
 
-    from npa_precompute.colors import class_palette, heatmap_rgb, label_rgb, stretch_image
+    from npa_precompute.colors import (
+        class_palette,
+        heatmap_rgb,
+        label_rgb,
+        legend_image,
+        stretch_image,
+    )
     from npa_precompute.viz import panel_row
 
     check_int("n", n, minimum=1)
@@ -576,7 +613,11 @@ def write_preview(
         Image.fromarray(rgb).save(out / f"{stem}_image.png")
         Image.fromarray(lab_rgb).save(out / f"{stem}_label.png")
         Image.fromarray(w_rgb).save(out / f"{stem}_weight.png")
-        titles = [f"image {params.tile}", "label", f"weights {weights_name or 'none (1)'}",
+        flips = [n for n, on in (("h-mirror", params.hflip), ("v-mirror", params.vflip),
+                                 ("transposed", params.transpose)) if on]  # fmt: skip
+        titles = [f"image {params.tile}, scale x{params.scale:.2f}, rotated "
+                  f"{params.angle:+.1f}°{''.join(', ' + f for f in flips)}",
+                  "label (key: legend.png)", f"weights {weights_name or 'none (1)'}",
                   "label over image"]  # fmt: skip
         panel_row([rgb, lab_rgb, w_rgb, overlay], titles, colorbar=(2, lo, hi)).save(
             out / f"{stem}_triplet.png"
@@ -595,4 +636,5 @@ def write_preview(
         "samples": records,
     }
     (out / "preview.json").write_text(json.dumps(meta, indent=2) + "\n")
+    legend_image(ds.info.classes, palette).save(out / "legend.png")
     return records

@@ -51,6 +51,7 @@ from npa_train.predict import (
     window_grid,
     window_stride,
     write_label_maps,
+    write_legend,
 )
 
 __all__ = [
@@ -398,6 +399,8 @@ def evaluate_model(
     out_dir = _out_folder(out)
     total = sum(len(window_grid(t.shape, win, overlap)) for t in opened)
     per_tile: dict[str, dict] = {}
+    if out_dir and save_images:
+        write_legend(out_dir, sinfo.classes, palette_for(sinfo), errors=True)
     t_start = time.perf_counter()
     with progress_bar(total, "evaluate", progress) as bar:
         for t in opened:
@@ -426,7 +429,7 @@ def evaluate_model(
         "windows": total,
         "seconds": time.perf_counter() - t_start,
     }
-    clutter = clutter_classes(classes, sinfo.foreground_classes)
+    clutter = clutter_classes(classes, sinfo.foreground)
     pixels = sum(int(t.shape[0]) * int(t.shape[1]) for t in opened)
     result.update(_conventions(metrics, clutter, pixels, None if full is None else full[:2]))
     if out_dir is not None:

@@ -51,12 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from npa_precompute.affinity import MAX_K
 from npa_precompute.errors import ParameterError
-from npa_precompute.params import check_int, check_number
-from npa_precompute.transforms import parse_transform
-from npa_train.choices import LOSSES, REDUCTIONS
-from npa_train.online import DEFAULT_GROUP_ELEMENTS, npa_weights
+from npa_precompute.names import WeightsSpec
+from npa_precompute.params import MAX_K, check_int, check_number
+from npa_precompute.transforms import WeightTransform, parse_transform
+from npa_train.choices import LOSSES, REDUCTIONS, parse_reduction
+from npa_train.online import DEFAULT_GROUP_ELEMENTS, known_classes, label_weights
 
 __all__ = [
     "LOSSES",
@@ -73,13 +73,6 @@ __all__ = [
     "npa_cross_entropy",
     "npa_loss",
 ]
-
-
-def parse_reduction(reduction: str) -> str:
-    """Return ``reduction`` if it is one of :data:`REDUCTIONS`, else raise ValueError."""
-    if reduction not in REDUCTIONS:
-        raise ParameterError("reduction", f"must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
 
 
 def _parse_ignore_index(ignore_index: int) -> int:
@@ -207,6 +200,13 @@ def npa_cross_entropy(
     ignore_index = _parse_ignore_index(ignore_index)
     reduction = parse_reduction(reduction)
     safe_target, valid, w = _prepare(logits, target, weight, ignore_index)
+    return _weighted_ce(logits, safe_target, valid, w, reduction)
+
+
+def _weighted_ce(
+    logits: Tensor, safe_target: Tensor, valid: Tensor, w: Tensor, reduction: str
+) -> Tensor:
+    """Eq. 4 of checked inputs (:func:`_prepare`'s outputs; ``w`` 0 at ignored pixels)."""
     n = logits.shape[0]
     if reduction != "none" and not (w.requires_grad or safe_target.requires_grad):
         # Fast path (the training case): one custom autograd node whose backward is
@@ -230,18 +230,23 @@ def npa_cross_entropy(
 
 
 def _prepare(
-    logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int
+    logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(safe_target, valid, w)``: targets with 0 at ignored pixels, the non-ignored
     mask, and the weights (1 without ``weight``) with 0 at ignored pixels.
 
-    One device synchronization for all value checks.
+    ``ignore_index`` None: no pixel is ignored. One device synchronization for all value
+    checks (the labels, and ``weight`` when given).
     """
     num_classes = logits.shape[1]
     target = target.long()
-    valid = target != ignore_index
     zero = torch.zeros((), dtype=target.dtype, device=target.device)
-    safe_target = torch.where(valid, target, zero)
+    if ignore_index is None:
+        valid = torch.ones(target.shape, dtype=torch.bool, device=target.device)
+        safe_target = target
+    else:
+        valid = target != ignore_index
+        safe_target = torch.where(valid, target, zero)
     lo, hi = torch.aminmax(safe_target) if safe_target.numel() else (zero, zero)
     checks = [lo, hi]
     if weight is None:
@@ -254,13 +259,31 @@ def _prepare(
     flags = torch.stack([c.double() for c in checks]).tolist()
     if flags[0] < 0 or flags[1] >= num_classes:
         found = torch.unique(target[valid & ((target < 0) | (target >= num_classes))])[:8]
-        raise ValueError(
-            f"`target` holds values outside [0, {num_classes}) that are not `ignore_index` "
-            f"{ignore_index}: {found.tolist()}"
-        )
+        raise _label_error(found.tolist(), num_classes, ignore_index)
     if len(flags) > 2 and not (flags[2] >= 0 and math.isfinite(flags[3])):
         raise ValueError("`weight` must be finite and >= 0 at non-ignored pixels")
     return safe_target, valid, w
+
+
+def _label_error(found: list[int], num_classes: int, ignore_index: int | None) -> ValueError:
+    """The error for labels outside ``[0, num_classes)``: the values, the ``ignore_index``
+    in effect and the usual fixes."""
+    shown = "None: no pixel is ignored" if ignore_index is None else str(ignore_index)
+    hints = []
+    if 255 in found:
+        hints.append("if 255 marks pixels to leave out (no-data, boundaries), set "
+                     "ignore_index=255")  # fmt: skip
+    if num_classes in found:
+        hints.append(f"if the labels are 1..{num_classes} with 0 as no-data (LoveDA: 0 is "
+                     "no-data, map c to c-1, and 0 to the ignore_index)")  # fmt: skip
+    if found and found[0] < 0:
+        hints.append("labels must be >= 0 (torch's ignore value -100 is no label here: "
+                     "map it to ignore_index)")  # fmt: skip
+    fix = f"; {'; '.join(hints)}" if hints else ""
+    return ValueError(
+        f"`target` holds values outside [0, {num_classes}) (the {num_classes} classes of "
+        f"`logits`) that are not `ignore_index` ({shown}): {found}{fix}"
+    )
 
 
 def _reduce(per_pixel: Tensor, valid: Tensor, w: Tensor, reduction: str, n: int) -> Tensor:
@@ -328,9 +351,6 @@ def parse_k(k) -> int | tuple[int, ...] | None:
 
 #: Half-precision logits dtypes; the losses compute in float32 for them.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-#: ``ignore_index`` passed to :func:`npa_cross_entropy` for "no ignore value" (no int64
-#: label can equal it once the value checks have passed).
-_NO_IGNORE = -(2**63)
 
 
 def npa_loss(
@@ -338,7 +358,7 @@ def npa_loss(
     target: Tensor,
     weight: Tensor | None = None,
     *,
-    k: int | None = 32,
+    k: int | Sequence[int] | None = 32,
     transform: str = "log10:L=0.5",
     ignore_index: int | None = 255,
     reduction: str = "mean",
@@ -353,8 +373,9 @@ def npa_loss(
             (autocast) are upcast: weights and loss are float32.
         target: ``(N, H, W)`` class indices in ``[0, C)`` or ``ignore_index``.
         weight: ``(N, H, W)`` weights to use instead (e.g. from the store), or None.
-        k: Search region of Eq. 1 (default 32, the paper's best); None: no weights
-            (plain cross-entropy when ``weight`` is None).
+        k: Search region of Eq. 1 (default 32, the paper's best), or one k per spatial
+            axis (``(k_d, k_h, k_w)`` for volumes); None: no weights (plain
+            cross-entropy when ``weight`` is None).
         transform: Weight transform spec (``"log10:L=0.5"``, ``"ln:L=0.5"``,
             ``"norm:L=0.5"`` with min/max per image, ``"log:a=2,L=0.5"``, ``"raw"``).
         ignore_index: Target value of ignored pixels: weight 0, no loss; it still counts
@@ -364,30 +385,63 @@ def npa_loss(
         group_elements: Memory bound of the weight computation
             (:func:`npa_train.online.affinity_counts`).
 
-    The weights are computed under ``torch.no_grad`` with the classes ``0 .. C - 1``
-    plus ``ignore_index`` (nothing is read back from the device for them); the target
-    values are checked by :func:`npa_cross_entropy` (its one synchronisation).
+    The inputs are checked once: shapes and dtypes, then the target values (and a given
+    ``weight``'s) in one synchronisation, *before* any weight is computed, so a label
+    outside ``[0, C)`` that is not ``ignore_index`` is a ValueError naming the values, the
+    ``ignore_index`` in effect and the usual fix (on CUDA too, never a device-side
+    assert). The weights are then computed under ``torch.no_grad`` with the classes
+    ``0 .. C - 1`` plus ``ignore_index``: nothing more is read back from the device.
 
     Raises:
         TypeError, ValueError: As :func:`npa_cross_entropy`; ``k`` negative or not an
             integer; an unknown ``transform``.
     """
-    k = parse_k(k)
-    transform = parse_transform(transform).spec
-    _check_inputs(logits, target, weight)
     if ignore_index is not None:
         ignore_index = _parse_ignore_index(ignore_index)
-    reduction = parse_reduction(reduction)
+    return _npa_loss(logits, target, weight, online_spec(k, transform), ignore_index,
+                     parse_reduction(reduction),
+                     check_int("group_elements", group_elements, minimum=1))  # fmt: skip
+
+
+def online_spec(
+    k: int | Sequence[int] | None, transform: str | WeightTransform
+) -> WeightsSpec | None:
+    """The weights :func:`npa_loss` computes for ``k`` and ``transform`` (None for k None):
+    ``k`` an int, or one per spatial axis (a region tuple, :func:`parse_k`).
+
+    Raises
+    ------
+    ParameterError
+        ``k`` not an integer in [0, :data:`MAX_K`], a tuple of 2 or 3 of them, or None.
+    ValueError
+        An unknown transform spec.
+    """
+    transform = parse_transform(transform)
+    k = parse_k(k)
+    return None if k is None else WeightsSpec((k,), transform, online=True)
+
+
+def _npa_loss(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    spec: WeightsSpec | None,
+    ignore_index: int | None,
+    reduction: str,
+    group_elements: int,
+) -> Tensor:
+    """:func:`npa_loss` of parsed settings: one input check (shapes, then the label and
+    weight values in one synchronisation), the weights, Eq. 4."""
+    _check_inputs(logits, target, weight)
     if logits.dtype in HALF_DTYPES:
         logits = logits.float()
-    if weight is None and k is not None:
-        weight = npa_weights(target, k, transform, ignore_index=ignore_index,
-                             num_classes=int(logits.shape[1]),
-                             group_elements=group_elements,
-                             spatial_dims=logits.ndim - 2)  # fmt: skip
-    ce_ignore = _NO_IGNORE if ignore_index is None else ignore_index
-    return npa_cross_entropy(logits, target, weight, ignore_index=ce_ignore,
-                             reduction=reduction)  # fmt: skip
+    safe_target, valid, w = _prepare(logits, target, weight, ignore_index)
+    if weight is None and spec is not None:  # labels checked: no read-back for the weights
+        classes = known_classes(int(logits.shape[1]), ignore_index)
+        w = label_weights(target, target, spec, classes=classes, ignore_index=ignore_index,
+                          group_elements=group_elements,
+                          spatial_dims=logits.ndim - 2).to(logits.dtype)  # fmt: skip
+    return _weighted_ce(logits, safe_target, valid, w, reduction)
 
 
 def _k_of_physical(k, k_physical, spacing) -> int | tuple[int, ...]:
@@ -468,16 +522,36 @@ class NPALoss(nn.Module):
             k = _k_of_physical(k, k_physical, spacing)
         elif spacing is not None:
             raise ParameterError("spacing", "applies only with `k_physical`")
-        self.k = parse_k(k)
-        self.transform = parse_transform(transform).spec
+        #: the weights computed from the target (None: k None), parsed once
+        self.spec = online_spec(k, transform)
+        self._transform = parse_transform(transform)
         self.ignore_index = None if ignore_index is None else _parse_ignore_index(ignore_index)
         self.reduction = parse_reduction(reduction)
         self.group_elements = check_int("group_elements", group_elements, minimum=1)
 
+    @property
+    def k(self) -> int | tuple[int, ...] | None:
+        """Search region of the weights computed from the target (None: none): an int,
+        or one k per spatial axis."""
+        return None if self.spec is None else self.spec.k
+
+    @k.setter
+    def k(self, value: int | Sequence[int] | None) -> None:
+        self.spec = online_spec(value, self._transform)
+
+    @property
+    def transform(self) -> str:
+        """Canonical spec of the weight transformation, e.g. ``"log10:L=0.5"``."""
+        return self._transform.spec
+
+    @transform.setter
+    def transform(self, value: str | WeightTransform) -> None:
+        self._transform = parse_transform(value)
+        self.spec = online_spec(self.k, self._transform)
+
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return npa_loss(logits, target, weight, k=self.k, transform=self.transform,
-                        ignore_index=self.ignore_index, reduction=self.reduction,
-                        group_elements=self.group_elements)  # fmt: skip
+        return _npa_loss(logits, target, weight, self.spec, self.ignore_index, self.reduction,
+                         self.group_elements)  # fmt: skip
 
     def extra_repr(self) -> str:
         return (

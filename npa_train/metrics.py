@@ -228,27 +228,26 @@ def scores_from_confusion(cm: np.ndarray, *, classes_in_mean: Sequence[int] | No
 
 # -- clutter in or out of the means ------------------------------------------------------------
 
-#: Class names taken for clutter by :func:`clutter_classes` (ISPRS: clutter/background).
-CLUTTER_NAMES = ("clutter", "clutter/background")
-
 
 def clutter_classes(classes: Sequence[str], foreground: Sequence[int] | None = None) -> list[int]:
-    """Indices of the clutter classes: those named ``clutter`` or ``clutter/background``
-    (any case), else the classes outside ``foreground`` (the store's foreground classes).
+    """Indices of the clutter classes: those outside ``foreground``, the store's foreground
+    classes (:attr:`npa_precompute.store.StoreInfo.foreground`, from its preset).
+
+    The preset is the one definition: ISPRS's clutter/background is outside its
+    foreground, LoveDA's background is inside (a scored class).
 
     Parameters
     ----------
     classes : class names, in index order
-    foreground : indices of the foreground classes, optional
+    foreground : indices of the foreground classes; None: every class
 
     Returns
     -------
     list of int
         Sorted indices; empty when no class is clutter.
     """
-    named = [i for i, c in enumerate(classes) if str(c).lower() in CLUTTER_NAMES]
-    if named or foreground is None:
-        return named
+    if foreground is None:
+        return []
     keep = {int(i) for i in foreground}
     return [i for i in range(len(classes)) if i not in keep]
 

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from npa_precompute.errors import ParameterError
 from npa_precompute.params import check_int
-from npa_train.choices import MODELS, PAPER_MODELS, TORCHVISION_MODELS
+from npa_train.choices import MODELS, PAPER_MODELS, TORCHVISION_MODELS, parse_model_name
 
 __all__ = [
     "MODELS",
@@ -78,8 +78,6 @@ __all__ = [
     "model_spec",
     "parse_model_name",
 ]
-
-_ALIASES = {"SmallFCN": "small_fcn", "small-fcn": "small_fcn"}
 
 
 @dataclass(frozen=True)
@@ -477,14 +475,6 @@ class PaperSegmenter(_BackboneSegmenter):
             _init_head(self.aux_classifier, self.aux_classifier[4])
         if in_channels != 3:
             _replace_conv1(self.backbone, in_channels)
-
-
-def parse_model_name(name: str) -> str:
-    """Canonical model name (accepts ``SmallFCN`` from older checkpoints)."""
-    name = _ALIASES.get(name, name)
-    if name not in MODELS:
-        raise ValueError(f"`model` must be one of {MODELS}, got {name!r}")
-    return name
 
 
 def build_model(

@@ -56,15 +56,10 @@ read first (``torch.unique``, one synchronisation) and checked.
 
 Weights
 -------
-The transform's formula is evaluated once per possible count in float64 on the host
-with :meth:`~npa_precompute.WeightTransform.table`, cast to float32 and cached on the
-device (``log10``/``ln``/``log``/``raw``: one table per (transform, k, device)), then
-gathered: the same float32 values as ``WeightTransform.apply``. ``norm`` (Eq. 2) takes
-min and max **per image** over its non-ignored pixels (``apply`` takes them per tile)
-and evaluates ``(A - min) / (max - min) + L`` in float64 on the device (IEEE basic
-operations, the same result as numpy's), then rounds to float32. Ignored pixels weigh 0.
-For k ≥ 1024 (more than 2**22 possible counts) the distinct counts are sent to the host
-instead of a table (one synchronisation).
+:func:`npa_weights` and :func:`label_weights` turn the counts into weights with
+:func:`npa_train.weights.spec_weights`, the one counts-to-weights implementation for
+tensors (lookup tables cached on the device; ``norm`` with min and max **per image** over
+its non-ignored pixels, where ``apply`` takes them per tile). Ignored pixels weigh 0.
 """
 
 from __future__ import annotations
@@ -77,25 +72,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from npa_precompute.params import check_int
+from npa_precompute.names import WeightsSpec
+from npa_precompute.params import MAX_K, check_int
 from npa_precompute.regions import parse_regions, window_size
-from npa_precompute.transforms import MAX_TABLE, WeightTransform, parse_transform
+from npa_precompute.transforms import WeightTransform, parse_transform
+from npa_train.weights import CACHE, spec_weights, weights_from_counts
 
 __all__ = [
     "DEFAULT_GROUP_ELEMENTS",
     "affinity_counts",
     "clear_workspace",
     "counts_dtype",
+    "known_classes",
+    "label_weights",
     "npa_weights",
-    "parse_online_spec",
     "weights_from_counts",
 ]
 
 #: Default bound on ``classes in a group × N × H × W`` (see the module docstring).
 DEFAULT_GROUP_ELEMENTS = 1 << 25
 _INT32_MAX = 2**31 - 1
-_TABLES: dict[tuple, Tensor] = {}
-_TABLES_LOCK = threading.Lock()
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -268,22 +264,14 @@ def clear_workspace() -> None:
     """Free this thread's CPU work buffers of :func:`affinity_counts` (reallocated on the
     next call) and the cached lookup tables."""
     _WORKSPACE.clear()
-    with _TABLES_LOCK:
-        _TABLES.clear()
+    CACHE.clear()
 
 
 def _values_tensor(values: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """``values`` as a tensor on ``device``, cached (a host-to-device copy waits for the
     device; the cache keeps the training step free of it)."""
     key = ("values", tuple(values), dtype, str(device))
-    t = _TABLES.get(key)
-    if t is None:
-        t = torch.tensor(list(values), dtype=dtype).to(device)
-        with _TABLES_LOCK:
-            if len(_TABLES) > 256:
-                _TABLES.clear()
-            _TABLES[key] = t
-    return t
+    return CACHE.get(key, lambda: torch.tensor(list(values), dtype=dtype).to(device))
 
 
 _LUT_MAX = 1 << 16
@@ -296,14 +284,13 @@ def _dense_index(labels: Tensor, values: list[int]) -> Tensor:
     if len(values) == 1:
         return torch.zeros(labels.shape, dtype=torch.int64, device=dev)
     if values[0] >= 0 and values[-1] < _LUT_MAX:
-        key = ("lut", tuple(values), str(dev))
-        lut = _TABLES.get(key)
-        if lut is None:
+
+        def make_lut() -> Tensor:
             host = torch.zeros(values[-1] + 1, dtype=torch.int64)
             host[torch.tensor(values)] = torch.arange(len(values))
-            lut = host.to(dev)
-            with _TABLES_LOCK:
-                _TABLES[key] = lut
+            return host.to(dev)
+
+        lut = CACHE.get(("lut", tuple(values), str(dev)), make_lut)
         idx = labels.reshape(-1)
         if labels.dtype not in (torch.int32, torch.int64):
             idx = idx.to(torch.int32)  # index_select takes int32/int64 indices
@@ -453,115 +440,49 @@ def _count_group(
 
 
 # ---- weights -----------------------------------------------------------------------------------
-def parse_online_spec(spec: str) -> tuple[int, WeightTransform]:
-    """``"k32_log10_L0.5"`` (or with the ``online:`` prefix) -> ``(32, WeightTransform)``.
-
-    The name of a weights array of the store (:func:`npa_precompute.transforms.weights_name`):
-    ``k<K>_raw``, ``k<K>_norm_L<f>``, ``k<K>_log10_L<f>``, ``k<K>_ln_L<f>``,
-    ``k<K>_log_a<f>_L<f>``.
-
-    Raises
-    ------
-    ValueError
-        Anything else (the message shows the accepted forms).
-    """
-    if not isinstance(spec, str):
-        raise TypeError(f"online weights spec must be a string, got {type(spec).__name__}")
-    text = spec.strip()
-    if text.lower().startswith("online:"):
-        text = text[len("online:") :]
-    forms = "k<K>_log10_L<f>, k<K>_ln_L<f>, k<K>_log_a<f>_L<f>, k<K>_norm_L<f> or k<K>_raw"
-    head, _, rest = text.partition("_")
-    if not (head.startswith("k") and head[1:].isdigit() and rest):
-        raise ValueError(f"unknown online weights {spec!r}: expected online:{forms}")
-    k = int(head[1:])
-    parts = rest.split("_")
-    try:
-        if parts == ["raw"]:
-            transform = parse_transform("raw")
-        elif len(parts) == 2 and parts[0] in ("log10", "ln", "norm") and parts[1][:1] == "L":
-            transform = parse_transform(f"{parts[0]}:L={parts[1][1:]}")
-        elif len(parts) == 3 and parts[0] == "log" and parts[1][:1] == "a" and parts[2][:1] == "L":
-            transform = parse_transform(f"log:a={parts[1][1:]},L={parts[2][1:]}")
-        else:
-            raise ValueError("no match")
-    except ValueError:
-        raise ValueError(f"unknown online weights {spec!r}: expected online:{forms}") from None
-    return k, transform
-
-
-def _table(transform: WeightTransform, size: int, device: torch.device) -> Tensor:
-    """float32 weights of the counts ``0 .. size - 1`` (log kinds and raw), on ``device``."""
-    key = (transform.spec, size, str(device))
-    table = _TABLES.get(key)
-    if table is None:
-        host = torch.from_numpy(transform.table(size).astype(np.float32))
-        table = host.to(device)
-        with _TABLES_LOCK:
-            if len(_TABLES) > 64:
-                _TABLES.clear()
-            _TABLES[key] = table
-    return table
-
-
-def weights_from_counts(
-    counts: Tensor,
-    target: Tensor,
-    transform: str | WeightTransform = "log10:L=0.5",
+def label_weights(
+    label_margin: Tensor,
+    label: Tensor,
+    spec: WeightsSpec,
     *,
-    k: int | Sequence[int] | None = None,
-    ignore_index: int | None = 255,
+    classes: Sequence[int],
+    ignore_index: int | None,
+    group_elements: int = DEFAULT_GROUP_ELEMENTS,
+    spatial_dims: int | None = None,
 ) -> Tensor:
-    """Weights ``(N, H, W)`` float32 of counts ``(N, H, W)`` (one k), 0 where ``target``
-    is ``ignore_index``: :meth:`WeightTransform.apply` image by image. Volumes: counts
-    and target ``(N, D, H, W)``.
+    """Weights of ``spec`` of the labels ``label`` (N, h, w), counted on ``label_margin``
+    (N, h + 2m, w + 2m): the same labels grown by ``m >= 0`` pixels on each side (``m = 0``:
+    the same tensor), then cut to ``label``; 0 where ``label`` is ``ignore_index``.
+    Volumes: ``label`` (N, d, h, w), ``label_margin`` grown along each spatial axis
+    (by its own margin, 0 allowed), ``spatial_dims=3`` to confirm a ``(N, 1, H, W)``
+    volume batch (:func:`affinity_counts`).
 
-    ``k`` (the counts' search region, an int or one per spatial axis) sizes the lookup
-    table; without it the largest count is read from the device (one synchronisation).
-    ``norm`` uses each image's min and max over its non-ignored pixels.
+    The internal path of :func:`npa_weights`, :class:`~npa_train.loss.NPALoss` and the
+    dataset's ``online:`` weights: nothing is checked and nothing is read back from the
+    device (``classes``, every value the labels hold, ``ignore_index`` included, are
+    given; other values give undefined weights, never an out-of-bounds read).
     """
-    transform = parse_transform(transform)
-    if counts.ndim not in (3, 4) or tuple(counts.shape) != tuple(target.shape):
-        raise ValueError(
-            f"`counts` {tuple(counts.shape)} and `target` {tuple(target.shape)} must both be "
-            "(N, H, W) or both (N, D, H, W)"
-        )
-    image_dims = tuple(range(1, counts.ndim))
-    dev = counts.device
-    if ignore_index is None:
-        valid = torch.ones(counts.shape, dtype=torch.bool, device=dev)
-    else:
-        valid = target != ignore_index
-    zero = torch.zeros((), dtype=torch.float32, device=dev)
-    if transform.kind == "norm":
-        c = counts.to(torch.float64)
-        big = torch.full((), float("inf"), dtype=torch.float64, device=dev)
-        lo = torch.where(valid, c, big).amin(dim=image_dims, keepdim=True)
-        hi = torch.where(valid, c, -big).amax(dim=image_dims, keepdim=True)
-        span = hi - lo
-        one = torch.ones((), dtype=torch.float64, device=dev)
-        scaled = (c - lo) / torch.where(span > 0, span, one) + transform.L
-        w = torch.where(span > 0, scaled, torch.full((), transform.L, dtype=torch.float64,
-                                                      device=dev))  # fmt: skip
-        return torch.where(valid, w.to(torch.float32), zero)
-    if transform.kind == "raw":  # exact: counts are integers far below 2**53
-        return torch.where(valid, counts.to(torch.float32), zero)
-    if k is None:
-        top = int(counts.max()) if counts.numel() else 0
-        size = top + 1
-    else:
-        size = window_size(parse_regions([k], counts.ndim - 1)[0])
-    if size <= MAX_TABLE:
-        table = _table(transform, size, dev)
-        idx = counts.reshape(-1)
-        if idx.dtype not in (torch.int32, torch.int64):
-            idx = idx.to(torch.int32)
-        w = table.index_select(0, idx).view(counts.shape)
-    else:  # huge k: the distinct counts through the host (one synchronisation)
-        uniq, inv = torch.unique(counts, return_inverse=True)
-        vals = transform._formula(uniq.cpu().numpy().astype(np.float64), 0, 0)
-        w = torch.from_numpy(vals.astype(np.float32)).to(dev)[inv]
-    return torch.where(valid, w, zero)
+    with torch.no_grad():
+        counts = affinity_counts(label_margin, spec.ks, classes=classes,
+                                 group_elements=group_elements,
+                                 spatial_dims=spatial_dims)  # fmt: skip
+        if tuple(label_margin.shape) != tuple(label.shape):
+            cut = [slice(None)] * 2  # N, the k axis
+            for grown, size in zip(label_margin.shape[1:], label.shape[1:], strict=True):
+                m = (grown - size) // 2
+                cut.append(slice(m, m + size))
+            counts = counts[tuple(cut)]
+        valid = None if ignore_index is None else label != ignore_index
+        return spec_weights(counts, valid, spec)
+
+
+def known_classes(num_classes: int, ignore_index: int | None) -> list[int]:
+    """The label values of a batch whose labels are checked: ``0 .. num_classes - 1`` and
+    ``ignore_index`` (nothing to read back from the device)."""
+    classes = list(range(num_classes))
+    if ignore_index is not None and not 0 <= ignore_index < num_classes:
+        classes.append(int(ignore_index))
+    return classes
 
 
 def npa_weights(
@@ -609,24 +530,20 @@ def npa_weights(
         nor one per spatial axis.
     """
     if not isinstance(k, (Sequence, np.ndarray)):
-        k = check_int("k", k, minimum=0)
+        k = check_int("k", k, minimum=0, maximum=MAX_K)
     transform = parse_transform(transform)
     target = _check_target(target)
     _check_spatial_dims(target, spatial_dims)
     region = parse_regions([k], target.ndim - 1)[0]
     if ignore_index is not None:
-        check_int("ignore_index", ignore_index)
+        ignore_index = check_int("ignore_index", ignore_index)
+    group_elements = check_int("group_elements", group_elements, minimum=1)
     if num_classes is not None:
-        num_classes = check_int("num_classes", num_classes, minimum=1)
-        classes = list(range(num_classes))
-        if ignore_index is not None and not 0 <= ignore_index < num_classes:
-            classes.append(int(ignore_index))
+        classes = known_classes(check_int("num_classes", num_classes, minimum=1), ignore_index)
     else:
         classes = torch.unique(target).tolist()  # the one synchronisation
         _check_values([v for v in classes if v != ignore_index])
-    with torch.no_grad():
-        counts = affinity_counts(target, [region], classes=classes,
-                                 group_elements=group_elements,
-                                 spatial_dims=target.ndim - 1)  # fmt: skip
-        return weights_from_counts(counts[:, 0], target, transform, k=region,
-                                   ignore_index=ignore_index)  # fmt: skip
+    spec = WeightsSpec((k if isinstance(k, int) else region,), transform)
+    return label_weights(target, target, spec, classes=classes, ignore_index=ignore_index,
+                         group_elements=group_elements,
+                         spatial_dims=target.ndim - 1)  # fmt: skip

@@ -10,8 +10,9 @@ Two renderers, as ``npa-precompute show`` has:
   a legend) for minimal installs.
 
 ``backend="auto"`` uses matplotlib when it is installed. The figure data are plain
-:class:`Panel` / :class:`Series` objects, built from the readers of
-:mod:`npa_train.compare`; nothing here imports torch.
+:class:`Panel` / :class:`Series` objects, built from run folders read by
+:mod:`npa_train.runrecord` and from the summaries of :mod:`npa_train.compare` (which
+imports this module, never the reverse); nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npa_precompute.errors import ParameterError
-from npa_train.compare import by_series, load_result
+from npa_train.runrecord import RunRecord
 
 __all__ = [
     "BACKENDS",
@@ -106,8 +107,20 @@ def _pct_column(rows, column: str) -> tuple[list, list]:
     return xs, [None if y is None else 100 * y for y in ys]
 
 
+#: y-axis label per ``--loss``; each loss gets its own panel, since an NPA-weighted CE is
+#: about (mean weight) x a plain CE and cannot be read against it on one axis.
+_LOSS_LABELS = {
+    "npa": "NPALoss (~ mean weight x CE)",
+    "ce": "cross-entropy",
+    "ce-weighted": "class-weighted CE",
+    "focal": "focal loss",
+    "dice": "Dice loss",
+}
+
+
 def training_panels(runs: Sequence[dict], metrics: Sequence[str] = ("mF1", "mIoU")) -> list[Panel]:
-    """Panels of training curves: loss and lr from ``log.csv``, then each validation
+    """Panels of training curves: loss (one panel per ``--loss``, as their scales differ)
+    and lr from ``log.csv``, then each validation
     metric of ``val.csv`` (in %; a class name selects its F1 column), one line per run.
 
     Parameters
@@ -120,12 +133,16 @@ def training_panels(runs: Sequence[dict], metrics: Sequence[str] = ("mF1", "mIoU
     -------
     list of Panel
     """
-    loss = Panel("training loss", "iteration", "loss")
+    losses: dict[str, Panel] = {}  # one panel per loss: their values are not comparable
     lr = Panel("learning rate", "iteration", "lr")
     for r in runs:
-        loss.series.append(Series(r["label"], *_column(r["log"], "loss")))
+        kind = (r.get("config") or {}).get("loss") or "unknown"
+        if kind not in losses:
+            ylabel = _LOSS_LABELS.get(kind, f"{kind} loss")
+            losses[kind] = Panel(f"training loss: {kind}", "iteration", ylabel)
+        losses[kind].series.append(Series(r["label"], *_column(r["log"], "loss")))
         lr.series.append(Series(r["label"], *_column(r["log"], "lr")))
-    panels = [loss, lr]
+    panels = [*losses.values(), lr]
     for m in metrics:
         column = m if m in ("mF1", "mIoU", "OA", "boundary_f1") else f"f1:{m}"
         p = Panel(f"validation {m}", "iteration", f"{m if column == m else 'F1 ' + m} (%)")
@@ -148,11 +165,10 @@ def validation_panel(groups: Sequence[dict], metric: str = "mF1") -> Panel:
     return panel
 
 
-def by_panel(summary: dict, by: str, metric: str = "mF1") -> Panel:
-    """Fig. 5: ``metric`` against k or the transform (:func:`npa_train.compare.by_series`);
-    error bars span min–max over seeds; methods without k (or transform) are dashed
-    horizontal reference lines."""
-    data = by_series(summary, by, metric)
+def by_panel(data: dict, by: str, metric: str = "mF1") -> Panel:
+    """Fig. 5: ``metric`` against k or the transform, from ``data`` (the output of
+    :func:`npa_train.compare.by_series`); error bars span min–max over seeds; methods
+    without k (or transform) are dashed horizontal reference lines."""
     panel = Panel(f"{metric} against {'k' if by == 'k' else 'the weight transform'}",
                   data["xlabel"], data["ylabel"], categorical=by == "transform")  # fmt: skip
     panel.series = [Series(s["label"], s["x"], s["y"], s["low"], s["high"])
@@ -170,6 +186,11 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def _render_matplotlib(panels: Sequence[Panel], out: Path, title: str | None) -> None:
+    figure_matplotlib(panels, title).savefig(out, dpi=100)
+
+
+def figure_matplotlib(panels: Sequence[Panel], title: str | None = None):
+    """The panels as a matplotlib Figure (Agg canvas; 5.6 x 3.9 inches per panel)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -204,7 +225,7 @@ def _render_matplotlib(panels: Sequence[Panel], out: Path, title: str | None) ->
         ax.set_axis_off()
     if title:
         fig.suptitle(title)
-    fig.savefig(out, dpi=100)
+    return fig
 
 
 # -- Pillow fallback ----------------------------------------------------------------------------
@@ -303,17 +324,20 @@ def _draw_panel(draw, panel: Panel, x0: int, y0: int, font, small) -> None:
                 draw.line([(u - 4, bottom), (u + 4, bottom)], fill=colour)
             if len(pts) <= 30:
                 draw.ellipse([u - 3, v - 3, u + 3, v + 3], fill=colour)
-        legend.append((s.label, colour, False))
+        legend.append((s.label, colour, False, len(pts) <= 30))
     for j, (label, yref) in enumerate(panel.references):
         colour = _TAB10[(len(panel.series) + j) % len(_TAB10)]
         y = to_px(xmin, yref)[1]
         for a in range(int(px0), int(px1), 12):
             draw.line([(a, y), (min(a + 7, px1), y)], fill=colour, width=2)
-        legend.append((label, colour, True))
-    for k, (label, colour, dashed) in enumerate(legend):
-        y = py0 + 8 + 14 * k
-        draw.line([(px0 + 8, y), (px0 + 24, y)], fill=colour, width=1 if dashed else 3)
-        draw.text((px0 + 28, y), label, fill="black", font=small, anchor="lm")
+        legend.append((label, colour, True, False))
+    for k, (label, colour, dashed, marker) in enumerate(legend):  # as the lines are drawn
+        y = py0 + 10 + 16 * k
+        for a, b in ((8, 14), (18, 24)) if dashed else ((8, 26),):
+            draw.line([(px0 + a, y), (px0 + b, y)], fill=colour, width=2)
+        if marker:
+            draw.ellipse([px0 + 14, y - 3, px0 + 20, y + 3], fill=colour)
+        draw.text((px0 + 30, y), label, fill="black", font=small, anchor="lm")
 
 
 def render_pillow(panels: Sequence[Panel], *, title: str | None = None):
@@ -329,15 +353,43 @@ def render_pillow(panels: Sequence[Panel], *, title: str | None = None):
 
     rows, cols = _grid(len(panels))
     head = 28 if title else 0
-    img = Image.new("RGB", (cols * _PANEL_W, rows * _PANEL_H + head), "white")
-    draw = ImageDraw.Draw(img)
-    font, small = _font(14), _font(11)
+    size = (cols * _PANEL_W, rows * _PANEL_H + head)
+    # drawn at _SUPERSAMPLE times the size and scaled down: smooth lines, not staircases
+    img = Image.new("RGB", tuple(_SUPERSAMPLE * v for v in size), "white")
+    draw = _ScaledDraw(ImageDraw.Draw(img), _SUPERSAMPLE)
+    font, small = _font(15 * _SUPERSAMPLE), _font(12 * _SUPERSAMPLE)
     if title:
-        draw.text((img.width / 2, 6), title, fill="black", font=font, anchor="mt")
+        draw.text((size[0] / 2, 6), title, fill="black", font=font, anchor="mt")
     for i, panel in enumerate(panels):
         r, c = divmod(i, cols)
         _draw_panel(draw, panel, c * _PANEL_W, head + r * _PANEL_H, font, small)
-    return img
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+_SUPERSAMPLE = 3
+
+
+class _ScaledDraw:
+    """An ``ImageDraw`` whose coordinates and line widths are multiplied by ``s``."""
+
+    def __init__(self, draw, s: int) -> None:
+        self.draw, self.s = draw, s
+
+    def _xy(self, xy) -> list[float]:
+        flat = [v for p in xy for v in p] if isinstance(xy[0], (tuple, list)) else list(xy)
+        return [v * self.s for v in flat]
+
+    def line(self, xy, fill=None, width: int = 1) -> None:
+        self.draw.line(self._xy(xy), fill=fill, width=width * self.s, joint="curve")
+
+    def rectangle(self, xy, **kw) -> None:
+        self.draw.rectangle(self._xy(xy), width=self.s, **kw)
+
+    def ellipse(self, xy, **kw) -> None:
+        self.draw.ellipse(self._xy(xy), **kw)
+
+    def text(self, xy, text, **kw) -> None:
+        self.draw.text(tuple(self._xy(xy)), text, **kw)
 
 
 def render_panels(
@@ -422,7 +474,9 @@ def plot_runs(
     for path in runs:
         if not (Path(path) / "config.json").is_file():
             raise ParameterError("runs", f"{path} is no run folder (no config.json)")
-        loaded.append(load_result(path))
+        record = RunRecord.read(path)
+        loaded.append({"run": str(record.folder), "config": record.config, "log": record.log,
+                       "val": record.val})  # fmt: skip
     names = [Path(r["run"]).name for r in loaded]
     for r, name in zip(loaded, names, strict=True):
         r["label"] = name if names.count(name) == 1 else r["run"]

@@ -54,6 +54,7 @@ __all__ = [
     "window_starts",
     "window_stride",
     "write_label_maps",
+    "write_legend",
 ]
 
 
@@ -486,6 +487,16 @@ def write_label_maps(
     return paths
 
 
+def write_legend(out_dir, classes, palette: np.ndarray, *, errors: bool = False) -> str:
+    """Write ``legend.png``, the key to the colour PNGs (and error maps) in ``out_dir``
+    (:func:`npa_precompute.colors.legend_image`); returns its path."""
+    from npa_precompute.colors import legend_image
+
+    path = Path(out_dir) / "legend.png"
+    legend_image(classes, palette, errors=errors).save(path)
+    return str(path)
+
+
 def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm bar over ``total`` sliding windows (a no-op context when not ``enabled``)."""
     from tqdm import tqdm
@@ -581,6 +592,7 @@ def predict(
     total = sum(len(window_grid(shape, (wh, ww), overlap)) for _, shape, _ in arrays)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_legend(out, info.classes, palette)
     results = []
     with progress_bar(total, "predict", progress) as bar:
         for f, _, georef in arrays:

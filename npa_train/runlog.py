@@ -16,6 +16,8 @@ def rows_until(path: Path, header: list[str], iteration: int) -> list[list[str]]
     """Rows of ``path`` (as text) whose first cell, the iteration, is <= ``iteration``.
 
     [] when the file is missing or its first line is not ``header`` (another format).
+    A row with another number of cells (the last line of a process killed while writing
+    it) is dropped.
     """
     if not path.is_file():
         return []
@@ -23,7 +25,7 @@ def rows_until(path: Path, header: list[str], iteration: int) -> list[list[str]]
         rows = list(csv.reader(f))
     if not rows or rows[0] != header:
         return []
-    return [r for r in rows[1:] if r and int(r[0]) <= iteration]
+    return [r for r in rows[1:] if len(r) == len(header) and int(r[0]) <= iteration]
 
 
 class CsvLog:

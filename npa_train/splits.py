@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from npa_precompute.errors import ParameterError
 from npa_precompute.params import parse_tiles
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
 from npa_train.choices import SPLITS
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["SPLITS", "available_weights", "resolve_split"]
 
@@ -24,6 +28,7 @@ def resolve_split(
     tiles: str | Sequence[str] | None = None,
     val_tiles: str | Sequence[str] | None = None,
     split: str | None = None,
+    root: zarr.Group | None = None,
 ) -> tuple[list[str] | None, list[str]]:
     """Training and validation tile ids from explicit lists or a named split.
 
@@ -34,6 +39,8 @@ def resolve_split(
         ``val_tiles``
     val_tiles : validation tiles (recorded in the run for evaluation, never trained on)
     split : a name of :data:`SPLITS` (e.g. ``"vaihingen-paper"``) instead of the lists
+    root : the store opened already (:func:`~npa_precompute.store.open_store`), so it is
+        not opened again; None: ``store`` is opened
 
     Returns
     -------
@@ -49,7 +56,7 @@ def resolve_split(
         the missing ones and the tiles present); an incomplete validation tile.
     """
     tiles, val = parse_tiles(tiles), parse_tiles(val_tiles) or []
-    root = open_store(store)
+    root = open_store(store) if root is None else root
     present = list_tiles(root)
     if split is not None:
         if split not in SPLITS:
@@ -94,13 +101,15 @@ def resolve_split(
     return tiles, val
 
 
-def available_weights(store: str | os.PathLike, tiles: list[str] | None) -> list[str]:
+def available_weights(
+    store: str | os.PathLike, tiles: list[str] | None, *, root: zarr.Group | None = None
+) -> list[str]:
     """Weights array names every one of ``tiles`` (None: every complete tile) holds, sorted.
 
     Tiles that cannot be opened (incomplete) are skipped; a missing store raises
-    ``StoreError``.
+    ``StoreError``. ``root``: the store opened already (as :func:`resolve_split`).
     """
-    root = open_store(store)
+    root = open_store(store) if root is None else root
     ids = tiles or list_tiles(root, complete_only=True)
     names: set[str] | None = None
     for t in ids:

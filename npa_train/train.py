@@ -13,7 +13,9 @@ is the total that is minimized, ``aux_loss`` the auxiliary term before weighting
 ``checkpoint.pt`` (every ``checkpoint_every`` iterations, at the end, on Ctrl-C or
 SIGTERM, and before stopping on a non-finite loss; format: :mod:`npa_train.checkpoint`).
 With ``val_every`` N > 0 the validation tiles are scored every N iterations and at the
-end (:mod:`npa_train.validation`): ``val.csv`` and ``best.pt``.
+end (:mod:`npa_train.validation`): ``val.csv`` and ``best.pt``. An iteration is validated
+before its checkpoint is saved, so a run killed at any moment and resumed has the same
+``log.csv``, ``val.csv`` and ``best.pt`` as an uninterrupted one (timings aside).
 
 The run is a :class:`Trainer` of a :class:`~npa_train.config.TrainConfig`, in stages
 (check, setup, restore, loader, step, log, checkpoint, validate); :func:`fit` builds both.
@@ -57,6 +59,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -73,9 +76,10 @@ from npa_precompute.params import check_amp
 from npa_precompute.store import StoreError, list_tiles, open_store
 from npa_train.augment import AugmentConfig
 from npa_train.checkpoint import read_checkpoint, save_checkpoint
+from npa_train.choices import DEFAULT_WEIGHTS
 from npa_train.config import TrainConfig
 from npa_train.data import StoreCropDataset
-from npa_train.device import resolve_device
+from npa_train.device import choose_threads, resolve_device
 from npa_train.distributed import (
     RankSampler,
     all_reduce_mean,
@@ -87,6 +91,7 @@ from npa_train.distributed import (
 from npa_train.loss import build_criterion, median_frequency_weights
 from npa_train.model import build_model, load_pretrained, model_config, model_spec
 from npa_train.runlog import CsvLog, rows_until
+from npa_train.runrecord import RUN_RECORD_SCHEMA
 from npa_train.splits import available_weights, resolve_split
 from npa_train.validation import Validator
 
@@ -210,11 +215,21 @@ class Trainer:
     ----------
     config : TrainConfig
     callback : ``callback(iteration, lr, loss)`` after each step, as :func:`fit`
+    notify : ``notify(argument, note)`` for each of :attr:`notes` (rank 0), as :func:`fit`
     """
 
-    def __init__(self, config: TrainConfig, *, callback: Callable | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        callback: Callable | None = None,
+        notify: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.cfg = config
         self.callback = callback
+        self.notify = notify
+        #: ``(argument, note)`` for each default chosen from the data (e.g. the weights)
+        self.notes: list[tuple[str, str]] = []
         self.out = Path(config.out)
         self.ckpt_path = self.out / "checkpoint.pt"
         self.losses: list[float] = []
@@ -250,32 +265,70 @@ class Trainer:
             self.warp_on = "device" if self.dev.type == "cuda" else "loader"
         if cfg.pretrained is not None and not Path(cfg.pretrained).is_file():
             raise ParameterError("pretrained", f"file {cfg.pretrained} does not exist")
-        open_store(cfg.store)  # StoreError early for a missing store
+        self.root = open_store(cfg.store)  # the one open of the store before training
         self.train_tiles, self.val_tiles = resolve_split(
-            cfg.store, tiles=cfg.tiles, val_tiles=cfg.val_tiles, split=cfg.split
+            cfg.store, tiles=cfg.tiles, val_tiles=cfg.val_tiles, split=cfg.split, root=self.root
         )
         if cfg.val_every and not self.val_tiles:
             raise ParameterError(
                 "val_every", "needs validation tiles (--val-tiles or --split) to score"
             )
-        self._check_weights()
+        self.weights = self.resolve_weights()
         self._check_out()
         self._warn_unfinished()
 
-    def _check_weights(self) -> None:
+    def _set_threads(self) -> None:
+        """``torch.set_num_threads``: the config's, or :func:`choose_threads`'s (printed)."""
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+            return
+        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        ranks = int(local) if local.isdigit() and self.ddp.world_size > 1 else 1
+        threads, reason = choose_threads(self.workers, ranks=ranks)
+        torch.set_num_threads(threads)
+        if self.ddp.main and self.cfg.progress:
+            print(f"torch threads: {threads} ({reason}; --threads N to choose)", file=sys.stderr)
+
+    def resolve_weights(self) -> str | None:
+        """The weights name to train with: ``weights``, or the default when not given.
+
+        The default (``weights`` None) is :data:`~npa_train.choices.DEFAULT_WEIGHTS` for
+        ``loss="npa"`` when every training tile holds it (a note in :attr:`notes`), and
+        none for the other losses.
+
+        Raises
+        ------
+        ParameterError
+            ``npa`` without weights (the message lists the store's), or weights for
+            another loss.
+        """
         cfg = self.cfg
-        if cfg.loss == "npa" and cfg.weights is None:
-            names = available_weights(cfg.store, self.train_tiles)
+        given = None if cfg.weights in (None, "none") else cfg.weights
+        if cfg.loss != "npa" or given is not None:
+            self._check_weights(given)
+            return given
+        names = available_weights(cfg.store, self.train_tiles, root=self.root)
+        if cfg.weights is None and DEFAULT_WEIGHTS in names:
+            note = (f"not given: training with {DEFAULT_WEIGHTS} (k = 32, log10, L = 0.5, the "
+                    "paper's best), which the store holds")  # fmt: skip
+            self.notes.append(("weights", note))
+            return DEFAULT_WEIGHTS
+        self._check_weights(None, names)
+        return None
+
+    def _check_weights(self, weights: str | None, names=()) -> None:
+        cfg = self.cfg
+        if cfg.loss == "npa" and weights is None:
             raise ParameterError(
                 "loss",
                 "'npa' needs a weights name (--weights); available in the store: "
                 f"{', '.join(names) or 'none'}; or computed from the augmented labels: "
                 "online:k32_log10_L0.5 (any k<K>_<transform>)",
             )
-        if cfg.loss != "npa" and cfg.weights is not None:
+        if cfg.loss != "npa" and weights is not None:
             raise ParameterError(
                 "loss",
-                f"{cfg.loss!r} uses no stored weights, got the weights name {cfg.weights!r}; "
+                f"{cfg.loss!r} uses no stored weights, got the weights name {weights!r}; "
                 "pass --weights none, or --loss npa to train with them",
             )
 
@@ -292,7 +345,7 @@ class Trainer:
     def _warn_unfinished(self) -> None:
         if self.train_tiles is not None or distributed_env()[0] != 0:
             return
-        root = open_store(self.cfg.store)
+        root = self.root
         unfinished = sorted(set(list_tiles(root)) - set(list_tiles(root, complete_only=True)))
         if unfinished:
             warnings.warn(
@@ -305,11 +358,12 @@ class Trainer:
     def setup(self) -> None:
         """Build the dataset, model, criterion, optimizer and AMP scaler (seeded)."""
         cfg, world = self.cfg, self.ddp.world_size
+        self._set_threads()
         torch.manual_seed(cfg.seed)
         self.dataset = StoreCropDataset(
-            cfg.store, cfg.weights, augment=self.aug, tiles=self.train_tiles,
+            cfg.store, self.weights, augment=self.aug, tiles=self.train_tiles,
             length=cfg.iters * cfg.batch * world, seed=cfg.seed, normalize=cfg.normalize,
-            output="window" if self.warp_on == "device" else "crop",
+            output="window" if self.warp_on == "device" else "crop", root=self.root,
         )  # fmt: skip
         self._warn_all_ignore()
         class_weight = self._class_weight()
@@ -374,6 +428,7 @@ class Trainer:
         amp_dtype = str(self.amp_dtype).replace("torch.", "") if self.amp else None
         record.update({
             "store": str(Path(cfg.store).resolve()),
+            "weights": self.weights,
             "model_config": model_config(self.net),
             "aux_weight": self.aux_weight,
             "pretrained": _resolved(cfg.pretrained),
@@ -394,6 +449,9 @@ class Trainer:
             "image_dtype": ds.image_dtype,
             "image_mean": ds.mean.tolist(), "image_std": ds.std.tolist(),
             "store_preset": ds.info.preset,
+            # the classes validation (and evaluate) average: the preset's foreground
+            "classes_in_mean": [ds.classes[i] for i in ds.info.foreground],
+            "run_record_schema": RUN_RECORD_SCHEMA,
             "torch_version": str(torch.__version__),
         })  # fmt: skip
         return record
@@ -482,6 +540,9 @@ class Trainer:
         self.check()
         self.ddp = start_distributed(self.dev)
         self.dev = self.ddp.device
+        if self.notify is not None and self.ddp.main:
+            for argument, note in self.notes:
+                self.notify(argument, note)
         try:
             self.setup()
             self.restore() if self.cfg.resume else self.start_folder()
@@ -590,9 +651,12 @@ class Trainer:
         self.bar.update(1)
         if self.callback is not None:
             self.callback(iteration, self.cur_lr, loss_value)
+        # validation first: a checkpoint of `iteration` means its validation is in val.csv
+        # and best.pt, so a kill between the two is resumed from the checkpoint before and
+        # scores `iteration` again (never skips it)
+        self.validate(iteration)
         if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < cfg.iters:
             self.save_checkpoint(iteration)
-        self.validate(iteration)
         if self.ddp.world_size == 1:
             requested = self.signals.signum
         return requested
@@ -755,6 +819,7 @@ def fit(
     out: str | os.PathLike,
     *,
     callback: Callable[[int, float, float], None] | None = None,
+    notify: Callable[[str, str], None] | None = None,
     **settings,
 ) -> dict:
     """Train a segmentation model on augmented crops of a weight store; write a run folder.
@@ -766,8 +831,9 @@ def fit(
         ``resume``)
     weights : weights array name (e.g. ``"k32_log10_L0.5"``) for ``loss="npa"``, or
         ``"online:k32_log10_L0.5"``: the same weights computed on the device from each
-        augmented crop's label (:class:`npa_train.data.StoreCropDataset`); None (or
-        ``"none"``) for the other losses
+        augmented crop's label (:class:`npa_train.data.StoreCropDataset`); ``"none"`` for
+        the other losses; None (default): ``k32_log10_L0.5`` (the paper's best) with
+        ``loss="npa"`` when every training tile holds it, none with the other losses
     loss : one of :data:`npa_train.loss.LOSSES`
         ``npa`` (stored weights), ``ce``, ``ce-weighted`` (median-frequency class weights
         from the training tiles' ``class_pixels``, background classes at the lowest of the
@@ -807,6 +873,8 @@ def fit(
     callback : ``callback(iteration, lr, loss)`` after each step (on every rank under DDP,
         with the loss averaged over the ranks); an exception it raises stops the run, and
         a ``KeyboardInterrupt`` from it saves the checkpoint of that step first
+    notify : ``notify(argument, note)`` (rank 0), before training, for each default chosen
+        from the data: ``("weights", "not given: training with k32_log10_L0.5 ...")``
 
     Under torchrun (``WORLD_SIZE`` > 1, or an initialized default process group) this
     trains with DistributedDataParallel: see the module docstring. ``device`` then picks
@@ -847,4 +915,4 @@ def fit(
     ImportError
         A torchvision model without torchvision.
     """
-    return Trainer(TrainConfig(store, out, **settings), callback=callback).run()
+    return Trainer(TrainConfig(store, out, **settings), callback=callback, notify=notify).run()

@@ -110,3 +110,19 @@ def write_train_store(folder: Path) -> Path:
     out = folder / "store.zarr"
     run_precompute([str(folder / "gts")], out, images=[str(folder / "top")], ks="2,4", chunk=16)
     return out
+
+
+#: Modules whose tests time, signal or kill processes, or start clusters and torchrun:
+#: under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) they run one after
+#: another on one worker, so two of them never compete for the cores and their timeouts
+#: stay those measured on one busy worker.
+SERIAL_MODULES = frozenset(
+    {"test_store_safety", "test_train_ddp", "test_blockwise", "test_paper_gpu_script"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(item, "module", None)  # doctest items have none
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+            item.add_marker(pytest.mark.xdist_group("serial"))

@@ -5,6 +5,7 @@ warning before training on labels that are all ignore."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -199,6 +200,16 @@ def test_threads_sets_torch_threads_and_is_recorded(stores, tmp_path):
         assert r.exit_code == 2 and "'--threads'" in r.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_threads_follow_cores_workers_and_ranks():
+    from npa_train.device import choose_threads, usable_cores
+
+    assert choose_threads(0, cores=2) == (2, "2 usable core(s), 0 loader worker(s)")
+    assert choose_threads(1, cores=4)[0] == 3  # one core per loader worker
+    assert choose_threads(8, cores=4)[0] == 1  # never below 1
+    assert choose_threads(0, ranks=2, cores=8)[0] == 4  # the node's ranks share
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
 
 
 # -- all ignore -------------------------------------------------------------------------------

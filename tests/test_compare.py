@@ -12,13 +12,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.names import WeightsSpec
+from npa_precompute.params import parse_weights_option
 from npa_train.cli import main
 from npa_train.compare import (
     by_series,
     compare,
     group_results,
     load_results,
-    parse_weights_name,
     summarize,
 )
 from npa_train.plot import plot_runs, render_pillow, training_panels
@@ -207,7 +208,11 @@ def test_refusals_name_the_folder(tmp_path):
     ],
 )
 def test_parse_weights_name(name, prefix, k, transform):
-    assert parse_weights_name(name) == {"prefix": prefix, "k": k, "transform": transform}
+    # compare reads a run's weights with the one weights-name type, WeightsSpec
+    spec = None if parse_weights_option(name) is None else WeightsSpec.parse(name)
+    got = ({"prefix": "", "k": None, "transform": None} if spec is None else
+           {"prefix": spec.family, "k": spec.k, "transform": spec.transform.slug})  # fmt: skip
+    assert got == {"prefix": prefix, "k": k, "transform": transform}
 
 
 def _by_runs(root: Path) -> list[Path]:
@@ -273,7 +278,7 @@ def test_training_panels_and_plot_cli(tmp_path):
     runs[0]["label"] = "a"
     panels = training_panels(runs, ["mF1", "car"])
     assert [p.title for p in panels] == [
-        "training loss", "learning rate", "validation mF1", "validation car"
+        "training loss: ce", "learning rate", "validation mF1", "validation car"
     ]  # fmt: skip
     assert panels[0].series[0].y == [2.0, 1.5, 1.2]
     assert panels[2].series[0].x == [1.0, 3.0] and panels[2].series[0].y == [50.0, 70.0]
@@ -282,11 +287,15 @@ def test_training_panels_and_plot_cli(tmp_path):
     result = CliRunner().invoke(main, ["plot", str(a), str(b), "--out", str(out),
                                        "--backend", "pillow"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "2 run(s), panels: training loss, learning rate, validation mF1, validation mIoU" in (
-        result.output
+    assert (
+        "2 run(s), panels: training loss: ce, learning rate, validation mF1, validation mIoU"
+        in (result.output)
     )
     assert Image.open(out).size == (1120, 760)
     info = plot_runs([b], tmp_path / "m.png", backend="matplotlib")
-    assert info["panels"] == ["training loss", "learning rate"] and info["runs"] == ["b"]
+    assert info["panels"] == ["training loss: ce", "learning rate"] and info["runs"] == ["b"]
+    c = _run(tmp_path, "c", loss="npa", weights="k32_log10_L0.5")
+    info = plot_runs([b, c], tmp_path / "two.png", backend="matplotlib")  # NPA and CE apart
+    assert info["panels"] == ["training loss: ce", "training loss: npa", "learning rate"]
     result = CliRunner().invoke(main, ["plot", str(tmp_path), "--out", str(out)])
     assert result.exit_code != 0 and "no run folder" in result.output

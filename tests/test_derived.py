@@ -30,7 +30,6 @@ from npa_precompute.blockwise import DaskOptions
 from npa_precompute.cli import main as precompute_main
 from npa_precompute.derived import (
     DerivedWeights,
-    TorchDeriver,
     derive,
     derived_weights,
     multiscale_formula,
@@ -39,6 +38,7 @@ from npa_precompute.derived import (
 from npa_precompute.pipeline import run_precompute
 from npa_precompute.store import StoreError, leftover_arrays, list_tiles, open_store, open_tile
 from npa_precompute.summary import inspect_store
+from npa_train.weights import TorchDeriver
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMS = ("raw", "norm:L=0", "norm:L=0.5", "log10:L=0.5", "ln:L=0.5", "log:a=2,L=0.25")

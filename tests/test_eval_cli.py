@@ -92,11 +92,16 @@ def _variant_checkpoint(src: Path, dst: Path, *, in_channels: int, num_classes: 
 
 def test_evaluate_writes_metrics_table_and_pngs(data, tmp_path):
     out = tmp_path / "eval"
+    loud = [a for a in FAST if a != "-q"]
     result = _invoke(
-        evaluate_cmd, ["--store", data["store"], "--checkpoint", data["run"], "--out", out, *FAST]
+        evaluate_cmd, ["--store", data["store"], "--checkpoint", data["run"], "--out", out, *loud]
     )
     assert result.exit_code == 0, result.output
     assert "| Method |" in result.output and "2 tile(s), 13 windows" in result.output
+    quiet = _invoke(evaluate_cmd, ["--store", data["store"], "--checkpoint", data["run"],
+                                   "--out", tmp_path / "q", "--no-images", *FAST])  # fmt: skip
+    assert quiet.exit_code == 0 and "| Method |" not in quiet.output  # -q: no table
+    assert quiet.output.count("\n") == 1 and "2 tile(s), 13 windows" in quiet.output
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tiles"] == ["areaA", "areaB"]

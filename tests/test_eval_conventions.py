@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from npa_precompute.errors import ParameterError
 from npa_precompute.pipeline import run_precompute
-from npa_precompute.presets import ISPRS
+from npa_precompute.presets import ISPRS, LOVEDA
 from npa_train.cli_eval import evaluate_cmd
 from npa_train.evaluate import evaluate_model, format_table
 from npa_train.metrics import clutter_classes, means_by_clutter
@@ -41,9 +41,11 @@ def test_means_with_and_without_clutter_by_hand():
         means_by_clutter(CM, [3])
 
 
-def test_clutter_classes_by_name_else_the_non_foreground_ones():
-    assert clutter_classes(ISPRS.classes) == [5]
-    assert clutter_classes(["a", "Clutter", "b"]) == [1]
+def test_clutter_classes_are_those_outside_the_preset_foreground():
+    # one definition, the preset's (issue 19.5): no class is clutter by its name alone
+    assert clutter_classes(ISPRS.classes, ISPRS.foreground) == [5]
+    assert clutter_classes(LOVEDA.classes, range(LOVEDA.num_classes)) == []  # background scored
+    assert clutter_classes(["a", "Clutter", "b"]) == []
     assert clutter_classes(["a", "b", "c"], foreground=[0, 2]) == [1]
     assert clutter_classes(["a", "b"]) == []
 
@@ -171,7 +173,7 @@ def test_full_gt_refusals_name_the_option(stores, tmp_path):
     fit(stores["eroded"], run, weights=None, loss="ce", iters=1, batch=1, crop=16,
         device="cpu", progress=False)  # fmt: skip
     args = ["--store", stores["eroded"], "--checkpoint", run, "--out", tmp_path / "o",
-            "--window", "16", "--overlap", "0", "--device", "cpu", "-q"]  # fmt: skip
+            "--window", "16", "--overlap", "0", "--device", "cpu"]  # fmt: skip
     result = CliRunner().invoke(evaluate_cmd, [*map(str, args), "--full-gt", str(tmp_path)])
     assert result.exit_code == 2 and "Invalid value for '--full-gt'" in result.output
     result = CliRunner().invoke(evaluate_cmd, [*map(str, args), "--full-gt", str(stores["full"])])

@@ -312,7 +312,7 @@ def test_panel_row_titles_and_colour_bar():
     panels = [rng.integers(0, 256, (30, 50, 3)).astype(np.uint8) for _ in range(3)]
     img = np.asarray(panel_row(panels, ["a", "b", "c"], colorbar=(1, 0.5, 3.25)))
     top = img.shape[0] - 30
-    assert top == 13 + 4  # one line of titles
+    assert top == 17 + 4  # one line of titles (14 px type, readable; was 11 px)
     np.testing.assert_array_equal(img[top:, :50], panels[0])
     np.testing.assert_array_equal(img[top:, 54:104], panels[1])
     lut = colormap_lut(256)
@@ -474,3 +474,14 @@ def test_consolidate_store_quiet_and_xarray(store, tmp_path):
     ds = xr.open_zarr(copy, group="tiles/t1")
     assert ds["image"].dims == ("y", "x", "band")
     np.testing.assert_array_equal(ds["label"].values, _stored(store, "label"))
+
+
+def test_inspect_lists_k_in_numeric_order_and_explains_the_mean(tmp_path):
+    _write_rgb_label(tmp_path / "gt" / "t_noBoundary.png", _label())
+    out = tmp_path / "store.zarr"
+    run_precompute([str(tmp_path / "gt")], out, preset="isprs", ks=(12, 2, 3), chunk=16)
+    text = CliRunner().invoke(_cli(), ["inspect", str(out)]).output
+    for prefix in ("affinity/k", "weights/k", "\n  k"):
+        where = [text.index(f"{prefix}{k}") for k in (2, 3, 12)]
+        assert where == sorted(where), (prefix, text)  # k3 before k12: numbers, not text
+    assert "mean: the loss scale" in text and "weighted_mean" in text

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from npa_precompute import affinity_maps, parse_transform
+from npa_precompute.names import WeightsSpec
 from npa_precompute.presets import get_preset
 from npa_train.loss import NPALoss, npa_cross_entropy, npa_loss
 from npa_train.online import (
@@ -19,7 +20,6 @@ from npa_train.online import (
     clear_workspace,
     counts_dtype,
     npa_weights,
-    parse_online_spec,
     weights_from_counts,
 )
 
@@ -191,6 +191,11 @@ def test_weights_from_counts_directly():
     w = weights_from_counts(counts, t, "log10:L=0.5")  # no k: reads the largest count
     want = parse_transform("log10:L=0.5").apply(affinity_maps(t[0].numpy(), 1)[0])
     np.testing.assert_array_equal(w[0].numpy(), want)
+
+
+def parse_online_spec(name):  # the one weights-name type, as the old (k, transform) pair
+    spec = WeightsSpec.parse(name)
+    return spec.k, spec.transform
 
 
 def test_parse_online_spec():

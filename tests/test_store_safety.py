@@ -18,7 +18,7 @@ import zarr
 from click.testing import CliRunner
 from conftest import ISPRS_PALETTE, ROOT
 
-from npa_precompute import pipeline
+from npa_precompute import kernel_cache, pipeline
 from npa_precompute.affinity import affinity_maps
 from npa_precompute.blockwise import DaskOptions
 from npa_precompute.cli import main
@@ -397,31 +397,52 @@ def test_first_run_says_it_compiles_and_reports_compile_time_apart(tmp_path):
         runs.append((r, time.perf_counter() - t0))
         assert r.returncode == 0, r.stderr
     (first, first_s), (second, _) = runs
-    notice = "Compiling the numba kernels (first run only"
+    notice = "Compiling the numba kernels (numba's cache is empty (first run after installing)"
     assert first.stderr.count(notice) == 1, first.stderr
     assert notice not in second.stderr
     import re
 
     m = re.search(r"affinity kernel ([\d.]+) s summed over tiles; numba kernels compiled in "
-                  r"([\d.]+) s \(first run only\)", first.stdout)  # fmt: skip
+                  r"([\d.]+) s: numba's cache is empty \(first run after installing\)",
+                  first.stdout)  # fmt: skip
     assert m, first.stdout
     kernel, compile_s = float(m.group(1)), float(m.group(2))
     assert compile_s > 2.0 and kernel < 1.0 and compile_s < first_s
     assert "compiled in" not in second.stdout and "affinity kernel" in second.stdout
 
 
+def test_compile_reason_tells_empty_stale_and_new_signature(tmp_path):
+    import pickle
+    from types import SimpleNamespace
+
+    index = tmp_path / "k.nbi"
+
+    def kernel(version="0.1", stamp=(1.0, 10)):
+        f = SimpleNamespace(_index_path=str(index), _version=version, _source_stamp=stamp)
+        return SimpleNamespace(_cache=SimpleNamespace(_cache_file=f))
+
+    assert kernel_cache.compile_reason([kernel()]).startswith("numba's cache is empty")
+    index.write_bytes(pickle.dumps("0.1") + pickle.dumps(((1.0, 10), {})))
+    assert kernel_cache.compile_reason([kernel()]).startswith("new input types")
+    assert kernel_cache.compile_reason([kernel(stamp=(2.0, 10))]).startswith("the kernels' source")
+    assert kernel_cache.compile_reason([kernel(version="0.2")]).startswith("numba was upgraded")
+    assert kernel_cache.compile_reason([object()]) == "reason unknown"
+    assert len(kernel_cache.kernel_dispatchers()) >= 3  # numba's layout is the one read
+
+
 def test_quiet_keeps_the_compile_notice_out(tmp_path, monkeypatch):
     inputs = make_inputs(tmp_path / "A", 1, shape=(16, 16))
 
-    def fake_compile(cfg, notify=None):
+    def fake_compile(cfg, notify=None, reason=None):
         if notify is not None:
-            notify("Compiling the numba kernels (first run only, ...)")
+            notify(f"Compiling the numba kernels ({reason}, ...)")
         return 12.5
 
     monkeypatch.setattr(pipeline, "compile_kernels", fake_compile)
+    monkeypatch.setattr(kernel_cache, "compile_reason", lambda kernels=None: "because")
     for i, quiet in enumerate([False, True]):
         args = ["run", inputs["gt"], "--out", str(tmp_path / f"s{i}.zarr"), "--k", "2"]
         res = CliRunner().invoke(main, args + (["-q"] if quiet else []))
         assert res.exit_code == 0, res.output
         assert ("Compiling the numba kernels" in res.output) is not quiet
-        assert "numba kernels compiled in 12.5 s (first run only)" in res.output
+        assert "numba kernels compiled in 12.5 s: because" in res.output

@@ -22,6 +22,7 @@ from npa_train.loss import (
     focal_loss,
     median_frequency_weights,
     npa_cross_entropy,
+    npa_loss,
 )
 
 IGN = 255
@@ -512,3 +513,103 @@ def test_build_criterion_modules_and_errors():
     logits, target, weight = _random_case(seed=51)
     torch.testing.assert_close(FocalLoss(1.5)(logits, target, weight),
                                focal_loss(logits, target, weight, gamma=1.5))  # fmt: skip
+
+
+# ---- label mistakes: a clear error before any weight is computed (issue 20) ---------------------
+def _masks(c=6, seed=60):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, c, 12, 14, generator=g)
+    target = torch.randint(0, c, (2, 12, 14), generator=g)
+    target[1] = 255  # a no-data image (its counts reach (2k + 1)², past the table: IndexError)
+    return logits, target
+
+
+def _loveda_raw(seed=61):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 7, 12, 14, generator=g), torch.randint(0, 8, (2, 12, 14), generator=g)
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "ignore_index", "shown", "bad", "fix"),
+    [
+        ("smp default", _masks, None, "None: no pixel is ignored", "[255]", "set ignore_index=255"),
+        ("torch default", _masks, -100, "(-100)", "[255]", "set ignore_index=255"),
+        ("raw LoveDA", _loveda_raw, 255, "(255)", "[7]", "LoveDA: 0 is no-data, map c to c-1"),
+    ],
+)  # fmt: skip
+def test_label_mistakes_name_values_ignore_index_and_fix(case, make, ignore_index, shown, bad,
+                                                         fix):  # fmt: skip
+    from npa_train.adapters.smp import NPALoss as SmpNPALoss
+
+    logits, target = make()
+    crits = [NPALoss(ignore_index=ignore_index), NPALoss(k=4, transform="norm:L=0.5",
+             ignore_index=ignore_index)]  # fmt: skip
+    if ignore_index is None:
+        crits.append(SmpNPALoss())  # smp's default ignore_index=None
+    for crit in crits:
+        with pytest.raises(ValueError) as info:  # not IndexError from a table gather
+            crit(logits, target)
+        msg = str(info.value)
+        assert "outside [0," in msg and bad in msg and shown in msg and fix in msg, msg
+        assert str(-(2**63)) not in msg
+    with pytest.raises(ValueError, match="outside") as info:
+        npa_loss(logits, target, k=2, ignore_index=ignore_index)
+    assert fix in str(info.value)
+
+
+def test_label_check_comes_before_the_weights(monkeypatch):
+    """The weights are computed only for checked labels (so no gather ever sees a label
+    outside the classes); valid labels still take the no-read-back path."""
+    import npa_train.loss as loss_mod
+
+    calls = []
+    real = loss_mod.label_weights
+    monkeypatch.setattr(loss_mod, "label_weights",
+                        lambda *a, **k: calls.append(k["classes"]) or real(*a, **k))  # fmt: skip
+    logits, target = _masks()
+    with pytest.raises(ValueError, match="ignore_index=255"):
+        NPALoss(ignore_index=None)(logits, target)
+    assert calls == []
+    NPALoss(ignore_index=255)(logits, target)
+    assert calls == [[0, 1, 2, 3, 4, 5, 255]]
+
+
+def test_unchecked_online_weights_never_read_out_of_bounds():
+    """npa_weights(num_classes=...) does not check (documented): a stray label gives some
+    weight, never an IndexError (on CUDA: never a device-side assert)."""
+    from npa_train.online import npa_weights
+
+    _, target = _masks()
+    w = npa_weights(target, 3, num_classes=6, ignore_index=None)  # 255 not among the classes
+    assert w.shape == target.shape and bool(torch.isfinite(w).all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_label_mistakes_on_cuda_are_errors_not_device_asserts():
+    logits, target = _masks()
+    logits, target = logits.cuda(), target.cuda()
+    with pytest.raises(ValueError, match="set ignore_index=255"):
+        NPALoss(ignore_index=None)(logits, target)
+    # the device is still usable (a device-side assert would poison the context)
+    ok = NPALoss(ignore_index=255)(logits, target)
+    assert torch.isfinite(ok).item()
+    # valid labels: the weights wait for nothing beyond the one value check
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        NPALoss(ignore_index=255)(logits, target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_npa_loss_module_keeps_its_parsed_settings():
+    crit = NPALoss(k=8, transform="ln:L=0.50", ignore_index=None)
+    assert crit.spec.name == "online:k8_ln_L0.5" and crit.transform == "ln:L=0.5"
+    crit.k = 4
+    assert crit.spec.k == 4 and crit.spec.transform == crit.spec.transform
+    crit.transform = "raw"
+    assert crit.spec.name == "online:k4_raw" and crit.k == 4
+    assert NPALoss(k=None).spec is None
+    logits, target = _masks()
+    target[target == 255] = 0
+    torch.testing.assert_close(crit(logits, target), npa_loss(logits, target, k=4,
+                               transform="raw", ignore_index=None))  # fmt: skip

@@ -92,7 +92,7 @@ def test_augmented_online_weights_are_those_of_the_grown_label(store):
     label grown by k, cut to the crop; its interior is the crop's label."""
     ds = StoreCropDataset(store, ONLINE, augment=AugmentConfig(crop=32), seed=4, length=20,
                           output="window")  # fmt: skip
-    k, transform = ds.online
+    k, transform = ds.online.k, ds.online.transform  # a WeightsSpec
     items = [ds[i] for i in range(8)]
     batch = ds.collate(items)
     out = ds.warp(batch, "cpu")
