@@ -27,10 +27,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The adapter tests (tests/test_adapters.py) need the frameworks: the `adapters` extra
-# (lightning, segmentation-models-pytorch, torchgeo, mmsegmentation + mmengine + mmcv-lite).
+# (lightning, segmentation-models-pytorch, torchgeo, mmsegmentation + mmengine), plus an
+# mmcv, which no extra installs (users bring their own full build): the tests take
+# mmcv-lite (no compiled ops; the tests that need them are skipped) unless one is there.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip install $(TORCHVISION_SPEC)
 	$(PY) -m pip install -e ".[test,viz,torchvision,adapters]"
+	$(PY) -c "import mmcv" 2>/dev/null || $(PY) -m pip install "mmcv-lite>=2.0,<2.2"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -79,7 +79,7 @@ _FORMAT = 1  # bump when the generated tiles change
 # -- input files ----------------------------------------------------------------------------
 def _codec_text() -> str:
     """The store's compressor as configured in npa_precompute.store (not hard-coded here)."""
-    from npa_precompute.store import _compressor
+    from npa_precompute.store.writer import _compressor
 
     c = _compressor(np.dtype(np.float32))
     return f"Blosc {c.cname.value} level {c.clevel}, {c.shuffle.value}"

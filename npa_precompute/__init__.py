@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "affinity_maps": "npa_precompute.affinity",
-    "open_weights": "npa_precompute.derived",
+    "open_weights": "npa_precompute.store",
     "parse_ks": "npa_precompute.params",
     "WeightTransform": "npa_precompute.transforms",
     "WeightsSpec": "npa_precompute.names",
@@ -26,9 +26,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from npa_precompute.affinity import affinity_maps
-    from npa_precompute.derived import open_weights
     from npa_precompute.names import WeightsSpec
     from npa_precompute.params import parse_ks
+    from npa_precompute.store import open_weights
     from npa_precompute.transforms import WeightTransform, parse_transform, weights_name
 
 __all__ = [

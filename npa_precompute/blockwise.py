@@ -47,6 +47,7 @@ from npa_precompute.transforms import weights_attrs, weights_name
 __all__ = [
     "DaskOptions",
     "block_grid",
+    "check_block",
     "check_memory_limit",
     "count_blocks",
     "dask_client",
@@ -274,22 +275,16 @@ def set_threads(threads: int | None) -> None:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
-def _open(store: str, tile_id: str, name: str):
+def _read(writer, name: str, window: tuple):
+    """A window of the tile's array ``name``, as written so far."""
     import zarr
 
-    return zarr.open_array(os.path.join(store, "tiles", tile_id, name), mode="r+")
-
-
-def _write(store: str, tile_id: str, name: str, window: tuple, data: np.ndarray) -> None:
-    """Write one block of array ``name``; an OSError (disk full, ...) names tile and array."""
-    from npa_precompute.store import writing
-
     r0, r1, c0, c1 = window
-    with writing(tile_id, name, store):
-        _open(store, tile_id, name)[r0:r1, c0:c1] = data
+    path = os.path.join(writer.store, "tiles", writer.tile_id, name)
+    return zarr.open_array(path, mode="r")[r0:r1, c0:c1]
 
 
-def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -> dict:
+def _first_pass(writer, cfg, label: Raster, image, win, kmax, threads) -> dict:
     """One block: read with halo, decode, Eq. 1 for every k, write label/image/counts/weights."""
     from npa_precompute.presets import LabelError
 
@@ -313,7 +308,7 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
     lab = np.ascontiguousarray(lab[inner])
     ignore = lab == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
-    _write(store, tile_id, "label", win, lab)
+    writer.write("label", lab, win)
     out = {
         "kernel_seconds": kernel_s,
         "class_pixels": np.bincount(lab[~ignore].ravel(), minlength=cfg.preset.num_classes),
@@ -322,36 +317,35 @@ def _first_pass(store, tile_id, cfg, label: Raster, image, win, kmax, threads) -
     }
     if image is not None:
         img = image.read(slice(r0, r1), slice(c0, c1))
-        _write(store, tile_id, "image", win, img)
+        writer.write("image", img, win)
         out["band_sums"], out["band_squares"] = band_sums_of(img)
     stored = cfg.stored_pairs()
     for i, k in enumerate(cfg.ks):
         a = np.ascontiguousarray(aff[i][inner])
-        _write(store, tile_id, f"affinity/k{k}", win, a)
+        writer.write(f"affinity/k{k}", a, win)
         lo, hi = valid_min_max(a, ignore)
         out["ranges"].append((int(lo), int(hi)))
         for t in cfg.transforms:
             if t.kind != "norm" and (k, t) in stored:
                 name = f"weights/{weights_name(k, t)}"
-                _write(store, tile_id, name, win, t.apply(a, ignore, dtype=dtype))
+                writer.write(name, t.apply(a, ignore, dtype=dtype), win)
     return out
 
 
-def _norm_pass(store, tile_id, cfg, win, ranges, threads) -> None:
+def _norm_pass(writer, cfg, win, ranges, threads) -> None:
     """One block of ``norm`` weights (Eq. 2) from the stored counts and the tile's range."""
     set_threads(threads)
-    r0, r1, c0, c1 = win
-    ignore = _open(store, tile_id, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
+    ignore = _read(writer, "label", win) == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
     stored = cfg.stored_pairs()
     for i, k in enumerate(cfg.ks):
         norms = [t for t in cfg.transforms if t.kind == "norm" and (k, t) in stored]
         if not norms:
             continue
-        a = _open(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1]
+        a = _read(writer, f"affinity/k{k}", win)
         for t in norms:
             w = t.apply(a, ignore, dtype=dtype, value_range=ranges[i])
-            _write(store, tile_id, f"weights/{weights_name(k, t)}", win, w)
+            writer.write(f"weights/{weights_name(k, t)}", w, win)
 
 
 def check_memory_limit(opts: DaskOptions, cfg, image_bands: int = 0) -> None:
@@ -383,6 +377,20 @@ def check_memory_limit(opts: DaskOptions, cfg, image_bands: int = 0) -> None:
         )
 
 
+def check_block(block: int, chunk: int) -> None:
+    """Refuse a block side that is not a multiple of the chunk side.
+
+    Raises
+    ------
+    ParameterError
+        ``block`` not a multiple of ``chunk`` (each block's task writes whole shards).
+    """
+    if block % chunk:
+        why = (f"`block` ({block}) must be a multiple of `chunk` ({chunk}): each block's "
+               "task writes whole shards of the store")  # fmt: skip
+        raise ParameterError("block", why, message=why)
+
+
 def count_blocks(label: Raster, cfg, block: int) -> int:
     """Tasks a tile needs: one per block, twice when a ``norm`` transformation is asked for."""
     n = len(block_grid(label.shape[:2], block))
@@ -400,6 +408,7 @@ def process_tile_blockwise(
     label: Raster | None = None,
     image: Raster | None = None,
     progress: Callable[[], None] | None = None,
+    guard=None,
 ) -> dict:
     """Compute and write one tile block by block; returns {"tile", "pixels", "kernel_seconds"}.
 
@@ -414,6 +423,7 @@ def process_tile_blockwise(
     label, image : the label and image opened as :class:`~npa_precompute.readers.Raster`
         (opened here if None)
     progress : called after each block's task
+    guard : :class:`~npa_precompute.store.LockGuard` of the run, checked before each write
 
     Raises
     ------
@@ -425,14 +435,9 @@ def process_tile_blockwise(
     """
     from npa_precompute.affinity import affinity_dtype
     from npa_precompute.geo import tile_georef
-    from npa_precompute.store import build_tile_meta, create_tile, mark_complete, open_store
+    from npa_precompute.store import TileWriter, build_tile_meta, open_store
 
-    if opts.block % cfg.chunk:
-        raise ParameterError(
-            "block",
-            f"({opts.block}) must be a multiple of `chunk` ({cfg.chunk}): each block's "
-            "task writes whole shards of the store",
-        )
+    check_block(opts.block, cfg.chunk)
     label = label if label is not None else Raster(src.label, role="label")
     if image is None and src.image is not None:
         image = Raster(src.image, role="image")
@@ -452,29 +457,25 @@ def process_tile_blockwise(
         "georef": tile_georef(src.label, src.image, tile_id=src.tile_id),
         "blockwise": {"block": opts.block, "halo": kmax},
     }
-    root = open_store(store, mode="r+")
+    writer = TileWriter.create(open_store(store, mode="r+"), src.tile_id,
+                               build_tile_meta(**tile), chunk=cfg.chunk, shard=opts.block,
+                               guard=guard)  # fmt: skip
+    writer.add("label", shape=shape, dtype=preset.label_dtype, fill_value=preset.ignore_index)
+    if image is not None:
+        writer.add("image", shape=(*shape, image.shape[2]), dtype=image.dtype)
     aff_dtype = affinity_dtype(kmax)
-    group = create_tile(
-        root,
-        src.tile_id,
-        shape=shape,
-        label_dtype=preset.label_dtype,
-        ignore_index=preset.ignore_index,
-        image=(image.shape[2], image.dtype) if image is not None else None,
-        affinity=dict.fromkeys(cfg.ks, aff_dtype),
-        weights=[(weights_name(k, t), weights_attrs(k, t)) for k, t in cfg.stored_pairs()],
-        weight_dtype=np.dtype(cfg.weight_dtype),
-        attrs=build_tile_meta(**tile),
-        chunk=cfg.chunk,
-        shard=opts.block,
-    )
+    for k in cfg.ks:
+        writer.add(f"affinity/k{k}", shape=shape, dtype=aff_dtype, attrs={"k": int(k)})
+    for k, t in cfg.stored_pairs():
+        writer.add(f"weights/{weights_name(k, t)}", shape=shape, dtype=cfg.weight_dtype,
+                   fill_value=0.0, attrs=weights_attrs(k, t))  # fmt: skip
     threads = max(1, (os.cpu_count() or 1) // opts.workers) if opts.scheduler is None else None
     blocks = block_grid(shape, opts.block)
-    calls = [(store, src.tile_id, cfg, label, image, b, kmax, threads) for b in blocks]
+    calls = [(writer, cfg, label, image, b, kmax, threads) for b in blocks]
     first = _add_first_passes(run_tasks(client, _first_pass, calls, progress), cfg)
     ranges = first["ranges"]
     if any(t.kind == "norm" for _, t in cfg.stored_pairs()):
-        calls2 = [(store, src.tile_id, cfg, b, ranges, threads) for b in blocks]
+        calls2 = [(writer, cfg, b, ranges, threads) for b in blocks]
         for _ in run_tasks(client, _norm_pass, calls2, progress):
             pass
     n = shape[0] * shape[1]
@@ -487,7 +488,7 @@ def process_tile_blockwise(
         stored_weights=[weights_name(k, t) for k, t in cfg.stored_pairs()],
         image_stats=None if sums is None else stats_from_sums(*sums, n),
     )
-    mark_complete(group, final)
+    writer.commit(final)
     return {"tile": src.tile_id, "pixels": int(n), "kernel_seconds": first["kernel_seconds"]}
 
 

@@ -169,15 +169,15 @@ def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype
     from tqdm import tqdm
 
     from npa_precompute.pipeline import run_precompute
+    from npa_precompute.transforms import WeightRangeError
 
-    dask = _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk)
+    dask = _dask_options(use_dask, block, scheduler, workers, memory_limit)
     ctx = click.get_current_context()
     if k_metres is not None and ctx.get_parameter_source("ks") not in (
         click.core.ParameterSource.DEFAULT,
         click.core.ParameterSource.DEFAULT_MAP,
     ):
         raise click.UsageError("--k-metres replaces --k: give one or the other")
-    _check_weight_range(ks, transforms, weight_dtype)
     bar = None
 
     def progress(done: int, total: int, tile: str) -> None:
@@ -215,6 +215,9 @@ def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype
             k_metres=k_metres,
             gsd=gsd,
         )
+    except WeightRangeError:
+        _weight_range_usage_error(ks, transforms, weight_dtype)
+        raise
     finally:
         signal.signal(signal.SIGTERM, old_term)
         if bar is not None:
@@ -222,8 +225,9 @@ def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype
     click.echo(summary.text())
 
 
-def _check_weight_range(ks, transforms, weight_dtype) -> None:
-    """A usage error, naming the options, for weights that would overflow the dtype."""
+def _weight_range_usage_error(ks, transforms, weight_dtype) -> None:
+    """The library's refusal of weights that would overflow the dtype, reworded as a usage
+    error naming the options (it involves three of them: no one option to report it on)."""
     from npa_precompute.params import parse_ks
     from npa_precompute.transforms import WeightRangeError, check_weight_range
 
@@ -232,11 +236,9 @@ def _check_weight_range(ks, transforms, weight_dtype) -> None:
         check_weight_range(parse_ks(ks), transforms, weight_dtype, names=names)
     except WeightRangeError as exc:
         raise click.UsageError(str(exc)) from None
-    except (ValueError, TypeError):
-        pass  # other bad values: run_precompute names them, as for the library
 
 
-def _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk):
+def _dask_options(use_dask, block, scheduler, workers, memory_limit):
     """DaskOptions from the ``run`` options; usage errors for options that would be ignored."""
     ctx = click.get_current_context()
 
@@ -266,11 +268,6 @@ def _dask_options(use_dask, block, scheduler, workers, memory_limit, chunk):
                 f"{', '.join(local)} {verb} the local Dask cluster; with --scheduler "
                 f"{scheduler} {used}"
             )
-    if block % chunk:
-        raise click.UsageError(
-            f"--block ({block}) must be a multiple of --chunk ({chunk}): each block's task "
-            "writes whole shards of the store"
-        )
     from npa_precompute.blockwise import DaskOptions
 
     return DaskOptions(block=block, scheduler=scheduler, workers=workers, memory_limit=memory_limit)

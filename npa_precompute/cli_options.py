@@ -8,6 +8,7 @@ Imports only click, so ``--help`` stays fast.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 
 import click
@@ -78,7 +79,8 @@ def user_error(
     A :class:`~npa_precompute.errors.ParameterError` becomes a
     :class:`click.BadParameter` on the option that sets its argument ("Invalid value for
     '--loss': ..."); the option is the command's parameter of that name, or the one
-    spelled like it (``--k`` for ``k``), or ``aliases[param]`` (a parameter name).
+    spelled like it (``--k`` for ``k``), or ``aliases[param]`` (a parameter name); other
+    arguments the reason names in backticks (```chunk```) read as their options too.
     Anything else, or an argument no option sets, keeps its message in a
     :class:`click.ClickException`.
 
@@ -92,8 +94,20 @@ def user_error(
     if isinstance(exc, ParameterError) and ctx is not None:
         param = _option(ctx, (aliases or {}).get(exc.param, exc.param))
         if param is not None:
-            return click.BadParameter(prefix + exc.reason, ctx=ctx, param=param)
+            reason = _OTHER_ARGUMENT.sub(lambda m: _flag(ctx, m, aliases), exc.reason)
+            return click.BadParameter(prefix + reason, ctx=ctx, param=param)
     return click.ClickException(prefix + str(exc))
+
+
+#: An argument named in a reason, ```chunk``` in "must be a multiple of `chunk`".
+_OTHER_ARGUMENT = re.compile(r"`([a-z_]+)`")
+
+
+def _flag(ctx: click.Context, match: re.Match, aliases: dict[str, str] | None) -> str:
+    """The option that sets the argument of ``match`` (``--chunk``), or the text as it was."""
+    param = _option(ctx, (aliases or {}).get(match.group(1), match.group(1)))
+    opts = [o for o in (param.opts if param is not None else ()) if o.startswith("--")]
+    return opts[0] if opts else match.group(0)
 
 
 def reports_user_errors(

@@ -20,12 +20,12 @@ Names (:class:`~npa_precompute.names.WeightsSpec`, re-exported here with
   ignore pixels), summed in float64 in increasing k and rounded to float32 (then to the
   store's weights dtype). ``norm`` normalizes each k with its own range.
 
-:func:`open_weights` opens one of them as a read-only array (numpy-style slicing).
+:func:`npa_precompute.open_weights` opens one of them as a read-only array (numpy-style slicing).
 Deriving a 513 x 513 window costs about as much as decompressing it: one table lookup
 per pixel on one core (:func:`derive`); :class:`npa_train.weights.TorchDeriver` does the
 same on a torch device (the trainer's GPU), with identical float32 values.
 
-Every derived path (:func:`open_weights`, ``Tile.weights``, ``export``, ``inspect``,
+Every derived path (:func:`npa_precompute.open_weights`, ``Tile.weights``, ``export``, ``inspect``,
 ``show``, the trainer's dataset, ``preview``) builds a :class:`Deriver`, which refuses
 weights the store's dtype cannot hold (``k130_raw`` in a float16 store) with the check
 ``npa-precompute run`` applies (:func:`~npa_precompute.transforms.check_weight_range`),
@@ -34,12 +34,12 @@ as a :class:`~npa_precompute.transforms.WeightRangeError` of the argument ``weig
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from npa_precompute._kernels import gather_masked, gather_masked_add, valid_min_max
+from npa_precompute.errors import StoreError
 from npa_precompute.names import WeightsSpec, parse_weights_name
 from npa_precompute.transforms import MAX_TABLE, WeightRangeError, check_weight_range
 
@@ -49,7 +49,6 @@ __all__ = [
     "WeightsSpec",
     "check_derivable",
     "derive",
-    "open_weights",
     "parse_weights_name",
 ]
 
@@ -179,8 +178,6 @@ class Deriver:
     @staticmethod
     def _check(bad: int, k: int, table: np.ndarray) -> None:
         if bad:
-            from npa_precompute.store import StoreError
-
             raise StoreError(
                 f"{bad} count(s) of k={k} exceed the tile's recorded maximum "
                 f"{len(table) - 1}: the counts or the tile's count_range attr are corrupted; "
@@ -311,8 +308,6 @@ def tile_deriver(tile, name: str | WeightsSpec) -> Deriver:
         Not a weights name, or counts of a k the tile lacks (the message lists the k it
         has and the command that adds the missing ones).
     """
-    from npa_precompute.store import StoreError
-
     try:
         spec = WeightsSpec.parse(name)
     except ValueError as exc:
@@ -346,32 +341,6 @@ def derived_weights(tile, name: str | WeightsSpec) -> DerivedWeights:
     """The weights ``name`` of an opened tile, derived from its counts (:func:`tile_deriver`)."""
     deriver = tile_deriver(tile, name)
     return DerivedWeights(tile, deriver.spec, deriver)
-
-
-def open_weights(store: str | os.PathLike, tile: str, name: str):
-    """Open the weights ``name`` of one tile for reading, stored or derived from the counts.
-
-    Parameters
-    ----------
-    store : store folder
-    tile : tile id
-    name : weights name such as ``"k32_log10_L0.5"``, ``"k16_norm_L0"`` or
-        ``"ms_k8-16-32_log10_L0.5"``; any transformation of a k whose counts are stored
-
-    Returns
-    -------
-    zarr.Array (a materialized array of that name) or DerivedWeights
-        Both slice like numpy arrays and give the same float values.
-
-    Raises
-    ------
-    StoreError
-        No store, unknown or incomplete tile, not a weights name, or a k the tile has
-        no counts for (the message lists the k it has and the command that adds them).
-    """
-    from npa_precompute.store import open_store, open_tile
-
-    return open_tile(open_store(store), tile).weights(name)
 
 
 def multiscale_formula(per_k: Sequence[np.ndarray]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ParameterError", "ParameterTypeError"]
+__all__ = ["ParameterError", "ParameterTypeError", "StoreError"]
 
 
 class ParameterError(ValueError):
@@ -35,4 +35,12 @@ class ParameterTypeError(ParameterError, TypeError):
     Both a :class:`ParameterError` (so it names the argument, and the command lines
     report it against the option) and a :class:`TypeError`, as scikit-image raises for
     types. Parameters as :class:`ParameterError`.
+    """
+
+
+class StoreError(RuntimeError):
+    """The store is missing, of another schema, or lacks what was asked for.
+
+    Defined here, below :mod:`npa_precompute.store` and :mod:`npa_precompute.derived`, so
+    that both raise it without importing each other (re-exported by the store).
     """

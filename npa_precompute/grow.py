@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -30,18 +31,18 @@ from npa_precompute.transforms import WeightTransform, weights_attrs, weights_na
 __all__ = ["grow_blocks", "grow_tile"]
 
 
-def _array(store: str, tile_id: str, name: str, mode: str = "r"):
+def _array(writer, name: str):
     import zarr
 
-    return zarr.open_array(os.path.join(store, "tiles", tile_id, name), mode=mode)
+    return zarr.open_array(os.path.join(writer.store, "tiles", writer.tile_id, name), mode="r")
 
 
-def _first_pass(store, tile_id, cfg, new_ks, new_weights, range_ks, win, halo, single, threads):
+def _first_pass(writer, cfg, new_ks, new_weights, range_ks, win, halo, single, threads):
     """One block: counts of the new k from the stored labels (with halo), their ranges, and
     the new weights (``norm`` only when the block is the whole tile)."""
     set_threads(threads)
     r0, r1, c0, c1 = win
-    label = _array(store, tile_id, "label")
+    label = _array(writer, "label")
     h, w = label.shape
     rr0, rr1 = max(0, r0 - halo), min(h, r1 + halo)
     cc0, cc1 = max(0, c0 - halo), min(w, c1 + halo)
@@ -57,12 +58,12 @@ def _first_pass(store, tile_id, cfg, new_ks, new_weights, range_ks, win, halo, s
         kernel_s = time.perf_counter() - t0
         for i, k in enumerate(new_ks):
             a = np.ascontiguousarray(aff[i][inner])
-            _array(store, tile_id, f"affinity/k{k}", "r+")[r0:r1, c0:c1] = a
+            writer.write(f"affinity/k{k}", a, win)
             counts[k] = a
 
     def get(k: int) -> np.ndarray:
         if k not in counts:
-            counts[k] = np.ascontiguousarray(_array(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1])
+            counts[k] = np.ascontiguousarray(_array(writer, f"affinity/k{k}")[r0:r1, c0:c1])
         return counts[k]
 
     ranges = {k: tuple(int(v) for v in valid_min_max(get(k), ignore)) for k in range_ks}
@@ -70,20 +71,20 @@ def _first_pass(store, tile_id, cfg, new_ks, new_weights, range_ks, win, halo, s
     for k, t in new_weights:
         if t.kind != "norm" or single:
             w = t.apply(get(k), ignore, dtype=dtype)
-            _array(store, tile_id, f"weights/{weights_name(k, t)}", "r+")[r0:r1, c0:c1] = w
+            writer.write(f"weights/{weights_name(k, t)}", w, win)
     return {"kernel_seconds": kernel_s, "ranges": ranges}
 
 
-def _norm_pass(store, tile_id, cfg, norms, ranges, win, threads) -> None:
+def _norm_pass(writer, cfg, norms, ranges, win, threads) -> None:
     """One block of new ``norm`` weights from the stored counts and the tile's range."""
     set_threads(threads)
     r0, r1, c0, c1 = win
-    ignore = _array(store, tile_id, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
+    ignore = _array(writer, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
     for k, t in norms:
-        a = _array(store, tile_id, f"affinity/k{k}")[r0:r1, c0:c1]
+        a = _array(writer, f"affinity/k{k}")[r0:r1, c0:c1]
         w = t.apply(a, ignore, dtype=dtype, value_range=ranges[k])
-        _array(store, tile_id, f"weights/{weights_name(k, t)}", "r+")[r0:r1, c0:c1] = w
+        writer.write(f"weights/{weights_name(k, t)}", w, win)
 
 
 def grow_blocks(shape: tuple[int, int], block: int | None, new_weights) -> int:
@@ -103,6 +104,7 @@ def grow_tile(
     block: int | None = None,
     threads: int | None = None,
     progress: Callable[[], None] | None = None,
+    guard=None,
 ) -> dict:
     """Add counts for ``new_ks`` and the weights arrays ``new_weights`` to a complete tile.
 
@@ -119,19 +121,13 @@ def grow_tile(
     block : block side (``--dask``), None for the whole tile in one block
     threads : numba threads per task (None: leave as is)
     progress : called after each block's task
+    guard : :class:`~npa_precompute.store.LockGuard` of the run, checked before each write
 
     Returns
     -------
     dict ``{"tile", "pixels", "kernel_seconds"}``
     """
-    from npa_precompute.store import (
-        add_arrays,
-        commit_arrays,
-        open_store,
-        stored_weights,
-        tile_ks,
-        tile_meta,
-    )
+    from npa_precompute.store import TileWriter, open_store, stored_weights, tile_ks, tile_meta
 
     root = open_store(store, mode="r+")
     group = root["tiles"][tile_id]
@@ -142,19 +138,18 @@ def grow_tile(
     recorded = dict(meta.count_range or {})
     old_ks = sorted(tile_ks(group, meta))
     range_ks = new_ks + [k for k in old_ks if k not in recorded]
-    add_arrays(
-        group,
-        shape=shape,
-        affinity=dict.fromkeys(new_ks, affinity_dtype(max(new_ks))) if new_ks else {},
-        weights=[(weights_name(k, t), weights_attrs(k, t)) for k, t in new_weights],
-        weight_dtype=np.dtype(cfg.weight_dtype),
-        chunk=cfg.chunk,
-        shard=block,
-    )
+    writer = TileWriter.grow(root, tile_id, chunk=cfg.chunk, shard=block, guard=guard)
+    if new_ks:
+        aff_dtype = affinity_dtype(max(new_ks))
+    for k in new_ks:
+        writer.add(f"affinity/k{k}", shape=shape, dtype=aff_dtype, attrs={"k": k})
+    for k, t in new_weights:
+        writer.add(f"weights/{weights_name(k, t)}", shape=shape, dtype=cfg.weight_dtype,
+                   fill_value=0.0, attrs=weights_attrs(k, t))  # fmt: skip
     blocks = block_grid(shape, block or max(shape))
     single = len(blocks) == 1
     halo = max(new_ks, default=0)
-    calls = [(store, tile_id, cfg, new_ks, new_weights, range_ks, b, halo, single, threads)
+    calls = [(writer, cfg, new_ks, new_weights, range_ks, b, halo, single, threads)
              for b in blocks]  # fmt: skip
     kernel_s = 0.0
     lo: dict[int, int] = {}
@@ -170,9 +165,10 @@ def grow_tile(
     norms = [(k, t) for k, t in new_weights if t.kind == "norm"]
     if norms and not single:
         tile_ranges = {k: tuple(ranges[k]) for k, _ in norms}
-        calls2 = [(store, tile_id, cfg, norms, tile_ranges, b, threads) for b in blocks]
+        calls2 = [(writer, cfg, norms, tile_ranges, b, threads) for b in blocks]
         for _ in run_tasks(client, _norm_pass, calls2, progress):
             pass
     stored = set(stored_weights(group, meta)) | {weights_name(k, t) for k, t in new_weights}
-    commit_arrays(group, params=cfg.params(), count_range=ranges, stored_weights=stored)
+    writer.commit(replace(meta, params=cfg.params(), count_range=ranges,
+                          stored_weights=tuple(sorted(stored))))  # fmt: skip
     return {"tile": tile_id, "pixels": int(shape[0] * shape[1]), "kernel_seconds": kernel_s}

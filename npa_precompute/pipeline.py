@@ -8,12 +8,8 @@ tile per worker process, each worker writing only its own tile's arrays.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing as mp
 import os
-import signal
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -25,11 +21,13 @@ import numpy as np
 
 from npa_precompute import __version__, defaults
 from npa_precompute._kernels import count_ranges
-from npa_precompute.affinity import affinity_maps, parse_ks
-from npa_precompute.blockwise import DaskOptions
+from npa_precompute._workers import in_worker, init_worker
+from npa_precompute.affinity import affinity_maps
+from npa_precompute.blockwise import DaskOptions, check_block
 from npa_precompute.errors import ParameterError
 from npa_precompute.geo import tile_georef
 from npa_precompute.imagestats import image_stats
+from npa_precompute.params import parse_ks
 from npa_precompute.physical import resolve_k_metres
 from npa_precompute.presets import Preset, get_preset
 from npa_precompute.readers import (
@@ -44,6 +42,7 @@ from npa_precompute.readers import (
 from npa_precompute.store import (
     LOCK_NAME,
     SCHEMA_VERSION,
+    LockGuard,
     StoreError,
     StoreInfo,
     StoreLock,
@@ -57,6 +56,7 @@ from npa_precompute.store import (
     is_consolidated,
     list_tiles,
     open_store,
+    stored_weights,
     tile_meta,
     write_tile,
 )
@@ -68,26 +68,83 @@ from npa_precompute.transforms import (
     weights_attrs,
     weights_name,
 )
+from npa_precompute.warmup import compile_kernels
 
 __all__ = ["PrecomputeConfig", "RunSummary", "process_tile", "run_precompute"]
 
 
 @dataclass(frozen=True)
 class PrecomputeConfig:
-    """Parameters of one precompute run; ``params()`` is what decides if a tile is current."""
+    """Parameters of one precompute run; ``params()`` is what decides if a tile is current.
+
+    Checks itself when made (as :class:`npa_train.config.TrainConfig` does), so every
+    path that builds one (:func:`run_precompute`, a grow's union of a tile's and a run's
+    parameters) holds valid values.
+
+    Attributes
+    ----------
+    preset : Preset
+    ks : tuple of int
+        Search regions k (Eq. 1); anything :func:`~npa_precompute.params.parse_ks` takes.
+    transforms : tuple of WeightTransform
+        Weight transformations; specs such as ``"log10:L=0.5"`` are parsed, duplicates
+        dropped.
+    weight_dtype : {"float32", "float16"}
+    unknown_colors : {"error", "ignore"}
+    chunk : int, >= 16
+    store_weights : bool or tuple of str
+        Weights arrays to materialize: True every k x transform, False none (counts
+        only, the weights are derived when read), or a tuple of weights names.
+
+    Raises
+    ------
+    ParameterError
+        A bad value, naming its argument (``ks`` as ``k``, ``transforms``,
+        ``weight_dtype``, ``unknown_colors``, ``chunk``).
+    WeightRangeError
+        A (k, transformation, dtype) whose weights would overflow the dtype.
+    """
 
     preset: Preset
-    ks: tuple[int, ...] = (8, 16, 32, 64)
-    transforms: tuple[WeightTransform, ...] = (parse_transform("log10:L=0.5"),)
-    weight_dtype: str = "float32"
-    unknown_colors: str = "error"
-    chunk: int = 256
-    #: weights arrays to materialize: True every k x transform, False none (counts only,
-    #: the weights are derived when read), or a tuple of weights names
+    ks: tuple[int, ...] = defaults.KS
+    transforms: tuple[WeightTransform, ...] = (parse_transform(defaults.TRANSFORMS[0]),)
+    weight_dtype: str = defaults.WEIGHT_DTYPE
+    unknown_colors: str = defaults.UNKNOWN_COLORS
+    chunk: int = defaults.CHUNK
     store_weights: bool | tuple[str, ...] = True
     #: the physical radii the ks were resolved from (:func:`npa_precompute.physical.
     #: resolve_k_metres`), recorded in the tiles' params as ``k_physical``; None: k given
     k_physical: dict | None = None
+
+    def __post_init__(self) -> None:
+        ks = tuple(parse_ks(self.ks))
+        object.__setattr__(self, "ks", ks)
+        transforms = self.transforms
+        if isinstance(transforms, (str, WeightTransform)):
+            transforms = [transforms]
+        try:
+            parsed = tuple(dict.fromkeys(
+                t if isinstance(t, WeightTransform) else parse_transform(t) for t in transforms
+            ))  # fmt: skip
+        except WeightRangeError:
+            check_weight_range(ks, transforms, self.weight_dtype)  # names the transform, limit
+            raise
+        except ValueError as exc:
+            raise ParameterError("transforms", str(exc), message=str(exc)) from None
+        if not parsed:
+            raise ParameterError("transforms", "must name at least one weight transformation")
+        object.__setattr__(self, "transforms", parsed)
+        if self.weight_dtype not in ("float32", "float16"):
+            raise ParameterError(
+                "weight_dtype", f"must be 'float32' or 'float16', got {self.weight_dtype!r}"
+            )
+        if self.unknown_colors not in ("error", "ignore"):
+            raise ParameterError(
+                "unknown_colors", f"must be 'error' or 'ignore', got {self.unknown_colors!r}"
+            )
+        if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 16:
+            raise ParameterError("chunk", f"must be an integer >= 16, got {self.chunk!r}")
+        check_weight_range(ks, parsed, self.weight_dtype)
 
     def stored_pairs(self) -> list[tuple[int, WeightTransform]]:
         """(k, transformation) of the weights arrays a tile written with this config holds."""
@@ -169,8 +226,12 @@ def _source_attrs(src: TileSource) -> dict:
     }
 
 
-def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dict) -> dict:
+def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dict,
+                 guard: LockGuard | None = None) -> dict:  # fmt: skip
     """Compute and write one tile; returns {"tile", "pixels", "kernel_seconds"}.
+
+    ``guard``, the run's :class:`~npa_precompute.store.LockGuard`, is checked before each
+    write (a worker whose run has ended writes nothing).
 
     Raises
     ------
@@ -236,105 +297,15 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
         weights=weights(),
         attrs=meta,
         chunk=cfg.chunk,
+        guard=guard,
     )
     return {"tile": src.tile_id, "pixels": int(label.size), "kernel_seconds": kernel_s}
 
 
-def _grow_job(store: str, tile_id: str, cfg, new_ks, new_weights) -> dict:
+def _grow_job(store: str, tile_id: str, cfg, new_ks, new_weights, guard=None) -> dict:
     from npa_precompute.grow import grow_tile
 
-    return grow_tile(store, tile_id, cfg, new_ks, new_weights)
-
-
-#: Seconds into the warm-up after which a compilation in progress is announced.
-COMPILE_NOTICE_AFTER = 0.5
-
-
-def compile_kernels(
-    cfg: PrecomputeConfig, notify: Callable[[str], None] | None = None, reason: str | None = None
-) -> float:
-    """Run each numba kernel a run uses once, on tiny inputs of the run's types.
-
-    The first run on a machine compiles them (10-40 s; ``notify`` is then told so, once,
-    with ``reason``, by default :func:`npa_precompute.kernel_cache.compile_reason`)
-    and numba caches the machine code on disk; later runs and the worker processes load
-    it from there in about a second (which the first tile would spend anyway). Warming up
-    here keeps compilation out of the per-tile kernel times.
-
-    Returns
-    -------
-    float
-        Seconds spent compiling, 0.0 when every kernel came from numba's cache.
-    """
-    from npa_precompute.kernel_cache import compile_reason, kernel_dispatchers
-
-    kernels = kernel_dispatchers()
-    reason = compile_reason(kernels) if reason is None else reason
-
-    def misses() -> int:
-        return sum(sum(k.stats.cache_misses.values()) for k in kernels)
-
-    before = misses()
-    done = threading.Event()
-
-    def announce() -> None:
-        # numba counts a cache miss before it compiles: say so while it does, once
-        if done.wait(COMPILE_NOTICE_AFTER):
-            return
-        while not done.is_set():
-            if misses() > before:
-                if notify is not None:
-                    notify(
-                        f"Compiling the numba kernels ({reason}; 10-40 s, later runs load "
-                        "them from numba's cache)..."
-                    )
-                return
-            done.wait(0.1)
-
-    watcher = threading.Thread(target=announce, name="npaloss-compile-notice", daemon=True)
-    t0 = time.perf_counter()
-    watcher.start()
-    try:
-        preset = cfg.preset
-        index = np.zeros((6, 6), dtype=preset.label_dtype)
-        index[2:, 3:] = 1
-        index[0, 0] = preset.ignore_index
-        dtype = np.dtype(cfg.weight_dtype)
-        for writable in (True, False):  # files read through Pillow come read-only
-            if preset.palette is not None:
-                rgb = np.array([*preset.palette, *preset.ignore_colors], dtype=np.uint8)
-                rgb = np.ascontiguousarray(rgb[np.arange(36) % len(rgb)].reshape(6, 6, 3))
-                rgb.setflags(write=writable)
-                label = preset.decode(rgb, unknown_colors="ignore")
-            else:
-                label = index.copy()
-                label.setflags(write=writable)
-            aff = affinity_maps(label, cfg.ks)
-            ignore = label == preset.ignore_index
-            for t in {t.kind: t for t in cfg.transforms}.values():
-                t.apply(aff[0], ignore, dtype=dtype)
-            for image_dtype in (np.uint8, np.uint16):
-                image = np.zeros((2, 2, 3), dtype=image_dtype)
-                image.setflags(write=writable)
-                image_stats(image)
-    finally:
-        done.set()
-        watcher.join()
-    return time.perf_counter() - t0 if misses() > before else 0.0
-
-
-def _init_worker(threads: int) -> None:
-    import numba
-
-    numba.set_num_threads(threads)
-    # Die with the parent: a killed `npa-precompute run` must not leave workers behind.
-    # Their unfinished tile stays incomplete and the next run redoes it.
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+    return grow_tile(store, tile_id, cfg, new_ks, new_weights, guard=guard)
 
 
 def _remove_store(path: Path, *, keep_folder: bool) -> None:
@@ -375,7 +346,8 @@ def _open_rasters(
     return rasters
 
 
-def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progress) -> None:
+def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progress,
+                   guard) -> None:  # fmt: skip
     from npa_precompute.blockwise import count_blocks, dask_client, process_tile_blockwise
     from npa_precompute.grow import grow_blocks, grow_tile
 
@@ -401,7 +373,7 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
                 current = src.tile_id
                 r = process_tile_blockwise(
                     store, src, tile_cfg, source, client=client, opts=opts, label=label,
-                    image=image, progress=tick,
+                    image=image, progress=tick, guard=guard,
                 )  # fmt: skip
                 current = None
                 summary.add("written", r)
@@ -414,7 +386,8 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
                         progress(done, total, tile)
 
                 r = grow_tile(store, src.tile_id, tile_cfg, new_ks, new_weights, client=client,
-                              block=opts.block, threads=threads, progress=tick)  # fmt: skip
+                              block=opts.block, threads=threads, progress=tick,
+                              guard=guard)  # fmt: skip
                 summary.add("grown", r)
     except InputError:
         # Bad label or image content, found by a block: the in-memory path finds it before
@@ -439,8 +412,6 @@ def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overw
     ``"skip"`` (current), ``"changed"`` (complete, made with another dtype, chunk or
     decoding: an error without ``overwrite``).
     """
-    from npa_precompute.store import stored_weights
-
     if overwrite or not meta.complete:
         return "write", cfg, (), ()
     old = meta.params
@@ -562,41 +533,16 @@ def run_precompute(
         raise ParameterError("gsd", "applies only with `k_metres`")
     if k_metres is not None and ks != parse_ks(defaults.KS):
         raise ParameterError("k_metres", "replaces `ks`: give one or the other")
-    if isinstance(transforms, str):
-        transforms = [transforms]
-    try:
-        parsed = tuple(dict.fromkeys(parse_transform(t) for t in transforms))
-    except WeightRangeError:
-        check_weight_range(ks, transforms, weight_dtype)  # names the transform and the limit
-        raise
-    except ValueError as exc:
-        raise ParameterError("transforms", str(exc), message=str(exc)) from None
-    if not parsed:
-        raise ParameterError("transforms", "must name at least one weight transformation")
-    if weight_dtype not in ("float32", "float16"):
-        raise ParameterError(
-            "weight_dtype", f"must be 'float32' or 'float16', got {weight_dtype!r}"
-        )
-    if unknown_colors not in ("error", "ignore"):
-        raise ParameterError(
-            "unknown_colors", f"must be 'error' or 'ignore', got {unknown_colors!r}"
-        )
-    if not isinstance(chunk, int) or chunk < 16:
-        raise ParameterError("chunk", f"must be an integer >= 16, got {chunk!r}")
+    cfg = PrecomputeConfig(preset_obj, ks, transforms, weight_dtype, unknown_colors, chunk,
+                           bool(store_weights))  # fmt: skip
     if not isinstance(workers, int) or workers < 1:
         raise ParameterError("workers", f"must be an integer >= 1, got {workers!r}")
-    if dask is not None and dask.block % chunk:
-        raise ValueError(
-            f"`block` ({dask.block}) must be a multiple of `chunk` ({chunk}): each block's "
-            "task writes whole shards of the store"
-        )
+    if dask is not None:
+        check_block(dask.block, cfg.chunk)
     sources = discover_tiles(labels, images, preset=preset)
-    k_physical = None
-    if k_metres is not None:
+    if k_metres is not None:  # the ks of the tiles' pixel size; the config checks them again
         ks, k_physical = resolve_k_metres(k_metres, gsd, [src.label for src in sources])
-    check_weight_range(ks, parsed, weight_dtype)
-    cfg = PrecomputeConfig(preset_obj, ks, parsed, weight_dtype, unknown_colors, chunk,
-                           bool(store_weights), k_physical)  # fmt: skip
+        cfg = replace(cfg, ks=ks, k_physical=k_physical)
     rasters = _open_rasters(sources, cfg, dask) if dask is not None else {}
 
     path = Path(out)
@@ -604,10 +550,10 @@ def run_precompute(
     existed = path.exists()
     if not existed:
         path.mkdir(parents=True, exist_ok=True)
-    with StoreLock(path):
+    with StoreLock(path) as lock:
         summary = _run_locked(
             out, sources, cfg, rasters, existed=existed, overwrite=overwrite, workers=workers,
-            progress=progress, dask=dask, notify=notify,
+            progress=progress, dask=dask, notify=notify, guard=lock.guard,
         )  # fmt: skip
     summary.seconds = time.perf_counter() - t_start
     return summary
@@ -626,10 +572,11 @@ def _run_jobs(jobs, workers: int, summary: RunSummary, progress) -> None:
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
+    parent = os.getpid()
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(threads, parent)
     ) as pool:
-        futures = {pool.submit(fn, *args): kind for fn, args, kind in jobs}
+        futures = {pool.submit(in_worker, parent, fn, *args): kind for fn, args, kind in jobs}
         for i, fut in enumerate(as_completed(futures)):
             try:
                 r = fut.result()
@@ -643,7 +590,8 @@ def _run_jobs(jobs, workers: int, summary: RunSummary, progress) -> None:
 
 
 def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
-                overwrite: bool, workers: int, progress, dask, notify) -> RunSummary:  # fmt: skip
+                overwrite: bool, workers: int, progress, dask, notify,
+                guard: LockGuard) -> RunSummary:  # fmt: skip
     """The part of :func:`run_precompute` that reads and writes the store (lock held)."""
     path = Path(out)
     info = replace(
@@ -694,10 +642,11 @@ def _run_locked(out, sources, cfg: PrecomputeConfig, rasters, *, existed: bool,
             summary.compile_reason = compile_reason()
             summary.compile_seconds = compile_kernels(cfg, notify, summary.compile_reason)
             drop_consolidated(root)  # stale while tiles are rewritten; consolidated again below
-        jobs = [(process_tile, (store, s, c, so), "written") for s, so, c in todo]
-        jobs += [(_grow_job, (store, s.tile_id, c, nk, nw), "grown") for s, c, nk, nw in grow]
+        jobs = [(process_tile, (store, s, c, so, guard), "written") for s, so, c in todo]
+        jobs += [(_grow_job, (store, s.tile_id, c, nk, nw, guard), "grown")
+                 for s, c, nk, nw in grow]  # fmt: skip
         if dask is not None:
-            _run_blockwise(store, todo, grow, dask, rasters, summary, progress)
+            _run_blockwise(store, todo, grow, dask, rasters, summary, progress, guard)
         else:
             _run_jobs(jobs, workers, summary, progress)
     except BaseException:

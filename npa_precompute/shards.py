@@ -1,6 +1,6 @@
 """Fast reads of the windows of the store's sharded arrays.
 
-:func:`npa_precompute.store._create` writes every array as zarr v3 with its 256²
+:class:`npa_precompute.store.TileWriter` writes every array as zarr v3 with its 256²
 chunks packed into shard files: the default chunk key encoding with ``/``, one sharding
 codec with the index at the end (little-endian uint64 offset/length pairs and a
 CRC32C), inner chunks encoded with the bytes codec (little-endian) and Blosc. zarr's

@@ -22,8 +22,6 @@ Inference (``predict``, ``evaluate``) reads the model and a :class:`ModelInfo` t
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch
 from torch import nn
 
 from npa_train.device import resolve_device
+from npa_train.zipcheck import ZIP_READ_ERRORS, damaged_entry
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -90,9 +89,8 @@ def verify_checkpoint_file(file: Path) -> None:
         (the message names the file and the entry).
     """
     try:
-        with zipfile.ZipFile(file) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        bad = damaged_entry(file)
+    except ZIP_READ_ERRORS as exc:
         raise CheckpointError(
             f"{file} is not a readable checkpoint ({type(exc).__name__}: {exc})"
         ) from exc

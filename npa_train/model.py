@@ -48,6 +48,7 @@ the main logits.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from torch import Tensor, nn
 from npa_precompute.errors import ParameterError
 from npa_precompute.params import check_int
 from npa_train.choices import MODELS, PAPER_MODELS, TORCHVISION_MODELS, parse_model_name
+from npa_train.zipcheck import ZIP_READ_ERRORS, damaged_entry
 
 __all__ = [
     "MODELS",
@@ -545,6 +547,12 @@ def logits_of(output: Tensor | Mapping[str, Tensor]) -> Tensor:
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ParameterError("pretrained", f"file {path} does not exist")
+    if zipfile.is_zipfile(path) and (bad := _damaged(path)) is not None:
+        raise ParameterError(
+            "pretrained",
+            f"{path} is damaged: the checksum (CRC-32) of its entry {bad!r} does not match its "
+            "bytes (a corrupted or partly downloaded file); fetch it again",
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -566,6 +574,13 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
             "pretrained", f"{path} holds no state dict (a mapping of parameter names to tensors)"
         )
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _damaged(path: Path) -> str | None:
+    try:
+        return damaged_entry(path)
+    except ZIP_READ_ERRORS as exc:
+        raise ParameterError("pretrained", f"{path} is not a readable archive ({exc})") from exc
 
 
 def _adapt_conv1(w: Tensor, in_channels: int) -> Tensor:

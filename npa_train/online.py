@@ -86,6 +86,7 @@ __all__ = [
     "known_classes",
     "label_weights",
     "npa_weights",
+    "npa_weights_crop",
     "weights_from_counts",
 ]
 
@@ -547,3 +548,74 @@ def npa_weights(
     return label_weights(target, target, spec, classes=classes, ignore_index=ignore_index,
                          group_elements=group_elements,
                          spatial_dims=target.ndim - 1)  # fmt: skip
+
+
+def npa_weights_crop(
+    label: Tensor,
+    crop: tuple[int, int, int, int],
+    k: int = 32,
+    transform: str | WeightTransform = "log10:L=0.5",
+    *,
+    ignore_index: int | None = 255,
+    num_classes: int | None = None,
+) -> Tensor:
+    """NPA weights of a crop computed from a larger label window around it: the tile's
+    weights at the crop, not the crop's own (whose Eq. 1 pads at the crop's edges).
+
+    The counts are those of the window (edge-replicate padded at the window's edges), cut
+    to ``crop``. They equal the tile's counts at every crop pixel when the window holds
+    the crop grown by ``k`` pixels on each side, or reaches the tile's edge on a side
+    where it cannot (a crop at the tile's border): read the window
+    ``[top - k, top + h + k) × [left - k, left + w + k)`` clipped to the tile. Then the
+    weights equal the tile's stored weights for ``raw``/``log10``/``ln``/``log``
+    (``norm`` takes its min and max over the crop, as :func:`npa_weights` per image).
+
+    Parameters
+    ----------
+    label : (N, H, W) integer tensor
+        Label windows (any device), e.g. the crop plus a margin of ``k`` pixels.
+    crop : (top, left, height, width)
+        The crop's place in the window, in pixels; it must lie inside the window.
+    k, transform, ignore_index, num_classes
+        As :func:`npa_weights`.
+
+    Returns
+    -------
+    (N, height, width) float32 tensor on ``label``'s device
+
+    Raises
+    ------
+    ValueError
+        ``crop`` not four integers inside the window, ``label`` not (N, H, W) (volumes
+        have no crop form); as :func:`npa_weights`.
+
+    Example
+    -------
+    >>> tile = torch.randint(0, 3, (1, 64, 64))
+    >>> w = npa_weights_crop(tile[:, 8:56, 8:56], (8, 8, 32, 32), k=8)  # 8-pixel margin
+    >>> torch.equal(w, npa_weights(tile, 8)[:, 16:48, 16:48])
+    True
+    """
+    k = check_int("k", k, minimum=0)
+    if not (isinstance(crop, (tuple, list)) and len(crop) == 4):
+        raise ValueError(f"`crop` must be (top, left, height, width), got {crop!r}")
+    top, left, h, w = (check_int("crop", v, minimum=0) for v in crop)
+    label = _check_target(label)
+    if label.ndim != 3:
+        raise ValueError(f"`label` must be (N, H, W) label windows, got {tuple(label.shape)}")
+    wh, ww = label.shape[-2:]
+    if h < 1 or w < 1 or top + h > wh or left + w > ww:
+        raise ValueError(
+            f"`crop` (top, left, height, width) = {tuple(crop)} must lie inside the label "
+            f"window of {wh} x {ww} pixels"
+        )
+    # pixels farther than k from the crop do not change its counts: cut them off first
+    y0, x0 = max(top - k, 0), max(left - k, 0)
+    sub = label[:, y0 : min(top + h + k, wh), x0 : min(left + w + k, ww)]
+    # raw weights are the counts themselves (exact in float32; 0 at ignored pixels, which
+    # weigh 0 whatever their count), with npa_weights' checks
+    counts = npa_weights(sub, k, "raw", ignore_index=ignore_index, num_classes=num_classes)
+    cy, cx = top - y0, left - x0
+    counts = counts[:, cy : cy + h, cx : cx + w].to(counts_dtype(k))
+    target = sub[:, cy : cy + h, cx : cx + w]
+    return weights_from_counts(counts, target, transform, k=k, ignore_index=ignore_index)

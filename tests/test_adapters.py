@@ -13,9 +13,12 @@ import pytest
 import torch
 from torch import nn
 
+from npa_precompute import affinity_maps
+from npa_precompute.presets import get_preset
+from npa_precompute.transforms import parse_transform
 from npa_train.loss import NPALoss as CoreNPALoss
 from npa_train.loss import npa_cross_entropy
-from npa_train.online import npa_weights
+from npa_train.online import npa_weights, npa_weights_crop
 
 IGN = 255
 C = 4
@@ -64,6 +67,58 @@ def test_smp_conventions_without_smp():
         NPALoss("binary")
     with pytest.raises(ValueError, match="outside"):
         NPALoss()(logits, label)  # 255 without ignore_index
+
+
+def test_smp_npa_options_are_keyword_only():
+    from npa_train.adapters.smp import NPALoss
+
+    # smp's losses take classes/alpha second: a positional 32 must not become k
+    with pytest.raises(TypeError, match="positional"):
+        NPALoss("multiclass", 32)
+    assert NPALoss("multiclass", k=8).k == 8
+
+
+# ---- label mistakes: a clear error through every adapter ---------------------------------------
+# online.py's value check (issue 20 item 1) seen through the adapters: what their users read
+
+
+def _blocky(values, n=2, size=64, block=16, seed=0):
+    """Labels drawn from ``values`` in ``block``-pixel squares (large uniform areas, as in
+    real masks: a window that holds only the stray value is what crashed a table gather)."""
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.tensor(values)
+    coarse = vals[torch.randint(0, len(values), (n, size // block, size // block), generator=g)]
+    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)
+
+
+LABEL_MISTAKES = {
+    # smp's default ignore_index=None on masks holding 255
+    "smp-default-None-with-255": (None, [0, 1, 2, 3, 4, 5, 255], 6, ["255", "None",
+                                                                     "ignore_index=255"]),
+    # torch's default ignore_index=-100 on masks holding 255
+    "torch-default-100-with-255": (-100, [0, 1, 2, 3, 4, 5, 255], 6, ["255", "-100",
+                                                                      "ignore_index=255"]),
+    # raw LoveDA labels 0..7 with 7 classes (0 is no-data)
+    "raw-loveda-0-7": (None, list(range(8)), 7, ["7", "None", "LoveDA"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(LABEL_MISTAKES))
+def test_label_mistakes_give_a_named_error_through_the_adapters(case):
+    from npa_train.adapters.smp import NPALoss
+
+    ignore_index, values, classes, words = LABEL_MISTAKES[case]
+    label = _blocky(values)
+    logits = torch.randn(label.shape[0], classes, *label.shape[1:])
+    # smp's (and torchgeo's task's) NPALoss, and the core one the Lightning module uses
+    for loss in (NPALoss(ignore_index=ignore_index), CoreNPALoss(ignore_index=ignore_index)):
+        with pytest.raises(ValueError) as info:  # not IndexError
+            loss(logits, label)
+        message = str(info.value)
+        assert "-9223372036854775808" not in message  # never the internal sentinel
+        assert "ignore_index" in message
+        for word in words:  # the bad value, the ignore_index in effect, the usual fix
+            assert word in message, (word, message)
 
 
 def test_smp_unet_trains_and_loss_falls():
@@ -290,3 +345,120 @@ def test_mmseg_decode_head_with_npaloss():
     losses = head.loss_by_feat(logits, samples)
     assert "loss_npa" in losses and torch.isfinite(losses["loss_npa"])
     losses["loss_npa"].backward()
+
+
+# ---- torchgeo: class weights and reductions with loss="npa" ----------------------------------
+def test_torchgeo_class_weights_multiply_the_npa_weights():
+    _import("torchgeo.trainers", "torchgeo is not installed or does not import")
+    from npa_train.adapters.torchgeo import ClassWeightedNPALoss, NPASegmentationTask
+
+    cw = [0.5, 2.0, 1.0, 3.0]
+    task = NPASegmentationTask(model="fcn", in_channels=3, num_classes=C, num_filters=4,
+                               ignore_index=IGN, loss="npa", npa_k=8, class_weights=cw)  # fmt: skip
+    assert isinstance(task.criterion, ClassWeightedNPALoss)
+    _, label = _toy(n=2)
+    logits = torch.randn(2, C, 32, 32)
+    w = npa_weights(label, 8, ignore_index=IGN) * torch.tensor(cw)[label.clamp(max=C - 1)]
+    expected = npa_cross_entropy(logits, label, w, ignore_index=IGN)
+    torch.testing.assert_close(task.criterion(logits, label), expected, rtol=1e-6, atol=0)
+    plain = NPASegmentationTask(model="fcn", in_channels=3, num_classes=C, num_filters=4,
+                                ignore_index=IGN, loss="npa", npa_k=8)  # fmt: skip
+    assert not torch.allclose(plain.criterion(logits, label), expected)  # not dropped
+    with pytest.raises(ValueError, match="class_weights"):
+        NPASegmentationTask(model="fcn", in_channels=3, num_classes=C, num_filters=4,
+                            loss="npa", class_weights=[1.0, 2.0])  # fmt: skip
+    with pytest.raises(ValueError, match="class_weights"):
+        NPASegmentationTask(model="fcn", in_channels=3, num_classes=C, num_filters=4,
+                            loss="npa", class_weights=[1.0, -2.0, 1.0, 1.0])  # fmt: skip
+
+
+def test_torchgeo_refuses_reductions_it_cannot_log():
+    _import("torchgeo.trainers", "torchgeo is not installed or does not import")
+    from npa_train.adapters.torchgeo import NPASegmentationTask
+
+    with pytest.raises(ValueError, match="npa_reduction.*'none'"):
+        NPASegmentationTask(model="fcn", in_channels=3, num_classes=C, npa_reduction="none")
+    task = NPASegmentationTask(model="fcn", in_channels=3, num_classes=C, num_filters=4,
+                               npa_reduction="weighted_mean")  # fmt: skip
+    assert task.criterion.reduction == "weighted_mean"
+
+
+# ---- crop borders: the tile's weights from a label window with a margin ----------------------
+def _tile_weights(label: np.ndarray, k: int, spec: str, ignore: int) -> np.ndarray:
+    """The store's weights of a whole tile: affinity_maps then WeightTransform.apply."""
+    counts = affinity_maps(label, [k])[0]
+    return parse_transform(spec).apply(counts, label == ignore)
+
+
+@pytest.mark.parametrize("spec", ["log10:L=0.5", "raw"])
+def test_npa_weights_crop_equals_the_tiles_weights(shared_data, spec):
+    from PIL import Image
+
+    gt = shared_data / "vaihingen_crop/gts_eroded_for_participants"
+    tile = get_preset("isprs").decode(
+        np.asarray(Image.open(gt / "top_mosaic_09cm_area1_noBoundary.tif"))
+    )
+    k, size = 32, 128
+    full = _tile_weights(tile, k, spec, IGN)
+    t = torch.from_numpy(tile.astype(np.int64))[None]
+    # interior, at the corner, at the right edge: window = crop grown by k, clipped to the tile
+    for top, left in ((200, 150), (0, 0), (300, tile.shape[1] - size)):
+        y0, x0 = max(top - k, 0), max(left - k, 0)
+        y1, x1 = min(top + size + k, tile.shape[0]), min(left + size + k, tile.shape[1])
+        window = t[:, y0:y1, x0:x1]
+        got = npa_weights_crop(window, (top - y0, left - x0, size, size), k, spec,
+                               ignore_index=IGN, num_classes=6)  # fmt: skip
+        want = full[top : top + size, left : left + size]
+        assert np.array_equal(got[0].numpy(), want), (top, left)
+        # the crop's own weights (padded at the crop's edges) differ near its border
+        own = npa_weights(t[:, top : top + size, left : left + size], k, spec, ignore_index=IGN)
+        assert not np.array_equal(own[0].numpy(), want)
+    # a larger margin than k changes nothing
+    wide = npa_weights_crop(t, (200, 150, size, size), k, spec, ignore_index=IGN)
+    assert np.array_equal(wide[0].numpy(), full[200 : 200 + size, 150 : 150 + size])
+    with pytest.raises(ValueError, match="crop"):
+        npa_weights_crop(t, (500, 0, size, size), k)
+    with pytest.raises(ValueError, match="crop"):
+        npa_weights_crop(t, (0, 0, size), k)
+
+
+# ---- install: the wheel the README's install lines build -------------------------------------
+def test_wheel_has_the_packages_entry_points_and_extras(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+    from email.parser import Parser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    # offline: the environment's setuptools builds it (no isolated build environment)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--no-cache-dir", "-w", str(tmp_path), str(root)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if proc.returncode != 0 and "No module named pip" in proc.stderr:
+        pytest.skip("pip is not installed in this environment")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("npaloss-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        meta = Parser().parsestr(z.read(info).decode())
+        entry = z.read(info.replace("METADATA", "entry_points.txt")).decode()
+    for module in ("npa_precompute/__init__.py", "npa_train/__init__.py",
+                   "npa_train/adapters/__init__.py", "npa_train/adapters/torchgeo.py",
+                   "npa_train/adapters/smp.py", "npa_train/adapters/lightning.py",
+                   "npa_train/adapters/mmseg.py"):  # fmt: skip
+        assert module in names, module
+    assert "npa-precompute = npa_precompute.cli:main" in entry
+    assert "npa-train = npa_train.cli:main" in entry
+    extras = set(meta.get_all("Provides-Extra"))
+    assert {"torchgeo", "lightning", "smp", "mmseg", "adapters"} <= extras
+    requires = meta.get_all("Requires-Dist")
+    by_extra = {e: [r for r in requires if f'extra == "{e}"' in r] for e in extras}
+    assert any(r.startswith("torchgeo") for r in by_extra["torchgeo"])
+    assert any(r.startswith("segmentation-models-pytorch") for r in by_extra["smp"])
+    # users bring their own mmcv: no extra installs one (mmcv-lite would shadow theirs)
+    for extra in ("mmseg", "adapters"):
+        assert by_extra[extra] and not [r for r in by_extra[extra] if r.startswith("mmcv")]

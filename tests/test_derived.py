@@ -471,11 +471,10 @@ _KILLER = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
 
     if mode == "metadata":  # after the new arrays' metadata, before any data
-        real_add = store.add_arrays
-        def add(*a, **k):
-            real_add(*a, **k)
+        real_pass = grow._first_pass
+        def first_pass(*a):
             die()
-        store.add_arrays = add
+        grow._first_pass = first_pass
     elif mode == "blocks":  # after 3 of the blocks: new arrays half written
         real_pass = grow._first_pass
         done = [0]
@@ -493,7 +492,7 @@ _KILLER = textwrap.dedent(
             die()
         grow._norm_pass = norm_pass
     elif mode == "commit":  # every new array written, not yet named by the tile
-        store.commit_arrays = lambda *a, **k: die()
+        store.TileWriter.commit = lambda *a, **k: die()
     pipeline.run_precompute(
         [labels], out, preset="index", num_classes=5, ks=(2, 5, 9), chunk=16,
         transforms=("log10:L=0.5", "norm:L=0"),

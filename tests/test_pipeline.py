@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -451,3 +452,31 @@ def test_sigterm_stops_run_and_workers(tmp_path):
                                 transforms=["log10:L=0.5", "ln:L=0.5"])  # fmt: skip
     assert sorted(s.written + s.skipped) == sorted(f"t{i}" for i in range(n))
     assert list_tiles(open_store(out), complete_only=True) == sorted(f"t{i}" for i in range(n))
+
+
+def test_precompute_config_checks_itself():
+    """Made anywhere (not only by run_precompute), a PrecomputeConfig holds valid values."""
+    from npa_precompute.errors import ParameterError
+    from npa_precompute.transforms import WeightRangeError
+
+    isprs = get_preset("isprs")
+    cfg = pipeline.PrecomputeConfig(isprs, "8,16", ["log10:L=0.5", "log10:L=0.5", "raw"])
+    assert cfg.ks == (8, 16)
+    assert [t.spec for t in cfg.transforms] == ["log10:L=0.5", "raw"]
+    cases = [
+        ({"ks": "8,x"}, "k"),
+        ({"transforms": ()}, "transforms"),
+        ({"transforms": ("log10:L=x",)}, "transforms"),
+        ({"weight_dtype": "float64"}, "weight_dtype"),
+        ({"unknown_colors": "skip"}, "unknown_colors"),
+        ({"chunk": 8}, "chunk"),
+        ({"chunk": True}, "chunk"),
+    ]
+    for kw, param in cases:
+        with pytest.raises(ParameterError) as info:
+            pipeline.PrecomputeConfig(isprs, **kw)
+        assert info.value.param == param, kw
+    with pytest.raises(WeightRangeError, match="raw"):
+        pipeline.PrecomputeConfig(isprs, (128,), ("raw",), "float16")
+    with pytest.raises(ParameterError, match="chunk"):  # a grow's union is checked too
+        replace(cfg, chunk=4)

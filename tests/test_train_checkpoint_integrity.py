@@ -82,3 +82,19 @@ def test_a_file_that_is_not_a_zip_is_not_a_readable_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint at all" * 10)
     with pytest.raises(CheckpointError, match=f"{bad} is not a readable checkpoint"):
         read_checkpoint(bad)
+
+
+def test_damaged_pretrained_file_is_refused_naming_it(tmp_path):
+    """``--pretrained`` (the trainer's --init) reads its state dict through the same CRC check."""
+    from npa_precompute.errors import ParameterError
+    from npa_train.model import build_model, load_pretrained
+
+    model = build_model("small_fcn", width=8)
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    torch.save(model.state_dict(), good)
+    shutil.copy(good, bad)
+    entry = _zero_inside_largest_tensor(bad)
+    with pytest.raises(ParameterError, match=rf"{bad} is damaged: .* entry '{entry}'") as exc:
+        load_pretrained(build_model("small_fcn", width=8), bad)
+    assert exc.value.param == "pretrained"
+    assert load_pretrained(build_model("small_fcn", width=8), good)["kind"] == "full"

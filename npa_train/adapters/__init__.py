@@ -31,4 +31,30 @@ All of them compute the weights from the (augmented) target batch on its device 
 
 from __future__ import annotations
 
-__all__: list[str] = []
+__all__ = ["missing_framework"]
+
+#: Where to get npaloss from: it is on no package index, so its extras are installed
+#: from a clone or from a VCS URL (or a wheel built from either).
+_INSTALL = (
+    'from a clone: pip install -e ".[{extra}]"; from the repository: '
+    'pip install "npaloss[{extra}] @ git+<repository URL>"; or the framework alone: '
+    "pip install {requirement}"
+)
+
+
+def missing_framework(module: str, extra: str, requirement: str, exc: ImportError) -> ImportError:
+    """The ImportError an adapter raises when its framework does not import.
+
+    Parameters
+    ----------
+    module : str
+        The adapter (``"npa_train.adapters.torchgeo"``).
+    extra : str
+        npaloss's extra that installs the framework (``"torchgeo"``).
+    requirement : str
+        The framework's own requirement (``"'torchgeo>=0.8'"``), shown quoted for a shell.
+    exc : ImportError
+        The original error, quoted at the end (it names the module that is missing).
+    """
+    how = _INSTALL.format(extra=extra, requirement=requirement)
+    return ImportError(f"{module} needs {extra}: {how} ({type(exc).__name__}: {exc})")

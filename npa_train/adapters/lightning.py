@@ -40,11 +40,9 @@ except ImportError:  # pragma: no cover - the older package name
     try:
         import pytorch_lightning as pl
     except ImportError as exc:
-        raise ImportError(
-            "npa_train.adapters.lightning needs PyTorch Lightning: pip install "
-            "'npaloss[lightning]' (or lightning>=2.0)"
-            f" ({type(exc).__name__}: {exc})"
-        ) from exc
+        from npa_train.adapters import missing_framework
+
+        raise missing_framework(__name__, "lightning", "'lightning>=2.0'", exc) from exc
 
 __all__ = ["NPALoss", "NPASegmentationModule"]
 

@@ -33,10 +33,14 @@ from npa_train.online import npa_weights
 try:
     from mmseg.registry import MODELS
 except ImportError as exc:
-    raise ImportError(
-        "npa_train.adapters.mmseg needs mmsegmentation 1.x: pip install 'npaloss[mmseg]' "
-        "(mmsegmentation, mmengine, mmcv)"
-        f" ({type(exc).__name__}: {exc})"
+    from npa_train.adapters import missing_framework
+
+    raise missing_framework(
+        __name__,
+        "mmseg",
+        "'mmsegmentation>=1.0,<2' mmengine ftfy regex, and an mmcv >= 2.0, < 2.2 of your own "
+        "(no extra installs mmcv: mmseg's models need a full build with its compiled ops)",
+        exc,
     ) from exc
 
 __all__ = ["NPALoss"]

@@ -31,12 +31,17 @@ MULTILABEL_MODE = "multilabel"
 class NPALoss(_NPALoss):
     """NPALoss taking smp's model outputs and conventions.
 
+    Everything after ``mode`` is keyword-only: smp's losses take other things second
+    (``classes``, ``alpha``), so ``NPALoss("multiclass", 32)`` is refused rather than
+    read as ``k``.
+
     Args:
         mode: ``"multiclass"`` (smp's ``MULTICLASS_MODE``), the only mode with one label
             per pixel.
         k: Search region of Eq. 1 (default 32).
         transform: Weight transform spec (default ``"log10:L=0.5"``).
-        ignore_index: Label of ignored pixels (default None: none, as in smp).
+        ignore_index: Label of ignored pixels (default None: none, as in smp; masks
+            holding 255 then need ``ignore_index=255``).
         reduction: ``"mean"`` over non-ignored pixels (default), ``"weighted_mean"``,
             ``"batch"``, ``"sum"`` or ``"none"``.
 
@@ -52,6 +57,7 @@ class NPALoss(_NPALoss):
     def __init__(
         self,
         mode: str = MULTICLASS_MODE,
+        *,
         k: int = 32,
         transform: str = "log10:L=0.5",
         ignore_index: int | None = None,
