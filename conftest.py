@@ -11,6 +11,7 @@ import importlib.util
 _OPTIONAL = {
     "npa_train/adapters/lightning.py": ("lightning", "pytorch_lightning"),
     "npa_train/adapters/mmseg.py": ("mmseg",),
+    "npa_train/adapters/monai.py": ("monai",),
     "npa_train/adapters/torchgeo.py": ("torchgeo",),
 }
 

@@ -90,7 +90,7 @@ def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def affinity_maps(
     labels: np.ndarray,
-    ks: int | str | Iterable[int],
+    ks: int | str | Iterable[int | Iterable[int]],
     *,
     method: str = "auto",
 ) -> np.ndarray:
@@ -101,6 +101,11 @@ def affinity_maps(
     padded with its edge pixels (replicate padding, the paper's Fig. 3), so every
     window holds ``(2k + 1)**2`` pixels and ``A`` lies in ``[0, (2k + 1)**2 - 1]``.
 
+    Volumes ``(D, H, W)`` and anisotropic regions: a region is one k per spatial axis,
+    ``(k_h, k_w)`` or ``(k_d, k_h, k_w)`` (0 along an axis allowed), the window
+    ``prod(2 k_a + 1)`` voxels, edge-padded the same way, and ``A`` lies in
+    ``[0, prod(2 k_a + 1) - 1]``.
+
     Every distinct value of ``labels`` is a class of its own, including an ignore
     value such as 255: this is the literal Eq. 1. A pixel next to an ignored
     boundary band therefore counts the band as "different". Weights at the ignore
@@ -108,34 +113,43 @@ def affinity_maps(
 
     Parameters
     ----------
-    labels : (H, W) integer array
-        Ground-truth label map of a whole tile, H, W >= 1. Any integer dtype and
-        any number of distinct values.
-    ks : int, str or iterable of int
-        Search regions k >= 0 (``2k + 1`` may exceed H or W), e.g. ``(8, 16, 32, 64)``
-        or ``"8,16,32,64"``. Duplicates are dropped, order is kept.
+    labels : (H, W) or (D, H, W) integer array
+        Ground-truth label map of a whole tile (or a label volume), every axis >= 1.
+        Any integer dtype and any number of distinct values.
+    ks : int, str or iterable
+        Search regions: ints k >= 0 (the same along every axis; ``2k + 1`` may exceed
+        the size), e.g. ``(8, 16, 32, 64)`` or ``"8,16,32,64"``, or tuples of one k per
+        spatial axis, e.g. ``[(2, 16, 16), 8]`` or ``"2x16x16,8"``
+        (:func:`npa_precompute.regions.parse_regions`). Duplicates are dropped, order
+        is kept.
     method : {"auto", "integral", "columns"}, keyword-only
-        ``integral``: per-class summed-area tables (integral images) built once per
-        row band and shared by every k; cost grows with the number of classes.
-        ``columns``: per-column class counts slid row by row, with a running sum
-        along each run of equal labels; cost nearly independent of k and of the
-        number of classes. ``auto`` (default) picks ``columns``, the faster in
-        every case of ``benchmarks/bench_affinity.py``. All methods are exact and
-        return identical arrays.
+        For 2-D maps and isotropic k: ``integral``: per-class summed-area tables
+        (integral images) built once per row band and shared by every k; cost grows
+        with the number of classes. ``columns``: per-column class counts slid row by
+        row, with a running sum along each run of equal labels; cost nearly independent
+        of k and of the number of classes. ``auto`` (default) picks ``columns``, the
+        faster in every case of ``benchmarks/bench_affinity.py``. Volumes and
+        anisotropic regions are counted by per-class separable box sums (running sums
+        along W, H, D; cost independent of k, linear in the number of classes, memory
+        ``(min(D, 2k_d + 3) + 3) H W`` numbers per thread); they take ``auto``
+        only. All methods are exact and return identical arrays.
 
     Returns
     -------
-    (len(ks), H, W) array
-        ``uint16`` while ``(2 * max(ks) + 1)**2 - 1`` fits (k <= 127), ``uint32``
-        up to k = 32767, ``uint64`` beyond.
+    (len(ks), H, W) or (len(ks), D, H, W) array
+        The narrowest unsigned dtype that holds the largest window - 1: ``uint16``
+        while ``prod(2 k_a + 1) - 1 <= 65535`` (2-D isotropic: k <= 127; 3-D: k <= 19),
+        ``uint32`` while it fits (2-D: k <= 32767; 3-D: k <= 812), ``uint64`` beyond
+        (windows up to 2**62).
 
     Raises
     ------
     TypeError
         If ``labels`` is not an integer array or ``ks`` holds non-integers.
     ValueError
-        If ``labels`` is not 2-D or empty, a k is < 0 or > ``MAX_K``, or ``method``
-        is unknown.
+        If ``labels`` is not 2-D/3-D or empty, a k is < 0 or > ``MAX_K``, a region tuple
+        has the wrong length, or ``method`` is unknown (or not ``auto`` for a volume or
+        an anisotropic region).
 
     Examples
     --------
@@ -146,20 +160,55 @@ def affinity_maps(
            [3, 5, 3],
            [3, 5, 3]], dtype=uint16)
     """
+    from npa_precompute.regions import parse_regions, unsigned_count_dtype, window_size
+
     labels = np.asarray(labels)
     if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"`labels` must be an integer array, got dtype {labels.dtype}")
-    if labels.ndim != 2:
-        raise ValueError(f"`labels` must be 2-D (H, W), got shape {labels.shape}")
-    if labels.shape[0] < 1 or labels.shape[1] < 1:
-        raise ValueError(f"`labels` must have H, W >= 1, got shape {labels.shape}")
-    ks = parse_ks(ks)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"`labels` must be 2-D (H, W) or 3-D (D, H, W), got shape {labels.shape}")
+    if min(labels.shape) < 1:
+        axes = "H, W" if labels.ndim == 2 else "D, H, W"
+        raise ValueError(f"`labels` must have {axes} >= 1, got shape {labels.shape}")
+    regions = parse_regions(ks, labels.ndim)
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-    dense, values = dense_labels(labels)
+    flat, values = dense_labels(labels.reshape(-1, labels.shape[-1]))
+    dense = flat.reshape(labels.shape)
     n_classes = len(values)
+    out = np.empty(
+        (len(regions), *labels.shape),
+        dtype=unsigned_count_dtype(max(window_size(r) for r in regions)),
+    )
+    planar = [i for i, r in enumerate(regions) if labels.ndim == 2 and r[0] == r[1]]
+    if len(planar) == len(regions):
+        _affinity_2d(dense, [r[0] for r in regions], n_classes, method, out)
+        return out
+    if method != "auto":
+        raise ValueError(
+            f"`method` {method!r} counts 2-D maps with isotropic k only; volumes and "
+            "anisotropic regions take method='auto'"
+        )
+    if planar:
+        part = np.empty((len(planar), *labels.shape), dtype=out.dtype)
+        _affinity_2d(dense, [regions[i][0] for i in planar], n_classes, method, part)
+        out[planar] = part
+    boxed = [i for i in range(len(regions)) if i not in planar]
+    volume = dense if dense.ndim == 3 else dense[None]
+    box_regions = np.array([(0,) * (3 - labels.ndim) + regions[i] for i in boxed], np.int64)
+    part = np.empty((len(boxed), *volume.shape), dtype=out.dtype)
+    top = max(map(window_size, box_regions))
+    acc = np.zeros(1, np.int16 if top < 2**15 else np.int32 if top < 2**31 else np.int64)
+    width = volume.shape[2]
+    bands = max(1, min(-(-2 * numba.get_num_threads() // n_classes), width // 64))
+    _kernels.affinity_boxes(volume, box_regions, n_classes, bands, acc, part)
+    out[boxed] = part.reshape(len(boxed), *labels.shape)
+    return out
+
+
+def _affinity_2d(dense: np.ndarray, ks: list[int], n_classes: int, method: str, out) -> None:
+    """Isotropic 2-D counts with the ``integral`` or ``columns`` kernel into ``out``."""
     h, w = dense.shape
-    out = np.empty((len(ks), h, w), dtype=affinity_dtype(max(ks)))
     if method == "auto":
         method = "columns"  # the faster in every case measured (docs/benchmarks.md)
     if method == "integral":
@@ -174,4 +223,3 @@ def affinity_maps(
         _kernels.affinity_columns(
             dense, np.asarray(ks, dtype=np.int64), n_classes, band_rows, probe, out
         )
-    return out

@@ -62,6 +62,21 @@ def main() -> None:
     help="Search regions k, comma-separated.",
 )
 @click.option(
+    "--k-metres",
+    "k_metres",
+    default=None,
+    metavar="RADII",
+    help="Search radii in metres instead of --k, comma-separated (2-D): k = radius / ground "
+    "sampling distance, rounded half up (2.88 at 0.09 m is k = 32).",
+)
+@click.option(
+    "--gsd",
+    type=float,
+    default=None,
+    help="Ground sampling distance in metres per pixel for --k-metres (default: the labels' "
+    "GeoTIFF georeferencing; needed for a geographic CRS in degrees).",
+)
+@click.option(
     "--transform",
     "transforms",
     multiple=True,
@@ -144,9 +159,9 @@ def main() -> None:
 )
 @quiet_option
 @reports_user_errors(_user_errors)
-def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, ignore_index,
-        unknown_colors, chunk, workers, use_dask, block, scheduler, memory_limit, store_weights,
-        overwrite, quiet):  # fmt: skip
+def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype, num_classes,
+        ignore_index, unknown_colors, chunk, workers, use_dask, block, scheduler, memory_limit,
+        store_weights, overwrite, quiet):  # fmt: skip
     """Compute affinity maps and weights for whole label tiles LABELS (files, folders, globs).
 
     Re-running skips tiles whose files and parameters are unchanged; an interrupted
@@ -158,6 +173,12 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
     from npa_precompute.transforms import WeightRangeError
 
     dask = _dask_options(use_dask, block, scheduler, workers, memory_limit)
+    ctx = click.get_current_context()
+    if k_metres is not None and ctx.get_parameter_source("ks") not in (
+        click.core.ParameterSource.DEFAULT,
+        click.core.ParameterSource.DEFAULT_MAP,
+    ):
+        raise click.UsageError("--k-metres replaces --k: give one or the other")
     bar = None
 
     def progress(done: int, total: int, tile: str) -> None:
@@ -192,6 +213,8 @@ def run(labels, out, images, preset, ks, transforms, weight_dtype, num_classes, 
             dask=dask,
             store_weights=store_weights,
             notify=None if quiet else lambda message: click.echo(message, err=True),
+            k_metres=k_metres,
+            gsd=gsd,
         )
     except WeightRangeError:
         _weight_range_usage_error(ks, transforms, weight_dtype)

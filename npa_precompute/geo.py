@@ -40,6 +40,8 @@ import tifffile
 
 __all__ = [
     "GEOTIFF_TAGS",
+    "georef_is_geographic",
+    "georef_pixel_size",
     "geotiff_extratags",
     "read_georef",
     "same_georef",
@@ -448,3 +450,33 @@ def write_geotiff(
     """
     extratags = [*kwargs.pop("extratags", ()), *geotiff_extratags(georef)]
     tifffile.imwrite(path, array, extratags=extratags, **kwargs)
+
+
+def georef_pixel_size(georef: dict) -> tuple[float, float]:
+    """Pixel size ``(along rows H, along columns W)`` in the CRS's units of a georef dict.
+
+    The lengths of the transform's row step ``(b, e)`` and column step ``(a, d)``
+    (rotated grids included).
+
+    Raises
+    ------
+    ValueError
+        ``georef`` is not a georeferencing dict of :func:`read_georef`.
+    """
+    a, b, _, d, e, _ = _check(georef)
+    return math.hypot(b, e), math.hypot(a, d)
+
+
+def georef_is_geographic(georef: dict) -> bool:
+    """True when the georeferencing's model type is geographic (coordinates in degrees):
+    GTModelTypeGeoKey = 2, or, without that key, a GeographicTypeGeoKey alone."""
+    directory = ((georef or {}).get("geokeys") or {}).get("directory") or []
+    keys = {
+        directory[i]: directory[i + 3]
+        for i in range(4, len(directory) - 3, 4)
+        if directory[i + 1] == 0  # the value is in the directory itself
+    }
+    model = keys.get(_MODEL_TYPE)
+    if model is not None:
+        return model == 2
+    return _GEOGRAPHIC_TYPE in keys and _PROJECTED_TYPE not in keys

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from npa_precompute.errors import ParameterError, ParameterTypeError
 from npa_precompute.params import MAX_K
+from npa_precompute.regions import format_region
 from npa_precompute.transforms import WeightTransform, parse_slug, weights_name
 
 __all__ = ["ONLINE_PREFIX", "WeightsSpec", "parse_weights_name"]
@@ -48,10 +49,13 @@ class WeightsSpec:
 
     Attributes
     ----------
-    ks : tuple of int
+    ks : tuple of int, or one region tuple
         One k (``k32_...``), or one or more in increasing order (``ms_k8-16-32_...``; a
         name lists two or more, ``ms_k3-3_...`` is the mean over k = 3 alone), each in
-        ``[0, MAX_K]``.
+        ``[0, MAX_K]``. The online API (:func:`npa_train.online.npa_weights`,
+        :class:`~npa_train.loss.NPALoss`) may also give one search region with a k per
+        spatial axis, ``((k_h, k_w),)`` or ``((k_d, k_h, k_w),)`` (single-k specs only;
+        its :attr:`name` reads ``k2x16x16_...``, which names no stored array).
     transform : WeightTransform
     multiscale : bool
         True for ``ms_`` names (the mean over ``ks``).
@@ -61,8 +65,8 @@ class WeightsSpec:
     Raises
     ------
     ValueError
-        ``ks`` empty, unsorted, repeated or out of range, or more than one k for a
-        single-k name.
+        ``ks`` empty, unsorted, repeated or out of range, more than one k for a
+        single-k name, or a region tuple that is not 2 or 3 ints of a single-k spec.
 
     Examples
     --------
@@ -73,20 +77,35 @@ class WeightsSpec:
     (8, 16, 32)
     """
 
-    ks: tuple[int, ...]
+    ks: tuple[int | tuple[int, ...], ...]
     transform: WeightTransform
     multiscale: bool = False
     online: bool = False
 
     def __post_init__(self) -> None:
-        ks = tuple(int(k) for k in self.ks)
         if not isinstance(self.transform, WeightTransform):
             raise TypeError(f"`transform` must be a WeightTransform, got {self.transform!r}")
+        if any(isinstance(k, (tuple, list)) for k in self.ks):
+            object.__setattr__(self, "ks", (self._region(),))
+            return
+        ks = tuple(int(k) for k in self.ks)
         if any(not 0 <= k <= MAX_K for k in ks) or list(ks) != sorted(set(ks)):
             raise ValueError(f"`ks` must be increasing k in [0, {MAX_K}], got {self.ks}")
         if not ks or (len(ks) != 1 and not self.multiscale):
             raise ValueError(f"`ks` must hold one k (or more, multi-scale), got {ks}")
         object.__setattr__(self, "ks", ks)
+
+    def _region(self) -> tuple[int, ...]:
+        """The one region tuple of ``ks``, checked (one k per spatial axis, 2 or 3)."""
+        if self.multiscale or len(self.ks) != 1 or len(self.ks[0]) not in (2, 3):
+            raise ValueError(
+                "`ks` may hold one region tuple of 2 or 3 ints (one k per spatial axis, "
+                f"single-k only), got {self.ks}"
+            )
+        region = tuple(int(k) for k in self.ks[0])
+        if any(not 0 <= k <= MAX_K for k in region):
+            raise ValueError(f"`ks` must hold k in [0, {MAX_K}], got {self.ks}")
+        return region
 
     @classmethod
     def parse(cls, name: str | WeightsSpec) -> WeightsSpec:
@@ -127,6 +146,8 @@ class WeightsSpec:
     @property
     def array_name(self) -> str:
         """The name without ``online:``: the store's array name, e.g. ``"k32_log10_L0.5"``."""
+        if isinstance(self.ks[0], tuple):  # a region of the online API: no stored name
+            return f"k{format_region(self.ks[0])}_{self.transform.slug}"
         if not self.multiscale:
             return weights_name(self.ks[0], self.transform)
         ks = self.ks if len(self.ks) > 1 else self.ks * 2  # ms_k3-3: two listed, one k
@@ -141,14 +162,16 @@ class WeightsSpec:
         return self.name
 
     @property
-    def k(self) -> int | None:
-        """The k of a single-k name, None for multi-scale names."""
+    def k(self) -> int | tuple[int, ...] | None:
+        """The k (or region tuple) of a single-k name, None for multi-scale names."""
         return None if self.multiscale else self.ks[0]
 
     @property
     def halo(self) -> int:
-        """Pixels of label each weight depends on beyond its own, on each side: max k."""
-        return self.ks[-1]
+        """Pixels of label each weight depends on beyond its own, on each side: max k
+        (over the axes, for a region tuple)."""
+        last = self.ks[-1]
+        return max(last) if isinstance(last, tuple) else last
 
     @property
     def family(self) -> str:

@@ -29,6 +29,7 @@ from npa_precompute.errors import ParameterError
 from npa_precompute.geo import tile_georef
 from npa_precompute.imagestats import image_stats
 from npa_precompute.params import parse_ks
+from npa_precompute.physical import resolve_k_metres
 from npa_precompute.presets import Preset, get_preset
 from npa_precompute.readers import (
     InputError,
@@ -112,6 +113,9 @@ class PrecomputeConfig:
     unknown_colors: str = defaults.UNKNOWN_COLORS
     chunk: int = defaults.CHUNK
     store_weights: bool | tuple[str, ...] = True
+    #: the physical radii the ks were resolved from (:func:`npa_precompute.physical.
+    #: resolve_k_metres`), recorded in the tiles' params as ``k_physical``; None: k given
+    k_physical: dict | None = None
 
     def __post_init__(self) -> None:
         ks = tuple(parse_ks(self.ks))
@@ -152,7 +156,7 @@ class PrecomputeConfig:
         return [(k, t) for k, t in pairs if weights_name(k, t) in names]
 
     def params(self) -> dict:
-        return {
+        params = {
             "ks": list(self.ks),
             "transforms": [t.spec for t in self.transforms],
             "weight_dtype": self.weight_dtype,
@@ -160,6 +164,9 @@ class PrecomputeConfig:
             "chunk": self.chunk,
             "preset": self.preset.to_attrs(),
         }
+        if self.k_physical is not None:
+            params["k_physical"] = self.k_physical
+        return params
 
 
 @dataclass
@@ -447,6 +454,8 @@ def run_precompute(
     dask: DaskOptions | None = None,
     store_weights: bool = True,
     notify: Callable[[str], None] | None = None,
+    k_metres: float | str | Sequence[float] | None = None,
+    gsd: float | Sequence[float] | None = None,
 ) -> RunSummary:
     """Precompute affinity maps and weights for whole tiles into a zarr store.
 
@@ -484,6 +493,13 @@ def run_precompute(
         (:mod:`npa_precompute.derived`)
     notify : callback(message) for what the user should know while the run waits (the
         numba kernels being compiled, the first time only)
+    k_metres : search radii in metres instead of ``ks`` (which must then be left at its
+        default): each becomes ``k = round_half_up(radius / gsd)``
+        (:func:`npa_precompute.physical.resolve_k_metres`); the tiles' params record the
+        radii, the pixel size and the k used (``k_physical``)
+    gsd : ground sampling distance in metres per pixel for ``k_metres`` (one value or
+        along H, W); default: each label's GeoTIFF georeferencing (a geographic CRS in
+        degrees is refused)
 
     The run holds the store's lock (:class:`npa_precompute.store.StoreLock`) from its
     first write to its last; a run over an up-to-date store writes nothing (it works on a
@@ -513,6 +529,11 @@ def run_precompute(
     """
     t_start = time.perf_counter()
     preset_obj = get_preset(preset, num_classes=num_classes, ignore_index=ignore_index)
+    ks = parse_ks(ks)
+    if gsd is not None and k_metres is None:
+        raise ParameterError("gsd", "applies only with `k_metres`")
+    if k_metres is not None and ks != parse_ks(defaults.KS):
+        raise ParameterError("k_metres", "replaces `ks`: give one or the other")
     cfg = PrecomputeConfig(preset_obj, ks, transforms, weight_dtype, unknown_colors, chunk,
                            bool(store_weights))  # fmt: skip
     if not isinstance(workers, int) or workers < 1:
@@ -520,6 +541,9 @@ def run_precompute(
     if dask is not None:
         check_block(dask.block, cfg.chunk)
     sources = discover_tiles(labels, images, preset=preset)
+    if k_metres is not None:  # the ks of the tiles' pixel size; the config checks them again
+        ks, k_physical = resolve_k_metres(k_metres, gsd, [src.label for src in sources])
+        cfg = replace(cfg, ks=ks, k_physical=k_physical)
     rasters = _open_rasters(sources, cfg, dask) if dask is not None else {}
 
     path = Path(out)

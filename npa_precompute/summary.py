@@ -298,13 +298,14 @@ def inspect_store(
     Returns
     -------
     dict
-        ``{"store", "preset", "classes", "ignore_index", "foreground_classes",
-        "tiles": [...]}``. Each tile: ``{"tile", "complete", "shape", "arrays"}``;
-        a complete tile adds ``"class_pixels"`` ({name: int}) and
-        ``"ignore_pixels"``. Each array: ``{"path", "kind", "shape", "dtype",
-        "chunks", "dimension_names", "k", "transform", "nbytes", "stored_bytes",
-        "compression_ratio"}`` (bytes of the chunk files on disk; ratio None when no
-        chunk was written), and weights arrays of complete tiles ``"stats"`` from
+        ``{"store", "preset", "classes", "ignore_index", "foreground_classes", "tiles":
+        [...]}``. Each tile: ``{"tile", "complete", "shape", "arrays"}``; a complete tile
+        adds ``"class_pixels"`` ({name: int}) and ``"ignore_pixels"``; ``"k_physical"`` is
+        the physical radii the tile's k were resolved from (``--k-metres``: radii, spacing,
+        k used), or None. Each array: ``{"path", "kind", "shape", "dtype", "chunks",
+        "dimension_names", "k", "transform", "nbytes", "stored_bytes",
+        "compression_ratio"}`` (bytes of the chunk files on disk; ratio None when no chunk
+        was written), and weights arrays of complete tiles ``"stats"`` from
         :func:`weight_stats`. Derived weights have ``"derived": True`` and 0 bytes; arrays
         left by an interrupted grow (not part of the tile) have kind ``"leftover"``.
         Incomplete tiles list their arrays without stats.
@@ -339,6 +340,7 @@ def inspect_store(
             "complete": complete,
             "shape": list(meta.shape or (g["label"].shape if "label" in g else ())) or None,
             "arrays": [_array_entry(store_path, a, p, kind) for p, kind, a in arrays],
+            "k_physical": (meta.params or {}).get("k_physical"),
         }
         if complete:
             t = open_tile(root, tid)
@@ -453,6 +455,17 @@ def format_inspect(report: dict) -> str:
             else "INCOMPLETE (not finished: interrupted or stopped by an error; no statistics)"
         )
         lines += ["", f"tile {t['tile']}  {shape}  {state}"]
+        phys = t.get("k_physical")
+        if phys:
+            unit = phys["unit"]
+            spacing = " x ".join(f"{v:g}" for v in phys["spacing"])
+            pairs = ", ".join(
+                f"{r:g} {unit} -> k = {k}" for r, k in zip(phys["radii"], phys["ks"], strict=True)
+            )
+            lines.append(
+                f"  k from physical radii at {spacing} {unit}/pixel ({phys['spacing_source']}, "
+                f"rounded half up): {pairs}"
+            )
         rows = []
         for a in t["arrays"]:
             ratio = a["compression_ratio"]

@@ -86,18 +86,20 @@ def _check_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) -> None
         raise TypeError(f"`target` must be a torch.Tensor, got {type(target).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"`logits` must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.ndim != 4:
+    if logits.ndim not in (4, 5):
         raise ValueError(
-            f"`logits` must have shape (N, C, H, W), got {tuple(logits.shape)} ({logits.ndim}-D)"
+            "`logits` must have shape (N, C, H, W) or, for volumes, (N, C, D, H, W), got "
+            f"{tuple(logits.shape)} ({logits.ndim}-D)"
         )
     if logits.shape[1] < 1:
         raise ValueError(f"`logits` must have at least one class (C >= 1), got {logits.shape}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"`target` must be an integer tensor (int64), got dtype {target.dtype}")
-    n, _, h, w = logits.shape
-    if tuple(target.shape) != (n, h, w):
+    want = (logits.shape[0], *logits.shape[2:])
+    axes = "(N, H, W)" if logits.ndim == 4 else "(N, D, H, W)"
+    if tuple(target.shape) != want:
         raise ValueError(
-            f"`target` must have shape (N, H, W) = {(n, h, w)} to match `logits` "
+            f"`target` must have shape {axes} = {want} to match `logits` "
             f"{tuple(logits.shape)}, got {tuple(target.shape)}"
         )
     if target.device != logits.device:
@@ -110,9 +112,9 @@ def _check_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) -> None
         raise TypeError(f"`weight` must be a torch.Tensor or None, got {type(weight).__name__}")
     if not weight.is_floating_point():
         raise TypeError(f"`weight` must be a floating-point tensor, got dtype {weight.dtype}")
-    if tuple(weight.shape) != (n, h, w):
+    if tuple(weight.shape) != want:
         raise ValueError(
-            f"`weight` must have shape (N, H, W) = {(n, h, w)} to match `logits` "
+            f"`weight` must have shape {axes} = {want} to match `logits` "
             f"{tuple(logits.shape)}, got {tuple(weight.shape)}"
         )
     if weight.device != logits.device:
@@ -333,10 +335,17 @@ class _WeightedNLL(torch.autograd.Function):
         return grad, None, None
 
 
-def parse_k(k) -> int | None:
-    """``k`` (search region, Eq. 1) checked: None, or an int in [0, :data:`MAX_K`]."""
+def parse_k(k) -> int | tuple[int, ...] | None:
+    """``k`` (search region, Eq. 1) checked: None, an int in [0, :data:`MAX_K`], or a
+    tuple of one such int per spatial axis (``(k_h, k_w)`` or ``(k_d, k_h, k_w)``)."""
     if k is None:
         return None
+    if isinstance(k, (tuple, list)):
+        if len(k) not in (2, 3):
+            raise ParameterError(
+                "k", f"tuple must have one int per spatial axis (2 or 3), got {tuple(k)!r}"
+            )
+        return tuple(check_int("k", v, minimum=0, maximum=MAX_K) for v in k)
     return check_int("k", k, minimum=0, maximum=MAX_K)
 
 
@@ -349,7 +358,7 @@ def npa_loss(
     target: Tensor,
     weight: Tensor | None = None,
     *,
-    k: int | None = 32,
+    k: int | Sequence[int] | None = 32,
     transform: str = "log10:L=0.5",
     ignore_index: int | None = 255,
     reduction: str = "mean",
@@ -364,8 +373,9 @@ def npa_loss(
             (autocast) are upcast: weights and loss are float32.
         target: ``(N, H, W)`` class indices in ``[0, C)`` or ``ignore_index``.
         weight: ``(N, H, W)`` weights to use instead (e.g. from the store), or None.
-        k: Search region of Eq. 1 (default 32, the paper's best); None: no weights
-            (plain cross-entropy when ``weight`` is None).
+        k: Search region of Eq. 1 (default 32, the paper's best), or one k per spatial
+            axis (``(k_d, k_h, k_w)`` for volumes); None: no weights (plain
+            cross-entropy when ``weight`` is None).
         transform: Weight transform spec (``"log10:L=0.5"``, ``"ln:L=0.5"``,
             ``"norm:L=0.5"`` with min/max per image, ``"log:a=2,L=0.5"``, ``"raw"``).
         ignore_index: Target value of ignored pixels: weight 0, no loss; it still counts
@@ -393,13 +403,16 @@ def npa_loss(
                      check_int("group_elements", group_elements, minimum=1))  # fmt: skip
 
 
-def online_spec(k: int | None, transform: str | WeightTransform) -> WeightsSpec | None:
-    """The weights :func:`npa_loss` computes for ``k`` and ``transform`` (None for k None).
+def online_spec(
+    k: int | Sequence[int] | None, transform: str | WeightTransform
+) -> WeightsSpec | None:
+    """The weights :func:`npa_loss` computes for ``k`` and ``transform`` (None for k None):
+    ``k`` an int, or one per spatial axis (a region tuple, :func:`parse_k`).
 
     Raises
     ------
     ParameterError
-        ``k`` not an integer in [0, :data:`MAX_K`] or None.
+        ``k`` not an integer in [0, :data:`MAX_K`], a tuple of 2 or 3 of them, or None.
     ValueError
         An unknown transform spec.
     """
@@ -426,8 +439,21 @@ def _npa_loss(
     if weight is None and spec is not None:  # labels checked: no read-back for the weights
         classes = known_classes(int(logits.shape[1]), ignore_index)
         w = label_weights(target, target, spec, classes=classes, ignore_index=ignore_index,
-                          group_elements=group_elements).to(logits.dtype)  # fmt: skip
+                          group_elements=group_elements,
+                          spatial_dims=logits.ndim - 2).to(logits.dtype)  # fmt: skip
     return _weighted_ce(logits, safe_target, valid, w, reduction)
+
+
+def _k_of_physical(k, k_physical, spacing) -> int | tuple[int, ...]:
+    """``k`` of a physical radius (NPALoss): an int when isotropic, else one per axis."""
+    from npa_precompute.regions import k_from_physical
+
+    if k not in (None, 32):
+        raise ParameterError("k_physical", "replaces `k`: give one or the other")
+    if spacing is None:
+        raise ParameterError("spacing", "is needed with `k_physical` (pixel/voxel size)")
+    region = k_from_physical(k_physical, spacing, name="k_physical")
+    return region[0] if len(set(region)) == 1 else region
 
 
 class NPALoss(nn.Module):
@@ -447,6 +473,13 @@ class NPALoss(nn.Module):
         reduction: ``"mean"`` (default), ``"weighted_mean"``, ``"batch"``, ``"sum"`` or
             ``"none"``.
         group_elements: Memory bound of the weight computation.
+        k_physical: Search radius in physical units instead of ``k`` (keyword-only; ``k``
+            then stays at its default): one value, or one per spatial axis, in the units
+            of ``spacing``. Resolved once to ``k = round_half_up(k_physical / spacing)``
+            per axis (:func:`npa_precompute.regions.k_from_physical`): 2.88 (m) at 0.09
+            is k = 32; ``(10, 10, 10)`` (mm) at ``(5, 0.7, 0.7)`` is ``(2, 14, 14)``.
+        spacing: Pixel/voxel size for ``k_physical`` (one value, or one per spatial
+            axis in the order (D,) H, W), > 0.
 
     Works under autocast (float16/bfloat16 logits are upcast: weights and loss in
     float32), with DistributedDataParallel (each rank weighs its own targets) and with
@@ -459,9 +492,10 @@ class NPALoss(nn.Module):
         - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
 
     Raises:
-        TypeError: ``ignore_index`` not an int, ``k`` not an int or None.
-        ValueError: Unknown ``reduction`` or ``transform``, ``k < 0`` (at construction);
-            bad inputs at call time as in :func:`npa_cross_entropy`.
+        TypeError: ``ignore_index`` not an int, ``k`` not an int, a tuple or None.
+        ValueError: Unknown ``reduction`` or ``transform``, ``k < 0``, ``spacing`` not
+            positive, ``k_physical`` without ``spacing`` or rounding to 0 along every axis
+            (at construction); bad inputs at call time as in :func:`npa_cross_entropy`.
 
     Example:
         >>> criterion = NPALoss(k=32, transform="log10:L=0.5", ignore_index=255)
@@ -479,8 +513,15 @@ class NPALoss(nn.Module):
         ignore_index: int | None = 255,
         reduction: str = "mean",
         group_elements: int = DEFAULT_GROUP_ELEMENTS,
+        *,
+        k_physical: float | Sequence[float] | None = None,
+        spacing: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if k_physical is not None:
+            k = _k_of_physical(k, k_physical, spacing)
+        elif spacing is not None:
+            raise ParameterError("spacing", "applies only with `k_physical`")
         #: the weights computed from the target (None: k None), parsed once
         self.spec = online_spec(k, transform)
         self._transform = parse_transform(transform)
@@ -489,12 +530,13 @@ class NPALoss(nn.Module):
         self.group_elements = check_int("group_elements", group_elements, minimum=1)
 
     @property
-    def k(self) -> int | None:
-        """Search region of the weights computed from the target (None: none)."""
+    def k(self) -> int | tuple[int, ...] | None:
+        """Search region of the weights computed from the target (None: none): an int,
+        or one k per spatial axis."""
         return None if self.spec is None else self.spec.k
 
     @k.setter
-    def k(self, value: int | None) -> None:
+    def k(self, value: int | Sequence[int] | None) -> None:
         self.spec = online_spec(value, self._transform)
 
     @property

@@ -38,6 +38,18 @@ group of 7. On the CPU these buffers are kept between calls (per thread;
 :func:`clear_workspace` frees them): freshly allocated memory is page-faulted in at
 the cost of the arithmetic itself.
 
+Volumes and anisotropic regions
+-------------------------------
+Targets ``(N, D, H, W)`` take a third pass, along the depth axis, and a region may give
+one k per axis (``(k_d, k_h, k_w)``, 0 allowed: the pass along that axis is a copy).
+After the passes along the last ``p`` axes every value is a window count over those
+axes, at most ``prod(2 k_a + 1)`` over them, and each pass's accumulator is the
+narrowest of int16/int32/int64 that holds that bound (:func:`_pass_dtypes`); counts are
+int32 while the whole window - 1 fits (isotropic 3-D: k <= 644), else int64; a window of
+more than 2**62 voxels is refused. Memory: groups of ``group_elements // (N·D·H·W)``
+classes, and a group holds at most four ``(G, N, D, H, W)`` arrays (the third pass
+writes the row-sum buffer again, a fourth array only when its dtype is wider).
+
 Synchronisation: with ``classes`` given (the loss passes ``range(C)`` plus the ignore
 value) nothing waits for the device; without it, the distinct values of the batch are
 read first (``torch.unique``, one synchronisation) and checked.
@@ -52,6 +64,7 @@ its non-ignored pixels, where ``apply`` takes them per tile). Ignored pixels wei
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -60,7 +73,8 @@ import torch
 from torch import Tensor
 
 from npa_precompute.names import WeightsSpec
-from npa_precompute.params import MAX_K, check_int, parse_ks
+from npa_precompute.params import MAX_K, check_int
+from npa_precompute.regions import parse_regions, window_size
 from npa_precompute.transforms import WeightTransform, parse_transform
 from npa_train.weights import CACHE, spec_weights, weights_from_counts
 
@@ -89,13 +103,14 @@ def _check_target(target: Tensor) -> Tensor:
         raise TypeError(
             f"`target` must be an integer tensor of labels (e.g. int64), got dtype {target.dtype}"
         )
-    if target.ndim != 3:
+    if target.ndim not in (3, 4):
         raise ValueError(
-            f"`target` must have shape (N, H, W), got {tuple(target.shape)} ({target.ndim}-D)"
+            "`target` must have shape (N, H, W) or, for volumes, (N, D, H, W), got "
+            f"{tuple(target.shape)} ({target.ndim}-D)"
         )
-    n, h, w = target.shape
-    if h < 1 or w < 1:
-        raise ValueError(f"`target` must have H, W >= 1, got shape {tuple(target.shape)}")
+    if min(target.shape[1:]) < 1:
+        axes = "H, W" if target.ndim == 3 else "D, H, W"
+        raise ValueError(f"`target` must have {axes} >= 1, got shape {tuple(target.shape)}")
     if target.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         target = target.to(torch.int64)  # uint16/uint32/uint64: few ops are defined on them
     return target
@@ -111,10 +126,30 @@ def _check_values(values: list[int]) -> None:
         )
 
 
-def counts_dtype(k: int) -> torch.dtype:
-    """dtype of :func:`affinity_counts` for search region ``k``: int32 when every count
-    ``(2k + 1)**2 - 1`` fits (k <= 23169), else int64."""
-    return torch.int32 if (2 * int(k) + 1) ** 2 - 1 <= _INT32_MAX else torch.int64
+def _check_spatial_dims(target: Tensor, spatial_dims: int | None) -> None:
+    """Refuse a target whose axes cannot be told apart: ``(N, 1, H, W)`` is MONAI's
+    channel-first label batch as much as a batch of one-slice volumes."""
+    if spatial_dims is None:
+        if target.ndim == 4 and target.shape[1] == 1:
+            raise ValueError(
+                f"`target` of shape {tuple(target.shape)} is ambiguous: (N, 1, H, W) label "
+                "maps with a channel axis, or (N, D, H, W) volumes of one slice? Pass "
+                "target[:, 0] for label maps, or spatial_dims=3 for volumes"
+            )
+        return
+    if spatial_dims not in (2, 3) or spatial_dims != target.ndim - 1:
+        raise ValueError(
+            f"`spatial_dims` {spatial_dims!r} does not fit `target` of shape "
+            f"{tuple(target.shape)}: 2 for (N, H, W), 3 for (N, D, H, W)"
+        )
+
+
+def counts_dtype(k: int | Sequence[int], ndim: int = 2) -> torch.dtype:
+    """dtype of :func:`affinity_counts` for search region ``k`` (an int, isotropic over
+    ``ndim`` spatial axes, or one int per axis): int32 when every count, at most the
+    window ``prod(2 k_a + 1)`` - 1, fits (2-D: k <= 23169; 3-D: k <= 644), else int64."""
+    region = (int(k),) * ndim if isinstance(k, (int, np.integer)) else tuple(k)
+    return torch.int32 if window_size(region) - 1 <= _INT32_MAX else torch.int64
 
 
 def _smallest_int(bound: int) -> torch.dtype:
@@ -125,12 +160,17 @@ def _smallest_int(bound: int) -> torch.dtype:
     return torch.int64
 
 
-def _pass_dtypes(k: int) -> tuple[torch.dtype, torch.dtype]:
-    """Accumulator dtypes of the row pass and the column pass for search region ``k``:
-    every value the row pass holds is a window count of one row, in ``[0, 2k + 1]``, and
-    every value the column pass holds in ``[0, (2k + 1)²]`` (:func:`_box_sums`), so no
-    partial sum can overflow: int16 up to k = 90, int32 up to k = 23169, int64 beyond."""
-    return _smallest_int(2 * k + 1), _smallest_int((2 * k + 1) ** 2)
+def _pass_dtypes(region: tuple[int, ...]) -> list[torch.dtype]:
+    """Accumulator dtypes of the passes along the last axis, then the second to last, ...
+    for search region ``region`` (one k per axis): after the passes along the last ``p``
+    axes every value is a count over a window of ``prod(2 k_a + 1)`` over those axes
+    (:func:`_box_sums`), so no partial sum can overflow. 2-D, k isotropic: int16 up to
+    k = 90, int32 up to k = 23169, int64 beyond."""
+    dtypes, bound = [], 1
+    for k in reversed(region):
+        bound *= 2 * k + 1
+        dtypes.append(_smallest_int(bound))
+    return dtypes
 
 
 # ---- counts ------------------------------------------------------------------------------------
@@ -141,10 +181,10 @@ def _compiling() -> bool:
 
 
 def _cumsum_(x: Tensor, dim: int) -> Tensor:
-    """In-place cumulative sum along ``dim`` (last or second to last)."""
-    if x.device.type == "cpu" and dim in (-2, x.ndim - 2) and not _compiling():
+    """In-place cumulative sum along ``dim``."""
+    if x.device.type == "cpu" and dim % x.ndim != x.ndim - 1 and not _compiling():
         # torch's CPU cumsum along a non-innermost axis is a strided scalar loop; adding
-        # whole rows one after another is several times faster
+        # whole rows (planes) one after another is several times faster
         for i in range(1, x.shape[dim]):
             x.select(dim, i).add_(x.select(dim, i - 1))
         return x
@@ -152,8 +192,8 @@ def _cumsum_(x: Tensor, dim: int) -> Tensor:
 
 
 def _box_sums(x: Tensor, k: int, dim: int, out: Tensor) -> Tensor:
-    """Sums of ``x`` over the windows ``[i - k, i + k]`` along ``dim`` (the last or the
-    second to last), ``x`` padded with its edge elements: written to ``out``.
+    """Sums of ``x`` over the windows ``[i - k, i + k]`` along ``dim`` (negative), ``x``
+    padded with its edge elements: written to ``out``.
 
     A running sum: ``out[0]`` is the first window's sum, ``out[i] - out[i - 1] =
     x[i + k] - x[i - k - 1]`` (indices clamped into the sequence), and a cumulative sum
@@ -161,6 +201,8 @@ def _box_sums(x: Tensor, k: int, dim: int, out: Tensor) -> Tensor:
     dtype only has to hold ``(2k + 1) · max(x)``; the cost does not depend on ``k``.
     """
     n = x.shape[dim]
+    if k == 0:
+        return out.copy_(x)
 
     def xs(a: int, b: int) -> Tensor:  # x[a:b] along dim
         return x.narrow(dim, a, b - a)
@@ -260,45 +302,58 @@ def _dense_index(labels: Tensor, values: list[int]) -> Tensor:
 
 def affinity_counts(
     target: Tensor,
-    ks: int | str | Iterable[int],
+    ks: int | str | Iterable[int | Sequence[int]],
     *,
     classes: Sequence[int] | Tensor | None = None,
     group_elements: int = DEFAULT_GROUP_ELEMENTS,
+    spatial_dims: int | None = None,
 ) -> Tensor:
-    """Exact Eq. 1 counts of a batch of label maps, computed on ``target``'s device.
+    """Exact Eq. 1 counts of a batch of label maps or volumes, on ``target``'s device.
 
     ``A[n, i, y, x]`` is the number of pixels of the ``(2k_i + 1)²`` window centred on
     ``(y, x)`` of image ``n``, padded with its edge pixels, whose label differs from the
     label at ``(y, x)``; every distinct value is a class (the ignore value included).
-    Image by image the same integers as :func:`npa_precompute.affinity_maps`.
+    Image by image the same integers as :func:`npa_precompute.affinity_maps`. For
+    volumes ``(N, D, H, W)`` the window is ``(2k_d + 1)(2k_h + 1)(2k_w + 1)`` voxels,
+    padded with the edge voxels, and ``A[n, i, z, y, x]`` counts its voxels of another
+    label.
 
     Parameters
     ----------
-    target : (N, H, W) integer tensor
+    target : (N, H, W) or (N, D, H, W) integer tensor
         Labels in ``[0, 2**31 - 1]``, any integer dtype, on any device.
-    ks : int, str or iterable of int
-        Search regions ``k >= 0`` (``2k + 1`` may exceed H or W), e.g. ``32``,
-        ``"8,16,32"``. Duplicates are dropped, order is kept.
+    ks : int, str or iterable
+        Search regions: an int ``k >= 0`` (the same along every axis) or one int per
+        spatial axis (``(k_h, k_w)``, ``(k_d, k_h, k_w)``; 0 along an axis allowed), e.g.
+        ``32``, ``"8,16,32"``, ``[(2, 16, 16), 8]``, ``"2x16x16"``; the window may exceed
+        the image. A bare tuple of ints is a list of isotropic regions. Duplicates are
+        dropped, order is kept (:func:`npa_precompute.regions.parse_regions`).
     classes : sequence of int or 1-D tensor, optional, keyword-only
         The label values to count. Default: the distinct values of ``target`` (read
         with one device synchronisation, and checked). When given, nothing is read
         back from the device; ``target`` must hold no other value (the count of a pixel
         whose value is not listed is undefined).
     group_elements : int, keyword-only
-        Bound on ``classes per group × N × H × W``: the memory bound of the module
+        Bound on ``classes per group × N × D × H × W``: the memory bound of the module
         docstring (at least one class per group).
+    spatial_dims : {2, 3}, optional, keyword-only
+        Spatial axes of ``target``, to confirm a ``(N, 1, H, W)`` target is a batch of
+        one-slice volumes (refused as ambiguous without it); None: from ``target.ndim``.
 
     Returns
     -------
-    (N, len(ks), H, W) tensor on ``target``'s device
-        int32 while ``(2 max(ks) + 1)² - 1`` fits (k <= 23169), else int64.
+    (N, len(ks), H, W) or (N, len(ks), D, H, W) tensor on ``target``'s device
+        int32 while the largest window - 1 fits (2-D: k <= 23169; 3-D isotropic:
+        k <= 644), else int64 (:func:`counts_dtype`).
 
     Raises
     ------
     TypeError
         ``target`` not an integer tensor (floating point, bool), ``ks`` not integers.
     ValueError
-        ``target`` not 3-D or empty along H or W, a ``k < 0``, labels negative or beyond
+        ``target`` not 3-D/4-D or empty along a spatial axis, or ``(N, 1, H, W)``
+        without ``spatial_dims=3`` (a channel axis or one slice?), a ``k < 0``, a region
+        tuple whose length is not the number of spatial axes, labels negative or beyond
         int32 (checked when ``classes`` is None), ``group_elements < 1``.
 
     Example
@@ -310,9 +365,11 @@ def affinity_counts(
             [3, 5, 3]], dtype=torch.int32)
     """
     target = _check_target(target)
-    ks = parse_ks(ks)
+    _check_spatial_dims(target, spatial_dims)
+    spatial = tuple(target.shape[1:])
+    regions = parse_regions(ks, len(spatial))
     group_elements = check_int("group_elements", group_elements, minimum=1)
-    n, h, w = target.shape
+    n = target.shape[0]
     dev = target.device
     if classes is None:
         values = torch.unique(target).tolist()  # sorted; the one synchronisation
@@ -320,7 +377,8 @@ def affinity_counts(
     else:
         values = classes.tolist() if isinstance(classes, Tensor) else [int(c) for c in classes]
         values = sorted(set(values))
-    out = torch.zeros((n, len(ks), h, w), dtype=counts_dtype(max(ks)), device=dev)
+    top = max(regions, key=window_size)
+    out = torch.zeros((n, len(regions), *spatial), dtype=counts_dtype(top), device=dev)
     if n == 0 or not values:
         return out
     # a value the target's dtype cannot hold cannot occur in it
@@ -328,10 +386,9 @@ def affinity_counts(
     values = [v for v in values if info.min <= v <= info.max]
     if not values:
         return out
-    per_image = n * h * w
+    per_image = n * math.prod(spatial)
     group = max(1, group_elements // max(per_image, 1))
     group = -(-len(values) // -(-len(values) // group))  # as even as the groups can be
-    ws = _WORKSPACE
     # labels in the narrowest dtype that holds the values (fewer bytes for every comparison)
     small = next(
         dt
@@ -339,35 +396,48 @@ def affinity_counts(
         if torch.iinfo(dt).min <= values[0] and values[-1] <= torch.iinfo(dt).max
     )
     labels = target if target.dtype == small else target.to(small)
-    dense = _dense_index(labels, values)  # (N, H, W) int64: position of each label in values
+    dense = _dense_index(labels, values)  # (N, *spatial) int64: position of each label
     for g0 in range(0, len(values), group):
-        gvals = values[g0 : g0 + group]
-        g = len(gvals)
-        vals = _values_tensor(gvals, small, dev)
-        shape = (g, n, h, w)
-        ind = torch.eq(labels.unsqueeze(0), vals.view(-1, 1, 1, 1),
-                       out=ws.get("ind", shape, torch.int16, dev))  # fmt: skip
-        # each pixel's own class within the group (its plane in the per-class sums)
-        in_group = None
-        if g == len(values):
-            own = dense.unsqueeze(0)
-        else:
-            own = (dense - g0).clamp_(0, g - 1).unsqueeze(0)
-            in_group = (dense >= g0) & (dense < g0 + g)
-        for i, k in enumerate(ks):
-            row_dt, col_dt = _pass_dtypes(k)
-            # integral image, separably: window sums along each row, then window sums of
-            # those down the columns (running sums, see _box_sums)
-            rows = _box_sums(ind, k, -1, ws.get("rows", shape, row_dt, dev))
-            sums = _box_sums(rows, k, -2, ws.get("sums", shape, col_dt, dev))
-            mine = sums.gather(0, own)[0]  # (N, H, W): the window count of the own class
-            total = torch.full((), (2 * k + 1) ** 2, dtype=col_dt, device=dev)
-            diff = total - mine
-            if in_group is None:
-                out[:, i] = diff
-            else:
-                out[:, i] = torch.where(in_group, diff.to(out.dtype), out[:, i])
+        _count_group(labels, dense, values, g0, min(group, len(values) - g0), regions, out)
     return out
+
+
+def _count_group(
+    labels: Tensor,
+    dense: Tensor,
+    values: list[int],
+    g0: int,
+    g: int,
+    regions: tuple[tuple[int, ...], ...],
+    out: Tensor,
+) -> None:
+    """Counts of the pixels of the classes ``values[g0 : g0 + g]`` into ``out``."""
+    ws, dev = _WORKSPACE, labels.device
+    vals = _values_tensor(values[g0 : g0 + g], labels.dtype, dev)
+    shape = (g, *labels.shape)
+    ind = torch.eq(labels.unsqueeze(0), vals.view(-1, *[1] * labels.ndim),
+                   out=ws.get("ind", shape, torch.int16, dev))  # fmt: skip
+    # each pixel's own class within the group (its plane in the per-class sums)
+    in_group = None
+    if g == len(values):
+        own = dense.unsqueeze(0)
+    else:
+        own = (dense - g0).clamp_(0, g - 1).unsqueeze(0)
+        in_group = (dense >= g0) & (dense < g0 + g)
+    for i, region in enumerate(regions):
+        # the window sums separably: along each row, then those down the columns (then
+        # along the depth axis): running sums, see _box_sums
+        sums = ind
+        for p, (k, dt) in enumerate(zip(reversed(region), _pass_dtypes(region), strict=True)):
+            buf = ws.get(("rows", "sums")[p % 2], shape, dt, dev)
+            sums = _box_sums(sums, k, -1 - p, buf)
+        mine = sums.gather(0, own)[0]  # (N, *spatial): the window count of the own class
+        total = torch.full((), window_size(region), dtype=sums.dtype, device=dev)
+        diff = total - mine
+        if in_group is None:
+            out[:, i] = diff
+        else:
+            out[:, i] = torch.where(in_group, diff.to(out.dtype), out[:, i])
 
 
 # ---- weights -----------------------------------------------------------------------------------
@@ -379,10 +449,14 @@ def label_weights(
     classes: Sequence[int],
     ignore_index: int | None,
     group_elements: int = DEFAULT_GROUP_ELEMENTS,
+    spatial_dims: int | None = None,
 ) -> Tensor:
     """Weights of ``spec`` of the labels ``label`` (N, h, w), counted on ``label_margin``
     (N, h + 2m, w + 2m): the same labels grown by ``m >= 0`` pixels on each side (``m = 0``:
     the same tensor), then cut to ``label``; 0 where ``label`` is ``ignore_index``.
+    Volumes: ``label`` (N, d, h, w), ``label_margin`` grown along each spatial axis
+    (by its own margin, 0 allowed), ``spatial_dims=3`` to confirm a ``(N, 1, H, W)``
+    volume batch (:func:`affinity_counts`).
 
     The internal path of :func:`npa_weights`, :class:`~npa_train.loss.NPALoss` and the
     dataset's ``online:`` weights: nothing is checked and nothing is read back from the
@@ -391,11 +465,14 @@ def label_weights(
     """
     with torch.no_grad():
         counts = affinity_counts(label_margin, spec.ks, classes=classes,
-                                 group_elements=group_elements)  # fmt: skip
-        h, w = label.shape[-2:]
-        m = (label_margin.shape[-1] - w) // 2
-        if m:
-            counts = counts[..., m : m + h, m : m + w]
+                                 group_elements=group_elements,
+                                 spatial_dims=spatial_dims)  # fmt: skip
+        if tuple(label_margin.shape) != tuple(label.shape):
+            cut = [slice(None)] * 2  # N, the k axis
+            for grown, size in zip(label_margin.shape[1:], label.shape[1:], strict=True):
+                m = (grown - size) // 2
+                cut.append(slice(m, m + size))
+            counts = counts[tuple(cut)]
         valid = None if ignore_index is None else label != ignore_index
         return spec_weights(counts, valid, spec)
 
@@ -411,12 +488,13 @@ def known_classes(num_classes: int, ignore_index: int | None) -> list[int]:
 
 def npa_weights(
     target: Tensor,
-    k: int = 32,
+    k: int | Sequence[int] = 32,
     transform: str | WeightTransform = "log10:L=0.5",
     *,
     ignore_index: int | None = 255,
     num_classes: int | None = None,
     group_elements: int = DEFAULT_GROUP_ELEMENTS,
+    spatial_dims: int | None = None,
 ) -> Tensor:
     """NPA pixel weights of a batch of label maps, computed on ``target``'s device.
 
@@ -428,8 +506,9 @@ def npa_weights(
 
     Parameters
     ----------
-    target : (N, H, W) integer tensor of labels (any device)
-    k : search region ``k >= 0`` (default 32, the paper's best)
+    target : (N, H, W) or (N, D, H, W) integer tensor of labels (any device)
+    k : search region ``k >= 0`` (default 32, the paper's best), or one k per spatial
+        axis (``(k_d, k_h, k_w)`` for volumes)
     transform : spec string or :class:`~npa_precompute.WeightTransform`
     ignore_index : label whose pixels weigh 0 (it still counts as a class in Eq. 1);
         None: none
@@ -438,19 +517,25 @@ def npa_weights(
         other values must not occur (they are not checked: :class:`NPALoss` checks
         them). None: the distinct values are read and checked (one synchronisation).
     group_elements : memory bound of :func:`affinity_counts`
+    spatial_dims : 2 or 3, to confirm that a ``(N, 1, H, W)`` target holds one-slice
+        volumes (:func:`affinity_counts`); None: from ``target.ndim``
 
     Returns
     -------
-    (N, H, W) float32 tensor on ``target``'s device
+    (N, H, W) or (N, D, H, W) float32 tensor on ``target``'s device
 
     Raises
     ------
     TypeError, ValueError
-        As :func:`affinity_counts`; an unknown transform spec; ``k`` not one integer >= 0.
+        As :func:`affinity_counts`; an unknown transform spec; ``k`` not one integer >= 0
+        nor one per spatial axis.
     """
-    k = check_int("k", k, minimum=0, maximum=MAX_K)
-    spec = WeightsSpec((k,), parse_transform(transform))
+    if not isinstance(k, (Sequence, np.ndarray)):
+        k = check_int("k", k, minimum=0, maximum=MAX_K)
+    transform = parse_transform(transform)
     target = _check_target(target)
+    _check_spatial_dims(target, spatial_dims)
+    region = parse_regions([k], target.ndim - 1)[0]
     if ignore_index is not None:
         ignore_index = check_int("ignore_index", ignore_index)
     group_elements = check_int("group_elements", group_elements, minimum=1)
@@ -459,8 +544,10 @@ def npa_weights(
     else:
         classes = torch.unique(target).tolist()  # the one synchronisation
         _check_values([v for v in classes if v != ignore_index])
+    spec = WeightsSpec((k if isinstance(k, int) else region,), transform)
     return label_weights(target, target, spec, classes=classes, ignore_index=ignore_index,
-                         group_elements=group_elements)  # fmt: skip
+                         group_elements=group_elements,
+                         spatial_dims=target.ndim - 1)  # fmt: skip
 
 
 def npa_weights_crop(
@@ -499,7 +586,8 @@ def npa_weights_crop(
     Raises
     ------
     ValueError
-        ``crop`` not four integers inside the window; as :func:`npa_weights`.
+        ``crop`` not four integers inside the window, ``label`` not (N, H, W) (volumes
+        have no crop form); as :func:`npa_weights`.
 
     Example
     -------
@@ -513,6 +601,8 @@ def npa_weights_crop(
         raise ValueError(f"`crop` must be (top, left, height, width), got {crop!r}")
     top, left, h, w = (check_int("crop", v, minimum=0) for v in crop)
     label = _check_target(label)
+    if label.ndim != 3:
+        raise ValueError(f"`label` must be (N, H, W) label windows, got {tuple(label.shape)}")
     wh, ww = label.shape[-2:]
     if h < 1 or w < 1 or top + h > wh or left + w > ww:
         raise ValueError(

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from npa_precompute.names import WeightsSpec
+from npa_precompute.regions import parse_regions, window_size
 from npa_precompute.transforms import MAX_TABLE, WeightTransform, parse_transform
 
 __all__ = ["CACHE", "DeviceCache", "TorchDeriver", "spec_weights", "weights_from_counts"]
@@ -88,15 +89,26 @@ def _table(transform: WeightTransform, size: int, device: torch.device) -> Tenso
     return CACHE.get(("table", transform.spec, size, str(device)), make)
 
 
+def _window(k: int | tuple[int, ...], ndim: int) -> int:
+    """Pixels (voxels) in the window of ``k`` over ``ndim`` spatial axes: the counts
+    ``0 .. window - 1`` are the possible ones (``(2k + 1)**2`` for a label map)."""
+    return window_size(k if isinstance(k, tuple) else (int(k),) * ndim)
+
+
 def _one_k(
-    counts: Tensor, transform: WeightTransform, k: int | None, ranges: Tensor | None
+    counts: Tensor,
+    transform: WeightTransform,
+    k: int | tuple[int, ...] | None,
+    ranges: Tensor | None,
 ) -> Tensor:
-    """float32 weights of counts ``(N, H, W)`` of one k (ignored pixels not zeroed)."""
+    """float32 weights of counts ``(N, H, W)`` or ``(N, D, H, W)`` of one k (ignored
+    pixels not zeroed)."""
     dev = counts.device
     if transform.needs_range:
         c = counts.to(torch.float64)
-        lo = ranges[:, 0].view(-1, 1, 1)
-        hi = ranges[:, 1].view(-1, 1, 1)
+        per_image = (-1, *[1] * (counts.ndim - 1))
+        lo = ranges[:, 0].view(per_image)
+        hi = ranges[:, 1].view(per_image)
         span = hi - lo
         one = torch.ones((), dtype=torch.float64, device=dev)
         scaled = (c - lo) / torch.where(span > 0, span, one) + transform.L
@@ -107,7 +119,7 @@ def _one_k(
     if k is None:
         size = (int(counts.max()) if counts.numel() else 0) + 1  # one synchronisation
     else:
-        size = (2 * int(k) + 1) ** 2
+        size = _window(k, counts.ndim - 1)
     if size > MAX_TABLE:  # huge k: the distinct counts through the host (one synchronisation)
         uniq, inv = torch.unique(counts, return_inverse=True)
         host = uniq.cpu().numpy()
@@ -122,13 +134,15 @@ def _one_k(
 
 
 def _image_ranges(counts: Tensor, valid: Tensor | None) -> Tensor:
-    """(N, 2) float64: min and max count of each image over its non-ignored pixels."""
+    """(N, 2) float64: min and max count of each image (volume) over its non-ignored
+    pixels, over all its spatial axes."""
     c = counts.to(torch.float64)
+    dims = tuple(range(1, c.ndim))
     if valid is None:
-        return torch.stack([c.amin(dim=(1, 2)), c.amax(dim=(1, 2))], dim=1)
+        return torch.stack([c.amin(dim=dims), c.amax(dim=dims)], dim=1)
     big = torch.full((), float("inf"), dtype=torch.float64, device=counts.device)
-    lo = torch.where(valid, c, big).amin(dim=(1, 2))
-    hi = torch.where(valid, c, -big).amax(dim=(1, 2))
+    lo = torch.where(valid, c, big).amin(dim=dims)
+    hi = torch.where(valid, c, -big).amax(dim=dims)
     return torch.stack([lo, hi], dim=1)
 
 
@@ -140,25 +154,28 @@ def spec_weights(
     ranges: Tensor | None = None,
     sized: bool = True,
 ) -> Tensor:
-    """Weights ``(N, H, W)`` float32 of the counts ``(N, len(spec.ks), H, W)`` of ``spec``.
+    """Weights ``(N, H, W)`` float32 of the counts ``(N, len(spec.ks), H, W)`` of ``spec``;
+    volumes: ``(N, D, H, W)`` of ``(N, len(spec.ks), D, H, W)``.
 
     Parameters
     ----------
-    counts : (N, K, H, W) integer tensor
+    counts : (N, K, H, W) or (N, K, D, H, W) integer tensor
         The Eq. 1 counts of ``spec.ks`` in that order (non-negative values).
-    valid : (N, H, W) bool tensor or None
+    valid : (N, H, W) or (N, D, H, W) bool tensor or None
         False at ignored pixels (weight 0); None: no pixel is ignored.
     spec : WeightsSpec
     ranges : (N, K, 2) float64 tensor, optional, keyword-only
         The (min, max) count per image and k that ``norm`` scales with (a tile's, for
         weights equal to the store's); default: each image's over its ``valid`` pixels.
     sized : bool, default True, keyword-only
-        Whether the lookup tables are sized by k (``(2k + 1)**2`` counts); False reads
-        the largest count from the device instead (one synchronisation).
+        Whether the lookup tables are sized by the window of k (``(2k + 1)**2`` counts,
+        ``(2k_d + 1)(2k_h + 1)(2k_w + 1)`` for a volume's region); False reads the
+        largest count from the device instead (one synchronisation).
 
     Returns
     -------
-    (N, H, W) float32 tensor on ``counts``' device. No checks: callers check once.
+    (N, H, W) or (N, D, H, W) float32 tensor on ``counts``' device. No checks: callers
+    check once (a region tuple of ``spec`` has one k per spatial axis of ``counts``).
     """
     transform = spec.transform
     acc = None
@@ -181,18 +198,19 @@ def weights_from_counts(
     target: Tensor,
     transform: str | WeightTransform = "log10:L=0.5",
     *,
-    k: int | None = None,
+    k: int | Sequence[int] | None = None,
     ignore_index: int | None = 255,
 ) -> Tensor:
     """Weights ``(N, H, W)`` float32 of counts ``(N, H, W)`` of one k, 0 where ``target``
     is ``ignore_index``: :meth:`~npa_precompute.WeightTransform.apply` image by image.
+    Volumes: counts and target ``(N, D, H, W)``.
 
     Parameters
     ----------
-    counts : (N, H, W) integer tensor, the Eq. 1 counts of ``target`` for ``k``
-    target : (N, H, W) integer tensor of labels
+    counts : (N, H, W) or (N, D, H, W) integer tensor, the Eq. 1 counts of ``target``
+    target : integer tensor of labels, the shape of ``counts``
     transform : spec string or WeightTransform (default the paper's ``log10:L=0.5``)
-    k : int, optional, keyword-only
+    k : int or one int per spatial axis, optional, keyword-only
         The counts' search region: sizes the lookup table. None: the largest count is
         read from the device (one synchronisation).
     ignore_index : int or None, keyword-only
@@ -203,15 +221,18 @@ def weights_from_counts(
     Raises
     ------
     ValueError
-        ``counts`` and ``target`` not both (N, H, W); an unknown transform.
+        ``counts`` and ``target`` not both (N, H, W) or both (N, D, H, W); ``k`` not an
+        int nor one per spatial axis; an unknown transform.
     """
     transform = parse_transform(transform)
-    if counts.ndim != 3 or tuple(counts.shape) != tuple(target.shape):
+    if counts.ndim not in (3, 4) or tuple(counts.shape) != tuple(target.shape):
         raise ValueError(
             f"`counts` {tuple(counts.shape)} and `target` {tuple(target.shape)} must both be "
-            "(N, H, W)"
+            "(N, H, W) or both (N, D, H, W)"
         )
-    spec = WeightsSpec((0 if k is None else int(k),), transform)
+    if k is not None:
+        k = parse_regions([k], counts.ndim - 1)[0]
+    spec = WeightsSpec((0 if k is None else k,), transform)
     valid = None if ignore_index is None else target != ignore_index
     return spec_weights(counts[:, None], valid, spec, sized=k is not None)
 

@@ -148,7 +148,7 @@ def test_bad_labels():
     with pytest.raises(TypeError, match="`labels` must be an integer array"):
         affinity_maps(np.zeros((3, 3)), 1)
     with pytest.raises(ValueError, match="must be 2-D"):
-        affinity_maps(np.zeros((3, 3, 3), int), 1)
+        affinity_maps(np.zeros((3, 3, 3, 3), int), 1)
     with pytest.raises(ValueError, match="H, W >= 1"):
         affinity_maps(np.zeros((0, 3), int), 1)
     with pytest.raises(ValueError, match="`method` must be one of"):

@@ -10,7 +10,7 @@ import textwrap
 
 from helpers import ROOT
 
-FRAMEWORKS = ("lightning", "pytorch_lightning", "mmseg", "torchgeo")
+FRAMEWORKS = ("lightning", "pytorch_lightning", "mmseg", "torchgeo", "monai")
 
 
 def test_packages_collect_their_doctests_without_optional_frameworks():

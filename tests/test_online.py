@@ -335,7 +335,7 @@ def test_bad_targets_get_clear_errors():
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         npa_weights(good[0])
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
-        affinity_counts(good[None], 2)
+        affinity_counts(good[None, None], 2)
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         crit(logits, good[0])
     neg = good.clone()

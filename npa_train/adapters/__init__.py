@@ -19,6 +19,9 @@ module                                 what                            extra
 :mod:`npa_train.adapters.mmseg`        ``NPALoss`` registered in       ``mmseg``
                                        mmsegmentation 1.x's
                                        ``MODELS`` on import
+:mod:`npa_train.adapters.monai`        ``NPALoss`` in MONAI's          ``monai``
+                                       conventions (2-D and 3-D) and
+                                       ``NPAWeightsd(keys="label")``
 =====================================  ==============================  =====================
 
 All of them compute the weights from the (augmented) target batch on its device with

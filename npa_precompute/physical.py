@@ -1,0 +1,140 @@
+"""Search regions given in metres: the ground sampling distance of the label tiles.
+
+``npa-precompute run --k-metres 2.88`` resolves each radius to the integer k of the
+tiles' pixel size by :func:`npa_precompute.regions.k_from_physical` (round half up of
+radius / pixel size, per axis): 2.88 m is k = 32 at 9 cm (Vaihingen), 58 at 5 cm
+(Potsdam), 10 at 30 cm (LoveDA). The pixel size comes from ``gsd`` or, without it, from
+each label's GeoTIFF georeferencing (the CRS's units, metres for a projected CRS; a
+geographic CRS in degrees is refused).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+
+from npa_precompute.errors import ParameterError, ParameterTypeError
+from npa_precompute.geo import georef_is_geographic, georef_pixel_size, read_georef
+from npa_precompute.regions import k_from_physical, parse_spacing
+
+__all__ = ["parse_radii", "resolve_k_metres"]
+
+#: Relative difference of pixel sizes below which two tiles share one ground sampling
+#: distance (float rounding of two writers).
+_SAME_GSD = 1e-6
+
+
+def parse_radii(radii, *, name: str = "k_metres") -> tuple[float, ...]:
+    """Physical radii from a number, a sequence of numbers or ``"2.88,5.76"``; each >= 0."""
+    if isinstance(radii, str):
+        parts = [p.strip() for p in radii.split(",") if p.strip()]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise ParameterError(name, f"must be comma-separated numbers, got {radii!r}") from None
+    elif isinstance(radii, (int, float)) and not isinstance(radii, bool):
+        values = [float(radii)]
+    else:
+        try:
+            values = [float(v) for v in radii]
+        except (TypeError, ValueError):
+            raise ParameterTypeError(name, f"must be numbers, got {radii!r}") from None
+    if not values:
+        raise ParameterError(name, "must hold at least one radius")
+    for v in values:
+        if not (math.isfinite(v) and v >= 0):
+            raise ParameterError(name, f"must be finite and >= 0, got {v!r}")
+    return tuple(dict.fromkeys(values))
+
+
+def _tiles_gsd(labels: Iterable[str | os.PathLike]) -> tuple[float, float]:
+    """The one pixel size (H, W) of the labels' GeoTIFF georeferencing."""
+    found: tuple[float, float] | None = None
+    first = None
+    for path in labels:
+        georef = read_georef(path)
+        if georef is None:
+            raise ParameterError(
+                "gsd",
+                f"is needed: {path} has no GeoTIFF georeferencing to read the ground sampling "
+                "distance from; give it in metres per pixel",
+            )
+        if georef_is_geographic(georef):
+            raise ParameterError(
+                "gsd",
+                f"is needed: {path} is in a geographic CRS ({georef.get('crs') or 'degrees'}), "
+                "whose pixel size is in degrees, not metres; give the ground sampling "
+                "distance in metres per pixel",
+            )
+        size = georef_pixel_size(georef)
+        if found is None:
+            found, first = size, path
+        elif any(abs(a - b) > _SAME_GSD * max(a, b) for a, b in zip(size, found, strict=True)):
+            raise ParameterError(
+                "k_metres",
+                f"needs one ground sampling distance, but {first} has {found} and {path} has "
+                f"{size} (m per pixel along H, W); precompute them into separate stores or "
+                "give `gsd`",
+            )
+    if found is None:
+        raise ParameterError("gsd", "is needed: no label tiles to read it from")
+    return found
+
+
+def resolve_k_metres(
+    radii, gsd=None, labels: Sequence[str | os.PathLike] = ()
+) -> tuple[tuple[int, ...], dict]:
+    """Integer search regions of physical radii for 2-D label tiles.
+
+    Parameters
+    ----------
+    radii : float, sequence of float or str
+        Search radii in metres (``2.88`` or ``"2.88,5.76"``), >= 0.
+    gsd : float or (float, float), optional
+        Ground sampling distance in metres per pixel (one value, or along H and W).
+        Default: read from every label's GeoTIFF georeferencing (they must agree).
+    labels : label files, used when ``gsd`` is None
+
+    Returns
+    -------
+    ks : tuple of int
+        One k per radius (duplicates dropped): ``round_half_up(radius / gsd)``.
+    record : dict
+        ``{"unit": "m", "radii": [...], "spacing": [h, w], "spacing_source":
+        "gsd" | "georef", "ks": [...], "rounding": "half up of radius / spacing"}``, what
+        the store keeps (tile params ``k_physical``).
+
+    Raises
+    ------
+    ParameterError
+        Bad radii or ``gsd``; no ``gsd`` while a label has no georeferencing or a
+        geographic CRS (degrees); labels with different pixel sizes; a radius that
+        rounds to 0; non-square pixels giving a different k along H and W (the store
+        keeps one k per array).
+    """
+    values = parse_radii(radii)
+    if gsd is not None:
+        spacing, source = parse_spacing(gsd, 2, name="gsd"), "gsd"
+    else:
+        spacing, source = _tiles_gsd(labels), "georef"
+    ks: list[int] = []
+    for r in values:
+        kh, kw = k_from_physical(r, spacing, ndim=2, name="k_metres")
+        if kh != kw:
+            raise ParameterError(
+                "k_metres",
+                f"{r} m at {spacing[0]} x {spacing[1]} m pixels is k = {kh} along H and {kw} "
+                "along W; the store keeps square search regions: give `gsd` as one value",
+            )
+        if kh not in ks:
+            ks.append(kh)
+    record = {
+        "unit": "m",
+        "radii": list(values),
+        "spacing": list(spacing),
+        "spacing_source": source,
+        "ks": [k_from_physical(r, spacing, ndim=2, name="k_metres")[0] for r in values],
+        "rounding": "half up of radius / spacing",
+    }
+    return tuple(ks), record
