@@ -255,7 +255,8 @@ def loss_timings(repeats: int, threads: int) -> list[tuple[str, float]]:
     import torch
     import torch.nn.functional as F
 
-    from npa_train.loss import build_criterion, npa_cross_entropy
+    from npa_train.criteria import build_criterion
+    from npa_train.loss import npa_cross_entropy
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)

@@ -19,20 +19,16 @@ from typing import TYPE_CHECKING
 _MODULES = {
     "npa_train.augment": ("AugmentConfig", "CropParams", "sample_params", "warp_windows"),
     "npa_train.data": ("StoreCropDataset", "write_preview"),
-    "npa_train.loss": (
-        "LOSSES",
-        "REDUCTIONS",
+    "npa_train.loss": ("LOSSES", "REDUCTIONS", "NPALoss", "npa_cross_entropy", "npa_loss"),
+    "npa_train.criteria": (
         "ClassWeightedCE",
         "DiceLoss",
         "FocalLoss",
-        "NPALoss",
         "build_criterion",
         "class_weighted_cross_entropy",
         "dice_loss",
         "focal_loss",
         "median_frequency_weights",
-        "npa_cross_entropy",
-        "npa_loss",
     ),
     "npa_train.model": (
         "MODELS",
@@ -58,23 +54,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from npa_train.augment import AugmentConfig, CropParams, sample_params, warp_windows
     from npa_train.checkpoint import CheckpointError, load_checkpoint, load_model
     from npa_train.config import TrainConfig
-    from npa_train.data import StoreCropDataset, write_preview
-    from npa_train.device import resolve_device
-    from npa_train.loss import (
-        LOSSES,
-        REDUCTIONS,
+    from npa_train.criteria import (
         ClassWeightedCE,
         DiceLoss,
         FocalLoss,
-        NPALoss,
         build_criterion,
         class_weighted_cross_entropy,
         dice_loss,
         focal_loss,
         median_frequency_weights,
-        npa_cross_entropy,
-        npa_loss,
     )
+    from npa_train.data import StoreCropDataset, write_preview
+    from npa_train.device import resolve_device
+    from npa_train.loss import LOSSES, REDUCTIONS, NPALoss, npa_cross_entropy, npa_loss
     from npa_train.model import (
         MODELS,
         ModelSpec,

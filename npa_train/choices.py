@@ -30,7 +30,7 @@ __all__ = [
 
 #: Allowed values of ``reduction``.
 REDUCTIONS = ("mean", "weighted_mean", "batch", "sum", "none")
-#: Loss names of :func:`npa_train.loss.build_criterion` (``npa-train fit --loss``).
+#: Loss names of :func:`npa_train.criteria.build_criterion` (``npa-train fit --loss``).
 LOSSES = ("npa", "ce", "ce-weighted", "focal", "dice")
 #: The paper's networks (Feng et al. 2020, §4.2) on ImageNet ResNet-101 backbones, as
 #: mmsegmentation's reference configs define them, and their ResNet-50 variants (``_r50``):

@@ -24,8 +24,8 @@ Ignored pixels contribute nothing, whatever their weight; a batch in which every
 pixel is ignored (or whose weights sum to 0, for ``weighted_mean``) gives a loss of
 exactly 0 with zero gradients, never NaN.
 
-The baselines of the paper's Table 1 are here too, each as a function plus a thin
-``nn.Module`` with the same ``forward(logits, target, weight=None)``:
+The baselines of the paper's Table 1 live in :mod:`npa_train.criteria`, each as a function
+plus a thin ``nn.Module`` with the same ``forward(logits, target, weight=None)``:
 
 ==================  ====================================================================
 ``--loss``          loss
@@ -38,7 +38,7 @@ The baselines of the paper's Table 1 are here too, each as a function plus a thi
 ``dice``            multi-class soft dice (:func:`dice_loss`)
 ==================  ====================================================================
 
-:func:`build_criterion` makes the module for a name.
+:func:`npa_train.criteria.build_criterion` makes the module for a name.
 """
 
 from __future__ import annotations
@@ -46,14 +46,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from npa_precompute.errors import ParameterError
 from npa_precompute.names import WeightsSpec
-from npa_precompute.params import MAX_K, check_int, check_number
+from npa_precompute.params import MAX_K, check_int
 from npa_precompute.transforms import WeightTransform, parse_transform
 from npa_train.choices import LOSSES, REDUCTIONS, parse_reduction
 from npa_train.online import DEFAULT_GROUP_ELEMENTS, known_classes, label_weights
@@ -61,25 +60,29 @@ from npa_train.online import DEFAULT_GROUP_ELEMENTS, known_classes, label_weight
 __all__ = [
     "LOSSES",
     "REDUCTIONS",
-    "ClassWeightedCE",
-    "DiceLoss",
-    "FocalLoss",
     "NPALoss",
-    "build_criterion",
-    "class_weighted_cross_entropy",
-    "dice_loss",
-    "focal_loss",
-    "median_frequency_weights",
+    "check_loss_inputs",
     "npa_cross_entropy",
     "npa_loss",
+    "parse_ignore_index",
+    "prepare_pixels",
+    "reduce_pixels",
 ]
 
 
-def _parse_ignore_index(ignore_index: int) -> int:
+def parse_ignore_index(ignore_index: int) -> int:
+    """``ignore_index`` checked as an int (shared with :mod:`npa_train.criteria`)."""
     return check_int("ignore_index", ignore_index)
 
 
-def _check_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) -> None:
+def check_loss_inputs(logits: Tensor, target: Tensor, weight: Tensor | None) -> None:
+    """Types and shapes of a loss call (values are checked in :func:`prepare_pixels`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming ``logits``, ``target`` or ``weight``.
+    """
     if not isinstance(logits, Tensor):
         raise TypeError(f"`logits` must be a torch.Tensor, got {type(logits).__name__}")
     if not isinstance(target, Tensor):
@@ -196,17 +199,17 @@ def npa_cross_entropy(
         >>> round(npa_cross_entropy(logits, target, weight).item(), 4)  # 2 * log 2
         1.3863
     """
-    _check_inputs(logits, target, weight)
-    ignore_index = _parse_ignore_index(ignore_index)
+    check_loss_inputs(logits, target, weight)
+    ignore_index = parse_ignore_index(ignore_index)
     reduction = parse_reduction(reduction)
-    safe_target, valid, w = _prepare(logits, target, weight, ignore_index)
+    safe_target, valid, w = prepare_pixels(logits, target, weight, ignore_index)
     return _weighted_ce(logits, safe_target, valid, w, reduction)
 
 
 def _weighted_ce(
     logits: Tensor, safe_target: Tensor, valid: Tensor, w: Tensor, reduction: str
 ) -> Tensor:
-    """Eq. 4 of checked inputs (:func:`_prepare`'s outputs; ``w`` 0 at ignored pixels)."""
+    """Eq. 4 of checked inputs (:func:`prepare_pixels`'s outputs; ``w`` 0 at ignored pixels)."""
     n = logits.shape[0]
     if reduction != "none" and not (w.requires_grad or safe_target.requires_grad):
         # Fast path (the training case): one custom autograd node whose backward is
@@ -226,10 +229,10 @@ def _weighted_ce(
     nll = -logp.gather(1, safe_target.unsqueeze(1)).squeeze(1)
     # w is exactly 0 at ignored pixels, and nll is finite there (class 0 stands in for
     # the ignore value), so ignored pixels add 0 to the loss and to every gradient.
-    return _reduce(nll * w, valid, w, reduction, n)
+    return reduce_pixels(nll * w, valid, w, reduction, n)
 
 
-def _prepare(
+def prepare_pixels(
     logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(safe_target, valid, w)``: targets with 0 at ignored pixels, the non-ignored
@@ -286,7 +289,8 @@ def _label_error(found: list[int], num_classes: int, ignore_index: int | None) -
     )
 
 
-def _reduce(per_pixel: Tensor, valid: Tensor, w: Tensor, reduction: str, n: int) -> Tensor:
+def reduce_pixels(per_pixel: Tensor, valid: Tensor, w: Tensor, reduction: str, n: int) -> Tensor:
+    """Per-pixel losses reduced as ``reduction`` says (see the module docstring's table)."""
     if reduction == "none":
         return per_pixel
     total = per_pixel.sum()
@@ -397,7 +401,7 @@ def npa_loss(
             integer; an unknown ``transform``.
     """
     if ignore_index is not None:
-        ignore_index = _parse_ignore_index(ignore_index)
+        ignore_index = parse_ignore_index(ignore_index)
     return _npa_loss(logits, target, weight, online_spec(k, transform), ignore_index,
                      parse_reduction(reduction),
                      check_int("group_elements", group_elements, minimum=1))  # fmt: skip
@@ -432,10 +436,10 @@ def _npa_loss(
 ) -> Tensor:
     """:func:`npa_loss` of parsed settings: one input check (shapes, then the label and
     weight values in one synchronisation), the weights, Eq. 4."""
-    _check_inputs(logits, target, weight)
+    check_loss_inputs(logits, target, weight)
     if logits.dtype in HALF_DTYPES:
         logits = logits.float()
-    safe_target, valid, w = _prepare(logits, target, weight, ignore_index)
+    safe_target, valid, w = prepare_pixels(logits, target, weight, ignore_index)
     if weight is None and spec is not None:  # labels checked: no read-back for the weights
         classes = known_classes(int(logits.shape[1]), ignore_index)
         w = label_weights(target, target, spec, classes=classes, ignore_index=ignore_index,
@@ -525,7 +529,7 @@ class NPALoss(nn.Module):
         #: the weights computed from the target (None: k None), parsed once
         self.spec = online_spec(k, transform)
         self._transform = parse_transform(transform)
-        self.ignore_index = None if ignore_index is None else _parse_ignore_index(ignore_index)
+        self.ignore_index = None if ignore_index is None else parse_ignore_index(ignore_index)
         self.reduction = parse_reduction(reduction)
         self.group_elements = check_int("group_elements", group_elements, minimum=1)
 
@@ -558,354 +562,3 @@ class NPALoss(nn.Module):
             f"k={self.k}, transform={self.transform!r}, ignore_index={self.ignore_index}, "
             f"reduction={self.reduction!r}"
         )
-
-
-# ---- baselines -----------------------------------------------------------------------------------
-def class_weighted_cross_entropy(
-    logits: Tensor,
-    target: Tensor,
-    class_weight: Tensor | Sequence[float],
-    *,
-    ignore_index: int = 255,
-    reduction: str = "mean",
-) -> Tensor:
-    """Cross-entropy with a weight per class (the ``ce-weighted`` baseline).
-
-    Pixel ``p`` of class ``y_p`` gets weight ``class_weight[y_p]``; ``"mean"`` divides
-    by the sum of the weights of the non-ignored pixels, so the result equals
-    ``F.cross_entropy(logits, target, weight=class_weight, ignore_index=ignore_index)``
-    (but is 0, not NaN, when every pixel is ignored or has weight 0).
-
-    Args:
-        logits: Unnormalized class scores.
-        target: Class indices in ``[0, C)`` or ``ignore_index``.
-        class_weight: ``C`` non-negative finite weights (e.g.
-            :func:`median_frequency_weights`).
-        ignore_index: Target value of pixels that contribute nothing. Default 255.
-        reduction: ``"mean"`` (default: weighted mean, as ``F.cross_entropy``), ``"sum"``
-            or ``"none"``.
-
-    Shape:
-        - logits: ``(N, C, H, W)``; target: ``(N, H, W)``; class_weight: ``(C,)``.
-        - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
-
-    Raises:
-        ValueError: ``class_weight`` not of length ``C``, negative or non-finite;
-            ``reduction`` not one of the three; bad inputs as in :func:`npa_cross_entropy`.
-
-    Example:
-        >>> logits = torch.zeros(1, 2, 1, 2)
-        >>> target = torch.tensor([[[0, 1]]])
-        >>> round(class_weighted_cross_entropy(logits, target, [1.0, 3.0]).item(), 4)  # log 2
-        0.6931
-    """
-    _check_inputs(logits, target, None)
-    if reduction not in ("mean", "sum", "none"):
-        raise ParameterError("reduction", f"must be 'mean', 'sum' or 'none', got {reduction!r}")
-    cw = torch.as_tensor(class_weight, dtype=logits.dtype, device=logits.device)
-    c = logits.shape[1]
-    if cw.ndim != 1 or cw.shape[0] != c:
-        raise ValueError(
-            f"`class_weight` must hold {c} values (one per class), got {tuple(cw.shape)}"
-        )
-    if not bool(torch.isfinite(cw).all()) or bool((cw < 0).any()):
-        raise ValueError(f"`class_weight` must be finite and >= 0, got {cw.tolist()}")
-    ignore_index = _parse_ignore_index(ignore_index)
-    t = target.long()
-    valid = t != ignore_index
-    weight = cw[
-        torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device)).clamp(0, c - 1)
-    ]
-    red = {"mean": "weighted_mean", "sum": "sum", "none": "none"}[reduction]
-    return npa_cross_entropy(logits, target, weight, ignore_index=ignore_index, reduction=red)
-
-
-def focal_loss(
-    logits: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    *,
-    gamma: float = 2.0,
-    ignore_index: int = 255,
-    reduction: str = "mean",
-) -> Tensor:
-    """Softmax (multi-class) focal loss, Lin et al. 2017: ``-(1 - p_t)^gamma log p_t``.
-
-    ``p_t`` is the softmax probability of the target class; ``gamma = 0`` gives the
-    cross-entropy. ``1 - p_t`` is computed as ``-expm1(log p_t)`` (accurate when
-    ``p_t`` is close to 1), and ``log p_t`` by ``log_softmax``: finite for any logits.
-
-    Args:
-        logits: Unnormalized class scores.
-        target: Class indices in ``[0, C)`` or ``ignore_index``.
-        weight: Optional per-pixel weights (as in :func:`npa_cross_entropy`); None: 1.
-        gamma: Focusing parameter ``>= 0``. Default 2 (the paper's baseline).
-        ignore_index: Target value of pixels that contribute nothing. Default 255.
-        reduction: As in :func:`npa_cross_entropy` (default ``"mean"`` over non-ignored
-            pixels).
-
-    Shape:
-        - logits: ``(N, C, H, W)``; target, weight: ``(N, H, W)``.
-        - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
-
-    Raises:
-        ValueError: ``gamma`` negative or non-finite; bad inputs as in
-            :func:`npa_cross_entropy`.
-
-    Example:
-        >>> logits = torch.tensor([[[[0.0]], [[0.0]]]])  # p_t = 1/2
-        >>> round(focal_loss(logits, torch.tensor([[[0]]])).item(), 4)  # 0.25 * log 2
-        0.1733
-    """
-    _check_inputs(logits, target, weight)
-    check_number("gamma", gamma, minimum=0)
-    ignore_index = _parse_ignore_index(ignore_index)
-    reduction = parse_reduction(reduction)
-    safe_target, valid, w = _prepare(logits, target, weight, ignore_index)
-    logpt = F.log_softmax(logits, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
-    if gamma == 0:
-        per_pixel = -logpt
-    else:
-        per_pixel = -((-torch.expm1(logpt)).clamp_min(0) ** gamma) * logpt
-    return _reduce(per_pixel * w, valid, w, reduction, logits.shape[0])
-
-
-def dice_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    ignore_index: int = 255,
-    smooth: float = 1.0,
-) -> Tensor:
-    """Multi-class soft dice loss: ``1 - mean_c dice_c`` over the whole batch.
-
-    .. math::
-
-        \\text{dice}_c = \\frac{2 \\sum_p v_p \\, s_{pc} \\, g_{pc} + \\text{smooth}}
-                             {\\sum_p v_p (s_{pc} + g_{pc}) + \\text{smooth}}
-
-    with ``s = softmax(logits)``, ``g`` the one-hot target and ``v`` the non-ignored
-    mask (sums over all pixels of all images). Every class counts, present or not; with
-    ``smooth > 0`` a class absent from target and prediction scores ``dice ≈ 1``. A batch with every
-    pixel ignored gives 0 (and zero gradients), never NaN.
-
-    Args:
-        logits: Unnormalized class scores.
-        target: Class indices in ``[0, C)`` or ``ignore_index``.
-        ignore_index: Target value of pixels that contribute nothing. Default 255.
-        smooth: Additive smoothing ``>= 0``. Default 1. With 0, a class with an empty
-            denominator counts as ``dice = 1``.
-
-    Shape:
-        - logits: ``(N, C, H, W)``; target: ``(N, H, W)``; output: ``()``.
-
-    Raises:
-        ValueError: ``smooth`` negative or non-finite; bad inputs as in
-            :func:`npa_cross_entropy`.
-
-    Example:
-        >>> logits = torch.tensor([[[[9.0, -9.0]], [[-9.0, 9.0]]]])  # right on both pixels
-        >>> dice_loss(logits, torch.tensor([[[0, 1]]]), smooth=0.0).item() < 1e-6
-        True
-    """
-    _check_inputs(logits, target, None)
-    check_number("smooth", smooth, minimum=0)
-    ignore_index = _parse_ignore_index(ignore_index)
-    safe_target, valid, _ = _prepare(logits, target, None, ignore_index)
-    c = logits.shape[1]
-    probs = F.softmax(logits, dim=1) * valid.unsqueeze(1).to(logits.dtype)
-    onehot = F.one_hot(safe_target, c).permute(0, 3, 1, 2).to(logits.dtype)
-    onehot = onehot * valid.unsqueeze(1).to(logits.dtype)
-    dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    card = probs.sum(dims) + onehot.sum(dims)
-    num, den = 2 * inter + smooth, card + smooth
-    one = torch.ones((), dtype=logits.dtype, device=logits.device)
-    dice = torch.where(den > 0, num / torch.where(den > 0, den, one), one)
-    return 1 - dice.mean()
-
-
-def median_frequency_weights(
-    class_pixels: Sequence | np.ndarray,
-    *,
-    background: Sequence[int] = (),
-) -> np.ndarray:
-    """Median-frequency class weights (Eigen & Fergus 2015), background rule of the paper.
-
-    ``freq[c]`` = pixels of class ``c`` / total pixels of the images (tiles) where ``c``
-    is present; ``weight[c] = median(freq) / freq[c]``, the median over the classes
-    present. Each class in ``background`` (ISPRS clutter/background) then gets the
-    lowest weight of the other present classes (Feng et al. 2020, §5.1). Classes absent
-    from every image get weight 0 (they have no pixels to weigh).
-
-    Parameters
-    ----------
-    class_pixels : (T, C) or (C,) array of non-negative counts
-        Non-ignored pixels per tile and class (the store's ``class_pixels`` tile attr);
-        a 1-D array is one image.
-    background : sequence of int
-        Class indices that get the lowest weight of the others.
-
-    Returns
-    -------
-    (C,) float64
-
-    Raises
-    ------
-    ValueError
-        Negative counts, no pixel at all, or a ``background`` index out of range.
-
-    Examples
-    --------
-    >>> median_frequency_weights([[10, 30, 60, 0], [0, 50, 50, 100]], background=[3])
-    array([3.16666667, 1.1875    , 0.86363636, 0.86363636])
-    """
-    px = np.asarray(class_pixels, dtype=np.float64)
-    if px.ndim == 1:
-        px = px[None]
-    if px.ndim != 2:
-        raise ValueError(f"`class_pixels` must be (T, C) or (C,), got shape {px.shape}")
-    if (px < 0).any() or not np.isfinite(px).all():
-        raise ValueError("`class_pixels` must be finite and >= 0")
-    c = px.shape[1]
-    bg = sorted({int(b) for b in background})
-    if any(b < 0 or b >= c for b in bg):
-        raise ValueError(f"`background` indices must be in [0, {c}), got {list(background)}")
-    totals = px.sum(1)  # pixels per image
-    if totals.sum() == 0:
-        raise ValueError("`class_pixels` holds no pixel at all")
-    present = px > 0
-    image_pixels = (present * totals[:, None]).sum(0)  # per class: pixels of images with it
-    counts = px.sum(0)
-    has = counts > 0
-    freq = np.zeros(c)
-    freq[has] = counts[has] / image_pixels[has]
-    weights = np.zeros(c)
-    weights[has] = np.median(freq[has]) / freq[has]
-    others = [i for i in range(c) if has[i] and i not in bg]
-    for b in bg:
-        if has[b] and others:
-            weights[b] = weights[others].min()
-    return weights
-
-
-class ClassWeightedCE(nn.Module):
-    """Class-weighted cross-entropy; see :func:`class_weighted_cross_entropy`.
-
-    Args:
-        class_weight: ``C`` weights (kept as a buffer: moves with ``.to(device)``).
-        ignore_index: Default 255.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
-
-    Shape:
-        - logits ``(N, C, H, W)``, target ``(N, H, W)``; ``weight`` is not used.
-    """
-
-    def __init__(self, class_weight, ignore_index: int = 255, reduction: str = "mean") -> None:
-        super().__init__()
-        self.register_buffer("class_weight", torch.as_tensor(class_weight, dtype=torch.float32))
-        self.ignore_index = _parse_ignore_index(ignore_index)
-        if reduction not in ("mean", "sum", "none"):
-            raise ParameterError("reduction", f"must be 'mean', 'sum' or 'none', got {reduction!r}")
-        self.reduction = reduction
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return class_weighted_cross_entropy(
-            logits, target, self.class_weight, ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )  # fmt: skip
-
-    def extra_repr(self) -> str:
-        w = ", ".join(f"{x:.3g}" for x in self.class_weight.tolist())
-        return f"class_weight=[{w}], ignore_index={self.ignore_index}"
-
-
-class FocalLoss(nn.Module):
-    """Softmax focal loss; see :func:`focal_loss`.
-
-    Args:
-        gamma: Default 2.
-        ignore_index: Default 255.
-        reduction: Default ``"mean"``.
-
-    Shape:
-        - logits ``(N, C, H, W)``, target ``(N, H, W)``, weight ``(N, H, W)`` or None.
-    """
-
-    def __init__(self, gamma: float = 2.0, ignore_index: int = 255, reduction: str = "mean"):
-        super().__init__()
-        self.gamma = check_number("gamma", gamma, minimum=0)
-        self.ignore_index = _parse_ignore_index(ignore_index)
-        self.reduction = parse_reduction(reduction)
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return focal_loss(logits, target, weight, gamma=self.gamma,
-                          ignore_index=self.ignore_index, reduction=self.reduction)  # fmt: skip
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, ignore_index={self.ignore_index}"
-
-
-class DiceLoss(nn.Module):
-    """Multi-class soft dice loss; see :func:`dice_loss`.
-
-    Args:
-        ignore_index: Default 255.
-        smooth: Default 1.
-
-    Shape:
-        - logits ``(N, C, H, W)``, target ``(N, H, W)``; ``weight`` is not used.
-    """
-
-    def __init__(self, ignore_index: int = 255, smooth: float = 1.0) -> None:
-        super().__init__()
-        self.ignore_index = _parse_ignore_index(ignore_index)
-        self.smooth = check_number("smooth", smooth, minimum=0)
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return dice_loss(logits, target, ignore_index=self.ignore_index, smooth=self.smooth)
-
-    def extra_repr(self) -> str:
-        return f"ignore_index={self.ignore_index}, smooth={self.smooth}"
-
-
-def build_criterion(
-    name: str,
-    *,
-    ignore_index: int = 255,
-    reduction: str = "mean",
-    class_weight: Sequence[float] | None = None,
-    gamma: float = 2.0,
-    smooth: float = 1.0,
-) -> nn.Module:
-    """The loss module for a ``--loss`` name; ``forward(logits, target, weight=None)``.
-
-    Parameters
-    ----------
-    name : one of :data:`LOSSES`
-    ignore_index : int
-    reduction : for ``npa`` (any of :data:`REDUCTIONS`) and ``focal``; the others use
-        their own mean
-    class_weight : required for ``ce-weighted``
-    gamma : focal parameter
-    smooth : dice smoothing
-
-    Raises
-    ------
-    ValueError
-        Unknown name, or ``ce-weighted`` without ``class_weight``.
-    """
-    if name not in LOSSES:
-        raise ValueError(f"`loss` must be one of {LOSSES}, got {name!r}")
-    if name in ("npa", "ce"):
-        # the trainer passes the weights (stored or online) itself: k=None, so that a missing
-        # weight means 1 (plain cross-entropy for "ce")
-        return NPALoss(k=None, ignore_index=ignore_index,
-                       reduction=reduction if name == "npa" else "mean")  # fmt: skip
-    if name == "ce-weighted":
-        if class_weight is None:
-            raise ValueError("`loss` 'ce-weighted' needs `class_weight`")
-        return ClassWeightedCE(class_weight, ignore_index=ignore_index)
-    if name == "focal":
-        return FocalLoss(gamma, ignore_index=ignore_index, reduction=reduction)
-    return DiceLoss(ignore_index=ignore_index, smooth=smooth)

@@ -76,6 +76,7 @@ from npa_train.augment import AugmentConfig
 from npa_train.checkpoint import save_checkpoint
 from npa_train.choices import DEFAULT_WEIGHTS
 from npa_train.config import TrainConfig
+from npa_train.criteria import build_criterion, median_frequency_weights
 from npa_train.data import StoreCropDataset
 from npa_train.device import choose_threads, resolve_device
 from npa_train.distributed import (
@@ -85,7 +86,6 @@ from npa_train.distributed import (
     step_seed,
 )
 from npa_train.loader import default_workers, step_loader
-from npa_train.loss import build_criterion, median_frequency_weights
 from npa_train.model import build_model, model_spec
 from npa_train.pretrained import load_pretrained
 from npa_train.runfolder import RunFolder

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import ISPRS_PALETTE
+from helpers import ISPRS_PALETTE
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 

@@ -24,7 +24,7 @@ from npa_precompute.presets import ISPRS
 from npa_precompute.store import StoreError, open_store
 from npa_train.checkpoint import CheckpointError, load_checkpoint
 from npa_train.cli import main
-from npa_train.loss import median_frequency_weights
+from npa_train.criteria import median_frequency_weights
 from npa_train.model import SmallFCN
 from npa_train.splits import resolve_split
 from npa_train.train import TrainingError, TrainingInterrupted, fit, poly_lr

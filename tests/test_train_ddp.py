@@ -25,9 +25,9 @@ from helpers import write_train_store
 from npa_train.augment import AugmentConfig
 from npa_train.checkpoint import load_checkpoint
 from npa_train.cli import main
+from npa_train.criteria import build_criterion
 from npa_train.data import StoreCropDataset
 from npa_train.distributed import all_reduce_mean, distributed_env, rank_sample_indices
-from npa_train.loss import build_criterion
 from npa_train.model import SmallFCN, build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,18 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from npa_train.loss import (
-    LOSSES,
-    REDUCTIONS,
+from npa_train.criteria import (
     ClassWeightedCE,
     DiceLoss,
     FocalLoss,
-    NPALoss,
     build_criterion,
     class_weighted_cross_entropy,
     dice_loss,
     focal_loss,
     median_frequency_weights,
+)
+from npa_train.loss import (
+    LOSSES,
+    REDUCTIONS,
+    NPALoss,
     npa_cross_entropy,
     npa_loss,
 )
