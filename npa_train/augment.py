@@ -544,10 +544,11 @@ def warp_windows(
     ``weight``; 0 at ignored pixels in any case), plus ``tile`` and ``index`` (and
     ``label_margin`` (N, h + 2·margin, w + 2·margin) int64 for ``margin > 0``).
 
-    Shape:
-        - batch["image"]: ``(N, Hp, Wp, C)`` integer or float; ``batch["label"]``:
-          ``(N, Hp, Wp)`` integer; ``batch["weight"]``: ``(N, Hp, Wp)`` float;
-          ``batch["theta"]``: ``(N, 2, 3)`` float64, crop pixel -> window pixel.
+    Shape
+    -----
+    - batch["image"]: ``(N, Hp, Wp, C)`` integer or float; ``batch["label"]``:
+      ``(N, Hp, Wp)`` integer; ``batch["weight"]``: ``(N, Hp, Wp)`` float;
+      ``batch["theta"]``: ``(N, 2, 3)`` float64, crop pixel -> window pixel.
     """
     dev = torch.device(device) if device is not None else batch["image"].device
     theta = batch["theta"].detach().cpu().numpy().astype(np.float64)

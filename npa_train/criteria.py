@@ -55,28 +55,38 @@ def class_weighted_cross_entropy(
     ``F.cross_entropy(logits, target, weight=class_weight, ignore_index=ignore_index)``
     (but is 0, not NaN, when every pixel is ignored or has weight 0).
 
-    Args:
-        logits: Unnormalized class scores.
-        target: Class indices in ``[0, C)`` or ``ignore_index``.
-        class_weight: ``C`` non-negative finite weights (e.g.
-            :func:`median_frequency_weights`).
-        ignore_index: Target value of pixels that contribute nothing. Default 255.
-        reduction: ``"mean"`` (default: weighted mean, as ``F.cross_entropy``), ``"sum"``
-            or ``"none"``.
+    Parameters
+    ----------
+    logits
+        Unnormalized class scores.
+    target
+        Class indices in ``[0, C)`` or ``ignore_index``.
+    class_weight
+        ``C`` non-negative finite weights (e.g.
+        :func:`median_frequency_weights`).
+    ignore_index
+        Target value of pixels that contribute nothing. Default 255.
+    reduction
+        ``"mean"`` (default: weighted mean, as ``F.cross_entropy``), ``"sum"``
+        or ``"none"``.
 
-    Shape:
-        - logits: ``(N, C, H, W)``; target: ``(N, H, W)``; class_weight: ``(C,)``.
-        - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
+    Shape
+    -----
+    - logits: ``(N, C, H, W)``; target: ``(N, H, W)``; class_weight: ``(C,)``.
+    - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
 
-    Raises:
-        ValueError: ``class_weight`` not of length ``C``, negative or non-finite;
-            ``reduction`` not one of the three; bad inputs as in :func:`npa_cross_entropy`.
+    Raises
+    ------
+    ValueError
+        ``class_weight`` not of length ``C``, negative or non-finite;
+        ``reduction`` not one of the three; bad inputs as in :func:`npa_cross_entropy`.
 
-    Example:
-        >>> logits = torch.zeros(1, 2, 1, 2)
-        >>> target = torch.tensor([[[0, 1]]])
-        >>> round(class_weighted_cross_entropy(logits, target, [1.0, 3.0]).item(), 4)  # log 2
-        0.6931
+    Examples
+    --------
+    >>> logits = torch.zeros(1, 2, 1, 2)
+    >>> target = torch.tensor([[[0, 1]]])
+    >>> round(class_weighted_cross_entropy(logits, target, [1.0, 3.0]).item(), 4)  # log 2
+    0.6931
     """
     check_loss_inputs(logits, target, None)
     if reduction not in ("mean", "sum", "none"):
@@ -114,27 +124,38 @@ def focal_loss(
     cross-entropy. ``1 - p_t`` is computed as ``-expm1(log p_t)`` (accurate when
     ``p_t`` is close to 1), and ``log p_t`` by ``log_softmax``: finite for any logits.
 
-    Args:
-        logits: Unnormalized class scores.
-        target: Class indices in ``[0, C)`` or ``ignore_index``.
-        weight: Optional per-pixel weights (as in :func:`npa_cross_entropy`); None: 1.
-        gamma: Focusing parameter ``>= 0``. Default 2 (the paper's baseline).
-        ignore_index: Target value of pixels that contribute nothing. Default 255.
-        reduction: As in :func:`npa_cross_entropy` (default ``"mean"`` over non-ignored
-            pixels).
+    Parameters
+    ----------
+    logits
+        Unnormalized class scores.
+    target
+        Class indices in ``[0, C)`` or ``ignore_index``.
+    weight
+        Optional per-pixel weights (as in :func:`npa_cross_entropy`); None: 1.
+    gamma
+        Focusing parameter ``>= 0``. Default 2 (the paper's baseline).
+    ignore_index
+        Target value of pixels that contribute nothing. Default 255.
+    reduction
+        As in :func:`npa_cross_entropy` (default ``"mean"`` over non-ignored
+        pixels).
 
-    Shape:
-        - logits: ``(N, C, H, W)``; target, weight: ``(N, H, W)``.
-        - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
+    Shape
+    -----
+    - logits: ``(N, C, H, W)``; target, weight: ``(N, H, W)``.
+    - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
 
-    Raises:
-        ValueError: ``gamma`` negative or non-finite; bad inputs as in
-            :func:`npa_cross_entropy`.
+    Raises
+    ------
+    ValueError
+        ``gamma`` negative or non-finite; bad inputs as in
+        :func:`npa_cross_entropy`.
 
-    Example:
-        >>> logits = torch.tensor([[[[0.0]], [[0.0]]]])  # p_t = 1/2
-        >>> round(focal_loss(logits, torch.tensor([[[0]]])).item(), 4)  # 0.25 * log 2
-        0.1733
+    Examples
+    --------
+    >>> logits = torch.tensor([[[[0.0]], [[0.0]]]])  # p_t = 1/2
+    >>> round(focal_loss(logits, torch.tensor([[[0]]])).item(), 4)  # 0.25 * log 2
+    0.1733
     """
     check_loss_inputs(logits, target, weight)
     check_number("gamma", gamma, minimum=0)
@@ -168,24 +189,33 @@ def dice_loss(
     ``smooth > 0`` a class absent from target and prediction scores ``dice ≈ 1``. A batch with every
     pixel ignored gives 0 (and zero gradients), never NaN.
 
-    Args:
-        logits: Unnormalized class scores.
-        target: Class indices in ``[0, C)`` or ``ignore_index``.
-        ignore_index: Target value of pixels that contribute nothing. Default 255.
-        smooth: Additive smoothing ``>= 0``. Default 1. With 0, a class with an empty
-            denominator counts as ``dice = 1``.
+    Parameters
+    ----------
+    logits
+        Unnormalized class scores.
+    target
+        Class indices in ``[0, C)`` or ``ignore_index``.
+    ignore_index
+        Target value of pixels that contribute nothing. Default 255.
+    smooth
+        Additive smoothing ``>= 0``. Default 1. With 0, a class with an empty
+        denominator counts as ``dice = 1``.
 
-    Shape:
-        - logits: ``(N, C, H, W)``; target: ``(N, H, W)``; output: ``()``.
+    Shape
+    -----
+    - logits: ``(N, C, H, W)``; target: ``(N, H, W)``; output: ``()``.
 
-    Raises:
-        ValueError: ``smooth`` negative or non-finite; bad inputs as in
-            :func:`npa_cross_entropy`.
+    Raises
+    ------
+    ValueError
+        ``smooth`` negative or non-finite; bad inputs as in
+        :func:`npa_cross_entropy`.
 
-    Example:
-        >>> logits = torch.tensor([[[[9.0, -9.0]], [[-9.0, 9.0]]]])  # right on both pixels
-        >>> dice_loss(logits, torch.tensor([[[0, 1]]]), smooth=0.0).item() < 1e-6
-        True
+    Examples
+    --------
+    >>> logits = torch.tensor([[[[9.0, -9.0]], [[-9.0, 9.0]]]])  # right on both pixels
+    >>> dice_loss(logits, torch.tensor([[[0, 1]]]), smooth=0.0).item() < 1e-6
+    True
     """
     check_loss_inputs(logits, target, None)
     check_number("smooth", smooth, minimum=0)
@@ -271,13 +301,18 @@ def median_frequency_weights(
 class ClassWeightedCE(nn.Module):
     """Class-weighted cross-entropy; see :func:`class_weighted_cross_entropy`.
 
-    Args:
-        class_weight: ``C`` weights (kept as a buffer: moves with ``.to(device)``).
-        ignore_index: Default 255.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+    Parameters
+    ----------
+    class_weight
+        ``C`` weights (kept as a buffer: moves with ``.to(device)``).
+    ignore_index
+        Default 255.
+    reduction
+        ``"mean"`` (default), ``"sum"`` or ``"none"``.
 
-    Shape:
-        - logits ``(N, C, H, W)``, target ``(N, H, W)``; ``weight`` is not used.
+    Shape
+    -----
+    - logits ``(N, C, H, W)``, target ``(N, H, W)``; ``weight`` is not used.
     """
 
     def __init__(self, class_weight, ignore_index: int = 255, reduction: str = "mean") -> None:
@@ -302,13 +337,18 @@ class ClassWeightedCE(nn.Module):
 class FocalLoss(nn.Module):
     """Softmax focal loss; see :func:`focal_loss`.
 
-    Args:
-        gamma: Default 2.
-        ignore_index: Default 255.
-        reduction: Default ``"mean"``.
+    Parameters
+    ----------
+    gamma
+        Default 2.
+    ignore_index
+        Default 255.
+    reduction
+        Default ``"mean"``.
 
-    Shape:
-        - logits ``(N, C, H, W)``, target ``(N, H, W)``, weight ``(N, H, W)`` or None.
+    Shape
+    -----
+    - logits ``(N, C, H, W)``, target ``(N, H, W)``, weight ``(N, H, W)`` or None.
     """
 
     def __init__(self, gamma: float = 2.0, ignore_index: int = 255, reduction: str = "mean"):
@@ -328,12 +368,16 @@ class FocalLoss(nn.Module):
 class DiceLoss(nn.Module):
     """Multi-class soft dice loss; see :func:`dice_loss`.
 
-    Args:
-        ignore_index: Default 255.
-        smooth: Default 1.
+    Parameters
+    ----------
+    ignore_index
+        Default 255.
+    smooth
+        Default 1.
 
-    Shape:
-        - logits ``(N, C, H, W)``, target ``(N, H, W)``; ``weight`` is not used.
+    Shape
+    -----
+    - logits ``(N, C, H, W)``, target ``(N, H, W)``; ``weight`` is not used.
     """
 
     def __init__(self, ignore_index: int = 255, smooth: float = 1.0) -> None:

@@ -148,56 +148,69 @@ def npa_cross_entropy(
     ``F.cross_entropy(logits, target, ignore_index=ignore_index, reduction=...)``,
     except that a batch with every pixel ignored gives 0 here (NaN there for ``"mean"``).
 
-    Args:
-        logits: Unnormalized class scores ``z``.
-        target: Class indices ``y`` in ``[0, C)``, or ``ignore_index``. Any integer dtype
-            (int64 preferred).
-        weight: Per-pixel weights ``w`` (the precomputed ``AT`` map), non-negative and
-            finite at non-ignored pixels; values at ignored pixels are not used. ``None``
-            (default) means 1 everywhere: plain cross-entropy. Cast to ``logits.dtype``.
-        ignore_index: Target value of pixels that contribute nothing. Default 255.
-        reduction: ``D`` above. One of
+    Parameters
+    ----------
+    logits
+        Unnormalized class scores ``z``.
+    target
+        Class indices ``y`` in ``[0, C)``, or ``ignore_index``. Any integer dtype
+        (int64 preferred).
+    weight
+        Per-pixel weights ``w`` (the precomputed ``AT`` map), non-negative and
+        finite at non-ignored pixels; values at ignored pixels are not used. ``None``
+        (default) means 1 everywhere: plain cross-entropy. Cast to ``logits.dtype``.
+    ignore_index
+        Target value of pixels that contribute nothing. Default 255.
+    reduction
+        ``D`` above. One of
 
-            - ``"mean"`` (default): divide by the number of non-ignored pixels;
-            - ``"weighted_mean"``: divide by the sum of the weights over the
-              non-ignored pixels (loss 0 when that sum is 0);
-            - ``"batch"``: divide by the mini-batch size ``N`` (Eq. 4 literally, a
-              per-image sum: hundreds of thousands of times a per-pixel mean);
-            - ``"sum"``: no division;
-            - ``"none"``: the weighted per-pixel losses, 0 at ignored pixels.
+        - ``"mean"`` (default): divide by the number of non-ignored pixels;
+        - ``"weighted_mean"``: divide by the sum of the weights over the
+        non-ignored pixels (loss 0 when that sum is 0);
+        - ``"batch"``: divide by the mini-batch size ``N`` (Eq. 4 literally, a
+        per-image sum: hundreds of thousands of times a per-pixel mean);
+        - ``"sum"``: no division;
+        - ``"none"``: the weighted per-pixel losses, 0 at ignored pixels.
 
-    Returns:
-        A scalar tensor, or a tensor of shape ``(N, H, W)`` for ``reduction="none"``.
+    Returns
+    -------
+    A scalar tensor, or a tensor of shape ``(N, H, W)`` for ``reduction="none"``.
 
-    Shape:
-        - logits: ``(N, C, H, W)``, floating point.
-        - target: ``(N, H, W)``, integer.
-        - weight: ``(N, H, W)``, floating point, or ``None``.
-        - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
+    Shape
+    -----
+    - logits: ``(N, C, H, W)``, floating point.
+    - target: ``(N, H, W)``, integer.
+    - weight: ``(N, H, W)``, floating point, or ``None``.
+    - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
 
-    Raises:
-        TypeError: ``logits`` or ``weight`` not floating point, ``target`` not integer,
-            ``ignore_index`` not an int.
-        ValueError: Shapes that do not match the above (the message names the
-            argument), tensors on different devices, an unknown ``reduction``, target
-            values outside ``[0, C)`` other than ``ignore_index``, or negative or
-            non-finite weights at non-ignored pixels. The value checks cost one
-            device synchronization.
+    Raises
+    ------
+    TypeError
+        ``logits`` or ``weight`` not floating point, ``target`` not integer,
+        ``ignore_index`` not an int.
+    ValueError
+        Shapes that do not match the above (the message names the
+        argument), tensors on different devices, an unknown ``reduction``, target
+        values outside ``[0, C)`` other than ``ignore_index``, or negative or
+        non-finite weights at non-ignored pixels. The value checks cost one
+        device synchronization.
 
-    Note:
-        With a scalar ``reduction`` and a ``weight`` that does not require grad (the
-        training case), the gradient comes from one fused autograd node that reuses its
-        log-probability buffer: it is cheaper than ``F.cross_entropy``'s backward, and it
-        can be backpropagated once (a second ``backward`` through the same loss raises
-        RuntimeError; compute the loss again instead of ``retain_graph=True``). With a
-        ``weight`` that requires grad, or ``reduction="none"``, plain autograd ops are used.
+    Notes
+    -----
+    With a scalar ``reduction`` and a ``weight`` that does not require grad (the
+    training case), the gradient comes from one fused autograd node that reuses its
+    log-probability buffer: it is cheaper than ``F.cross_entropy``'s backward, and it
+    can be backpropagated once (a second ``backward`` through the same loss raises
+    RuntimeError; compute the loss again instead of ``retain_graph=True``). With a
+    ``weight`` that requires grad, or ``reduction="none"``, plain autograd ops are used.
 
-    Example:
-        >>> logits = torch.zeros(1, 2, 1, 2)
-        >>> target = torch.tensor([[[0, 255]]])
-        >>> weight = torch.tensor([[[2.0, 7.0]]])
-        >>> round(npa_cross_entropy(logits, target, weight).item(), 4)  # 2 * log 2
-        1.3863
+    Examples
+    --------
+    >>> logits = torch.zeros(1, 2, 1, 2)
+    >>> target = torch.tensor([[[0, 255]]])
+    >>> weight = torch.tensor([[[2.0, 7.0]]])
+    >>> round(npa_cross_entropy(logits, target, weight).item(), 4)  # 2 * log 2
+    1.3863
     """
     check_loss_inputs(logits, target, weight)
     ignore_index = parse_ignore_index(ignore_index)
@@ -372,22 +385,31 @@ def npa_loss(
     device when ``weight`` is None (:func:`npa_train.online.npa_weights`), then
     :func:`npa_cross_entropy`.
 
-    Args:
-        logits: ``(N, C, H, W)`` unnormalized class scores. float16/bfloat16 logits
-            (autocast) are upcast: weights and loss are float32.
-        target: ``(N, H, W)`` class indices in ``[0, C)`` or ``ignore_index``.
-        weight: ``(N, H, W)`` weights to use instead (e.g. from the store), or None.
-        k: Search region of Eq. 1 (default 32, the paper's best), or one k per spatial
-            axis (``(k_d, k_h, k_w)`` for volumes); None: no weights (plain
-            cross-entropy when ``weight`` is None).
-        transform: Weight transform spec (``"log10:L=0.5"``, ``"ln:L=0.5"``,
-            ``"norm:L=0.5"`` with min/max per image, ``"log:a=2,L=0.5"``, ``"raw"``).
-        ignore_index: Target value of ignored pixels: weight 0, no loss; it still counts
-            as a class of its own in Eq. 1, as in ``npa-precompute``. None: no pixel is
-            ignored (segmentation_models_pytorch's default).
-        reduction: As :func:`npa_cross_entropy`.
-        group_elements: Memory bound of the weight computation
-            (:func:`npa_train.online.affinity_counts`).
+    Parameters
+    ----------
+    logits
+        ``(N, C, H, W)`` unnormalized class scores. float16/bfloat16 logits
+        (autocast) are upcast: weights and loss are float32.
+    target
+        ``(N, H, W)`` class indices in ``[0, C)`` or ``ignore_index``.
+    weight
+        ``(N, H, W)`` weights to use instead (e.g. from the store), or None.
+    k
+        Search region of Eq. 1 (default 32, the paper's best), or one k per spatial
+        axis (``(k_d, k_h, k_w)`` for volumes); None: no weights (plain
+        cross-entropy when ``weight`` is None).
+    transform
+        Weight transform spec (``"log10:L=0.5"``, ``"ln:L=0.5"``,
+        ``"norm:L=0.5"`` with min/max per image, ``"log:a=2,L=0.5"``, ``"raw"``).
+    ignore_index
+        Target value of ignored pixels: weight 0, no loss; it still counts
+        as a class of its own in Eq. 1, as in ``npa-precompute``. None: no pixel is
+        ignored (segmentation_models_pytorch's default).
+    reduction
+        As :func:`npa_cross_entropy`.
+    group_elements
+        Memory bound of the weight computation
+        (:func:`npa_train.online.affinity_counts`).
 
     The inputs are checked once: shapes and dtypes, then the target values (and a given
     ``weight``'s) in one synchronisation, *before* any weight is computed, so a label
@@ -396,9 +418,11 @@ def npa_loss(
     assert). The weights are then computed under ``torch.no_grad`` with the classes
     ``0 .. C - 1`` plus ``ignore_index``: nothing more is read back from the device.
 
-    Raises:
-        TypeError, ValueError: As :func:`npa_cross_entropy`; ``k`` negative or not an
-            integer; an unknown ``transform``.
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`npa_cross_entropy`; ``k`` negative or not an
+        integer; an unknown ``transform``.
     """
     if ignore_index is not None:
         ignore_index = parse_ignore_index(ignore_index)
@@ -468,46 +492,59 @@ class NPALoss(nn.Module):
     ``transform``: the same values ``npa-precompute`` stores for the same label map);
     a given ``weight`` map (e.g. read from the store) is used as it is.
 
-    Args:
-        k: Search region (default 32). None: no weights of its own, so ``weight=None``
-            means plain cross-entropy (what ``npa-train`` uses, passing the weights).
-        transform: Weight transform spec, default ``"log10:L=0.5"`` (the paper's best).
-        ignore_index: Target value of pixels that contribute nothing. Default 255; None:
-            no pixel is ignored.
-        reduction: ``"mean"`` (default), ``"weighted_mean"``, ``"batch"``, ``"sum"`` or
-            ``"none"``.
-        group_elements: Memory bound of the weight computation.
-        k_physical: Search radius in physical units instead of ``k`` (keyword-only; ``k``
-            then stays at its default): one value, or one per spatial axis, in the units
-            of ``spacing``. Resolved once to ``k = round_half_up(k_physical / spacing)``
-            per axis (:func:`npa_precompute.regions.k_from_physical`): 2.88 (m) at 0.09
-            is k = 32; ``(10, 10, 10)`` (mm) at ``(5, 0.7, 0.7)`` is ``(2, 14, 14)``.
-        spacing: Pixel/voxel size for ``k_physical`` (one value, or one per spatial
-            axis in the order (D,) H, W), > 0.
+    Parameters
+    ----------
+    k
+        Search region (default 32). None: no weights of its own, so ``weight=None``
+        means plain cross-entropy (what ``npa-train`` uses, passing the weights).
+    transform
+        Weight transform spec, default ``"log10:L=0.5"`` (the paper's best).
+    ignore_index
+        Target value of pixels that contribute nothing. Default 255; None:
+        no pixel is ignored.
+    reduction
+        ``"mean"`` (default), ``"weighted_mean"``, ``"batch"``, ``"sum"`` or
+        ``"none"``.
+    group_elements
+        Memory bound of the weight computation.
+    k_physical
+        Search radius in physical units instead of ``k`` (keyword-only; ``k``
+        then stays at its default): one value, or one per spatial axis, in the units
+        of ``spacing``. Resolved once to ``k = round_half_up(k_physical / spacing)``
+        per axis (:func:`npa_precompute.regions.k_from_physical`): 2.88 (m) at 0.09
+        is k = 32; ``(10, 10, 10)`` (mm) at ``(5, 0.7, 0.7)`` is ``(2, 14, 14)``.
+    spacing
+        Pixel/voxel size for ``k_physical`` (one value, or one per spatial
+        axis in the order (D,) H, W), > 0.
 
     Works under autocast (float16/bfloat16 logits are upcast: weights and loss in
     float32), with DistributedDataParallel (each rank weighs its own targets) and with
     ``torch.compile`` (with graph breaks where the target values are checked).
 
-    Shape:
-        - logits: ``(N, C, H, W)``, floating point.
-        - target: ``(N, H, W)``, integer.
-        - weight: ``(N, H, W)``, floating point, or ``None``.
-        - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
+    Shape
+    -----
+    - logits: ``(N, C, H, W)``, floating point.
+    - target: ``(N, H, W)``, integer.
+    - weight: ``(N, H, W)``, floating point, or ``None``.
+    - output: ``()``, or ``(N, H, W)`` for ``reduction="none"``.
 
-    Raises:
-        TypeError: ``ignore_index`` not an int, ``k`` not an int, a tuple or None.
-        ValueError: Unknown ``reduction`` or ``transform``, ``k < 0``, ``spacing`` not
-            positive, ``k_physical`` without ``spacing`` or rounding to 0 along every axis
-            (at construction); bad inputs at call time as in :func:`npa_cross_entropy`.
+    Raises
+    ------
+    TypeError
+        ``ignore_index`` not an int, ``k`` not an int, a tuple or None.
+    ValueError
+        Unknown ``reduction`` or ``transform``, ``k < 0``, ``spacing`` not
+        positive, ``k_physical`` without ``spacing`` or rounding to 0 along every axis
+        (at construction); bad inputs at call time as in :func:`npa_cross_entropy`.
 
-    Example:
-        >>> criterion = NPALoss(k=32, transform="log10:L=0.5", ignore_index=255)
-        >>> logits = torch.zeros(2, 6, 4, 4, requires_grad=True)
-        >>> target = torch.randint(0, 6, (2, 4, 4))
-        >>> criterion(logits, target).backward()  # weights from the target
-        >>> criterion(logits.detach(), target, torch.rand(2, 4, 4)).shape  # given weights
-        torch.Size([])
+    Examples
+    --------
+    >>> criterion = NPALoss(k=32, transform="log10:L=0.5", ignore_index=255)
+    >>> logits = torch.zeros(2, 6, 4, 4, requires_grad=True)
+    >>> target = torch.randint(0, 6, (2, 4, 4))
+    >>> criterion(logits, target).backward()  # weights from the target
+    >>> criterion(logits.detach(), target, torch.rand(2, 4, 4)).shape  # given weights
+    torch.Size([])
     """
 
     def __init__(

@@ -169,3 +169,35 @@ def test_no_import_cycles():
     assert len(graph) > 40
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+GOOGLE_SECTION = ("Args", "Arguments", "Returns", "Raises", "Shape", "Example", "Examples")
+
+
+def google_style_sections(source: str) -> list[str]:
+    """Docstring section headers written Google-style (``Args:``), by function or class."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+            doc = ast.get_docstring(node, clean=False) or ""
+            for line in doc.splitlines():
+                head = line.strip()
+                if head.endswith(":") and head[:-1] in GOOGLE_SECTION:
+                    found.append(f"{getattr(node, 'name', '<module>')}: {head}")
+    return found
+
+
+def test_the_checker_finds_a_google_style_section():
+    src = 'def f(x):\n    """Doc.\n\n    Args:\n        x: a value.\n    """\n'
+    assert google_style_sections(src) == ["f: Args:"]
+    assert google_style_sections(src.replace("Args:", "Parameters\n    ----------")) == []
+
+
+def test_docstrings_use_one_style_numpy():
+    """Issue 19 item 9: one docstring style (NumPy), as most of the code is."""
+    offenders = {
+        name: found
+        for name, path in module_files().items()
+        if (found := google_style_sections(path.read_text()))
+    }
+    assert offenders == {}

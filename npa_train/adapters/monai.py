@@ -64,28 +64,37 @@ def _index_target(target: Tensor, spatial: tuple[int, ...]) -> Tensor:
 class NPALoss(_NPALoss):
     """NPALoss (pixel/voxel-weighted cross-entropy, softmax of the logits) for MONAI.
 
-    Args:
-        k: Search region of Eq. 1: an int (every axis) or one per spatial axis, e.g.
-            ``(2, 8, 8)`` for ``(D, H, W)`` volumes with thick slices (default 32).
-        transform: Weight transform spec (default ``"log10:L=0.5"``).
-        ignore_index: Label of ignored voxels (default None: none, as in MONAI).
-        reduction: ``"mean"`` over non-ignored voxels (default), ``"sum"``, ``"none"``
-            (MONAI's names), or ``"weighted_mean"``, ``"batch"``.
-        k_physical, spacing: A search radius in physical units (mm) and the voxel
-            spacing in the array's axis order, instead of ``k``
-            (:class:`npa_train.loss.NPALoss`).
+    Parameters
+    ----------
+    k
+        Search region of Eq. 1: an int (every axis) or one per spatial axis, e.g.
+        ``(2, 8, 8)`` for ``(D, H, W)`` volumes with thick slices (default 32).
+    transform
+        Weight transform spec (default ``"log10:L=0.5"``).
+    ignore_index
+        Label of ignored voxels (default None: none, as in MONAI).
+    reduction
+        ``"mean"`` over non-ignored voxels (default), ``"sum"``, ``"none"``
+        (MONAI's names), or ``"weighted_mean"``, ``"batch"``.
+    k_physical, spacing
+        A search radius in physical units (mm) and the voxel
+        spacing in the array's axis order, instead of ``k``
+        (:class:`npa_train.loss.NPALoss`).
 
-    Shape:
-        - input: ``(B, C, H, W)`` or ``(B, C, D, H, W)`` logits.
-        - target: ``(B, 1, *spatial)`` or ``(B, *spatial)`` class indices (integer, or
-          float with integer values as MONAI loads them).
-        - weight: optional ``(B, 1, *spatial)`` or ``(B, *spatial)`` map
-          (:class:`NPAWeightsd`), used instead of computing it.
+    Shape
+    -----
+    - input: ``(B, C, H, W)`` or ``(B, C, D, H, W)`` logits.
+    - target: ``(B, 1, *spatial)`` or ``(B, *spatial)`` class indices (integer, or
+      float with integer values as MONAI loads them).
+    - weight: optional ``(B, 1, *spatial)`` or ``(B, *spatial)`` map
+      (:class:`NPAWeightsd`), used instead of computing it.
 
-    Raises:
-        ValueError: A target whose shape matches neither form (e.g. a 4-D target for
-            2-D logits with more than one channel); non-integer labels; as
-            :class:`npa_train.loss.NPALoss` otherwise.
+    Raises
+    ------
+    ValueError
+        A target whose shape matches neither form (e.g. a 4-D target for
+        2-D logits with more than one channel); non-integer labels; as
+        :class:`npa_train.loss.NPALoss` otherwise.
     """
 
     def __init__(
@@ -123,22 +132,33 @@ class NPAWeightsd(MapTransform):
     (:func:`npa_train.online.npa_weights`: exact Eq. 1, then ``transform``; 0 at
     ``ignore_index``), a ``MetaTensor`` with the label's metadata when the label is one.
 
-    Args:
-        keys: Label keys (``"label"``).
-        k: Search region, an int or one per spatial axis (default 32).
-        transform: Weight transform spec (default ``"log10:L=0.5"``).
-        ignore_index: Label whose voxels weigh 0 (default None).
-        k_physical: Search radius in physical units instead of ``k``; the spacing is
-            ``spacing`` or, when None, the label's ``pixdim`` (MetaTensor).
-        spacing: Voxel spacing for ``k_physical`` in the array's axis order.
-        weight_suffix: Suffix of the added key (default ``"_npa_weight"``).
-        allow_missing_keys: MONAI's flag.
+    Parameters
+    ----------
+    keys
+        Label keys (``"label"``).
+    k
+        Search region, an int or one per spatial axis (default 32).
+    transform
+        Weight transform spec (default ``"log10:L=0.5"``).
+    ignore_index
+        Label whose voxels weigh 0 (default None).
+    k_physical
+        Search radius in physical units instead of ``k``; the spacing is
+        ``spacing`` or, when None, the label's ``pixdim`` (MetaTensor).
+    spacing
+        Voxel spacing for ``k_physical`` in the array's axis order.
+    weight_suffix
+        Suffix of the added key (default ``"_npa_weight"``).
+    allow_missing_keys
+        MONAI's flag.
 
-    Raises:
-        ValueError: A label that is not channel-first with one channel (a ``(D, H, W)``
-            or ``(H, W)`` label cannot be told from a channel-first one: add the channel
-            with ``EnsureChannelFirstd``), non-integer labels, ``k_physical`` without a
-            spacing to resolve it.
+    Raises
+    ------
+    ValueError
+        A label that is not channel-first with one channel (a ``(D, H, W)``
+        or ``(H, W)`` label cannot be told from a channel-first one: add the channel
+        with ``EnsureChannelFirstd``), non-integer labels, ``k_physical`` without a
+        spacing to resolve it.
     """
 
     def __init__(
