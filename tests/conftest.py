@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 from helpers import SHARED_DATA
+
+
+def pytest_configure(config):
+    """Give the tests Ctrl-C as a terminal delivers it, however pytest was started.
+
+    A shell starts background jobs (``make test &``, ``nohup``, some CI runners) with SIGINT
+    ignored; Python then keeps it ignored and so do the processes it spawns, and the tests
+    that send SIGINT to a training run (``test_train_cli.py``) would see nothing arrive. The
+    library itself respects an ignored SIGINT; only the test session restores the default
+    (which processes started from here inherit as SIG_DFL, i.e. ``KeyboardInterrupt``).
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
