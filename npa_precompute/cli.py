@@ -77,6 +77,26 @@ def main() -> None:
     "GeoTIFF georeferencing; needed for a geographic CRS in degrees).",
 )
 @click.option(
+    "--volume",
+    is_flag=True,
+    help="Read TIFF labels as (D, H, W) stacks of their pages (NIfTI .nii/.nii.gz labels are "
+    "always volumes; needs the nifti extra). Volumes take --preset index, no --images.",
+)
+@click.option(
+    "--k-mm",
+    "k_mm",
+    default=None,
+    metavar="RADII",
+    help="Search radii in mm instead of --k, comma-separated (volumes): k = radius / voxel "
+    "spacing, rounded half up, the same along every axis.",
+)
+@click.option(
+    "--spacing",
+    default=None,
+    metavar="MM",
+    help="Voxel spacing in mm for --k-mm: one value or D,H,W (default: the NIfTI headers).",
+)
+@click.option(
     "--transform",
     "transforms",
     multiple=True,
@@ -159,9 +179,9 @@ def main() -> None:
 )
 @quiet_option
 @reports_user_errors(_user_errors)
-def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype, num_classes,
-        ignore_index, unknown_colors, chunk, workers, use_dask, block, scheduler, memory_limit,
-        store_weights, overwrite, quiet):  # fmt: skip
+def run(labels, out, images, preset, ks, k_metres, gsd, volume, k_mm, spacing, transforms,
+        weight_dtype, num_classes, ignore_index, unknown_colors, chunk, workers, use_dask, block,
+        scheduler, memory_limit, store_weights, overwrite, quiet):  # fmt: skip
     """Compute affinity maps and weights for whole label tiles LABELS (files, folders, globs).
 
     Re-running skips tiles whose files and parameters are unchanged; an interrupted
@@ -174,11 +194,12 @@ def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype
 
     dask = _dask_options(use_dask, block, scheduler, workers, memory_limit)
     ctx = click.get_current_context()
-    if k_metres is not None and ctx.get_parameter_source("ks") not in (
-        click.core.ParameterSource.DEFAULT,
-        click.core.ParameterSource.DEFAULT_MAP,
-    ):
-        raise click.UsageError("--k-metres replaces --k: give one or the other")
+    for flag, radii in (("--k-metres", k_metres), ("--k-mm", k_mm)):
+        if radii is not None and ctx.get_parameter_source("ks") not in (
+            click.core.ParameterSource.DEFAULT,
+            click.core.ParameterSource.DEFAULT_MAP,
+        ):
+            raise click.UsageError(f"{flag} replaces --k: give one or the other")
     bar = None
 
     def progress(done: int, total: int, tile: str) -> None:
@@ -215,6 +236,9 @@ def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype
             notify=None if quiet else lambda message: click.echo(message, err=True),
             k_metres=k_metres,
             gsd=gsd,
+            volume=volume,
+            k_mm=k_mm,
+            spacing=_spacing(spacing),
         )
     except WeightRangeError:
         _weight_range_usage_error(ks, transforms, weight_dtype)
@@ -224,6 +248,18 @@ def run(labels, out, images, preset, ks, k_metres, gsd, transforms, weight_dtype
         if bar is not None:
             bar.close()
     click.echo(summary.text())
+
+
+def _spacing(text: str | None) -> tuple[float, ...] | str | None:
+    """``--spacing`` as numbers (``"2,0.8,0.8"``); text that is not numbers is passed on for
+    the library to refuse, naming the option."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        return text
+    return values[0] if len(values) == 1 else values
 
 
 def _weight_range_usage_error(ks, transforms, weight_dtype) -> None:

@@ -32,6 +32,15 @@ _WINDOW = click.option(
     help="Crop in pixels: x0 (column), y0 (row), width, height. Default: the whole tile.",
 )
 
+_SLICE = click.option(
+    "--slice",
+    "depth",
+    type=int,
+    default=None,
+    metavar="Z",
+    help="Of a volume tile: the slice (index along D) to use; --window crops it.",
+)
+
 
 @click.command("inspect")
 @store_argument
@@ -75,6 +84,7 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     "Repeatable, or comma-separated. Default: every k of the tile's first transformation.",
 )
 @_WINDOW
+@_SLICE
 @out_option("Output PNG of the figure.", file=True)
 @click.option(
     "--backend",
@@ -100,17 +110,18 @@ def inspect_cmd(store: str, tile: str | None, as_json: bool, weights: tuple[str,
     help="matplotlib resolution (dots per inch of the figure).",
 )
 @reports_user_errors(_user_errors, aliases={"weights": "arrays"})
-def show_cmd(store, tile, arrays, window, out, backend, color_scale, dpi) -> None:
+def show_cmd(store, tile, arrays, window, depth, out, backend, color_scale, dpi) -> None:
     """Figure of one tile of STORE: image, label, weight maps by k, weights per class.
 
     Like Feng et al. 2020, Fig. 4: a row per transformation with its maps by k,
     the mean weight per class in the window, and a histogram of the weights per
     class (k closest to 32). Ignore pixels are black and left out of every statistic.
+    A volume shows one slice (--slice, default the middle one).
     """
     from npa_precompute.viz import show_figure
 
     show_figure(store, tile, arrays=split_list(arrays) or None, window=window, out=out,
-                backend=backend, dpi=dpi, color_scale=color_scale)  # fmt: skip
+                backend=backend, dpi=dpi, color_scale=color_scale, depth=depth)  # fmt: skip
     click.echo(f"wrote {out}")
 
 
@@ -126,15 +137,19 @@ def show_cmd(store, tile, arrays, window, out, backend, color_scale, dpi) -> Non
     "(stored, or derived from the counts: any transform of a stored k, ms_k8-16-32_...).",
 )
 @_WINDOW
+@_SLICE
 @out_option(
     "Output file: .npy (exact values), .tif (values, for QGIS/napari) or .png (label "
     "colours, 16-bit counts, weights heat map).",
     file=True,
 )
 @reports_user_errors(_user_errors, aliases={"weights": "array"})
-def export_cmd(store, tile, array, window, out) -> None:
-    """Write one array of a tile of STORE (or a window of it) to .npy, .tif or .png."""
+def export_cmd(store, tile, array, window, depth, out) -> None:
+    """Write one array of a tile of STORE (or a window of it) to .npy, .tif or .png.
+
+    A volume tile is written whole (every slice: .npy, or a .tif stack), or one --slice.
+    """
     from npa_precompute.export import export_array
 
-    path = export_array(store, tile, array, out, window=window)
+    path = export_array(store, tile, array, out, window=window, depth=depth)
     click.echo(f"wrote {path}")

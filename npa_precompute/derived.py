@@ -53,13 +53,14 @@ __all__ = [
 ]
 
 
-def check_derivable(spec: WeightsSpec, dtype: np.dtype | str) -> None:
+def check_derivable(spec: WeightsSpec, dtype: np.dtype | str, *, ndim: int = 2) -> None:
     """Refuse weights whose values ``dtype`` cannot hold, as ``npa-precompute run`` does.
 
     Single-k weights: :func:`~npa_precompute.transforms.check_weight_range` in ``dtype``.
     Multi-scale weights: each k's in float32 (they are computed in float32), and the
     largest possible mean in ``dtype`` (``ms_k2-130_raw`` fits float16 where
-    ``k130_raw`` does not).
+    ``k130_raw`` does not). ``ndim``: spatial axes of the tile (3 for a volume, whose
+    windows hold ``(2k + 1)**3`` voxels).
 
     Raises
     ------
@@ -70,9 +71,9 @@ def check_derivable(spec: WeightsSpec, dtype: np.dtype | str) -> None:
     names = {"transforms": "transform", "k": "k =", "dtype": "a store written with --dtype"}
     try:
         check_weight_range(spec.ks, [spec.transform], np.float32 if spec.multiscale else dtype,
-                           names=names)  # fmt: skip
+                           names=names, ndim=ndim)  # fmt: skip
         if spec.multiscale:
-            top = sum(spec.transform.max_weight(k) for k in spec.ks) / len(spec.ks)
+            top = sum(spec.transform.max_weight(k, ndim) for k in spec.ks) / len(spec.ks)
             with np.errstate(over="ignore"):  # rounded as Deriver rounds: float64 -> 32 -> dtype
                 stored = np.float64(top).astype(np.float32).astype(dtype)
             if not np.isfinite(stored):
@@ -87,9 +88,9 @@ def check_derivable(spec: WeightsSpec, dtype: np.dtype | str) -> None:
         raise WeightRangeError(reason, detail=str(exc), param="weights") from None
 
 
-def _needs_range(spec: WeightsSpec, k: int) -> bool:
+def _needs_range(spec: WeightsSpec, k: int, ndim: int = 2) -> bool:
     """Whether deriving ``k`` of ``spec`` needs the tile's min/max count."""
-    return spec.transform.needs_range or (2 * k + 1) ** 2 > MAX_TABLE
+    return spec.transform.needs_range or (2 * k + 1) ** ndim > MAX_TABLE
 
 
 class Deriver:
@@ -101,9 +102,10 @@ class Deriver:
     ranges : {k: (min, max) count over the tile's non-ignore pixels, or None}
         Needed for ``norm`` (and for k > 1023); other transformations use them to size
         the lookup table like the precompute did, and the largest possible count
-        ``(2k + 1)**2 - 1`` when None. ``max < 0``: every pixel of the tile is ignored.
+        ``(2k + 1)**ndim - 1`` when None. ``max < 0``: every pixel of the tile is ignored.
     ignore_index : label value of ignored pixels (weight 0)
     dtype : float32 or float16, the weights dtype of the store
+    ndim : spatial axes of the tile, keyword-only (2: a label map, 3: a volume)
 
     Raises
     ------
@@ -120,14 +122,16 @@ class Deriver:
         *,
         ignore_index: int,
         dtype: np.dtype | str = np.float32,
+        ndim: int = 2,
     ) -> None:
         self.dtype = np.dtype(dtype)
-        check_derivable(spec, self.dtype)
+        self.ndim = int(ndim)
+        check_derivable(spec, self.dtype, ndim=self.ndim)
         self.spec = spec
         self.ranges = {int(k): (None if r is None else (int(r[0]), int(r[1])))
                        for k, r in ranges.items()}  # fmt: skip
         for k in spec.ks:
-            if self.ranges.get(k) is None and _needs_range(spec, k):
+            if self.ranges.get(k) is None and _needs_range(spec, k, self.ndim):
                 raise ValueError(f"deriving {spec.name!r} needs the tile's count range for k={k}")
         self.ignore_index = int(ignore_index)
         self._tables: dict[int, np.ndarray | None] = {}
@@ -139,7 +143,7 @@ class Deriver:
         """float32 weights of the counts ``0 .. max`` for ``k`` (None: too large, per pixel)."""
         if k not in self._tables:
             r = self.ranges.get(k)
-            lo, hi = r if r is not None else (0, (2 * k + 1) ** 2 - 1)
+            lo, hi = r if r is not None else (0, (2 * k + 1) ** self.ndim - 1)
             self._tables[k] = self.spec.transform.lookup_table(lo, hi)
         return self._tables[k]
 
@@ -215,7 +219,7 @@ def derive(
     ----------
     name : weights name or WeightsSpec
     counts : the windows of ``affinity/k<K>`` for the name's k, in increasing k (or {k: window})
-    label : the window of the tile's labels
+    label : the window of the tile's labels, (h, w) or, of a volume, (d, h, w)
     ignore_index : keyword-only
     ranges : {k: (min, max)} over the whole tile's non-ignore pixels; required for ``norm``.
         For a whole tile, ``None`` takes them from ``counts`` and ``label``.
@@ -228,7 +232,8 @@ def derive(
         ignore = np.ascontiguousarray(label) == ignore_index
         ranges = {k: tuple(int(v) for v in valid_min_max(np.ascontiguousarray(c), ignore))
                   for k, c in zip(spec.ks, counts, strict=True)}  # fmt: skip
-    return Deriver(spec, ranges, ignore_index=ignore_index, dtype=dtype)(counts, label)
+    return Deriver(spec, ranges, ignore_index=ignore_index, dtype=dtype,
+                   ndim=max(2, np.ndim(label)))(counts, label)  # fmt: skip
 
 
 class DerivedWeights:
@@ -333,8 +338,9 @@ def tile_deriver(tile, name: str | WeightsSpec) -> Deriver:
         )
     ranges = {}
     for k in spec.ks:
-        ranges[k] = tile.count_range(k, compute=_needs_range(spec, k))
-    return Deriver(spec, ranges, ignore_index=tile.ignore_index, dtype=tile.weight_dtype)
+        ranges[k] = tile.count_range(k, compute=_needs_range(spec, k, tile.label.ndim))
+    return Deriver(spec, ranges, ignore_index=tile.ignore_index, dtype=tile.weight_dtype,
+                   ndim=tile.label.ndim)  # fmt: skip
 
 
 def derived_weights(tile, name: str | WeightsSpec) -> DerivedWeights:

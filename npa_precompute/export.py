@@ -82,14 +82,20 @@ def _write_png(
 
 
 def _write_tif(
-    out: Path, kind: str, values: np.ndarray, description: dict, georef: dict | None = None
+    out: Path,
+    kind: str,
+    values: np.ndarray,
+    description: dict,
+    georef: dict | None = None,
+    volume: bool = False,
 ) -> None:
     import tifffile
 
     if kind == "weights":
         values = values.astype(np.float32, copy=False)
-    photometric = "rgb" if values.ndim == 3 and values.shape[2] == 3 else "minisblack"
-    extra = {"planarconfig": "contig"} if values.ndim == 3 else {}
+    bands = values.ndim == 3 and not volume  # (H, W, C); a volume is D pages of (H, W)
+    photometric = "rgb" if bands and values.shape[2] == 3 else "minisblack"
+    extra = {"planarconfig": "contig"} if bands else {}
     tifffile.imwrite(
         out,
         np.ascontiguousarray(values),
@@ -109,6 +115,7 @@ def export_array(
     out: str | os.PathLike,
     *,
     window: str | tuple[int, int, int, int] | None = None,
+    depth: int | None = None,
 ) -> Path:
     """Write one array of a tile, or a window of it, to ``.npy``, ``.png`` or ``.tif``.
 
@@ -120,6 +127,9 @@ def export_array(
         name such as ``"k32_log10_L0.5"`` (see :func:`~npa_precompute.summary.resolve_array`)
     out : output file; its suffix picks the format (module docstring)
     window : ``"x0,y0,w,h"`` or a tuple, keyword-only; default the whole tile
+    depth : int, keyword-only
+        Of a volume: the one slice (index along D) to write; default every slice
+        (``.npy`` and ``.tif`` only: a (D, h, w) array, a TIFF of D pages)
 
     Returns
     -------
@@ -137,6 +147,9 @@ def export_array(
         An unsupported suffix, a malformed window or one reaching outside the tile
         (the message gives the tile's shape), or values a PNG cannot hold
         (labels > 255, counts > 65535, non-uint8 images).
+    ParameterError
+        ``depth`` outside the volume, given for a 2-D tile, or missing for a volume
+        written to ``.png``.
     """
     out = Path(out)
     suffix = out.suffix.lower()
@@ -147,8 +160,17 @@ def export_array(
     info = store_info(root)
     t = open_tile(root, tile)
     ref = t.ref(array)
-    rows, cols = check_window(win, t.shape, tile_id=tile)
-    values = t.read_window(ref.path, rows.start, rows.stop, cols.start, cols.stop)
+    plane = t.shape[-2:] if t.is_volume else t.shape
+    rows, cols = check_window(win, plane, tile_id=tile)
+    box = (rows.start, rows.stop, cols.start, cols.stop)
+    values = t.read_window(ref.path, *box, depth=depth)
+    stack = t.is_volume and depth is None
+    if stack and suffix == ".png":
+        raise ParameterError(
+            "depth",
+            f"is needed to write tile {tile!r}, a volume of shape {t.shape}, to .png (one "
+            "slice); the whole volume goes to .npy or .tif (a stack of D pages)",
+        )
     ignore = info.ignore_index
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
@@ -156,7 +178,7 @@ def export_array(
     elif suffix == ".png":
         label = None
         if ref.kind == "weights":
-            label = t.read_window("label", rows.start, rows.stop, cols.start, cols.stop)
+            label = t.read_window("label", *box, depth=depth)
         _write_png(out, ref.kind, values, info, ignore, label)
     else:
         description = {
@@ -173,6 +195,8 @@ def export_array(
                 "ignore_index": ignore,
             }
         }  # fmt: skip
+        if t.is_volume:
+            description["npaloss"] |= {"depth": depth, "spacing": t.meta.spacing}
         georef = shift_georef(t.meta.georef, rows.start, cols.start)
-        _write_tif(out, ref.kind, values, description, georef)
+        _write_tif(out, ref.kind, values, description, georef, volume=stack)
     return out

@@ -18,7 +18,7 @@ from npa_precompute.errors import ParameterError, ParameterTypeError
 from npa_precompute.geo import georef_is_geographic, georef_pixel_size, read_georef
 from npa_precompute.regions import k_from_physical, parse_spacing
 
-__all__ = ["parse_radii", "resolve_k_metres"]
+__all__ = ["parse_radii", "resolve_k_metres", "resolve_k_mm"]
 
 #: Relative difference of pixel sizes below which two tiles share one ground sampling
 #: distance (float rounding of two writers).
@@ -118,23 +118,94 @@ def resolve_k_metres(
         spacing, source = parse_spacing(gsd, 2, name="gsd"), "gsd"
     else:
         spacing, source = _tiles_gsd(labels), "georef"
+    return _resolve(values, spacing, source, "m", "k_metres", "give `gsd` as one value")
+
+
+def _resolve(values, spacing, source: str, unit: str, name: str, fix: str):
+    """The ks and the record of radii ``values`` at ``spacing`` (one k per radius: a radius
+    giving another k along some axis is refused, the store keeps one k per array)."""
     ks: list[int] = []
+    used = []
     for r in values:
-        kh, kw = k_from_physical(r, spacing, ndim=2, name="k_metres")
-        if kh != kw:
+        region = k_from_physical(r, spacing, ndim=len(spacing), name=name)
+        if len(set(region)) != 1:
+            axes = "D, H, W" if len(region) == 3 else "H, W"
+            at = " x ".join(f"{v:g}" for v in spacing)
             raise ParameterError(
-                "k_metres",
-                f"{r} m at {spacing[0]} x {spacing[1]} m pixels is k = {kh} along H and {kw} "
-                "along W; the store keeps square search regions: give `gsd` as one value",
+                name,
+                f"{r} {unit} at {at} {unit} spacing is k = {region} along {axes}; the store "
+                f"keeps one k along every axis (anisotropic regions are not stored yet): {fix}",
             )
-        if kh not in ks:
-            ks.append(kh)
+        used.append(region[0])
+        if region[0] not in ks:
+            ks.append(region[0])
     record = {
-        "unit": "m",
+        "unit": unit,
         "radii": list(values),
         "spacing": list(spacing),
         "spacing_source": source,
-        "ks": [k_from_physical(r, spacing, ndim=2, name="k_metres")[0] for r in values],
+        "ks": used,
         "rounding": "half up of radius / spacing",
     }
     return tuple(ks), record
+
+
+def resolve_k_mm(
+    radii, spacing=None, labels: Sequence[str | os.PathLike] = ()
+) -> tuple[tuple[int, ...], dict]:
+    """Integer search regions of physical radii in mm for label volumes.
+
+    Parameters
+    ----------
+    radii : float, sequence of float or str
+        Search radii in mm (``5`` or ``"2.5,5"``), >= 0.
+    spacing : float or (float, float, float), optional
+        Voxel spacing in mm (one value, or along D, H, W). Default: read from every
+        label's NIfTI header (:func:`npa_precompute.volumes.volume_spacing`; they must
+        agree).
+    labels : label volumes, used when ``spacing`` is None
+
+    Returns
+    -------
+    ks : tuple of int
+        One k per radius (duplicates dropped): ``round_half_up(radius / spacing)``
+        (:func:`npa_precompute.regions.k_from_physical`, the rule of ``k_metres``).
+    record : dict
+        As :func:`resolve_k_metres`, ``"unit": "mm"``, ``"spacing_source": "spacing" |
+        "header"``: the tiles' params ``k_physical``.
+
+    Raises
+    ------
+    ParameterError
+        Bad radii or ``spacing`` (argument ``k_mm`` or ``spacing``); no ``spacing`` while a
+        label has none in its file (a TIFF stack); volumes with different spacings; a
+        radius that rounds to 0 along every axis; a radius giving different k along the
+        axes (anisotropic voxels: the store keeps one k per array).
+    InputError
+        A NIfTI header whose spacing is not positive and finite (naming the file).
+    """
+    from npa_precompute.volumes import volume_spacing
+
+    values = parse_radii(radii, name="k_mm")
+    if spacing is not None:
+        found, source = parse_spacing(spacing, 3, name="spacing"), "spacing"
+    else:
+        found, first, source = None, None, "header"
+        for path in labels:
+            sp = volume_spacing(path)
+            if sp is None:
+                raise ParameterError(
+                    "spacing", f"is needed: {path} has no voxel spacing in its file (mm, D,H,W)"
+                )
+            if found is None:
+                found, first = sp, path
+            elif any(abs(a - b) > _SAME_GSD * max(a, b) for a, b in zip(sp, found, strict=True)):
+                raise ParameterError(
+                    "k_mm",
+                    f"needs one voxel spacing, but {first} has {found} and {path} has {sp} "
+                    "(mm along D, H, W); precompute them into separate stores or give `spacing`",
+                )
+        if found is None:
+            raise ParameterError("spacing", "is needed: no label volumes to read it from")
+    return _resolve(values, found, source, "mm", "k_mm",
+                    "give a radius that rounds alike along every axis, or `k`")  # fmt: skip

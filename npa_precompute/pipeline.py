@@ -29,7 +29,7 @@ from npa_precompute.errors import ParameterError
 from npa_precompute.geo import tile_georef
 from npa_precompute.imagestats import image_stats
 from npa_precompute.params import parse_ks
-from npa_precompute.physical import resolve_k_metres
+from npa_precompute.physical import resolve_k_metres, resolve_k_mm
 from npa_precompute.presets import Preset, get_preset
 from npa_precompute.readers import (
     InputError,
@@ -69,6 +69,7 @@ from npa_precompute.transforms import (
     weights_attrs,
     weights_name,
 )
+from npa_precompute.volumes import read_volume, volume_run
 from npa_precompute.warmup import compile_kernels
 
 __all__ = ["PrecomputeConfig", "RunSummary", "process_tile", "run_precompute"]
@@ -116,6 +117,9 @@ class PrecomputeConfig:
     #: the physical radii the ks were resolved from (:func:`npa_precompute.physical.
     #: resolve_k_metres`), recorded in the tiles' params as ``k_physical``; None: k given
     k_physical: dict | None = None
+    #: the tiles are (D, H, W) label volumes (:mod:`npa_precompute.volumes`): windows of
+    #: (2k + 1)**3 voxels; recorded in the params as ``volume: true`` (absent for 2-D)
+    volume: bool = False
 
     def __post_init__(self) -> None:
         ks = tuple(parse_ks(self.ks))
@@ -128,7 +132,7 @@ class PrecomputeConfig:
                 t if isinstance(t, WeightTransform) else parse_transform(t) for t in transforms
             ))  # fmt: skip
         except WeightRangeError:
-            check_weight_range(ks, transforms, self.weight_dtype)  # names the transform, limit
+            check_weight_range(ks, transforms, self.weight_dtype, ndim=self.ndim)  # the limit
             raise
         except ValueError as exc:
             raise ParameterError("transforms", str(exc), message=str(exc)) from None
@@ -145,7 +149,12 @@ class PrecomputeConfig:
             )
         if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 16:
             raise ParameterError("chunk", f"must be an integer >= 16, got {self.chunk!r}")
-        check_weight_range(ks, parsed, self.weight_dtype)
+        check_weight_range(ks, parsed, self.weight_dtype, ndim=self.ndim)
+
+    @property
+    def ndim(self) -> int:
+        """Spatial axes of the tiles: 3 for volumes, else 2."""
+        return 3 if self.volume else 2
 
     def stored_pairs(self) -> list[tuple[int, WeightTransform]]:
         """(k, transformation) of the weights arrays a tile written with this config holds."""
@@ -166,6 +175,8 @@ class PrecomputeConfig:
         }
         if self.k_physical is not None:
             params["k_physical"] = self.k_physical
+        if self.volume:
+            params["volume"] = True
         return params
 
 
@@ -242,9 +253,11 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
     """
     from npa_precompute.presets import LabelError
 
-    raw = read_label(src.label)
+    vol = read_volume(src.label) if cfg.volume else None
+    raw = vol.labels if vol is not None else read_label(src.label)
     try:
-        label = cfg.preset.decode(raw, source=str(src.label), unknown_colors=cfg.unknown_colors)
+        label = cfg.preset.decode(raw, source=str(src.label), unknown_colors=cfg.unknown_colors,
+                                  volume=cfg.volume)  # fmt: skip
     except LabelError as exc:
         raise InputError(str(exc)) from None
     image = None
@@ -257,14 +270,15 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
                 f"{src.label} has shape {label.shape}"
             )
         stats = image_stats(image)
-    georef = tile_georef(src.label, src.image, tile_id=src.tile_id)
+    georef = None if cfg.volume else tile_georef(src.label, src.image, tile_id=src.tile_id)
     t0 = time.perf_counter()
     aff = affinity_maps(label, cfg.ks)
     kernel_s = time.perf_counter() - t0
     ignore = label == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
     minmax = np.empty((len(cfg.ks), 2), dtype=np.int64)
-    count_ranges(aff, ignore, minmax)  # min/max count per k over non-ignore pixels (Eq. 2)
+    rows = (len(cfg.ks), -1, label.shape[-1])  # the kernel walks rows: a volume's D * H
+    count_ranges(aff.reshape(rows), ignore.reshape(rows[1:]), minmax)  # min/max per k (Eq. 2)
     ranges = {k: (int(minmax[i, 0]), int(minmax[i, 1])) for i, k in enumerate(cfg.ks)}
     stored = cfg.stored_pairs()
 
@@ -286,6 +300,7 @@ def process_tile(store: str, src: TileSource, cfg: PrecomputeConfig, source: dic
         count_range=ranges,
         stored_weights=[weights_name(k, t) for k, t in stored],
         image_stats=stats or None,
+        spacing=None if vol is None else vol.attrs(),
     )
     root = open_store(store, mode="r+")
     write_tile(
@@ -401,7 +416,7 @@ def _run_blockwise(store, todo, grow, opts, rasters, summary: RunSummary, progre
 
 
 #: params that a tile and a run must share for the tile to be grown rather than recomputed
-_FIXED_PARAMS = ("weight_dtype", "unknown_colors", "chunk", "preset")
+_FIXED_PARAMS = ("weight_dtype", "unknown_colors", "chunk", "preset", "volume")
 
 
 def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overwrite: bool):
@@ -417,7 +432,7 @@ def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overw
         return "write", cfg, (), ()
     old = meta.params
     params = cfg.params()
-    if any(old.get(key) != params[key] for key in _FIXED_PARAMS):
+    if any(old.get(key) != params.get(key) for key in _FIXED_PARAMS):
         return "changed", None, (), ()
     old_ks = list(meta.ks or ())
     old_t = [parse_transform(spec) for spec in meta.transform_specs]
@@ -432,6 +447,8 @@ def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overw
     new_ks = tuple(k for k in cfg.ks if k not in old_ks)
     if not new_ks and not asked and set(cfg.transforms) <= set(old_t):
         return "skip", None, (), ()
+    if cfg.volume:  # the grow works on 2-D blocks: a volume is recomputed whole
+        return "write", tile_cfg, (), ()
     return "grow", tile_cfg, new_ks, tuple(asked)
 
 
@@ -456,6 +473,9 @@ def run_precompute(
     notify: Callable[[str], None] | None = None,
     k_metres: float | str | Sequence[float] | None = None,
     gsd: float | Sequence[float] | None = None,
+    volume: bool = False,
+    k_mm: float | str | Sequence[float] | None = None,
+    spacing: float | Sequence[float] | None = None,
 ) -> RunSummary:
     """Precompute affinity maps and weights for whole tiles into a zarr store.
 
@@ -500,6 +520,14 @@ def run_precompute(
     gsd : ground sampling distance in metres per pixel for ``k_metres`` (one value or
         along H, W); default: each label's GeoTIFF georeferencing (a geographic CRS in
         degrees is refused)
+    volume : read TIFF labels as (D, H, W) page stacks; NIfTI labels are always volumes
+        (:mod:`npa_precompute.volumes`, :func:`~npa_precompute.volumes.volume_run`): (D, H,
+        W) counts and weights of ``(2k + 1)**3`` windows, 3-D chunks, tile attr ``spacing``
+    k_mm : search radii in mm instead of ``ks``, for volumes: each becomes
+        ``k = round_half_up(radius / spacing)`` along every axis
+        (:func:`npa_precompute.physical.resolve_k_mm`), recorded as ``k_physical``
+    spacing : voxel spacing in mm for ``k_mm`` (one value or along D, H, W); default: the
+        NIfTI headers
 
     The run holds the store's lock (:class:`npa_precompute.store.StoreLock`) from its
     first write to its last; a run over an up-to-date store writes nothing (it works on a
@@ -532,8 +560,11 @@ def run_precompute(
     ks = parse_ks(ks)
     if gsd is not None and k_metres is None:
         raise ParameterError("gsd", "applies only with `k_metres`")
-    if k_metres is not None and ks != parse_ks(defaults.KS):
-        raise ParameterError("k_metres", "replaces `ks`: give one or the other")
+    if spacing is not None and k_mm is None:
+        raise ParameterError("spacing", "applies only with `k_mm`")
+    for name, radii in (("k_metres", k_metres), ("k_mm", k_mm)):
+        if radii is not None and ks != parse_ks(defaults.KS):
+            raise ParameterError(name, "replaces `ks`: give one or the other")
     cfg = PrecomputeConfig(preset_obj, ks, transforms, weight_dtype, unknown_colors, chunk,
                            bool(store_weights))  # fmt: skip
     if not isinstance(workers, int) or workers < 1:
@@ -541,9 +572,15 @@ def run_precompute(
     if dask is not None:
         check_block(dask.block, cfg.chunk)
     sources = discover_tiles(labels, images, preset=preset)
+    volume = volume_run(sources, volume, images, dask, preset_obj, k_metres, k_mm)
     if k_metres is not None:  # the ks of the tiles' pixel size; the config checks them again
         ks, k_physical = resolve_k_metres(k_metres, gsd, [src.label for src in sources])
         cfg = replace(cfg, ks=ks, k_physical=k_physical)
+    if k_mm is not None:
+        ks, k_physical = resolve_k_mm(k_mm, spacing, [src.label for src in sources])
+        cfg = replace(cfg, ks=ks, k_physical=k_physical)
+    if volume:
+        cfg = replace(cfg, volume=True)  # checks the weights' range for (2k + 1)**3 windows
     rasters = _open_rasters(sources, cfg, dask) if dask is not None else {}
 
     path = Path(out)

@@ -91,7 +91,12 @@ class Preset:
         }
 
     def decode(
-        self, raw: np.ndarray, *, source: str = "label", unknown_colors: str = "error"
+        self,
+        raw: np.ndarray,
+        *,
+        source: str = "label",
+        unknown_colors: str = "error",
+        volume: bool = False,
     ) -> np.ndarray:
         """Decode a raw label array into class indices with ``ignore_index``.
 
@@ -104,10 +109,13 @@ class Preset:
         unknown_colors : {"error", "ignore"}
             What to do with colours outside the palette (``isprs`` only): raise, or
             decode them to ``ignore_index``.
+        volume : bool
+            ``raw`` is a (D, H, W) label volume (index presets only).
 
         Returns
         -------
-        (H, W) uint8 array (uint16 when ``ignore_index`` or the class count exceeds 255).
+        (H, W) uint8 array (uint16 when ``ignore_index`` or the class count exceeds 255),
+        (D, H, W) for a volume.
 
         Raises
         ------
@@ -121,9 +129,14 @@ class Preset:
                 "unknown_colors", f"must be 'error' or 'ignore', got {unknown_colors!r}"
             )
         out_dtype = self.label_dtype
+        if self.palette is not None and volume:
+            raise LabelError(
+                f"{source}: preset {self.name!r} decodes RGB colour-coded label maps; label "
+                "volumes hold class indices: use --preset index"
+            )
         if self.palette is not None:
             return self._decode_rgb(raw, source, unknown_colors).astype(out_dtype, copy=False)
-        if raw.ndim != 2:
+        if raw.ndim != (3 if volume else 2):
             raise LabelError(
                 f"{source}: preset {self.name!r} expects a single-band index label, "
                 f"got an array of shape {raw.shape}"

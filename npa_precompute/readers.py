@@ -496,6 +496,18 @@ def file_sha256(path: str | os.PathLike, *, block: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _is_raster_name(path: Path) -> bool:
+    """Whether a folder's file is an input by its name: a raster or a NIfTI volume."""
+    name = path.name.lower()
+    return path.suffix.lower() in _FILE_TYPES or name.endswith((".nii", ".nii.gz"))
+
+
+def _stem(path: Path) -> str:
+    """The name without its suffix, ``.nii.gz`` counted as one."""
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
 def _is_dangling(path: Path) -> bool:
     """A symlink whose target is missing (an un-fetched git-annex/DataLad file)."""
     return path.is_symlink() and not path.exists()
@@ -546,7 +558,7 @@ def expand_paths(items: list[str] | tuple[str, ...], *, what: str) -> list[Path]
     for item in items:
         p = Path(item)
         if p.is_dir():
-            entries = sorted(f for f in p.rglob("*") if f.suffix.lower() in _FILE_TYPES)
+            entries = sorted(f for f in p.rglob("*") if _is_raster_name(f))
         elif p.is_file() or _is_dangling(p):
             entries = [p]
         else:
@@ -587,7 +599,7 @@ _INDEX_LABEL_SUFFIX = re.compile(r"(_(label|labels|mask|gt))?(_noBoundary)?$", r
 
 
 def _tile_id(path: Path, preset: str, role: str) -> str:
-    stem = path.stem
+    stem = _stem(path)
     if preset == "isprs":
         pattern = _ISPRS_LABEL_SUFFIX if role == "label" else _ISPRS_IMAGE_SUFFIX
         return pattern.sub("", stem)

@@ -119,15 +119,17 @@ def check_window(
 
 
 def _boundary_mask(label: np.ndarray) -> np.ndarray:
-    """True where a pixel has an 8-neighbour of another label value (tile border excluded)."""
+    """True where a pixel has an 8-neighbour (a voxel a 26-neighbour) of another label value
+    (tile border excluded)."""
+    import itertools
+
     padded = np.pad(label, 1, mode="edge")
-    h, w = label.shape
     out = np.zeros(label.shape, dtype=bool)
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            if dy == 1 and dx == 1:
-                continue
-            out |= padded[dy : dy + h, dx : dx + w] != label
+    for offset in itertools.product((0, 1, 2), repeat=label.ndim):
+        if all(d == 1 for d in offset):
+            continue
+        window = tuple(slice(d, d + n) for d, n in zip(offset, label.shape, strict=True))
+        out |= padded[window] != label
     return out
 
 
@@ -145,8 +147,8 @@ def weight_stats(
 
     Parameters
     ----------
-    weights : (H, W) float array
-    label : (H, W) integer array, the tile's decoded labels
+    weights : (H, W) float array, or (D, H, W) of a volume
+    label : integer array of the same shape, the tile's decoded labels
     classes : class names in index order
     ignore_index : label value of ignored pixels, keyword-only
     percentiles : percentiles to report (numpy's default linear interpolation),
@@ -161,8 +163,8 @@ def weight_stats(
         pixels whose weight equals the minimum (one-class windows: weight ``L``).
         ``class_mean`` is None for a class absent from the tile. Boundary pixels
         have an 8-neighbour of another label value (an ignore band counts, the
-        tile border does not); ``boundary_mean`` / ``interior_mean`` are None when
-        there are none of that kind.
+        tile border does not; in a volume a 26-neighbour); ``boundary_mean`` /
+        ``interior_mean`` are None when there are none of that kind.
 
     Raises
     ------
@@ -240,7 +242,7 @@ def _derived_entry(ref: ArrayRef) -> dict:
         "shape": list(arr.shape),
         "dtype": str(arr.dtype),
         "chunks": [],
-        "dimension_names": ["y", "x"],
+        "dimension_names": ["z", "y", "x"] if len(arr.shape) == 3 else ["y", "x"],
         "k": ref.k,
         "transform": ref.transform,
         "nbytes": int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize,
@@ -301,11 +303,12 @@ def inspect_store(
         ``{"store", "preset", "classes", "ignore_index", "foreground_classes", "tiles":
         [...]}``. Each tile: ``{"tile", "complete", "shape", "arrays"}``; a complete tile
         adds ``"class_pixels"`` ({name: int}) and ``"ignore_pixels"``; ``"k_physical"`` is
-        the physical radii the tile's k were resolved from (``--k-metres``: radii, spacing,
-        k used), or None. Each array: ``{"path", "kind", "shape", "dtype", "chunks",
-        "dimension_names", "k", "transform", "nbytes", "stored_bytes",
-        "compression_ratio"}`` (bytes of the chunk files on disk; ratio None when no chunk
-        was written), and weights arrays of complete tiles ``"stats"`` from
+        the physical radii the tile's k were resolved from (``--k-metres``, ``--k-mm``:
+        radii, spacing, k used), or None; ``"spacing"`` a volume's voxel spacing from its
+        file (:class:`~npa_precompute.store.TileMeta`), or None. Each array: ``{"path",
+        "kind", "shape", "dtype", "chunks", "dimension_names", "k", "transform", "nbytes",
+        "stored_bytes", "compression_ratio"}`` (bytes of the chunk files on disk; ratio
+        None when no chunk was written), and weights arrays of complete tiles ``"stats"`` from
         :func:`weight_stats`. Derived weights have ``"derived": True`` and 0 bytes; arrays
         left by an interrupted grow (not part of the tile) have kind ``"leftover"``.
         Incomplete tiles list their arrays without stats.
@@ -341,6 +344,7 @@ def inspect_store(
             "shape": list(meta.shape or (g["label"].shape if "label" in g else ())) or None,
             "arrays": [_array_entry(store_path, a, p, kind) for p, kind, a in arrays],
             "k_physical": (meta.params or {}).get("k_physical"),
+            "spacing": meta.spacing,
         }
         if complete:
             t = open_tile(root, tid)
@@ -463,8 +467,16 @@ def format_inspect(report: dict) -> str:
                 f"{r:g} {unit} -> k = {k}" for r, k in zip(phys["radii"], phys["ks"], strict=True)
             )
             lines.append(
-                f"  k from physical radii at {spacing} {unit}/pixel ({phys['spacing_source']}, "
+                f"  k from physical radii at {spacing} {unit}/"
+                f"{'voxel' if len(phys['spacing']) == 3 else 'pixel'} ({phys['spacing_source']}, "
                 f"rounded half up): {pairs}"
+            )
+        voxel = t.get("spacing")
+        if voxel:
+            sizes = " x ".join(f"{v:g}" for v in voxel["values"])
+            axes = ", ".join(voxel.get("axes") or ())
+            lines.append(
+                f"  voxel spacing {sizes} {voxel['unit']} along {axes} ({voxel['source']})"
             )
         rows = []
         for a in t["arrays"]:

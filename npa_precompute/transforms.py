@@ -155,13 +155,14 @@ class WeightTransform:
         """Whether the weights depend on the tile's (or image's) min and max count (``norm``)."""
         return self.kind == "norm"
 
-    def max_weight(self, k: int) -> float:
+    def max_weight(self, k: int, ndim: int = 2) -> float:
         """The largest weight this transformation can give for search region ``k`` (float64).
 
-        Counts of Eq. 1 lie in ``[0, (2k + 1)**2 - 1]``: ``raw`` reaches the top count,
-        ``norm`` reaches ``1 + L``, ``log*`` reaches ``log_a(top + a**L)``.
+        Counts of Eq. 1 lie in ``[0, (2k + 1)**ndim - 1]`` (``ndim`` spatial axes: 2 for
+        label maps, 3 for volumes): ``raw`` reaches the top count, ``norm`` reaches
+        ``1 + L``, ``log*`` reaches ``log_a(top + a**L)``.
         """
-        top = (2 * int(k) + 1) ** 2 - 1
+        top = (2 * int(k) + 1) ** int(ndim) - 1
         if self.kind == "raw":
             return float(top)
         if self.kind == "norm":
@@ -184,9 +185,9 @@ class WeightTransform:
 
         Parameters
         ----------
-        affinity : (H, W) unsigned integer
+        affinity : (H, W) or (D, H, W) unsigned integer
             Raw counts of Eq. 1 for one k (see :func:`~npa_precompute.affinity_maps`).
-        ignore_mask : (H, W) bool, optional
+        ignore_mask : bool array of ``affinity``'s shape, optional
             True at ignore pixels: their weight is 0 and they do not enter the
             min/max of ``norm``.
         dtype : float32 (default) or float16, keyword-only
@@ -197,7 +198,7 @@ class WeightTransform:
 
         Returns
         -------
-        (H, W) array of ``dtype``. ``norm`` takes min and max over the tile's
+        array of ``affinity``'s shape and ``dtype``. ``norm`` takes min and max over the tile's
         non-ignore pixels; a constant map gives ``L`` everywhere (Eq. 2 would
         divide by zero). ``log*`` gives ``L`` where A = 0 (Eq. 3). Values are the
         formula evaluated in float64, then rounded to ``dtype``.
@@ -205,16 +206,17 @@ class WeightTransform:
         Raises
         ------
         ValueError
-            ``affinity`` not a 2-D unsigned integer array, ``ignore_mask`` of another
+            ``affinity`` not a 2-D/3-D unsigned integer array, ``ignore_mask`` of another
             shape, or ``dtype`` not float32/float16.
         """
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
             raise ValueError(f"`dtype` must be float32 or float16, got {dtype}")
         a = np.asarray(affinity)
-        if a.ndim != 2 or not np.issubdtype(a.dtype, np.unsignedinteger):
+        if a.ndim not in (2, 3) or not np.issubdtype(a.dtype, np.unsignedinteger):
             raise ValueError(
-                f"`affinity` must be an (H, W) unsigned integer array, got {a.dtype} {a.shape}"
+                "`affinity` must be an (H, W) or (D, H, W) unsigned integer array, got "
+                f"{a.dtype} {a.shape}"
             )
         if ignore_mask is None:
             ignore = np.zeros(a.shape, dtype=bool)
@@ -236,8 +238,11 @@ class WeightTransform:
             out[ignore] = 0
         else:
             out = np.empty(a.shape, dtype=np.float32)
-            if table.size:
-                gather_weights(a, ignore, table, out)
+            if table.size:  # the kernel walks rows: a volume as its (D * H, W) rows
+                rows = (-1, a.shape[-1])
+                gather_weights(np.ascontiguousarray(a).reshape(rows),
+                               np.ascontiguousarray(ignore).reshape(rows), table,
+                               out.reshape(rows))  # fmt: skip
             else:  # every pixel ignored
                 out.fill(0)
         return out if dtype == np.float32 else out.astype(dtype)
@@ -366,6 +371,7 @@ def check_weight_range(
     dtype: str | np.dtype = "float32",
     *,
     names: dict[str, str] | None = None,
+    ndim: int = 2,
 ) -> None:
     """Refuse every (k, transformation, dtype) whose largest weight is not finite in ``dtype``.
 
@@ -380,6 +386,8 @@ def check_weight_range(
     dtype : "float32" or "float16"
     names : how to name ``transforms``, ``dtype`` and ``k`` in messages (default: the
         :func:`~npa_precompute.pipeline.run_precompute` parameters)
+    ndim : spatial axes of the counts (2: label maps, 3: volumes, whose windows hold
+        ``(2k + 1)**3`` voxels), keyword-only
 
     Raises
     ------
@@ -397,7 +405,7 @@ def check_weight_range(
             why = exc.detail or str(exc)
             raise WeightRangeError(f"{names['transforms']} {spec}: {why}") from None
         for k in ks:
-            w = t.max_weight(k)
+            w = t.max_weight(k, ndim)
             with np.errstate(over="ignore"):  # rounded as apply() rounds: float64 -> 32 -> dtype
                 stored = np.float64(w).astype(np.float32).astype(dtype)
             if np.isfinite(stored):
@@ -406,7 +414,9 @@ def check_weight_range(
             if t.kind != "norm":  # the largest norm weight is 1 + L whatever k
                 where += f" with {names['k']} {k}"
             if t.kind == "raw":
-                kmax = int((math.isqrt(int(top_of) + 1) - 1) // 2)
+                side = (math.isqrt(int(top_of) + 1) if ndim == 2
+                        else math.floor((top_of + 1) ** (1 / ndim) + 1e-9))  # fmt: skip
+                kmax = int((side - 1) // 2)
                 fix = f"use {names['dtype']} float32, or k <= {kmax} with {dtype}"
             elif t.kind == "norm":
                 fix = f"L must be at most {top_of - 1:.6g} with {dtype}"

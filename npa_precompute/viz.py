@@ -142,7 +142,7 @@ def render_pillow(
     x0, y0, ww, hh = data.window
     draw.text(
         (_PAD, _PAD // 2),
-        f"NPALoss weights of {data.tile_id}, window x0,y0,w,h = {x0},{y0},{ww},{hh}",
+        f"NPALoss weights of {data.title}, window x0,y0,w,h = {x0},{y0},{ww},{hh}",
         fill=(0, 0, 0),
         font=font,
     )
@@ -286,6 +286,7 @@ def show_figure(
     dpi: int = 100,
     panel_px: int = 320,
     color_scale: str = "shared",
+    depth: int | None = None,
 ) -> Figure | PILImage.Image:
     """One figure of a tile window: image, labels, weight maps (and histograms).
 
@@ -306,6 +307,8 @@ def show_figure(
     color_scale : {"shared", "panel"}, keyword-only, default "shared"
         One colour range for all maps of a row (every k of a transformation), or one
         per map.
+    depth : int, keyword-only
+        Of a volume tile: the slice (index along D) drawn; default the middle one.
 
     Returns
     -------
@@ -335,7 +338,7 @@ def show_figure(
             backend = "pillow"
     elif backend == "matplotlib":
         _require_matplotlib()
-    data = load_show_data(path, tile, arrays=arrays, window=window)
+    data = load_show_data(path, tile, arrays=arrays, window=window, depth=depth)
     if backend == "matplotlib":
         fig = render_matplotlib(data, dpi=dpi, color_scale=color_scale)
         if out is not None:

@@ -43,6 +43,8 @@ class ShowData:
     ignore_index : int
     rows : list of (row title, list of (ArrayRef, (h, w) float64 values)); one row per
         transformation, panels ordered by k
+    depth : int or None
+        Of a volume tile: the slice (index along D) shown; None for a 2-D tile.
     """
 
     tile_id: str
@@ -53,6 +55,12 @@ class ShowData:
     palette: np.ndarray
     ignore_index: int
     rows: list[tuple[str, list[tuple[ArrayRef, np.ndarray]]]] = field(default_factory=list)
+    depth: int | None = None
+
+    @property
+    def title(self) -> str:
+        """The tile id, and the slice of a volume (``case1, slice z = 6``)."""
+        return self.tile_id if self.depth is None else f"{self.tile_id}, slice z = {self.depth}"
 
     @property
     def ignore_mask(self) -> np.ndarray:
@@ -78,6 +86,7 @@ def load_show_data(
     *,
     arrays: list[str] | tuple[str, ...] | None = None,
     window: str | tuple[int, int, int, int] | None = None,
+    depth: int | None = None,
 ) -> ShowData:
     """Read the image, labels and chosen maps of one tile window.
 
@@ -89,6 +98,9 @@ def load_show_data(
         ``"k32"``), keyword-only; default every k of the tile's first transformation
     window : ``"x0,y0,w,h"`` or a tuple (:func:`~npa_precompute.summary.parse_window`),
         keyword-only; default the whole tile
+    depth : int, keyword-only
+        Of a volume tile: the slice (index along D) to show; default the middle one
+        (``D // 2``). A 2-D tile takes none.
 
     Returns
     -------
@@ -103,12 +115,16 @@ def load_show_data(
     ValueError
         A malformed window, one reaching outside the tile, or ``label`` / ``image``
         among ``arrays`` (they are always shown).
+    ParameterError
+        ``depth`` outside ``0 .. D - 1``, or given for a 2-D tile.
     """
     root = open_store(path)
     info = store_info(root)
     t = open_tile(root, tile)
     win = parse_window(window)
-    rows_sl, cols_sl = check_window(win, t.shape, tile_id=tile)
+    if t.is_volume and depth is None:
+        depth = t.shape[0] // 2
+    rows_sl, cols_sl = check_window(win, t.shape[-2:] if t.is_volume else t.shape, tile_id=tile)
     win = (cols_sl.start, rows_sl.start, cols_sl.stop - cols_sl.start, rows_sl.stop - rows_sl.start)
     names = list(arrays) if arrays else _default_arrays(t)
     refs: list[ArrayRef] = []
@@ -128,7 +144,8 @@ def load_show_data(
     rows = []
     for key, group in groups.items():
         group.sort(key=lambda r: (r.k is None, r.k or 0, r.name))
-        rows.append((key, [(r, t.read_window(r.path, *box).astype(np.float64)) for r in group]))
+        maps = [(r, t.read_window(r.path, *box, depth=depth).astype(np.float64)) for r in group]
+        rows.append((key, maps))
     image = None
     if t.image is not None:
         image = stretch_image(t.read_window("image", *box))
@@ -136,11 +153,12 @@ def load_show_data(
         tile_id=tile,
         window=win,
         image=image,
-        label=t.read_window("label", *box),
+        label=t.read_window("label", *box, depth=depth),
         classes=list(info.classes),
         palette=class_palette(info),
         ignore_index=info.ignore_index,
         rows=rows,
+        depth=depth,
     )
 
 

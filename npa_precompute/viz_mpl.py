@@ -93,7 +93,7 @@ def render_matplotlib(
     # columns of another apart
     subs = fig.subfigures(n_rows, 1, squeeze=False).ravel()
     x0, y0, ww, hh = data.window
-    title = f"NPALoss weights of {data.tile_id}, window x0,y0,w,h = {x0},{y0},{ww},{hh}"
+    title = f"NPALoss weights of {data.title}, window x0,y0,w,h = {x0},{y0},{ww},{hh}"
     sep = " " if len(title) + 22 < units * panel_in * 9 else "\n"  # ~9 chars an inch at 12 pt
     fig.suptitle(f"{title}{sep}(ignore pixels black)", fontsize=12)
     ids = _mpl_header(subs[0], data, lead, units, bars_in_header)

@@ -79,6 +79,8 @@ def compile_kernels(
                 label = index.copy()
                 label.setflags(write=writable)
             aff = affinity_maps(label, cfg.ks)
+            if getattr(cfg, "volume", False):  # the volume kernel, on a (2, 6, 6) volume
+                affinity_maps(np.stack([label, label]), cfg.ks)
             ignore = label == preset.ignore_index
             for t in {t.kind: t for t in cfg.transforms}.values():
                 t.apply(aff[0], ignore, dtype=dtype)

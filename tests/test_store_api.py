@@ -81,7 +81,7 @@ def test_build_tile_meta_writes_todays_attrs(store):
     ("attrs", "match"),
     [
         ({"shape": "80x96"}, r"tile 'a': attr 'shape' is malformed"),
-        ({"shape": [80, 96, 3]}, r"tile 'a': attr 'shape' is malformed .*\(H, W\)"),
+        ({"shape": [80, 96, 3, 2]}, r"tile 'a': attr 'shape' is malformed .*\(D, H, W\)"),
         ({"count_range": {"4": [1]}}, r"tile 'a': attr 'count_range' is malformed"),
         ({"class_pixels": [1.5, 2]}, r"tile 'a': attr 'class_pixels' is malformed"),
     ],

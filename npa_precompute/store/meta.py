@@ -216,7 +216,7 @@ class TileMeta:
     Attributes
     ----------
     tile_id : str
-    shape : (H, W)
+    shape : (H, W), or (D, H, W) for a label volume
     source : dict
         ``label_path``, ``label_sha256``, ``image_path``, ``image_sha256`` (None
         without image): what a later run compares to know the tile is current.
@@ -237,6 +237,10 @@ class TileMeta:
         Per-band image statistics (:mod:`npa_precompute.imagestats`).
     blockwise : dict or None
         ``{"block", "halo"}`` of a tile written block by block.
+    spacing : dict or None
+        Voxel spacing of a volume read from its file's header (NIfTI pixdim):
+        ``{"values": [d_D, d_H, d_W], "unit": "mm", "axes": ["z", "y", "x"], "source"}``
+        (:meth:`npa_precompute.volumes.Volume.attrs`).
     complete : bool
         Set last, after every array is written.
     extra : dict
@@ -244,7 +248,7 @@ class TileMeta:
     """
 
     tile_id: str
-    shape: tuple[int, int] | None = None
+    shape: tuple[int, ...] | None = None
     source: dict | None = None
     params: dict = field(default_factory=dict)
     npaloss_version: str | None = None
@@ -256,12 +260,13 @@ class TileMeta:
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
     blockwise: dict | None = None
+    spacing: dict | None = None
     complete: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
     _KEYS = ("tile_id", "shape", "source", "params", "npaloss_version", "georef",
              "ignore_fraction", "class_pixels", "count_range", "stored_weights", "image_mean",
-             "image_std", "blockwise", "complete")  # fmt: skip
+             "image_std", "blockwise", "spacing", "complete")  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping, *, tile_id: str = "", where: str = "") -> TileMeta:
@@ -276,8 +281,8 @@ class TileMeta:
         if not isinstance(d, Mapping):
             raise StoreError(f"{where}: the attrs are not a mapping: {d!r}")
         shape = _parse(d, "shape", _ints, where)
-        if shape is not None and len(shape) != 2:
-            raise _malformed(where, "shape", d["shape"], "expected (H, W)")
+        if shape is not None and len(shape) not in (2, 3):
+            raise _malformed(where, "shape", d["shape"], "expected (H, W) or (D, H, W)")
         return cls(
             tile_id=_parse(d, "tile_id", str, where) or tile_id,
             shape=shape,
@@ -292,6 +297,7 @@ class TileMeta:
             image_mean=_parse(d, "image_mean", _floats, where),
             image_std=_parse(d, "image_std", _floats, where),
             blockwise=_parse(d, "blockwise", _mapping, where),
+            spacing=_parse(d, "spacing", _mapping, where),
             complete=d.get("complete") is True,
             extra={k: v for k, v in d.items() if k not in cls._KEYS},
         )
@@ -368,7 +374,7 @@ class TileMeta:
 def build_tile_meta(
     *,
     tile_id: str,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     source: dict,
     params: dict,
     georef: dict | None,
@@ -378,6 +384,7 @@ def build_tile_meta(
     stored_weights: Iterable[str] | None = None,
     image_stats: Mapping[str, Sequence[float]] | None = None,
     blockwise: dict | None = None,
+    spacing: dict | None = None,
 ) -> TileMeta:
     """The attrs of a tile, built the same way by both precompute paths.
 
@@ -390,11 +397,13 @@ def build_tile_meta(
     ----------
     tile_id, shape, source, params, georef : see :class:`TileMeta`
     class_pixels : (num_classes,) non-ignore pixels per class
-    ignored : ignored pixels (``ignore_fraction`` is ``ignored / (H * W)``)
+    ignored : ignored pixels (``ignore_fraction`` is ``ignored / (H * W)``, of a
+        volume ``ignored / (D * H * W)``)
     count_range : {k: (min, max)} of the counts over non-ignore pixels
     stored_weights : names of the weights arrays the tile holds (sorted here)
     image_stats : ``{"image_mean", "image_std"}`` of :mod:`npa_precompute.imagestats`
     blockwise : ``{"block", "halo"}`` of a blockwise run
+    spacing : voxel spacing of a volume (:class:`TileMeta`)
 
     Returns
     -------
@@ -404,10 +413,10 @@ def build_tile_meta(
     from npa_precompute._version import __version__
 
     stats = image_stats or {}
-    n = int(shape[0]) * int(shape[1])
+    n = int(np.prod([int(s) for s in shape], dtype=np.int64))
     return TileMeta(
         tile_id=tile_id,
-        shape=(int(shape[0]), int(shape[1])),
+        shape=tuple(int(s) for s in shape),
         source=dict(source),
         params=dict(params),
         npaloss_version=__version__,
@@ -419,6 +428,7 @@ def build_tile_meta(
         image_mean=None if "image_mean" not in stats else tuple(stats["image_mean"]),
         image_std=None if "image_std" not in stats else tuple(stats["image_std"]),
         blockwise=blockwise,
+        spacing=None if spacing is None else dict(spacing),
     )
 
 

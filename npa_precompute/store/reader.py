@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 import zarr
 
-from npa_precompute.errors import StoreError
+from npa_precompute.errors import ParameterError, StoreError
 from npa_precompute.store.layout import list_tiles, open_store, store_info
 from npa_precompute.store.meta import (
     IncompleteTileError,
@@ -100,8 +100,14 @@ class Tile:
         return TileMeta.from_dict(self.attrs, tile_id=self.tile_id)
 
     @property
-    def shape(self) -> tuple[int, int]:
+    def shape(self) -> tuple[int, ...]:
+        """(H, W), or (D, H, W) of a label volume."""
         return tuple(self.label.shape)
+
+    @property
+    def is_volume(self) -> bool:
+        """Whether the tile is a label volume (its arrays are (D, H, W))."""
+        return self.label.ndim == 3
 
     @property
     def weight_dtype(self) -> np.dtype:
@@ -265,27 +271,45 @@ class Tile:
             self._readers[name] = reader
         return reader
 
-    def read_window(self, name: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def read_window(self, name: str, y0: int, y1: int, x0: int, x1: int, *,
+                    depth: int | None = None) -> np.ndarray:  # fmt: skip
         """``array(name)[y0:y1, x0:x1]`` as a numpy array, read through :meth:`reader`.
 
         Stored arrays with the layout this package writes are read straight from their
-        shard files (about three times faster than zarr for a crop's window).
+        shard files (about three times faster than zarr for a crop's window). A volume's
+        window is ``array(name)[:, y0:y1, x0:x1]`` (every slice), or
+        ``array(name)[depth, y0:y1, x0:x1]`` (one slice), read through zarr.
 
         Parameters
         ----------
         name : str, as :meth:`ref`
         y0, y1, x0, x1 : int, the window (within the tile)
+        depth : int, keyword-only
+            Of a volume: the slice (index along D) to read; default every slice.
 
         Returns
         -------
-        (y1 - y0, x1 - x0[, C]) array of the array's dtype
+        (y1 - y0, x1 - x0[, C]) array of the array's dtype; of a volume
+        (D, y1 - y0, x1 - x0), or (y1 - y0, x1 - x0) with ``depth``
 
         Raises
         ------
         StoreError, TypeError
             As :meth:`ref`.
+        ParameterError
+            ``depth`` outside ``0 .. D - 1``, or given for a 2-D tile.
         """
-        return self.reader(name).read(y0, y1, x0, x1)
+        if not self.is_volume:
+            if depth is not None:
+                raise ParameterError("depth", f"applies to volumes; tile {self.tile_id!r} is 2-D")
+            return self.reader(name).read(y0, y1, x0, x1)
+        if depth is not None and not 0 <= int(depth) < self.shape[0]:
+            raise ParameterError(
+                "depth", f"must be in 0 .. {self.shape[0] - 1} (tile {self.tile_id!r} has "
+                f"{self.shape[0]} slices), got {depth}"
+            )  # fmt: skip
+        z = slice(None) if depth is None else int(depth)
+        return np.asarray(self.ref(name).array[z, y0:y1, x0:x1])
 
     def count_range(self, k: int, *, compute: bool = True) -> tuple[int, int] | None:
         """(min, max) of the counts of ``k`` over the tile's non-ignore pixels.

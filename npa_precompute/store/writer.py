@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 _DIMS = {2: ("y", "x"), 3: ("y", "x", "band")}
+#: Dimension names of a volume's arrays (D, H, W).
+_VOLUME_DIMS = ("z", "y", "x")
 
 
 class StoreWriteError(OSError):
@@ -91,6 +93,7 @@ def _create(
     shape: tuple[int, ...] | None = None,
     dtype=None,
     shard: int | None = None,
+    volume: bool = False,
     **kw,
 ) -> zarr.Array:
     # Chunks of `chunk` px are what a crop reads; they are packed into shards (one file per
@@ -100,13 +103,19 @@ def _create(
     # task writes whole shards of its own.
     shape = tuple(data.shape) if data is not None else tuple(shape)
     dtype = data.dtype if data is not None else np.dtype(dtype)
-    h, w = shape[:2]
-    ch, cw = min(chunk, h), min(chunk, w)
-    chunks = (ch, cw, *shape[2:])
-    if shard is None:
-        shards = (-(-h // ch) * ch, -(-w // cw) * cw, *shape[2:])
+    if volume:  # (D, H, W): chunks of chunk/4 x chunk/2 x chunk/2 voxels, one shard
+        sides = (max(1, chunk // 4), max(1, chunk // 2), max(1, chunk // 2))
+        chunks = tuple(min(c, n) for c, n in zip(sides, shape, strict=True))
+        shards = tuple(-(-n // c) * c for c, n in zip(chunks, shape, strict=True))
+        dims = _VOLUME_DIMS
     else:
-        shards = (min(shard, -(-h // ch) * ch), min(shard, -(-w // cw) * cw), *shape[2:])
+        h, w = shape[:2]
+        ch, cw = min(chunk, h), min(chunk, w)
+        chunks = (ch, cw, *shape[2:])
+        if shard is None:
+            shards = (-(-h // ch) * ch, -(-w // cw) * cw, *shape[2:])
+        else:
+            shards = (min(shard, -(-h // ch) * ch), min(shard, -(-w // cw) * cw), *shape[2:])
     arr = group.create_array(
         name,
         shape=shape,
@@ -170,6 +179,10 @@ class TileWriter:
         None for one shard per array.
     guard : LockGuard or None
         Checked before every write (None: not checked).
+    volume : bool
+        The tile is a label volume: its arrays are (D, H, W), chunked ``chunk // 4`` x
+        ``chunk // 2`` x ``chunk // 2`` (64 x 128 x 128 voxels at the default 256), one
+        shard per array, ``dimension_names`` ``z, y, x``.
     """
 
     store: str
@@ -177,6 +190,7 @@ class TileWriter:
     chunk: int = 256
     shard: int | None = None
     guard: LockGuard | None = None
+    volume: bool = False
 
     def __post_init__(self) -> None:
         if self.shard is not None and (self.shard < self.chunk or self.shard % self.chunk):
@@ -191,20 +205,20 @@ class TileWriter:
     @classmethod
     def create(cls, root: zarr.Group, tile_id: str, attrs: TileMeta | Mapping, *,
                chunk: int = 256, shard: int | None = None,
-               guard: LockGuard | None = None) -> TileWriter:  # fmt: skip
+               guard: LockGuard | None = None, volume: bool = False) -> TileWriter:  # fmt: skip
         """Start a new tile ``tile_id`` (any earlier version is removed), ``complete`` False.
 
         Parameters
         ----------
         root : the store's root group, opened ``r+``
         attrs : TileMeta (:func:`~npa_precompute.store.meta.build_tile_meta`) or dict
-        chunk, shard, guard : see the class
+        chunk, shard, guard, volume : see the class
 
         Raises
         ------
         StoreWriteError, StoreLockedError
         """
-        w = cls(store_path(root), tile_id, chunk, shard, guard)
+        w = cls(store_path(root), tile_id, chunk, shard, guard, volume)
         with w._writing(""):
             _clear_tile(root, tile_id)
             w._group = root["tiles"].create_group(
@@ -261,8 +275,8 @@ class TileWriter:
         ----------
         path : ``"label"``, ``"image"``, ``"affinity/k<K>"``, ``"weights/<name>"`` or any
             ``"<group>/<name>"`` (the group is created when missing)
-        data : (H, W) or (H, W, C) array, or None for an empty array of ``shape``, ``dtype``
-            to be written block by block (:meth:`write`)
+        data : (H, W) or (H, W, C) array ((D, H, W) for a volume), or None for an empty
+            array of ``shape``, ``dtype`` to be written block by block (:meth:`write`)
         fill_value : value of unwritten pixels (the ignore index for labels)
         attrs : the array's attrs (``k``, ``transform``, ...)
 
@@ -283,7 +297,7 @@ class TileWriter:
             ndim = len(data.shape if data is not None else shape)
             return _create(group, name, data, self.chunk, _DIMS[ndim], shape=shape,
                            dtype=dtype, shard=self.shard, fill_value=fill_value,
-                           attributes=dict(attrs or {}))  # fmt: skip
+                           volume=self.volume, attributes=dict(attrs or {}))  # fmt: skip
 
     def write(self, path: str, data: np.ndarray, window: tuple[int, int, int, int]) -> None:
         """Write ``data`` into the window ``(r0, r1, c0, c1)`` of the array ``path`` (made
@@ -330,9 +344,10 @@ def write_tile(
 
     Parameters
     ----------
-    label : (H, W) uint8|uint16 decoded labels
-    image : (H, W, C) uint8|uint16 or None
-    affinity : {k: (H, W) raw counts}
+    label : (H, W) uint8|uint16 decoded labels, or (D, H, W) of a volume (its arrays are
+        then chunked in 3-D, :class:`TileWriter`)
+    image : (H, W, C) uint8|uint16 or None (None for a volume)
+    affinity : {k: (H, W) or (D, H, W) raw counts}
     weights : iterable of (name, array, attrs) produced lazily (one weights array in
         memory at a time)
     attrs : TileMeta (:func:`~npa_precompute.store.meta.build_tile_meta`) or dict
@@ -340,7 +355,8 @@ def write_tile(
     guard : checked before each write (:class:`~npa_precompute.store.lock.LockGuard`)
     more : (path, array, attrs) of any other array of the tile (``"<group>/<name>"``)
     """
-    w = TileWriter.create(root, tile_id, attrs, chunk=chunk, guard=guard)
+    w = TileWriter.create(root, tile_id, attrs, chunk=chunk, guard=guard,
+                          volume=label.ndim == 3)  # fmt: skip
     w.add("label", label, fill_value=ignore_index)
     if image is not None:
         w.add("image", image)
