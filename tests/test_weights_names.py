@@ -182,11 +182,21 @@ def test_one_device_cache_with_one_limit():
 HEAVY = ("numba", "llvmlite", "zarr", "tifffile", "click")
 
 
-def _loaded(code: str) -> dict:
-    script = textwrap.dedent(code) + textwrap.dedent(f"""
+def _loaded(code: str, *, first: str = "") -> dict:
+    """Which heavy modules (and torch) are loaded after ``first`` and then ``code`` run in a
+    fresh interpreter; with ``first``, also ``"before"``: those loaded after ``first`` alone."""
+    names = (*HEAVY, "torch")
+    script = (
+        textwrap.dedent(f"""
         import json, sys
-        print(json.dumps({{m: m in sys.modules for m in {(*HEAVY, "torch")!r}}}))
+        {first}
+        before = {{m: m in sys.modules for m in {names!r}}}
     """)
+        + textwrap.dedent(code)
+        + textwrap.dedent(f"""
+        print(json.dumps({{**{{m: m in sys.modules for m in {names!r}}}, "before": before}}))
+    """)
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
@@ -208,12 +218,10 @@ def test_the_loss_and_online_weights_import_torch_and_numpy_only(module):
 def test_adapters_add_no_heavy_module(adapter, framework):
     if framework is not None:
         pytest.importorskip(framework.split(".")[0])
-    # what the framework itself loads (torchgeo loads click through rasterio) is not ours
-    before = _loaded(f"import {framework}" if framework else "import torch")
-    after = _loaded(
-        f"{'import ' + framework if framework else ''}\nimport npa_train.adapters.{adapter}"
-    )
-    added = [m for m in HEAVY if after[m] and not before[m]]
+    # what the framework itself loads (torchgeo loads click through rasterio) is not ours:
+    # one interpreter imports the framework, notes what is loaded, then imports the adapter
+    after = _loaded(f"import npa_train.adapters.{adapter}", first=f"import {framework or 'torch'}")
+    added = [m for m in HEAVY if after[m] and not after["before"][m]]
     assert not added and not after["numba"] and not after["zarr"], after
 
 
