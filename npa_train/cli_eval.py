@@ -42,10 +42,10 @@ threads_option = click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads of torch's operators (torch.set_num_threads). Default: fit picks "
-    "the cores this process may use less its loader workers, fewer when the load shows "
-    "busy cores, and prints the choice; evaluate and predict take torch's choice. On a "
-    "busy machine --threads 1 is often fastest.",
+    help="CPU threads of torch's operators (torch.set_num_threads). Default: fit uses the "
+    "cores this process may use less one (left to the rest of the machine) and less its "
+    "loader workers, never below 1, and prints the choice; evaluate and predict take "
+    "torch's choice. The same --threads reproduces a seeded CPU run exactly.",
 )
 
 

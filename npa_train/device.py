@@ -63,12 +63,15 @@ def usable_cores() -> int:
 def choose_threads(workers: int, *, ranks: int = 1, cores: int | None = None) -> tuple[int, str]:
     """The default number of torch intra-op threads for training, and why.
 
-    Each of the ``ranks`` processes on this node gets an equal share of the ``cores`` this
-    process may use, less one core per DataLoader worker (each worker runs one thread). The
-    choice does not look at the machine's load, so the same command trains with the same
-    threads (and the same arithmetic) wherever the cores are the same; on a machine whose
-    cores are busy with other work, ``--threads 1`` is faster (issue 21: a 2-core machine at
-    load 4.5 trained at 3.8 it/s with 2 threads against 6.8 it/s with 1).
+    One of the ``cores`` this process may use is left to the rest of the machine (the main
+    process's data loading and logging, the shell, other jobs; a single core is used whole),
+    the others are shared equally by the ``ranks`` processes on this node, less one core per
+    DataLoader worker (each worker runs one thread). torch's threads wait for each other at
+    every operation, so one core taken by anything else slows all of them: on 2 cores,
+    the demo trained at 2.7 it/s with 2 threads and 4.6 it/s with 1 next to a single
+    low-priority job, 0.45 against 1.36 it/s at load 4 (issue 21). The choice does not look
+    at the load, so the same command trains with the same threads (and the same arithmetic)
+    wherever the cores are the same; ``--threads`` overrides it.
 
     Parameters
     ----------
@@ -84,8 +87,8 @@ def choose_threads(workers: int, *, ranks: int = 1, cores: int | None = None) ->
     (threads, reason) : int >= 1 and a one-line explanation to print.
     """
     cores = usable_cores() if cores is None else cores
-    threads = max(cores // max(ranks, 1) - workers, 1)
-    reason = f"{cores} usable core(s)"
+    threads = max((cores - 1) // max(ranks, 1) - workers, 1)
+    reason = f"{cores} usable core(s), 1 left free"
     if ranks > 1:
         reason += f" shared by {ranks} ranks"
     reason += f", {workers} loader worker(s)"

@@ -205,10 +205,12 @@ def test_threads_sets_torch_threads_and_is_recorded(stores, tmp_path):
 def test_default_threads_follow_cores_workers_and_ranks():
     from npa_train.device import choose_threads, usable_cores
 
-    assert choose_threads(0, cores=2) == (2, "2 usable core(s), 0 loader worker(s)")
-    assert choose_threads(1, cores=4)[0] == 3  # one core per loader worker
+    assert choose_threads(0, cores=2) == (1, "2 usable core(s), 1 left free, 0 loader worker(s)")
+    assert choose_threads(0, cores=1)[0] == 1  # a single core is used whole
+    assert choose_threads(0, cores=16)[0] == 15  # one core left to the rest of the machine
+    assert choose_threads(1, cores=4)[0] == 2  # and one per loader worker
     assert choose_threads(8, cores=4)[0] == 1  # never below 1
-    assert choose_threads(0, ranks=2, cores=8)[0] == 4  # the node's ranks share
+    assert choose_threads(0, ranks=2, cores=9)[0] == 4  # the node's ranks share the rest
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
 
 
