@@ -41,7 +41,9 @@ from npa_precompute._kernels import valid_min_max
 from npa_precompute.affinity import affinity_maps
 from npa_precompute.errors import ParameterError
 from npa_precompute.imagestats import band_sums_of, stats_from_sums
+from npa_precompute.names import counts_name
 from npa_precompute.readers import InputError, Raster
+from npa_precompute.regions import region_attr
 from npa_precompute.transforms import weights_attrs, weights_name
 
 __all__ = [
@@ -322,7 +324,7 @@ def _first_pass(writer, cfg, label: Raster, image, win, kmax, threads) -> dict:
     stored = cfg.stored_pairs()
     for i, k in enumerate(cfg.ks):
         a = np.ascontiguousarray(aff[i][inner])
-        writer.write(f"affinity/k{k}", a, win)
+        writer.write(f"affinity/{counts_name(k)}", a, win)
         lo, hi = valid_min_max(a, ignore)
         out["ranges"].append((int(lo), int(hi)))
         for t in cfg.transforms:
@@ -342,7 +344,7 @@ def _norm_pass(writer, cfg, win, ranges, threads) -> None:
         norms = [t for t in cfg.transforms if t.kind == "norm" and (k, t) in stored]
         if not norms:
             continue
-        a = _read(writer, f"affinity/k{k}", win)
+        a = _read(writer, f"affinity/{counts_name(k)}", win)
         for t in norms:
             w = t.apply(a, ignore, dtype=dtype, value_range=ranges[i])
             writer.write(f"weights/{weights_name(k, t)}", w, win)
@@ -465,7 +467,9 @@ def process_tile_blockwise(
         writer.add("image", shape=(*shape, image.shape[2]), dtype=image.dtype)
     aff_dtype = affinity_dtype(kmax)
     for k in cfg.ks:
-        writer.add(f"affinity/k{k}", shape=shape, dtype=aff_dtype, attrs={"k": int(k)})
+        writer.add(
+            f"affinity/{counts_name(k)}", shape=shape, dtype=aff_dtype, attrs={"k": region_attr(k)}
+        )
     for k, t in cfg.stored_pairs():
         writer.add(f"weights/{weights_name(k, t)}", shape=shape, dtype=cfg.weight_dtype,
                    fill_value=0.0, attrs=weights_attrs(k, t))  # fmt: skip

@@ -59,7 +59,8 @@ def main() -> None:
     "ks",
     default=",".join(map(str, defaults.KS)),
     show_default=True,
-    help="Search regions k, comma-separated.",
+    help="Search regions k, comma-separated; one k per axis as KDxKHxKW (volumes) or KHxKW "
+    "(e.g. 2x14x14,4), stored as affinity/k2x14x14.",
 )
 @click.option(
     "--k-metres",
@@ -88,7 +89,7 @@ def main() -> None:
     default=None,
     metavar="RADII",
     help="Search radii in mm instead of --k, comma-separated (volumes): k = radius / voxel "
-    "spacing, rounded half up, the same along every axis.",
+    "spacing, rounded half up, per axis (10 at 5,0.7,0.7 mm is k = 2x14x14).",
 )
 @click.option(
     "--spacing",

@@ -41,6 +41,7 @@ import numpy as np
 from npa_precompute._kernels import gather_masked, gather_masked_add, valid_min_max
 from npa_precompute.errors import StoreError
 from npa_precompute.names import WeightsSpec, parse_weights_name
+from npa_precompute.regions import compact_region, format_region, window_size
 from npa_precompute.transforms import MAX_TABLE, WeightRangeError, check_weight_range
 
 __all__ = [
@@ -88,9 +89,15 @@ def check_derivable(spec: WeightsSpec, dtype: np.dtype | str, *, ndim: int = 2) 
         raise WeightRangeError(reason, detail=str(exc), param="weights") from None
 
 
-def _needs_range(spec: WeightsSpec, k: int, ndim: int = 2) -> bool:
+def _window(k: int | tuple[int, ...], ndim: int) -> int:
+    """Voxels in the window of ``k`` (an int: ``(2k + 1)**ndim``; a region tuple: the
+    product over its axes)."""
+    return window_size(k if isinstance(k, tuple) else (int(k),) * ndim)
+
+
+def _needs_range(spec: WeightsSpec, k: int | tuple[int, ...], ndim: int = 2) -> bool:
     """Whether deriving ``k`` of ``spec`` needs the tile's min/max count."""
-    return spec.transform.needs_range or (2 * k + 1) ** ndim > MAX_TABLE
+    return spec.transform.needs_range or _window(k, ndim) > MAX_TABLE
 
 
 class Deriver:
@@ -128,7 +135,7 @@ class Deriver:
         self.ndim = int(ndim)
         check_derivable(spec, self.dtype, ndim=self.ndim)
         self.spec = spec
-        self.ranges = {int(k): (None if r is None else (int(r[0]), int(r[1])))
+        self.ranges = {compact_region(k): (None if r is None else (int(r[0]), int(r[1])))
                        for k, r in ranges.items()}  # fmt: skip
         for k in spec.ks:
             if self.ranges.get(k) is None and _needs_range(spec, k, self.ndim):
@@ -143,7 +150,7 @@ class Deriver:
         """float32 weights of the counts ``0 .. max`` for ``k`` (None: too large, per pixel)."""
         if k not in self._tables:
             r = self.ranges.get(k)
-            lo, hi = r if r is not None else (0, (2 * k + 1) ** self.ndim - 1)
+            lo, hi = r if r is not None else (0, _window(k, self.ndim) - 1)
             self._tables[k] = self.spec.transform.lookup_table(lo, hi)
         return self._tables[k]
 
@@ -183,7 +190,7 @@ class Deriver:
     def _check(bad: int, k: int, table: np.ndarray) -> None:
         if bad:
             raise StoreError(
-                f"{bad} count(s) of k={k} exceed the tile's recorded maximum "
+                f"{bad} count(s) of k={format_region(k)} exceed the tile's recorded maximum "
                 f"{len(table) - 1}: the counts or the tile's count_range attr are corrupted; "
                 "recompute the tile (npa-precompute run --overwrite)"
             )
@@ -290,7 +297,7 @@ def add_command(tile, ks: Sequence[int]) -> str:
         if preset.preset == "index":
             parts += ["--num-classes", str(preset.num_classes),
                       "--ignore-index", str(preset.ignore_index)]  # fmt: skip
-    parts += ["--k", ",".join(str(k) for k in ks)]
+    parts += ["--k", ",".join(format_region(k) for k in ks)]
     for spec in meta.transform_specs:
         parts += ["--transform", spec]
     parts += ["--no-store-weights"]
@@ -324,12 +331,13 @@ def tile_deriver(tile, name: str | WeightsSpec) -> Deriver:
             f"(npa-train fit --weights {spec.name}); the store derives {spec.array_name!r}"
         )
     have = tile.affinity_ks
-    missing = [k for k in spec.ks if k not in have]
+    missing = [k for k in spec.ks if compact_region(k) not in have]
     if missing:
-        ks = ", ".join(map(str, missing))
+        ks = ", ".join(map(format_region, missing))
+        held = ", ".join(map(format_region, have)) or "none"
         raise StoreError(
             f"tile {tile.tile_id!r} has no affinity counts for k = {ks}, which weights "
-            f"{spec.name!r} are derived from; it has k = {', '.join(map(str, have)) or 'none'} "
+            f"{spec.name!r} are derived from; it has k = {held} "
             f"(named weights: {', '.join(tile.weight_names) or 'none'}; any other transform "
             "of these k works too). Add the missing k to the store in place (existing arrays "
             "are kept) with: "

@@ -26,6 +26,8 @@ import numpy as np
 from npa_precompute._kernels import valid_min_max
 from npa_precompute.affinity import affinity_dtype, affinity_maps
 from npa_precompute.blockwise import block_grid, run_tasks, set_threads
+from npa_precompute.names import counts_name
+from npa_precompute.regions import region_attr
 from npa_precompute.transforms import WeightTransform, weights_attrs, weights_name
 
 __all__ = ["grow_blocks", "grow_tile"]
@@ -58,12 +60,14 @@ def _first_pass(writer, cfg, new_ks, new_weights, range_ks, win, halo, single, t
         kernel_s = time.perf_counter() - t0
         for i, k in enumerate(new_ks):
             a = np.ascontiguousarray(aff[i][inner])
-            writer.write(f"affinity/k{k}", a, win)
+            writer.write(f"affinity/{counts_name(k)}", a, win)
             counts[k] = a
 
     def get(k: int) -> np.ndarray:
         if k not in counts:
-            counts[k] = np.ascontiguousarray(_array(writer, f"affinity/k{k}")[r0:r1, c0:c1])
+            counts[k] = np.ascontiguousarray(
+                _array(writer, f"affinity/{counts_name(k)}")[r0:r1, c0:c1]
+            )
         return counts[k]
 
     ranges = {k: tuple(int(v) for v in valid_min_max(get(k), ignore)) for k in range_ks}
@@ -82,7 +86,7 @@ def _norm_pass(writer, cfg, norms, ranges, win, threads) -> None:
     ignore = _array(writer, "label")[r0:r1, c0:c1] == cfg.preset.ignore_index
     dtype = np.dtype(cfg.weight_dtype)
     for k, t in norms:
-        a = _array(writer, f"affinity/k{k}")[r0:r1, c0:c1]
+        a = _array(writer, f"affinity/{counts_name(k)}")[r0:r1, c0:c1]
         w = t.apply(a, ignore, dtype=dtype, value_range=ranges[k])
         writer.write(f"weights/{weights_name(k, t)}", w, win)
 
@@ -142,7 +146,9 @@ def grow_tile(
     if new_ks:
         aff_dtype = affinity_dtype(max(new_ks))
     for k in new_ks:
-        writer.add(f"affinity/k{k}", shape=shape, dtype=aff_dtype, attrs={"k": k})
+        writer.add(
+            f"affinity/{counts_name(k)}", shape=shape, dtype=aff_dtype, attrs={"k": region_attr(k)}
+        )
     for k, t in new_weights:
         writer.add(f"weights/{weights_name(k, t)}", shape=shape, dtype=cfg.weight_dtype,
                    fill_value=0.0, attrs=weights_attrs(k, t))  # fmt: skip

@@ -6,6 +6,9 @@ name                              meaning
 ``k32_log10_L0.5``                one k, one transformation: stored, or derived from
                                   the stored counts (``k16_ln_L0.5``, ``k130_raw``,
                                   ``k32_norm_L0.5``, ``k32_log_a2_L0.5``)
+``k2x14x14_log10_L0.5``           one anisotropic search region, one k per spatial axis
+                                  (D, H, W; ``k4x8_...`` for (H, W)): a store keeps
+                                  its counts as ``affinity/k2x14x14``
 ``ms_k8-16-32_log10_L0.5``        multi-scale: the mean over the listed k of the
                                   per-k weights (two k or more)
 ``online:k32_log10_L0.5``         computed from each augmented label during training
@@ -26,17 +29,18 @@ from dataclasses import dataclass, replace
 
 from npa_precompute.errors import ParameterError, ParameterTypeError
 from npa_precompute.params import MAX_K
-from npa_precompute.regions import format_region
+from npa_precompute.regions import compact_region, format_region, parse_region, region_attr
 from npa_precompute.transforms import WeightTransform, parse_slug, weights_name
 
-__all__ = ["ONLINE_PREFIX", "WeightsSpec", "parse_weights_name"]
+__all__ = ["ONLINE_PREFIX", "WeightsSpec", "counts_name", "parse_counts_name", "parse_weights_name"]
 
 #: Prefix of weights computed during training from the augmented label.
 ONLINE_PREFIX = "online:"
 _MS_PREFIX = "ms_k"
 _FORMS = (
     "expected k<K>_<transform> (k32_log10_L0.5, k32_ln_L0.5, k32_norm_L0.5, k32_log_a2_L0.5, "
-    "k32_raw), multi-scale ms_k<K1>-<K2>-..._<transform> (ms_k8-16-32_log10_L0.5), either "
+    "k32_raw; one k per axis: k2x14x14_log10_L0.5), multi-scale ms_k<K1>-<K2>-..._<transform> "
+    "(ms_k8-16-32_log10_L0.5), either "
     "after online: for weights computed during training (online:k32_log10_L0.5)"
 )
 
@@ -53,9 +57,11 @@ class WeightsSpec:
         One k (``k32_...``), or one or more in increasing order (``ms_k8-16-32_...``; a
         name lists two or more, ``ms_k3-3_...`` is the mean over k = 3 alone), each in
         ``[0, MAX_K]``. The online API (:func:`npa_train.online.npa_weights`,
-        :class:`~npa_train.loss.NPALoss`) may also give one search region with a k per
-        spatial axis, ``((k_h, k_w),)`` or ``((k_d, k_h, k_w),)`` (single-k specs only;
-        its :attr:`name` reads ``k2x16x16_...``, which names no stored array).
+        One search region with a k per spatial axis, ``((k_h, k_w),)`` or ``((k_d, k_h,
+        k_w),)``, is a single-k spec too: :meth:`parse` reads ``k2x16x16_...`` (an
+        isotropic ``k3x3x3_...`` as ``k3_...``), the name of a stored region's weights;
+        the online API (:func:`npa_train.online.npa_weights`,
+        :class:`~npa_train.loss.NPALoss`) takes it as well. Multi-scale names hold ints.
     transform : WeightTransform
     multiscale : bool
         True for ``ms_`` names (the mean over ``ks``).
@@ -75,6 +81,8 @@ class WeightsSpec:
     (32, 'log10:L=0.5', 'online:k32_log10_L0.5', 'k32_log10_L0.5')
     >>> WeightsSpec.parse("ms_k32-8-16_ln_L0.5").ks
     (8, 16, 32)
+    >>> WeightsSpec.parse("k2x14x14_log10_L0.5").k
+    (2, 14, 14)
     """
 
     ks: tuple[int | tuple[int, ...], ...]
@@ -132,12 +140,17 @@ class WeightsSpec:
         head, _, slug = text[len("ms_") if multiscale else 0 :].partition("_")
         digits = head[1:].split("-")
         try:
-            if head[:1] != "k" or not all(d.isdigit() for d in digits):
+            if head[:1] != "k" or not all(d.replace("x", "").isdigit() for d in digits):
                 raise ValueError("no k")
+            regions = [parse_region(d) for d in digits]
+            if multiscale and any(isinstance(r, tuple) for r in regions):
+                raise ValueError("multi-scale names take one k per region (k8-16-32), not "
+                                 "one k per axis")  # fmt: skip
             if multiscale and len(digits) < 2:
                 raise ValueError("a multi-scale name lists two or more k")
-            ks = tuple(sorted({int(d) for d in digits}))
-            return cls(ks, parse_slug(slug), multiscale=multiscale, online=online)
+            if len(regions) > 1 or not isinstance(regions[0], tuple):
+                regions = sorted(set(regions))
+            return cls(tuple(regions), parse_slug(slug), multiscale=multiscale, online=online)
         except ValueError as exc:
             why = "" if str(exc) == "no k" else f" ({exc})"
             reason = f"{name!r} is not a weights name{why}: {_FORMS}"
@@ -146,8 +159,6 @@ class WeightsSpec:
     @property
     def array_name(self) -> str:
         """The name without ``online:``: the store's array name, e.g. ``"k32_log10_L0.5"``."""
-        if isinstance(self.ks[0], tuple):  # a region of the online API: no stored name
-            return f"k{format_region(self.ks[0])}_{self.transform.slug}"
         if not self.multiscale:
             return weights_name(self.ks[0], self.transform)
         ks = self.ks if len(self.ks) > 1 else self.ks * 2  # ms_k3-3: two listed, one k
@@ -190,8 +201,8 @@ class WeightsSpec:
     def attrs(self) -> dict:
         """Attrs of a derived array, like a stored weights array's plus ``ks``, ``derived``."""
         return {
-            "k": self.k,
-            "ks": list(self.ks),
+            "k": None if self.k is None else region_attr(self.k),
+            "ks": [region_attr(k) for k in self.ks],
             "transform": self.transform.spec,
             "transform_params": self.transform.to_dict(),
             "derived": True,
@@ -201,3 +212,21 @@ class WeightsSpec:
 def parse_weights_name(name: str | WeightsSpec) -> WeightsSpec:
     """:meth:`WeightsSpec.parse` as a function."""
     return WeightsSpec.parse(name)
+
+
+def counts_name(k: int | tuple[int, ...]) -> str:
+    """Name of the counts array of search region ``k`` in a tile's ``affinity`` group:
+    ``"k32"``, ``"k2x14x14"`` (one k per axis; an isotropic region is its int k)."""
+    return f"k{format_region(compact_region(k))}"
+
+
+def parse_counts_name(name: str) -> int | tuple[int, ...] | None:
+    """The k of a counts array name (``"k32"`` -> 32, ``"affinity/k2x14x14"`` -> (2, 14,
+    14)), None if ``name`` is not one (the inverse of :func:`counts_name`)."""
+    text = name.strip().strip("/").removeprefix("affinity/")
+    if text[:1] != "k":
+        return None
+    try:
+        return parse_region(text[1:])
+    except ValueError:
+        return None

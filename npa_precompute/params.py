@@ -293,8 +293,13 @@ def parse_weights_option(value: str | None) -> str | None:
     return None if value.lower() in ("", "none") else value
 
 
-def parse_ks(ks: int | str | Iterable[int]) -> tuple[int, ...]:
-    """Parse search regions from an int, an iterable of ints or a string like ``"8,16,32"``.
+def parse_ks(ks: int | str | Iterable) -> tuple[int | tuple[int, ...], ...]:
+    """Parse search regions from an int, an iterable or a string like ``"8,16,32"``.
+
+    A region is an int k (isotropic) or one k per spatial axis: ``"2x14x14"`` in a
+    string, a tuple of ints in an iterable (``"2x14x14,8"``, ``[(2, 14, 14), 8]``). A
+    tuple is returned as given (its length is checked where the number of axes is
+    known: :func:`npa_precompute.regions.parse_regions`).
 
     Returns the values in the given order without duplicates.
 
@@ -308,25 +313,41 @@ def parse_ks(ks: int | str | Iterable[int]) -> tuple[int, ...]:
     if isinstance(ks, str):
         parts = [p.strip() for p in ks.split(",") if p.strip()]
         try:
-            values = [int(p) for p in parts]
+            values = [_k_token(p) for p in parts]
         except ValueError:
-            raise ParameterError("k", f"must be comma-separated integers, got {ks!r}") from None
+            raise ParameterError(
+                "k", f"must be comma-separated integers or KDxKHxKW tuples, got {ks!r}"
+            ) from None
     elif _is_int(ks):
         values = [int(ks)]
     else:
         values = []
         for v in ks:
+            if isinstance(v, (tuple, list, np.ndarray)) and len(v) > 1:
+                for a in v:
+                    if not _is_int(a):
+                        raise ParameterTypeError("k", f"must hold integers, got {a!r} in {v!r}")
+                values.append(tuple(int(a) for a in v))
+                continue
             if not _is_int(v):
                 raise ParameterTypeError("k", f"must hold integers, got {v!r} ({type(v).__name__})")
             values.append(int(v))
     if not values:
         raise ParameterError("k", "must hold at least one search region")
-    out: list[int] = []
+    out: list[int | tuple[int, ...]] = []
     for v in values:
-        if v < 0:
-            raise ParameterError("k", f"must be >= 0, got {v}")
-        if v > MAX_K:
-            raise ParameterError("k", f"must be <= {MAX_K}, got {v}")
+        for a in v if isinstance(v, tuple) else (v,):
+            if a < 0:
+                raise ParameterError("k", f"must be >= 0, got {a}")
+            if a > MAX_K:
+                raise ParameterError("k", f"must be <= {MAX_K}, got {a}")
         if v not in out:
             out.append(v)
     return tuple(out)
+
+
+def _k_token(text: str) -> int | tuple[int, ...]:
+    """One region as written: ``"32"`` -> 32, ``"2x14x14"`` -> (2, 14, 14) (ValueError if
+    not). The inverse of :func:`npa_precompute.regions.format_region`."""
+    axes = [int(a) for a in text.lower().split("x")]
+    return axes[0] if len(axes) == 1 else tuple(axes)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 from npa_precompute.errors import ParameterError, ParameterTypeError
 from npa_precompute.geo import georef_is_geographic, georef_pixel_size, read_georef
-from npa_precompute.regions import k_from_physical, parse_spacing
+from npa_precompute.regions import compact_region, k_from_physical, parse_spacing, region_attr
 
 __all__ = ["parse_radii", "resolve_k_metres", "resolve_k_mm"]
 
@@ -98,8 +98,9 @@ def resolve_k_metres(
 
     Returns
     -------
-    ks : tuple of int
-        One k per radius (duplicates dropped): ``round_half_up(radius / gsd)``.
+    ks : tuple of int or (k_h, k_w)
+        One k per radius (duplicates dropped): ``round_half_up(radius / gsd)``; a
+        region ``(k_h, k_w)`` where non-square pixels round differently along H and W.
     record : dict
         ``{"unit": "m", "radii": [...], "spacing": [h, w], "spacing_source":
         "gsd" | "georef", "ks": [...], "rounding": "half up of radius / spacing"}``, what
@@ -110,35 +111,26 @@ def resolve_k_metres(
     ParameterError
         Bad radii or ``gsd``; no ``gsd`` while a label has no georeferencing or a
         geographic CRS (degrees); labels with different pixel sizes; a radius that
-        rounds to 0; non-square pixels giving a different k along H and W (the store
-        keeps one k per array).
+        rounds to 0.
     """
     values = parse_radii(radii)
     if gsd is not None:
         spacing, source = parse_spacing(gsd, 2, name="gsd"), "gsd"
     else:
         spacing, source = _tiles_gsd(labels), "georef"
-    return _resolve(values, spacing, source, "m", "k_metres", "give `gsd` as one value")
+    return _resolve(values, spacing, source, "m", "k_metres")
 
 
-def _resolve(values, spacing, source: str, unit: str, name: str, fix: str):
-    """The ks and the record of radii ``values`` at ``spacing`` (one k per radius: a radius
-    giving another k along some axis is refused, the store keeps one k per array)."""
-    ks: list[int] = []
+def _resolve(values, spacing, source: str, unit: str, name: str):
+    """The ks and the record of radii ``values`` at ``spacing``: one k per radius, the int
+    k where every axis rounds alike, else the region tuple of one k per axis."""
+    ks: list[int | tuple[int, ...]] = []
     used = []
     for r in values:
-        region = k_from_physical(r, spacing, ndim=len(spacing), name=name)
-        if len(set(region)) != 1:
-            axes = "D, H, W" if len(region) == 3 else "H, W"
-            at = " x ".join(f"{v:g}" for v in spacing)
-            raise ParameterError(
-                name,
-                f"{r} {unit} at {at} {unit} spacing is k = {region} along {axes}; the store "
-                f"keeps one k along every axis (anisotropic regions are not stored yet): {fix}",
-            )
-        used.append(region[0])
-        if region[0] not in ks:
-            ks.append(region[0])
+        k = compact_region(k_from_physical(r, spacing, ndim=len(spacing), name=name))
+        used.append(region_attr(k))
+        if k not in ks:
+            ks.append(k)
     record = {
         "unit": unit,
         "radii": list(values),
@@ -167,9 +159,11 @@ def resolve_k_mm(
 
     Returns
     -------
-    ks : tuple of int
+    ks : tuple of int or (k_d, k_h, k_w)
         One k per radius (duplicates dropped): ``round_half_up(radius / spacing)``
-        (:func:`npa_precompute.regions.k_from_physical`, the rule of ``k_metres``).
+        (:func:`npa_precompute.regions.k_from_physical`, the rule of ``k_metres``); the
+        int k where every axis rounds alike, else the region of one k per axis (10 mm
+        at 5 x 0.7 x 0.7 mm: ``(2, 14, 14)``, stored as ``affinity/k2x14x14``).
     record : dict
         As :func:`resolve_k_metres`, ``"unit": "mm"``, ``"spacing_source": "spacing" |
         "header"``: the tiles' params ``k_physical``.
@@ -179,8 +173,7 @@ def resolve_k_mm(
     ParameterError
         Bad radii or ``spacing`` (argument ``k_mm`` or ``spacing``); no ``spacing`` while a
         label has none in its file (a TIFF stack); volumes with different spacings; a
-        radius that rounds to 0 along every axis; a radius giving different k along the
-        axes (anisotropic voxels: the store keeps one k per array).
+        radius that rounds to 0 along every axis.
     InputError
         A NIfTI header whose spacing is not positive and finite (naming the file).
     """
@@ -207,5 +200,4 @@ def resolve_k_mm(
                 )
         if found is None:
             raise ParameterError("spacing", "is needed: no label volumes to read it from")
-    return _resolve(values, found, source, "mm", "k_mm",
-                    "give a radius that rounds alike along every axis, or `k`")  # fmt: skip
+    return _resolve(values, found, source, "mm", "k_mm")

@@ -40,6 +40,7 @@ from npa_precompute.readers import (
     read_image,
     read_label,
 )
+from npa_precompute.regions import compact_region, format_region, parse_regions, region_attr
 from npa_precompute.store import (
     LOCK_NAME,
     SCHEMA_VERSION,
@@ -86,8 +87,11 @@ class PrecomputeConfig:
     Attributes
     ----------
     preset : Preset
-    ks : tuple of int
-        Search regions k (Eq. 1); anything :func:`~npa_precompute.params.parse_ks` takes.
+    ks : tuple of int or of region tuples
+        Search regions k (Eq. 1); anything :func:`~npa_precompute.params.parse_ks` takes:
+        ints, and regions with one k per spatial axis (``(2, 14, 14)``, ``"4x8"``) whose
+        length must match the tiles' (2, or 3 for volumes). An isotropic region is kept
+        as its int k (:func:`~npa_precompute.regions.compact_region`).
     transforms : tuple of WeightTransform
         Weight transformations; specs such as ``"log10:L=0.5"`` are parsed, duplicates
         dropped.
@@ -108,7 +112,7 @@ class PrecomputeConfig:
     """
 
     preset: Preset
-    ks: tuple[int, ...] = defaults.KS
+    ks: tuple[int | tuple[int, ...], ...] = defaults.KS
     transforms: tuple[WeightTransform, ...] = (parse_transform(defaults.TRANSFORMS[0]),)
     weight_dtype: str = defaults.WEIGHT_DTYPE
     unknown_colors: str = defaults.UNKNOWN_COLORS
@@ -122,7 +126,7 @@ class PrecomputeConfig:
     volume: bool = False
 
     def __post_init__(self) -> None:
-        ks = tuple(parse_ks(self.ks))
+        ks = tuple(dict.fromkeys(compact_region(r) for r in parse_regions(self.ks, self.ndim)))
         object.__setattr__(self, "ks", ks)
         transforms = self.transforms
         if isinstance(transforms, (str, WeightTransform)):
@@ -166,7 +170,7 @@ class PrecomputeConfig:
 
     def params(self) -> dict:
         params = {
-            "ks": list(self.ks),
+            "ks": [region_attr(k) for k in self.ks],
             "transforms": [t.spec for t in self.transforms],
             "weight_dtype": self.weight_dtype,
             "unknown_colors": self.unknown_colors,
@@ -447,8 +451,8 @@ def _plan_tile(group, meta: TileMeta, source: dict, cfg: PrecomputeConfig, overw
     new_ks = tuple(k for k in cfg.ks if k not in old_ks)
     if not new_ks and not asked and set(cfg.transforms) <= set(old_t):
         return "skip", None, (), ()
-    if cfg.volume:  # the grow works on 2-D blocks: a volume is recomputed whole
-        return "write", tile_cfg, (), ()
+    if cfg.volume or any(isinstance(k, tuple) for k in new_ks):
+        return "write", tile_cfg, (), ()  # the grow works on 2-D blocks of isotropic k
     return "grow", tile_cfg, new_ks, tuple(asked)
 
 
@@ -486,7 +490,9 @@ def run_precompute(
     images : image files, folders or globs, paired with labels by the preset's naming
         rules (:func:`npa_precompute.readers.discover_tiles`); None stores weights only
     preset : {"isprs", "loveda", "index"}
-    ks : search regions k (Eq. 1), default 8, 16, 32, 64
+    ks : search regions k (Eq. 1), default 8, 16, 32, 64; ints, or one k per spatial
+        axis (``"2x14x14,4"``, ``[(4, 8)]``: arrays ``affinity/k2x14x14``,
+        ``weights/k2x14x14_<transform>``; not with ``dask``)
     transforms : weight transformation specs (:func:`parse_transform`), default log10:L=0.5
     weight_dtype : {"float32", "float16"}
     num_classes, ignore_index : for ``preset="index"``
@@ -514,7 +520,8 @@ def run_precompute(
     notify : callback(message) for what the user should know while the run waits (the
         numba kernels being compiled, the first time only)
     k_metres : search radii in metres instead of ``ks`` (which must then be left at its
-        default): each becomes ``k = round_half_up(radius / gsd)``
+        default): each becomes ``k = round_half_up(radius / gsd)`` along H and W (one k
+        per axis when the pixels are not square: a region ``k_hxk_w``)
         (:func:`npa_precompute.physical.resolve_k_metres`); the tiles' params record the
         radii, the pixel size and the k used (``k_physical``)
     gsd : ground sampling distance in metres per pixel for ``k_metres`` (one value or
@@ -522,9 +529,11 @@ def run_precompute(
         degrees is refused)
     volume : read TIFF labels as (D, H, W) page stacks; NIfTI labels are always volumes
         (:mod:`npa_precompute.volumes`, :func:`~npa_precompute.volumes.volume_run`): (D, H,
-        W) counts and weights of ``(2k + 1)**3`` windows, 3-D chunks, tile attr ``spacing``
+        W) counts and weights of ``(2k + 1)**3`` windows (``prod(2 k_a + 1)`` for a
+        region), 3-D chunks, tile attr ``spacing``
     k_mm : search radii in mm instead of ``ks``, for volumes: each becomes
-        ``k = round_half_up(radius / spacing)`` along every axis
+        ``k = round_half_up(radius / spacing)`` along every axis, a region such as
+        ``k2x14x14`` where they differ (10 mm at 5 x 0.7 x 0.7 mm)
         (:func:`npa_precompute.physical.resolve_k_mm`), recorded as ``k_physical``
     spacing : voxel spacing in mm for ``k_mm`` (one value or along D, H, W); default: the
         NIfTI headers
@@ -565,22 +574,30 @@ def run_precompute(
     for name, radii in (("k_metres", k_metres), ("k_mm", k_mm)):
         if radii is not None and ks != parse_ks(defaults.KS):
             raise ParameterError(name, "replaces `ks`: give one or the other")
+    # checked at once, as for the regions' axes (D, H, W) or (H, W); the labels decide below
+    region_3d = any(isinstance(k, tuple) and len(k) == 3 for k in ks)
     cfg = PrecomputeConfig(preset_obj, ks, transforms, weight_dtype, unknown_colors, chunk,
-                           bool(store_weights))  # fmt: skip
+                           bool(store_weights), volume=region_3d)  # fmt: skip
     if not isinstance(workers, int) or workers < 1:
         raise ParameterError("workers", f"must be an integer >= 1, got {workers!r}")
     if dask is not None:
         check_block(dask.block, cfg.chunk)
     sources = discover_tiles(labels, images, preset=preset)
     volume = volume_run(sources, volume, images, dask, preset_obj, k_metres, k_mm)
-    if k_metres is not None:  # the ks of the tiles' pixel size; the config checks them again
+    # the ks of the tiles' pixel or voxel size, and the labels' axes: the config checks
+    # them again, at once (a region's axes, the weights' range of 3-D windows)
+    changes: dict = {"volume": volume, "ks": ks}  # as given: a region's axes are checked
+    if k_metres is not None:
         ks, k_physical = resolve_k_metres(k_metres, gsd, [src.label for src in sources])
-        cfg = replace(cfg, ks=ks, k_physical=k_physical)
+        changes |= {"ks": ks, "k_physical": k_physical}
     if k_mm is not None:
         ks, k_physical = resolve_k_mm(k_mm, spacing, [src.label for src in sources])
-        cfg = replace(cfg, ks=ks, k_physical=k_physical)
-    if volume:
-        cfg = replace(cfg, volume=True)  # checks the weights' range for (2k + 1)**3 windows
+        changes |= {"ks": ks, "k_physical": k_physical}
+    cfg = replace(cfg, **changes)
+    if dask is not None and any(isinstance(k, tuple) for k in cfg.ks):
+        aniso = ", ".join(format_region(k) for k in cfg.ks if isinstance(k, tuple))
+        raise ParameterError("dask", f"computes isotropic k only; k = {aniso} has one k per "
+                             "axis: leave out `dask` (the tile is computed in memory)")  # fmt: skip
     rasters = _open_rasters(sources, cfg, dask) if dask is not None else {}
 
     path = Path(out)

@@ -19,15 +19,19 @@ from decimal import ROUND_HALF_UP, Decimal
 import numpy as np
 
 from npa_precompute.errors import ParameterError, ParameterTypeError
-from npa_precompute.params import MAX_K, parse_ks
+from npa_precompute.params import MAX_K, _k_token, parse_ks
 
 __all__ = [
     "MAX_WINDOW",
     "Region",
+    "compact_region",
     "format_region",
     "k_from_physical",
+    "parse_region",
     "parse_regions",
     "parse_spacing",
+    "region_attr",
+    "region_order",
     "unsigned_count_dtype",
     "window_size",
 ]
@@ -58,11 +62,53 @@ def unsigned_count_dtype(window: int) -> np.dtype:
     raise ParameterError("k", f"window of {window} voxels is too large")
 
 
-def format_region(region: Region) -> str:
-    """``(2, 16, 16)`` -> ``"2x16x16"``; an isotropic region prints as its one k."""
+def format_region(region: int | Region) -> str:
+    """``(2, 16, 16)`` -> ``"2x16x16"``; an int, or an isotropic region, prints as its
+    one k (``32``, ``(3, 3, 3)`` -> ``"3"``). The k part of the store's names
+    (``affinity/k2x16x16``, ``weights/k2x16x16_log10_L0.5``); :func:`parse_region` reads it."""
+    if not isinstance(region, (tuple, list)):
+        return str(int(region))
     if len(set(region)) == 1:
         return str(region[0])
     return "x".join(str(k) for k in region)
+
+
+def parse_region(text: str) -> int | Region:
+    """The inverse of :func:`format_region`: ``"32"`` -> 32, ``"2x14x14"`` -> (2, 14, 14),
+    ``"3x3"`` -> 3 (:func:`compact_region`).
+
+    Raises
+    ------
+    ValueError
+        ``text`` is not digits, or digits joined by ``x``.
+    """
+    if not all(a.isdigit() for a in text.split("x")):
+        raise ValueError(f"not a search region: {text!r}")
+    return compact_region(_k_token(text))
+
+
+def compact_region(region: int | Sequence[int]) -> int | Region:
+    """A store's key of a search region: the int k of an isotropic region (``(3, 3, 3)``
+    -> 3, as every store written before regions keys it), else the tuple of its k per
+    axis (``[2, 14, 14]`` -> ``(2, 14, 14)``, the form attrs read back from JSON)."""
+    if _is_int(region):
+        return int(region)
+    region = tuple(int(k) for k in region)
+    return region[0] if len(set(region)) == 1 else region
+
+
+def region_attr(region: int | Sequence[int]) -> int | list[int]:
+    """A region as the store's attrs record it (``k`` of counts and weights arrays, the
+    params' ``ks``): the int k, or the list of k per axis of an anisotropic region."""
+    k = compact_region(region)
+    return list(k) if isinstance(k, tuple) else k
+
+
+def region_order(region: int | Region) -> tuple:
+    """Sort key of store keys (ints and region tuples together): by largest k, then
+    the per-axis k (``8 < (2, 14, 14) < 14 < 32``)."""
+    axes = tuple(region) if isinstance(region, (tuple, list)) else (int(region),)
+    return (max(axes), len(set(axes)) == 1, axes)
 
 
 def _one_region(value, ndim: int) -> Region:
@@ -126,20 +172,7 @@ def parse_regions(ks, ndim: int) -> tuple[Region, ...]:
         A value that is not an integer.
     """
     if isinstance(ks, str):
-        if "x" not in ks.lower():
-            items: list = list(parse_ks(ks))
-        else:
-            items = []
-            for part in (p.strip() for p in ks.split(",")):
-                if not part:
-                    continue
-                try:
-                    axes = [int(a) for a in part.lower().split("x")]
-                except ValueError:
-                    raise ParameterError(
-                        "k", f"must be comma-separated integers or KDxKHxKW tuples, got {ks!r}"
-                    ) from None
-                items.append(axes[0] if len(axes) == 1 else tuple(axes))
+        items: list = list(parse_ks(ks))
     elif _is_int(ks):
         items = [int(ks)]
     elif isinstance(ks, Iterable):

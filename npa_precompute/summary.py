@@ -21,7 +21,9 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from npa_precompute.names import parse_counts_name
 from npa_precompute.params import parse_window
+from npa_precompute.regions import format_region, region_attr, region_order
 from npa_precompute.store import (
     ArrayRef,
     StoreError,
@@ -225,7 +227,7 @@ def _array_entry(store_path: Path, arr: zarr.Array, path: str, kind: str) -> dic
         "dtype": str(arr.dtype),
         "chunks": list(arr.chunks),
         "dimension_names": list(arr.metadata.dimension_names or []),
-        "k": k,
+        "k": None if k is None else region_attr(k),
         "transform": transform,
         "nbytes": nbytes,
         "stored_bytes": stored,
@@ -243,7 +245,7 @@ def _derived_entry(ref: ArrayRef) -> dict:
         "dtype": str(arr.dtype),
         "chunks": [],
         "dimension_names": ["z", "y", "x"] if len(arr.shape) == 3 else ["y", "x"],
-        "k": ref.k,
+        "k": None if ref.k is None else region_attr(ref.k),
         "transform": ref.transform,
         "nbytes": int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize,
         "stored_bytes": 0,
@@ -251,9 +253,9 @@ def _derived_entry(ref: ArrayRef) -> dict:
     }
 
 
-def _transform_k(arr) -> tuple[str, int]:
+def _transform_k(arr) -> tuple:
     k, transform, _ = array_params(arr)
-    return transform or "", k or 0
+    return transform or "", region_order(k or 0)
 
 
 def _tile_arrays(store_path: Path, group: zarr.Group) -> list[tuple[str, str, zarr.Array]]:
@@ -266,7 +268,7 @@ def _tile_arrays(store_path: Path, group: zarr.Group) -> list[tuple[str, str, za
             g = group[sub]
             names = list(g.array_keys())
             if kind == "affinity":
-                names.sort(key=lambda s: int(s[1:]) if s[1:].isdigit() else 1 << 62)
+                names.sort(key=lambda s: region_order(parse_counts_name(s) or (1 << 62)))
             else:
                 names.sort(key=lambda s: _transform_k(g[s]))
             out += [(f"{sub}/{n}", kind, g[n]) for n in names]
@@ -464,7 +466,8 @@ def format_inspect(report: dict) -> str:
             unit = phys["unit"]
             spacing = " x ".join(f"{v:g}" for v in phys["spacing"])
             pairs = ", ".join(
-                f"{r:g} {unit} -> k = {k}" for r, k in zip(phys["radii"], phys["ks"], strict=True)
+                f"{r:g} {unit} -> k = {format_region(k)}"
+                for r, k in zip(phys["radii"], phys["ks"], strict=True)
             )
             lines.append(
                 f"  k from physical radii at {spacing} {unit}/"
@@ -488,7 +491,7 @@ def format_inspect(report: dict) -> str:
                     "x".join(map(str, a["shape"])),
                     a["dtype"],
                     "x".join(map(str, a["chunks"])) or "-",
-                    "-" if a["k"] is None else str(a["k"]),
+                    "-" if a["k"] is None else format_region(a["k"]),
                     a["transform"] or "-",
                     "derived" if a.get("derived") else _fmt_bytes(a["stored_bytes"]),
                     "-" if ratio is None else f"{ratio:.1f}",

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from npa_precompute.errors import ParameterError
+from npa_precompute.regions import format_region, region_attr, window_size
 
 __all__ = [
     "DEFAULT_L",
@@ -155,14 +156,15 @@ class WeightTransform:
         """Whether the weights depend on the tile's (or image's) min and max count (``norm``)."""
         return self.kind == "norm"
 
-    def max_weight(self, k: int, ndim: int = 2) -> float:
+    def max_weight(self, k: int | tuple[int, ...], ndim: int = 2) -> float:
         """The largest weight this transformation can give for search region ``k`` (float64).
 
         Counts of Eq. 1 lie in ``[0, (2k + 1)**ndim - 1]`` (``ndim`` spatial axes: 2 for
-        label maps, 3 for volumes): ``raw`` reaches the top count, ``norm`` reaches
-        ``1 + L``, ``log*`` reaches ``log_a(top + a**L)``.
+        label maps, 3 for volumes; a region tuple ``(k_d, k_h, k_w)``: ``[0, prod(2 k_a +
+        1) - 1]``): ``raw`` reaches the top count, ``norm`` reaches ``1 + L``, ``log*``
+        reaches ``log_a(top + a**L)``.
         """
-        top = (2 * int(k) + 1) ** int(ndim) - 1
+        top = window_size(k if isinstance(k, tuple) else (int(k),) * int(ndim)) - 1
         if self.kind == "raw":
             return float(top)
         if self.kind == "norm":
@@ -366,7 +368,7 @@ API_NAMES = {"transforms": "transform", "dtype": "`weight_dtype`", "k": "k ="}
 
 
 def check_weight_range(
-    ks: Iterable[int],
+    ks: Iterable[int | tuple[int, ...]],
     transforms: Iterable[str | WeightTransform],
     dtype: str | np.dtype = "float32",
     *,
@@ -381,7 +383,8 @@ def check_weight_range(
 
     Parameters
     ----------
-    ks : search regions
+    ks : search regions: ints, or tuples of one k per axis (their window is
+        ``prod(2 k_a + 1)``)
     transforms : specs or :class:`WeightTransform`
     dtype : "float32" or "float16"
     names : how to name ``transforms``, ``dtype`` and ``k`` in messages (default: the
@@ -412,7 +415,7 @@ def check_weight_range(
                 continue
             where = f"{names['transforms']} {spec if isinstance(spec, str) else t.spec}"
             if t.kind != "norm":  # the largest norm weight is 1 + L whatever k
-                where += f" with {names['k']} {k}"
+                where += f" with {names['k']} {format_region(k)}"
             if t.kind == "raw":
                 side = (math.isqrt(int(top_of) + 1) if ndim == 2
                         else math.floor((top_of + 1) ** (1 / ndim) + 1e-9))  # fmt: skip
@@ -428,17 +431,21 @@ def check_weight_range(
             )
 
 
-def weights_attrs(k: int, transform: WeightTransform) -> dict:
-    """Attrs of a weights array in the store: ``{"k", "transform", "transform_params"}``."""
-    return {"k": int(k), "transform": transform.spec, "transform_params": transform.to_dict()}
+def weights_attrs(k: int | tuple[int, ...], transform: WeightTransform) -> dict:
+    """Attrs of a weights array in the store: ``{"k", "transform", "transform_params"}``
+    (``k`` an int, or for an anisotropic region its list of k per axis)."""
+    return {"k": region_attr(k), "transform": transform.spec,
+            "transform_params": transform.to_dict()}  # fmt: skip
 
 
-def weights_name(k: int, transform: WeightTransform | str) -> str:
-    """Store name of a weights array: ``weights_name(32, "log10:L=0.5") == "k32_log10_L0.5"``.
+def weights_name(k: int | tuple[int, ...], transform: WeightTransform | str) -> str:
+    """Store name of a weights array: ``weights_name(32, "log10:L=0.5") == "k32_log10_L0.5"``,
+    ``weights_name((2, 14, 14), "log10:L=0.5") == "k2x14x14_log10_L0.5"``
+    (:func:`~npa_precompute.regions.format_region`).
 
     Raises
     ------
     ValueError
         If ``transform`` is not a valid spec.
     """
-    return f"k{int(k)}_{parse_transform(transform).slug}"
+    return f"k{format_region(k)}_{parse_transform(transform).slug}"

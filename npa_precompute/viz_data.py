@@ -14,6 +14,7 @@ import numpy as np
 
 from npa_precompute.colors import class_palette, stretch_image
 from npa_precompute.errors import ParameterError
+from npa_precompute.regions import format_region, region_order
 from npa_precompute.store import ArrayRef, open_store, open_tile, store_info
 from npa_precompute.summary import check_window, parse_window
 
@@ -143,7 +144,7 @@ def load_show_data(
     box = (rows_sl.start, rows_sl.stop, cols_sl.start, cols_sl.stop)
     rows = []
     for key, group in groups.items():
-        group.sort(key=lambda r: (r.k is None, r.k or 0, r.name))
+        group.sort(key=lambda r: (r.k is None, region_order(r.k or 0), r.name))
         maps = [(r, t.read_window(r.path, *box, depth=depth).astype(np.float64)) for r in group]
         rows.append((key, maps))
     image = None
@@ -164,14 +165,19 @@ def load_show_data(
 
 def _panel_title(ref: ArrayRef) -> str:
     if ref.k is not None:
-        return f"k = {ref.k}"
+        return f"k = {format_region(ref.k)}"
     ks = ref.ks if ref.kind == "weights" else None
     return f"mean of k = {', '.join(map(str, ks))}" if ks else ref.name
 
 
 def _hist_panel(panels: list[tuple[ArrayRef, np.ndarray]]) -> tuple[ArrayRef, np.ndarray]:
     """The panel whose k is closest to 32 (the paper's best search region)."""
-    return min(panels, key=lambda p: (p[0].k is None, abs((p[0].k or 0) - 32), p[0].k or 0))
+
+    def key(p):
+        k = region_order(p[0].k or 0)[0]  # a region: its largest k
+        return (p[0].k is None, abs(k - 32), region_order(p[0].k or 0))
+
+    return min(panels, key=key)
 
 
 def _row_ranges(

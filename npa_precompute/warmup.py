@@ -78,8 +78,11 @@ def compile_kernels(
             else:
                 label = index.copy()
                 label.setflags(write=writable)
-            aff = affinity_maps(label, cfg.ks)
-            if getattr(cfg, "volume", False):  # the volume kernel, on a (2, 6, 6) volume
+            volume = getattr(cfg, "volume", False)
+            # a volume's (D, H, W) regions, here for the 2-D kernel: their largest k
+            ks = [max(k) if volume and isinstance(k, tuple) else k for k in cfg.ks]
+            aff = affinity_maps(label, ks)
+            if volume:  # the volume kernel, on a (2, 6, 6) volume
                 affinity_maps(np.stack([label, label]), cfg.ks)
             ignore = label == preset.ignore_index
             for t in {t.kind: t for t in cfg.transforms}.values():

@@ -50,7 +50,7 @@ from torch.utils.data import Dataset
 
 from npa_precompute.derived import DerivedWeights
 from npa_precompute.errors import ParameterError
-from npa_precompute.names import WeightsSpec
+from npa_precompute.names import WeightsSpec, counts_name
 from npa_precompute.params import check_choice, check_int, parse_tiles
 from npa_precompute.shards import ShardReader, ZarrReader
 from npa_precompute.store import StoreError, list_tiles, open_store, open_tile, store_info
@@ -335,7 +335,8 @@ class StoreCropDataset(Dataset):
                 arrays[tid] = (t.reader("image"), t.reader("label"),
                                t.reader(self.store_weights) if stored else None)  # fmt: skip
                 if self._derivers[i] is not None:
-                    counts[tid] = [t.reader(f"affinity/k{k}") for k in self._derivers[i].spec.ks]
+                    counts[tid] = [t.reader(f"affinity/{counts_name(k)}")
+                                   for k in self._derivers[i].spec.ks]  # fmt: skip
             self._arrays, self._counts, self._pid = arrays, counts, os.getpid()
         return self._arrays[tile]
 

@@ -264,7 +264,7 @@ class TorchDeriver:
         ignore_index: int,
     ) -> None:
         for k in spec.ks:
-            if (2 * k + 1) ** 2 > MAX_TABLE:
+            if _window(k, 2) > MAX_TABLE:
                 raise ValueError(f"k={k} is too large to derive on the device")
             if spec.transform.needs_range and any(r.get(k) is None for r in ranges):
                 raise ValueError(f"deriving {spec.name!r} needs every tile's range for k={k}")

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from npa_precompute import affinity_maps, open_weights
 from npa_precompute.cli import main
 from npa_precompute.derived import derive
+from npa_precompute.errors import StoreError
 from npa_precompute.store import open_store, open_tile
 from npa_precompute.transforms import parse_transform
 
@@ -224,8 +225,8 @@ def test_bad_volume_inputs_name_the_file_or_option(tmp_path):
     assert r.exit_code == 2 and "--k" in r.output, r.output
     r = _run(good, *out, *INDEX, "--k-mm", "0.2")  # 0.2 / (2.5, 0.7, 0.8): 0 everywhere
     assert r.exit_code == 2 and "--k-mm" in r.output and "rounds to k = 0" in r.output
-    r = _run(good, *out, *INDEX, "--k-mm", "1.6")  # (1, 2, 2): per-axis k
-    assert r.exit_code == 2 and "--k-mm" in r.output and "(1, 2, 2)" in r.output
+    r = _run(good, *out, *INDEX, "--k", "2x2")  # a (H, W) region for a volume
+    assert r.exit_code == 2 and "--k" in r.output and "3 for (D, H, W)" in r.output, r.output
     r = _run(good, *out, *INDEX, "--k-mm", "1", "--spacing", "1,2")
     assert r.exit_code == 2 and "--spacing" in r.output and "one value per" in r.output
     r = _run(good, *out, "--k", "1", "--quiet")  # the default preset decodes RGB maps
@@ -242,3 +243,98 @@ def test_bad_volume_inputs_name_the_file_or_option(tmp_path):
     assert r.exit_code == 2 and "--k-mm" in r.output and "volumes" in r.output
     r = _run(good, *out, *INDEX, "--k", "20", "--transform", "raw", "--dtype", "float16")
     assert r.exit_code != 0 and "float16" in r.output  # 41**3 - 1 counts overflow float16
+
+
+def test_anisotropic_regions_are_stored_and_read_back(tmp_path):
+    """--k-mm 10 at 5 x 0.7 x 0.7 mm stores k = (2, 14, 14) (arrays ``k2x14x14``), equal to
+    ``affinity_maps(labels, [(2, 14, 14)])`` bit for bit, as ``--k 2x14x14`` does; inspect,
+    export, open_weights (stored and derived) and show read it."""
+    labels = _volume(6, 32, 30)
+    src = _nifti(tmp_path / "ct_label.nii.gz", labels, zooms=(0.7, 0.7, 5.0))
+    by_mm, by_k = tmp_path / "mm.zarr", tmp_path / "k.zarr"
+    r = _run(src, "--out", by_mm, *INDEX, "--k-mm", "10,5,4.9")  # 5 mm, 4.9 mm: k 1x7x7
+    assert r.exit_code == 0, r.output
+    assert _run(src, "--out", by_k, *INDEX, "--k", "2x14x14,1").exit_code == 0
+    tile = open_tile(open_store(by_mm), "ct")
+    assert tile.affinity_ks == [(1, 7, 7), (2, 14, 14)]
+    assert tile.meta.params["ks"] == [[2, 14, 14], [1, 7, 7]]
+    assert tile.meta.params["k_physical"]["ks"] == [[2, 14, 14], [1, 7, 7], [1, 7, 7]]
+    aff = affinity_maps(labels, [(2, 14, 14), (1, 7, 7)])
+    ignore = labels == 255
+    for i, k in enumerate(((2, 14, 14), (1, 7, 7))):
+        counts = tile.affinity(k)
+        assert counts.attrs["k"] == list(k) and counts.dtype == aff.dtype
+        np.testing.assert_array_equal(counts[...], aff[i])
+        valid = aff[i][~ignore]
+        assert tile.meta.count_range[k] == (valid.min(), valid.max())
+    t_k = open_tile(open_store(by_k), "ct")
+    assert t_k.affinity_ks == [1, (2, 14, 14)]
+    np.testing.assert_array_equal(t_k.affinity((2, 14, 14))[...], aff[0])
+    stored = open_weights(by_mm, "ct", "k2x14x14_log10_L0.5")
+    assert stored.attrs["k"] == [2, 14, 14]
+    want = parse_transform("log10:L=0.5").apply(aff[0], ignore)
+    np.testing.assert_array_equal(stored[...], want)
+    norm = open_weights(by_mm, "ct", "k2x14x14_norm_L0.5")  # derived from the counts
+    np.testing.assert_array_equal(norm[...], parse_transform("norm:L=0.5").apply(aff[0], ignore))
+    with pytest.raises(StoreError, match="k = 3x14x14"):
+        open_weights(by_mm, "ct", "k3x14x14_log10_L0.5")
+    with pytest.raises(StoreError, match="one k per axis"):
+        open_weights(by_mm, "ct", "ms_k1x7x7-2x14x14_log10_L0.5")
+    # a re-run finds the tile current; --k 2x14x14 with the 1x7x7 of the store adds nothing
+    r = _run(src, "--out", by_mm, *INDEX, "--k-mm", "10,5")
+    assert r.exit_code == 0 and "1 up to date" in r.output, r.output
+    runner = CliRunner()
+    r = runner.invoke(main, ["inspect", str(by_mm), "--json", "--weights", "k2x14x14_raw"])
+    assert r.exit_code == 0, r.output
+    arrays = {a["path"]: a for a in json.loads(r.output)["tiles"][0]["arrays"]}
+    assert arrays["affinity/k2x14x14"]["k"] == [2, 14, 14]
+    raw = arrays["weights/k2x14x14_raw"]
+    assert raw["derived"] and raw["stats"]["max"] == aff[0][~ignore].max()
+    text = runner.invoke(main, ["inspect", str(by_mm)]).output
+    assert "10 mm -> k = 2x14x14, 5 mm -> k = 1x7x7, 4.9 mm -> k = 1x7x7" in text
+    assert "weights/k2x14x14_log10_L0.5" in text
+    npy = tmp_path / "c.npy"
+    for array, expected in (("affinity/k2x14x14", aff[0]), ("k2x14x14", aff[0]),
+                            ("k2x14x14_log10_L0.5", want)):  # fmt: skip
+        args = ["export", str(by_mm), "--tile", "ct", "--array", array, "--out", str(npy)]
+        r = runner.invoke(main, args)
+        assert r.exit_code == 0, r.output
+        np.testing.assert_array_equal(np.load(npy), expected)
+    from npa_precompute.viz_data import load_show_data
+
+    data = load_show_data(by_mm, "ct", arrays=["k2x14x14_log10_L0.5"])
+    np.testing.assert_array_equal(data.rows[0][1][0][1], want[3])
+    assert data.rows[0][1][0][0].k == (2, 14, 14)
+
+
+def test_a_2d_region_is_stored_from_k(tmp_path):
+    """``--k 4x8`` on a 2-D label map: (H, W) region k_h = 4, k_w = 8, stored as
+    ``affinity/k4x8`` and ``weights/k4x8_<transform>``; the weights' range is checked on
+    its (9 x 17)-pixel window."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.repeat(rng.integers(0, 3, (6, 7)), 7, 0), 6, 1).astype(np.uint8)
+    labels[0, :5] = 255
+    src = tmp_path / "a_label.png"
+    Image.fromarray(labels).save(src)
+    out = tmp_path / "s.zarr"
+    r = _run(src, "--out", out, *INDEX, "--k", "4x8,3,5x5", "--transform", "raw")
+    assert r.exit_code == 0, r.output
+    tile = open_tile(open_store(out), "a")
+    assert tile.affinity_ks == [3, 5, (4, 8)]  # 5x5 is k = 5
+    aff = affinity_maps(labels, [(4, 8)])[0]
+    np.testing.assert_array_equal(tile.affinity((4, 8))[...], aff)
+    stored = open_weights(out, "a", "k4x8_raw")
+    np.testing.assert_array_equal(stored[...], parse_transform("raw").apply(aff, labels == 255))
+    # the range check takes the region's window: 3 x 401 fits float16, 201 x 801 does not
+    r = _run(src, "--out", tmp_path / "h.zarr", *INDEX, "--k", "1x200", "--transform", "raw",
+             "--dtype", "float16")  # fmt: skip
+    assert r.exit_code == 0, r.output  # 3 x 401 - 1 = 1202 fits float16
+    r = _run(src, "--out", tmp_path / "h.zarr", *INDEX, "--k", "100x400", "--transform", "raw",
+             "--dtype", "float16", "--overwrite")  # fmt: skip
+    assert r.exit_code == 2 and "--dtype" in r.output and "k 100x400" in r.output, r.output
+    r = _run(src, "--out", tmp_path / "x.zarr", *INDEX, "--k", "2x2x2")
+    assert r.exit_code == 2 and "2 for (H, W)" in r.output, r.output
+    r = _run(src, "--out", tmp_path / "x.zarr", *INDEX, "--k", "4x8", "--dask")
+    assert r.exit_code == 2 and "--dask" in r.output and "4x8" in r.output, r.output

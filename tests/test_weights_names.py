@@ -22,7 +22,7 @@ import torch
 from npa_precompute import affinity_maps, parse_transform
 from npa_precompute.derived import derive, parse_weights_name
 from npa_precompute.errors import ParameterError
-from npa_precompute.names import WeightsSpec
+from npa_precompute.names import WeightsSpec, counts_name, parse_counts_name
 from npa_precompute.transforms import PARAMS, WeightTransform, parse_slug, weights_name
 from npa_train import online
 from npa_train.weights import CACHE, DeviceCache, TorchDeriver, spec_weights
@@ -43,7 +43,18 @@ def _random_specs(n: int, seed: int = 0):
         yield WeightsSpec(ks, t, multiscale=multiscale, online=bool(rng.integers(2)))
 
 
-@pytest.mark.parametrize("spec", list(_random_specs(300)), ids=str)
+def _random_region_specs(n: int, seed: int = 1):
+    """Single-k specs of anisotropic regions: one k per axis, 2-D (H, W) or 3-D (D, H, W)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        t = WeightTransform(str(rng.choice(list(PARAMS))), L=float(rng.choice([0, 0.5, 2])))
+        region = (0,)
+        while len(set(region)) == 1:
+            region = tuple(int(k) for k in rng.integers(0, 40, size=int(rng.integers(2, 4))))
+        yield WeightsSpec((region,), t, online=bool(rng.integers(2)))
+
+
+@pytest.mark.parametrize("spec", list(_random_specs(300)) + list(_random_region_specs(60)), ids=str)
 def test_every_name_round_trips(spec):
     name = spec.name
     assert WeightsSpec.parse(name) == spec
@@ -94,6 +105,37 @@ def test_bad_names_name_the_weights_argument(bad):
     assert info.value.param == "weights" and "online:k32_log10_L0.5" in str(info.value)
     with pytest.raises(TypeError):
         WeightsSpec.parse(32)
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical", "k", "halo"),
+    [
+        ("k2x14x14_log10_L0.5", "k2x14x14_log10_L0.5", (2, 14, 14), 14),
+        ("k4x8_raw", "k4x8_raw", (4, 8), 8),
+        ("online:k2x14x14_ln_L0.50", "online:k2x14x14_ln_L0.5", (2, 14, 14), 14),
+        ("k3x3x3_norm_L0", "k3_norm_L0", 3, 3),  # an isotropic region is its int k
+    ],
+)  # fmt: skip
+def test_region_names_parse_to_their_parts_and_name_their_counts(name, canonical, k, halo):
+    spec = WeightsSpec.parse(name)
+    assert (spec.name, spec.ks, spec.k, spec.halo) == (canonical, (k,), k, halo)
+    assert WeightsSpec.parse(spec.name) == spec
+    assert spec.array_name == weights_name(k, spec.transform)
+    assert spec.attrs()["k"] == (list(k) if isinstance(k, tuple) else k)  # as JSON stores it
+    counts = counts_name(k)
+    assert counts == canonical.removeprefix("online:").split("_")[0]
+    assert parse_counts_name(counts) == k and parse_counts_name(f"affinity/{counts}") == k
+    assert parse_counts_name("k2x") is None and parse_counts_name("label") is None
+
+
+@pytest.mark.parametrize("bad", ["ms_k2x3-4_raw", "ms_k2x14x14-4x4x4_raw", "k2xx3_raw",
+                                 "k2x3x4x5_raw", "k2x_raw", "kx3_raw"])  # fmt: skip
+def test_bad_region_names_say_why(bad):
+    with pytest.raises(ParameterError, match="not a weights name") as info:
+        WeightsSpec.parse(bad)
+    assert info.value.param == "weights"
+    if bad.startswith("ms_"):
+        assert "one k per axis" in str(info.value)
 
 
 def test_the_old_grammars_are_gone():

@@ -14,6 +14,8 @@ import numpy as np
 import zarr
 
 from npa_precompute.errors import StoreError
+from npa_precompute.names import counts_name, parse_counts_name
+from npa_precompute.regions import compact_region
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -97,11 +99,15 @@ def _mapping(v) -> dict:
     return dict(v)
 
 
-def _ranges(v) -> dict[int, tuple[int, int]]:
+def _ranges(v) -> dict[int | tuple[int, ...], tuple[int, int]]:
+    """{k: (lo, hi)}; the attr's keys are counts names' k (``"32"``, ``"2x14x14"``)."""
     out = {}
     for k, r in _mapping(v).items():
         lo, hi = _ints(r)
-        out[int(k)] = (lo, hi)
+        key = k if not isinstance(k, str) else parse_counts_name(f"k{k}")
+        if key is None:
+            raise ValueError(f"not a search region: {k!r}")
+        out[compact_region(key)] = (lo, hi)
     return out
 
 
@@ -229,8 +235,9 @@ class TileMeta:
     ignore_fraction : float or None
     class_pixels : tuple of int or None
         Non-ignore pixels per class.
-    count_range : dict of int to (int, int), or None
-        (min, max) of the counts of each k over non-ignore pixels (Eq. 2's range).
+    count_range : dict of int (or region tuple) to (int, int), or None
+        (min, max) of the counts of each k over non-ignore pixels (Eq. 2's range); the
+        attr's keys are the k of the counts names (``"32"``, ``"2x14x14"``).
     stored_weights : tuple of str or None
         Names of the weights arrays that belong to the tile (None: every array).
     image_mean, image_std : tuple of float or None
@@ -308,16 +315,17 @@ class TileMeta:
         for key in self._KEYS:
             value = getattr(self, key)
             if key == "count_range" and value is not None:
-                value = {str(k): list(r) for k, r in value.items()}
+                value = {counts_name(k)[1:]: list(r) for k, r in value.items()}
             if value is not None or key == "georef":
                 out[key] = _lists(value)
         return {**out, **self.extra}
 
     @property
-    def ks(self) -> tuple[int, ...] | None:
-        """k of the counts the tile's params name (None: not recorded)."""
+    def ks(self) -> tuple[int | tuple[int, ...], ...] | None:
+        """k of the counts the tile's params name, an int or a region tuple (one k per
+        axis) each (None: not recorded)."""
         ks = self.params.get("ks")
-        return None if ks is None else tuple(int(k) for k in ks)
+        return None if ks is None else tuple(compact_region(k) for k in ks)
 
     @property
     def transform_specs(self) -> tuple[str, ...]:
@@ -432,11 +440,12 @@ def build_tile_meta(
     )
 
 
-def tile_ks(group: zarr.Group, meta: TileMeta) -> list[int]:
-    """k of the counts arrays that belong to a tile (named in its params)."""
+def tile_ks(group: zarr.Group, meta: TileMeta) -> list[int | tuple[int, ...]]:
+    """k (int, or region tuple) of the counts arrays that belong to a tile (named in its
+    params)."""
     if "affinity" not in group:
         return []
-    present = {int(n[1:]) for n in group["affinity"].array_keys() if n[1:].isdigit()}
+    present = {parse_counts_name(n) for n in group["affinity"].array_keys()} - {None}
     named = meta.ks
     return [k for k in present if named is None or k in named]
 
@@ -451,16 +460,16 @@ def stored_weights(group: zarr.Group, meta: TileMeta) -> list[str]:
     return [n for n in present if named is None or n in named]
 
 
-def array_params(array) -> tuple[int | None, str | None, tuple[int, ...] | None]:
+def array_params(array) -> tuple[int | tuple[int, ...] | None, str | None, tuple | None]:
     """``(k, transform, ks)`` of a counts or weights array, from its attrs (None where
-    absent): the search region, the canonical transformation spec, the k averaged by
-    multi-scale weights."""
+    absent): the search region (an int, or a tuple of one k per axis), the canonical
+    transformation spec, the k averaged by multi-scale weights."""
     attrs = array.attrs
     k, ks = attrs.get("k"), attrs.get("ks")
     return (
-        None if k is None else int(k),
+        None if k is None else compact_region(k),
         attrs.get("transform"),
-        None if ks is None else tuple(int(x) for x in ks),
+        None if ks is None else tuple(compact_region(x) for x in ks),
     )
 
 
@@ -483,7 +492,7 @@ def leftover_arrays(group: zarr.Group) -> list[str]:
     if "affinity" in group:
         ks = set(tile_ks(group, meta))
         out += [f"affinity/{n}" for n in group["affinity"].array_keys()
-                if not (n[1:].isdigit() and int(n[1:]) in ks)]  # fmt: skip
+                if parse_counts_name(n) not in ks]  # fmt: skip
     if "weights" in group:
         kept = set(stored_weights(group, meta))
         out += [f"weights/{n}" for n in group["weights"].array_keys() if n not in kept]

@@ -13,6 +13,8 @@ import numpy as np
 import zarr
 
 from npa_precompute.errors import ParameterError, StoreError
+from npa_precompute.names import counts_name, parse_counts_name
+from npa_precompute.regions import compact_region, format_region, region_order
 from npa_precompute.store.layout import list_tiles, open_store, store_info
 from npa_precompute.store.meta import (
     IncompleteTileError,
@@ -36,8 +38,9 @@ class ArrayRef:
         or ``"weights/k32_log10_L0.5"``.
     kind : {"label", "image", "affinity", "weights"}
     array : zarr.Array, or :class:`~npa_precompute.derived.DerivedWeights` for derived weights
-    k : int or None
-        Search region of ``affinity`` and ``weights`` arrays (None for multi-scale weights).
+    k : int, tuple of int or None
+        Search region of ``affinity`` and ``weights`` arrays: an int, or one k per axis
+        (``(2, 14, 14)`` of ``affinity/k2x14x14``); None for multi-scale weights.
     transform : str or None
         Canonical transform spec of ``weights`` arrays (e.g. ``"log10:L=0.5"``).
     derived : bool
@@ -49,7 +52,7 @@ class ArrayRef:
     path: str
     kind: str
     array: object
-    k: int | None = None
+    k: int | tuple[int, ...] | None = None
     transform: str | None = None
     derived: bool = False
     ks: tuple[int, ...] | None = None
@@ -115,10 +118,11 @@ class Tile:
         return self.meta.weight_dtype
 
     @property
-    def affinity_ks(self) -> list[int]:
-        """k whose counts the tile holds (arrays named by the tile's params; an array left
-        half-written by an interrupted grow is not among them)."""
-        return sorted(set(tile_ks(self.group, self.meta)))
+    def affinity_ks(self) -> list[int | tuple[int, ...]]:
+        """k whose counts the tile holds, ints or region tuples (one k per axis), by
+        largest k (arrays named by the tile's params; an array left half-written by an
+        interrupted grow is not among them)."""
+        return sorted(set(tile_ks(self.group, self.meta)), key=region_order)
 
     @property
     def stored_weight_names(self) -> list[str]:
@@ -168,24 +172,27 @@ class Tile:
             return self.group["weights"][canonical]
         return derived_weights(self, text)
 
-    def affinity(self, k: int) -> zarr.Array:
-        """Raw Eq. 1 counts for search region ``k``.
+    def affinity(self, k: int | tuple[int, ...]) -> zarr.Array:
+        """Raw Eq. 1 counts for search region ``k`` (an int, or one k per axis).
 
         Raises
         ------
         StoreError
             If ``k`` was not precomputed (the message lists the k that were).
         """
-        if int(k) not in self.affinity_ks:
+        k = compact_region(k)
+        if k not in self.affinity_ks:
+            have = ", ".join(format_region(h) for h in self.affinity_ks) or "none"
             raise StoreError(
-                f"tile {self.tile_id!r} has no affinity for k={k}; available k: {self.affinity_ks}"
+                f"tile {self.tile_id!r} has no affinity for k={format_region(k)}; available "
+                f"k: {have}"
             )
-        return self.group["affinity"][f"k{int(k)}"]
+        return self.group["affinity"][counts_name(k)]
 
     def available(self) -> list[str]:
         """Paths of every array :meth:`array` gives (label, image, counts, named weights)."""
         names = ["label"] + (["image"] if self.image is not None else [])
-        names += [f"affinity/k{k}" for k in self.affinity_ks]
+        names += [f"affinity/{counts_name(k)}" for k in self.affinity_ks]
         return names + self.weight_names
 
     def ref(self, name: str) -> ArrayRef:
@@ -216,10 +223,9 @@ class Tile:
             return ArrayRef("label", "label", self.label)
         if text == "image" and self.image is not None:
             return ArrayRef("image", "image", self.image)
-        short = text.removeprefix("affinity/")
-        if short.startswith("k") and short[1:].isdigit() and int(short[1:]) in self.affinity_ks:
-            k = int(short[1:])
-            return ArrayRef(f"affinity/k{k}", "affinity", self.affinity(k), k=k)
+        k = parse_counts_name(text)
+        if k is not None and k in self.affinity_ks:
+            return ArrayRef(f"affinity/{counts_name(k)}", "affinity", self.affinity(k), k=k)
         wname = text.removeprefix("weights/")
         try:
             wname = parse_weights_name(wname).name
@@ -318,7 +324,7 @@ class Tile:
         computed from the counts (the whole array is read once; None with
         ``compute=False``). ``max < 0``: every pixel is ignored.
         """
-        k = int(k)
+        k = compact_region(k)
         recorded = (self.meta.count_range or {}).get(k)
         if recorded is not None:
             return recorded

@@ -30,6 +30,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from npa_precompute.names import counts_name
+from npa_precompute.regions import region_attr
 from npa_precompute.store.layout import list_tiles, store_path
 from npa_precompute.store.lock import LockGuard
 from npa_precompute.store.meta import TileMeta, leftover_arrays, stored_weights, tile_meta
@@ -347,7 +349,8 @@ def write_tile(
     label : (H, W) uint8|uint16 decoded labels, or (D, H, W) of a volume (its arrays are
         then chunked in 3-D, :class:`TileWriter`)
     image : (H, W, C) uint8|uint16 or None (None for a volume)
-    affinity : {k: (H, W) or (D, H, W) raw counts}
+    affinity : {k: (H, W) or (D, H, W) raw counts}, k an int or a region tuple (array
+        ``affinity/k32``, ``affinity/k2x14x14``: :func:`~npa_precompute.names.counts_name`)
     weights : iterable of (name, array, attrs) produced lazily (one weights array in
         memory at a time)
     attrs : TileMeta (:func:`~npa_precompute.store.meta.build_tile_meta`) or dict
@@ -361,7 +364,7 @@ def write_tile(
     if image is not None:
         w.add("image", image)
     for k, a in affinity.items():
-        w.add(f"affinity/k{k}", a, attrs={"k": int(k)})
+        w.add(f"affinity/{counts_name(k)}", a, attrs={"k": region_attr(k)})
     for name, data, wattrs in weights:
         w.add(f"weights/{name}", data, fill_value=0.0, attrs=wattrs)
     for path, data, more_attrs in more:
