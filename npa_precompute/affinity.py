@@ -196,9 +196,12 @@ def affinity_maps(
     boxed = [i for i in range(len(regions)) if i not in planar]
     volume = dense if dense.ndim == 3 else dense[None]
     box_regions = np.array([(0,) * (3 - labels.ndim) + regions[i] for i in boxed], np.int64)
-    part = np.empty((len(boxed), *volume.shape), dtype=out.dtype)
     top = max(map(window_size, box_regions))
     acc = np.zeros(1, np.int16 if top < 2**15 else np.int32 if top < 2**31 else np.int64)
+    # the kernel writes the unsigned type of its accumulator, narrowed below where ``out``
+    # is narrower (the values fit): one compiled variant per accumulator, not per pair
+    # (each 3-D variant takes numba 8-14 s to compile)
+    part = np.empty((len(boxed), *volume.shape), dtype=acc.dtype.str.replace("i", "u"))
     width = volume.shape[2]
     bands = max(1, min(-(-2 * numba.get_num_threads() // n_classes), width // 64))
     _kernels.affinity_boxes(volume, box_regions, n_classes, bands, acc, part)
