@@ -56,7 +56,7 @@ lint: setup-test
 # (tests/conftest.py SERIAL_MODULES). `make test TEST_WORKERS=0` runs in one process.
 TEST_WORKERS ?= 2
 test: setup-test lint
-	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+	$(PY) -m pytest --durations=10 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 bench: setup
 	$(PY) -m pip install -e ".[bench,dask]"
