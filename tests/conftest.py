@@ -80,6 +80,9 @@ SERIAL_MODULES = frozenset(
 )
 
 
+# tryfirst: pytest-xdist's own hook turns the mark into the ``@serial`` suffix of the node id
+# that ``--dist loadgroup`` schedules by; marks added after it are ignored
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = getattr(item, "module", None)  # doctest items have none
