@@ -28,21 +28,17 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from npa_precompute.affinity import affinity_maps  # noqa: E402
-from npa_precompute.presets import get_preset  # noqa: E402
-from npa_precompute.readers import file_sha256  # noqa: E402
+# the tests' inputs, expected arrays and process finder: one definition for both
+from helpers import marked_processes  # noqa: E402
+from test_store_safety import KS, TILES, TRANSFORMS, expected_arrays, make_inputs  # noqa: E402
+
 from npa_precompute.store import list_tiles, open_store, open_tile  # noqa: E402
-from npa_precompute.transforms import parse_transform  # noqa: E402
 
-TILES = ("area0", "area1", "area2", "area3")
-KS = (2, 8)
 GROW_KS = (2, 8, 5)
-TRANSFORMS = ("log10:L=0.5", "norm:L=0.5")
 MODES = {
     "run": [],
     "workers": ["--workers", "2"],
@@ -50,48 +46,6 @@ MODES = {
     "dask-cluster": ["--chunk", "64", "--dask", "--block", "64", "--workers", "1"],
     "grow": [],
 }
-
-
-def make_inputs(folder: Path, seed: int, shape=(160, 192)) -> dict:
-    preset = get_preset("isprs")
-    palette = np.array(preset.palette, dtype=np.uint8)
-    gt, top = folder / "gt", folder / "top"
-    gt.mkdir(parents=True, exist_ok=True)
-    top.mkdir(exist_ok=True)
-    for i, tid in enumerate(TILES):
-        rng = np.random.default_rng(seed * 10 + i)
-        b = rng.integers(0, len(palette), (shape[0] // 6 + 1, shape[1] // 6 + 1))
-        idx = np.kron(b, np.ones((6, 6), dtype=int))[: shape[0], : shape[1]]
-        rgb = palette[idx]
-        rgb[::9] = 0  # a band of ignore pixels
-        tifffile.imwrite(gt / f"{tid}_noBoundary.tif", rgb)
-        tifffile.imwrite(
-            top / f"{tid}.tif", (idx[..., None] * [40, 20, 10] + seed).astype(np.uint8)
-        )
-    return {"gt": str(gt), "top": str(top)}
-
-
-def expected_arrays(inputs: dict) -> dict:
-    """Every array a tile of these inputs may hold, keyed by the label file's sha256."""
-    preset = get_preset("isprs")
-    out = {}
-    for tid in TILES:
-        path = os.path.join(inputs["gt"], f"{tid}_noBoundary.tif")
-        label = preset.decode(tifffile.imread(path))
-        ks = sorted(set(GROW_KS))
-        aff = affinity_maps(label, ks)
-        ignore = label == preset.ignore_index
-        arrays = {
-            "label": label,
-            "image": tifffile.imread(os.path.join(inputs["top"], f"{tid}.tif")),
-        }
-        for i, k in enumerate(ks):
-            arrays[f"affinity/k{k}"] = aff[i]
-            for spec in TRANSFORMS:
-                t = parse_transform(spec)
-                arrays[f"weights/k{k}_{t.slug}"] = t.apply(aff[i], ignore)
-        out[file_sha256(path)] = arrays
-    return out
 
 
 def wrong_tiles(store: Path, expected: dict) -> tuple[int, list[str]]:
@@ -114,25 +68,6 @@ def wrong_tiles(store: Path, expected: dict) -> tuple[int, list[str]]:
             if not np.array_equal(tile.group[name][...], want[name]):
                 problems.append(f"{tid}/{name} differs from its input's")
     return len(complete), problems
-
-
-def marked(token: str) -> list[int]:
-    """Running processes (zombies excluded) whose environment holds ``token``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if token.encode() not in f.read():
-                    continue
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[-1].split()[0] in (b"Z", b"X"):
-                    continue
-        except OSError:
-            continue
-        pids.append(int(entry))
-    return pids
 
 
 def command(mode: str, inputs: dict, store: Path, ks=KS) -> list[str]:
@@ -180,7 +115,10 @@ def main() -> int:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     sets = [make_inputs(work / "A", 1), make_inputs(work / "B", 2)]
-    expected = {**expected_arrays(sets[0]), **expected_arrays(sets[1])}
+    expected = {
+        **expected_arrays(sets[0], sorted(set(GROW_KS))),
+        **expected_arrays(sets[1], sorted(set(GROW_KS))),
+    }
     rng = random.Random(args.seed)
     durations = {}
     for mode in modes:  # an uninterrupted run of each mode: where to aim the kills
@@ -204,10 +142,10 @@ def main() -> int:
         c = counts[mode]
         c["kills" if rc == -9 else "finished"] += 1
         deadline = time.monotonic() + args.grace
-        alive = marked(token)
+        alive = marked_processes(token)
         while alive and time.monotonic() < deadline:
             time.sleep(0.1)
-            alive = marked(token)
+            alive = marked_processes(token)
         c["survivors"] += len(alive)
         for pid in alive:  # do not let them spoil the next trials
             os.kill(pid, 9)

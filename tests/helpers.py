@@ -95,3 +95,23 @@ def write_train_store(folder: Path) -> Path:
     out = folder / "store.zarr"
     run_precompute([str(folder / "gts")], out, images=[str(folder / "top")], ks="2,4", chunk=16)
     return out
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Running (not zombie) processes whose environment holds ``marker``: the processes of
+    a run started with it in its environment, children included (Linux ``/proc``)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[-1].split()[0] in (b"Z", b"X"):
+                    continue
+        except OSError:
+            continue
+        out.append(int(entry))
+    return out

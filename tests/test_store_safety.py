@@ -61,20 +61,20 @@ def make_inputs(folder, seed: int, shape=(160, 192)) -> dict:
     return {"gt": str(gt), "top": str(top)}
 
 
-def expected_arrays(inputs: dict) -> dict:
-    """Every array of every tile, keyed by the label file's sha256."""
+def expected_arrays(inputs: dict, ks=KS) -> dict:
+    """Every array of every tile for search regions ``ks``, keyed by the label file's sha256."""
     preset = get_preset("isprs")
     out = {}
     for tid in TILES:
         path = os.path.join(inputs["gt"], f"{tid}_noBoundary.tif")
         label = preset.decode(tifffile.imread(path))
-        aff = affinity_maps(label, KS)
+        aff = affinity_maps(label, ks)
         ignore = label == 255
         arrays = {
             "label": label,
             "image": tifffile.imread(os.path.join(inputs["top"], f"{tid}.tif")),
         }
-        for i, k in enumerate(KS):
+        for i, k in enumerate(ks):
             arrays[f"affinity/k{k}"] = aff[i]
             for spec in TRANSFORMS:
                 t = parse_transform(spec)

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 import zarr
-from helpers import ROOT
+from helpers import ROOT, marked_processes
 from test_store_safety import KS, TILES, TRANSFORMS, check_store, expected_arrays, make_inputs
 
 from npa_precompute import pipeline
@@ -31,25 +31,6 @@ from npa_precompute.store import (
 )
 
 
-def _marked(marker: str) -> list[int]:
-    """Running (not zombie) processes whose environment holds ``marker``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if marker.encode() not in f.read():
-                    continue
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[-1].split()[0] in (b"Z", b"X"):
-                    continue
-        except OSError:
-            continue
-        out.append(int(entry))
-    return out
-
-
 def _children(pid: int) -> list[int]:
     r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(p) for p in r.stdout.split()]
@@ -58,7 +39,7 @@ def _children(pid: int) -> list[int]:
 def _wait_gone(marker: str, seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while True:
-        alive = _marked(marker)
+        alive = marked_processes(marker)
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
