@@ -50,19 +50,23 @@ def compile_reason(kernels: list | None = None) -> str:
     Returns
     -------
     str
-        ``"numba's cache is empty (first run after installing)"``, ``"the kernels' source
-        changed since they were cached (an update or reinstall)"``, ``"numba was upgraded
-        since they were cached"``, ``"new input types (signatures) for cached kernels"``, or
-        ``"reason unknown"`` where numba's cache layout is not the one read here.
+        ``"numba's cache is empty (first run after installing)"`` (no kernel cached),
+        ``"the kernels' source changed since they were cached (an update or reinstall)"``,
+        ``"numba was upgraded since they were cached"``, ``"first use of some kernels on this
+        machine (...)"`` (some cached, others never), ``"new input types (signatures) for
+        cached kernels"``, or ``"reason unknown"`` where numba's cache layout is not the one
+        read here.
     """
     try:
         states = {_state(k) for k in (kernel_dispatchers() if kernels is None else kernels)}
     except (AttributeError, OSError, pickle.UnpicklingError, ValueError, TypeError, EOFError):
         return "reason unknown"
-    if "empty" in states:
+    if states == {"empty"}:
         return "numba's cache is empty (first run after installing)"
     if "source" in states:
         return "the kernels' source changed since they were cached (an update or reinstall)"
     if "numba" in states:
         return "numba was upgraded since they were cached"
+    if "empty" in states:  # others are cached: this input needs kernels no run used yet
+        return "first use of some kernels on this machine (new input types; others cached)"
     return "new input types (signatures) for cached kernels"

@@ -426,6 +426,10 @@ def test_compile_reason_tells_empty_stale_and_new_signature(tmp_path):
     assert kernel_cache.compile_reason([kernel()]).startswith("new input types")
     assert kernel_cache.compile_reason([kernel(stamp=(2.0, 10))]).startswith("the kernels' source")
     assert kernel_cache.compile_reason([kernel(version="0.2")]).startswith("numba was upgraded")
+    never = SimpleNamespace(
+        _cache=SimpleNamespace(_cache_file=SimpleNamespace(_index_path=str(tmp_path / "n.nbi")))
+    )  # a kernel no run has used yet, next to a cached one: not "the cache is empty"
+    assert kernel_cache.compile_reason([kernel(), never]).startswith("first use of some kernels")
     assert kernel_cache.compile_reason([object()]) == "reason unknown"
     assert len(kernel_cache.kernel_dispatchers()) >= 3  # numba's layout is the one read
 
