@@ -142,13 +142,24 @@ def training_panels(runs: Sequence[dict], metrics: Sequence[str] = ("mF1", "mIoU
             losses[kind] = Panel(f"training loss: {kind}", "iteration", ylabel)
         losses[kind].series.append(Series(r["label"], *_column(r["log"], "loss")))
         lr.series.append(Series(r["label"], *_column(r["log"], "lr")))
-    panels = [*losses.values(), lr]
+    panels = [*losses.values(), _merge_equal_series(lr)]
     for m in metrics:
         column = m if m in ("mF1", "mIoU", "OA", "boundary_f1") else f"f1:{m}"
         p = Panel(f"validation {m}", "iteration", f"{m if column == m else 'F1 ' + m} (%)")
         p.series = [Series(r["label"], *_pct_column(r["val"], column)) for r in runs]
         panels.append(p)
     return [p for p in panels if any(p.points(s) for s in p.series)]
+
+
+def _merge_equal_series(panel: Panel) -> Panel:
+    """Runs whose curves coincide (the same lr schedule) drawn once, as one labelled line:
+    one run's line would otherwise hide the others' under it."""
+    if len(panel.series) > 1 and all(
+        (s.x, s.y) == (panel.series[0].x, panel.series[0].y) for s in panel.series
+    ):
+        first = panel.series[0]
+        panel.series = [Series(f"all {len(panel.series)} runs (the same)", first.x, first.y)]
+    return panel
 
 
 def validation_panel(groups: Sequence[dict], metric: str = "mF1") -> Panel:

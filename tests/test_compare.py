@@ -297,5 +297,13 @@ def test_training_panels_and_plot_cli(tmp_path):
     c = _run(tmp_path, "c", loss="npa", weights="k32_log10_L0.5")
     info = plot_runs([b, c], tmp_path / "two.png", backend="matplotlib")  # NPA and CE apart
     assert info["panels"] == ["training loss: ce", "training loss: npa", "learning rate"]
+    log = [{"iteration": i, "loss": 1.0 / i, "lr": 0.01 / i} for i in (1, 2, 3)]
+    runs = [{"label": n, "log": log, "val": None, "config": {"loss": "ce"}} for n in "xy"]
+    lr = training_panels(runs)[-1]  # one schedule: one line, not one hidden under another
+    assert [s.label for s in lr.series] == ["all 2 runs (the same)"] and lr.series[0].y == [
+        0.01, 0.005, 0.01 / 3
+    ]  # fmt: skip
+    runs[1]["log"] = [{**row, "lr": 2 * row["lr"]} for row in log]
+    assert [s.label for s in training_panels(runs)[-1].series] == ["x", "y"]
     result = CliRunner().invoke(main, ["plot", str(tmp_path), "--out", str(out)])
     assert result.exit_code != 0 and "no run folder" in result.output
