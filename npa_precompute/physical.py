@@ -48,10 +48,26 @@ def parse_radii(radii, *, name: str = "k_metres") -> tuple[float, ...]:
     return tuple(dict.fromkeys(values))
 
 
-def _tiles_gsd(labels: Iterable[str | os.PathLike]) -> tuple[float, float]:
-    """The one pixel size (H, W) of the labels' GeoTIFF georeferencing."""
-    found: tuple[float, float] | None = None
-    first = None
+def _common_spacing(spacings, *, name: str, what: str, axes: str, override: str, items: str):
+    """The one spacing of ``(path, spacing)`` pairs (equal within :data:`_SAME_GSD`), or a
+    :class:`ParameterError` naming ``name`` (two differ) or ``override`` (no pairs)."""
+    found = first = None
+    for path, size in spacings:
+        if found is None:
+            found, first = size, path
+        elif any(abs(a - b) > _SAME_GSD * max(a, b) for a, b in zip(size, found, strict=True)):
+            raise ParameterError(
+                name,
+                f"needs one {what}, but {first} has {found} and {path} has {size} ({axes}); "
+                f"precompute them into separate stores or give `{override}`",
+            )
+    if found is None:
+        raise ParameterError(override, f"is needed: no label {items} to read it from")
+    return found
+
+
+def _georef_gsds(labels: Iterable[str | os.PathLike]):
+    """``(path, (h, w))`` pixel sizes of the labels' GeoTIFF georeferencing, in metres."""
     for path in labels:
         georef = read_georef(path)
         if georef is None:
@@ -67,19 +83,28 @@ def _tiles_gsd(labels: Iterable[str | os.PathLike]) -> tuple[float, float]:
                 "whose pixel size is in degrees, not metres; give the ground sampling "
                 "distance in metres per pixel",
             )
-        size = georef_pixel_size(georef)
-        if found is None:
-            found, first = size, path
-        elif any(abs(a - b) > _SAME_GSD * max(a, b) for a, b in zip(size, found, strict=True)):
+        yield path, georef_pixel_size(georef)
+
+
+def _tiles_gsd(labels: Iterable[str | os.PathLike]) -> tuple[float, float]:
+    """The one pixel size (H, W) of the labels' GeoTIFF georeferencing."""
+    return _common_spacing(
+        _georef_gsds(labels), name="k_metres", what="ground sampling distance",
+        axes="m per pixel along H, W", override="gsd", items="tiles",
+    )  # fmt: skip
+
+
+def _header_spacings(labels: Iterable[str | os.PathLike]):
+    """``(path, (d, h, w))`` voxel spacings in mm of the label volumes' files."""
+    from npa_precompute.volumes import volume_spacing
+
+    for path in labels:
+        sp = volume_spacing(path)
+        if sp is None:
             raise ParameterError(
-                "k_metres",
-                f"needs one ground sampling distance, but {first} has {found} and {path} has "
-                f"{size} (m per pixel along H, W); precompute them into separate stores or "
-                "give `gsd`",
+                "spacing", f"is needed: {path} has no voxel spacing in its file (mm, D,H,W)"
             )
-    if found is None:
-        raise ParameterError("gsd", "is needed: no label tiles to read it from")
-    return found
+        yield path, sp
 
 
 def resolve_k_metres(
@@ -177,27 +202,13 @@ def resolve_k_mm(
     InputError
         A NIfTI header whose spacing is not positive and finite (naming the file).
     """
-    from npa_precompute.volumes import volume_spacing
-
     values = parse_radii(radii, name="k_mm")
     if spacing is not None:
         found, source = parse_spacing(spacing, 3, name="spacing"), "spacing"
     else:
-        found, first, source = None, None, "header"
-        for path in labels:
-            sp = volume_spacing(path)
-            if sp is None:
-                raise ParameterError(
-                    "spacing", f"is needed: {path} has no voxel spacing in its file (mm, D,H,W)"
-                )
-            if found is None:
-                found, first = sp, path
-            elif any(abs(a - b) > _SAME_GSD * max(a, b) for a, b in zip(sp, found, strict=True)):
-                raise ParameterError(
-                    "k_mm",
-                    f"needs one voxel spacing, but {first} has {found} and {path} has {sp} "
-                    "(mm along D, H, W); precompute them into separate stores or give `spacing`",
-                )
-        if found is None:
-            raise ParameterError("spacing", "is needed: no label volumes to read it from")
+        found = _common_spacing(
+            _header_spacings(labels), name="k_mm", what="voxel spacing",
+            axes="mm along D, H, W", override="spacing", items="volumes",
+        )  # fmt: skip
+        source = "header"
     return _resolve(values, found, source, "mm", "k_mm")
