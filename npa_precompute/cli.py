@@ -241,8 +241,8 @@ def run(labels, out, images, preset, ks, k_metres, gsd, volume, k_mm, spacing, t
             k_mm=k_mm,
             spacing=_spacing(spacing),
         )
-    except WeightRangeError:
-        _weight_range_usage_error(ks, transforms, weight_dtype)
+    except WeightRangeError as exc:
+        _weight_range_usage_error(exc, transforms)
         raise
     finally:
         signal.signal(signal.SIGTERM, old_term)
@@ -263,17 +263,20 @@ def _spacing(text: str | None) -> tuple[float, ...] | str | None:
     return values[0] if len(values) == 1 else values
 
 
-def _weight_range_usage_error(ks, transforms, weight_dtype) -> None:
+def _weight_range_usage_error(exc, transforms) -> None:
     """The library's refusal of weights that would overflow the dtype, reworded as a usage
-    error naming the options (it involves three of them: no one option to report it on)."""
-    from npa_precompute.params import parse_ks
+    error naming the options (it involves three of them: no one option to report it on):
+    the check that failed, with its k, dimensions and dtype, repeated with the options'
+    names and the ``--transform`` values as typed."""
     from npa_precompute.transforms import WeightRangeError, check_weight_range
 
+    if exc.check is None:
+        return
     names = {"transforms": "--transform", "dtype": "--dtype", "k": "--k"}
     try:
-        check_weight_range(parse_ks(ks), transforms, weight_dtype, names=names)
-    except WeightRangeError as exc:
-        raise click.UsageError(str(exc)) from None
+        check_weight_range(**{**exc.check, "transforms": transforms}, names=names)
+    except WeightRangeError as named:
+        raise click.UsageError(str(named)) from None
 
 
 def _dask_options(use_dask, block, scheduler, workers, memory_limit):

@@ -70,14 +70,22 @@ class WeightRangeError(ParameterError):
     ``param`` (default ``"transforms"``; ``"weights"`` for a weights name), which the
     command lines report against the option that sets it. ``detail`` is the message
     without the transform spec it was found in (None when the message names no spec),
-    for callers that name the spec their own way.
+    for callers that name the spec their own way. ``check``: the arguments of the
+    :func:`check_weight_range` call that raised it (None from elsewhere), so that a caller
+    can repeat that very check with its own ``names`` (the CLI: its options).
     """
 
     def __init__(
-        self, message: str, *, detail: str | None = None, param: str = "transforms"
+        self,
+        message: str,
+        *,
+        detail: str | None = None,
+        param: str = "transforms",
+        check: dict | None = None,
     ) -> None:
         super().__init__(param, message, message=message)
         self.detail = detail
+        self.check = check
 
 
 #: Largest count range evaluated through a lookup table (larger ones compute directly).
@@ -401,12 +409,13 @@ def check_weight_range(
     dtype = np.dtype(dtype)
     top_of = float(np.finfo(dtype).max)
     ks = list(ks)
+    check = {"ks": ks, "transforms": transforms, "dtype": dtype, "ndim": ndim}
     for spec in transforms:
         try:
             t = parse_transform(spec)
         except WeightRangeError as exc:
             why = exc.detail or str(exc)
-            raise WeightRangeError(f"{names['transforms']} {spec}: {why}") from None
+            raise WeightRangeError(f"{names['transforms']} {spec}: {why}", check=check) from None
         for k in ks:
             w = t.max_weight(k, ndim)
             with np.errstate(over="ignore"):  # rounded as apply() rounds: float64 -> 32 -> dtype
@@ -427,7 +436,8 @@ def check_weight_range(
                 fix = f"lower L, or use {names['dtype']} float32"
             raise WeightRangeError(
                 f"{where}: weights reach {w:.6g}, above {top_of:.6g}, the largest {dtype} "
-                f"({names['dtype']} {dtype}); {fix}"
+                f"({names['dtype']} {dtype}); {fix}",
+                check=check,
             )
 
 

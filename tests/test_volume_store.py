@@ -243,6 +243,8 @@ def test_bad_volume_inputs_name_the_file_or_option(tmp_path):
     assert r.exit_code == 2 and "--k-mm" in r.output and "volumes" in r.output
     r = _run(good, *out, *INDEX, "--k", "20", "--transform", "raw", "--dtype", "float16")
     assert r.exit_code != 0 and "float16" in r.output  # 41**3 - 1 counts overflow float16
+    # a usage error naming the options, from the 3-D window the library checked
+    assert r.exit_code == 2 and "--transform raw with --k 20" in r.output, r.output
 
 
 def test_anisotropic_regions_are_stored_and_read_back(tmp_path):
