@@ -80,11 +80,20 @@ SERIAL_MODULES = frozenset(
 )
 
 
+#: Modules that share one worker because their first tests compile the same numba
+#: kernel variants (the 3-D box sums take 10-16 s each): two workers starting on them at
+#: once would both compile the same variant before either had cached it.
+SHARED_COMPILE_GROUPS = {"test_volumes": "volumes", "test_volume_store": "volumes"}
+
+
 # tryfirst: pytest-xdist's own hook turns the mark into the ``@serial`` suffix of the node id
 # that ``--dist loadgroup`` schedules by; marks added after it are ignored
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = getattr(item, "module", None)  # doctest items have none
-        if module is not None and module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+        name = module.__name__.rsplit(".", 1)[-1] if module is not None else None
+        if name in SERIAL_MODULES:
             item.add_marker(pytest.mark.xdist_group("serial"))
+        elif name in SHARED_COMPILE_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(SHARED_COMPILE_GROUPS[name]))

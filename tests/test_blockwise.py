@@ -68,7 +68,7 @@ def assert_same_tile(mem_store, bw_store, tile_id="area1") -> None:
 
 @pytest.fixture(scope="module")
 def mosaic(tmp_path_factory):
-    """A 3000 x 4000 tiled GeoTIFF label (+ image) mirror-tiled from the real Vaihingen crop,
+    """A 1500 x 2000 tiled GeoTIFF label (+ image) mirror-tiled from the real Vaihingen crop,
     and its in-memory store as the reference."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data crops not found at {SHARED_DATA}")
@@ -78,11 +78,11 @@ def mosaic(tmp_path_factory):
     georef = _georef()
     label = write_mirror_tiff(
         d / "gts" / "area1.tif", tifffile.imread(SHARED_DATA / "vaihingen_crop" / LABEL),
-        (3000, 4000), georef=georef,
+        (1500, 2000), georef=georef,
     )  # fmt: skip
     image = write_mirror_tiff(
         d / "top" / "area1.tif", tifffile.imread(SHARED_DATA / "vaihingen_crop" / IMAGE),
-        (3000, 4000), georef=georef,
+        (1500, 2000), georef=georef,
     )  # fmt: skip
     kw = {"images": [str(image)], "ks": KS, "transforms": TRANSFORMS}
     run_precompute([str(label)], d / "mem.zarr", **kw)
@@ -91,19 +91,19 @@ def mosaic(tmp_path_factory):
 
 def test_mosaic_is_a_tiled_geotiff_read_by_windows(mosaic):
     r = Raster(mosaic["label"])
-    assert r.shape == (3000, 4000, 3)
+    assert r.shape == (1500, 2000, 3)
     with tifffile.TiffFile(mosaic["label"]) as tif:
         assert tif.pages[0].is_tiled and tif.pages[0].tilelength == 256
     src = tifffile.imread(SHARED_DATA / "vaihingen_crop" / LABEL)
-    win = r.read(slice(2900, 3000), slice(3950, 4000))
-    assert np.array_equal(win, mirror_tile(src, (3000, 4000))[2900:, 3950:])
+    win = r.read(slice(1400, 1500), slice(1950, 2000))
+    assert np.array_equal(win, mirror_tile(src, (1500, 2000))[1400:, 1950:])
 
 
 def test_blockwise_512_equals_in_memory_everywhere(mosaic):
     out = mosaic["dir"] / "bw512.zarr"
     opts = DaskOptions(block=512, scheduler="synchronous")
     summary = run_precompute([str(mosaic["label"])], out, dask=opts, **mosaic["kw"])
-    assert summary.written == ["area1"] and summary.pixels == 12_000_000
+    assert summary.written == ["area1"] and summary.pixels == 3_000_000
     assert_same_tile(mosaic["dir"] / "mem.zarr", out)
     tile = open_tile(open_store(out), "area1")
     assert tile.attrs["georef"] == mosaic["georef"]
@@ -124,7 +124,7 @@ def test_blockwise_cli_on_local_cluster_equals_in_memory(mosaic):
          "--dask", "--block", "1024", "--workers", "2", "--memory-limit", "1GB", "-q"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "1 tile(s) written" in res.output and "12.00 Mpix" in res.output
+    assert "1 tile(s) written" in res.output and "3.00 Mpix" in res.output
     assert_same_tile(mosaic["dir"] / "mem.zarr", out)
     # a re-run finds the tile current and skips it
     res = CliRunner().invoke(
