@@ -244,12 +244,18 @@ def _loaded(code: str, *, first: str = "") -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    "module", ["npa_train.loss", "npa_train.online", "npa_train.weights", "npa_precompute.names"]
-)
-def test_the_loss_and_online_weights_import_torch_and_numpy_only(module):
-    loaded = _loaded(f"import {module}")
-    assert not any(loaded[m] for m in HEAVY), loaded
+def test_the_loss_and_online_weights_import_torch_and_numpy_only():
+    # one interpreter imports them in turn (each a few s of torch start-up on its own): a
+    # heavy module shows first after the import that brought it in
+    lean = ("npa_precompute.names", "npa_train.weights", "npa_train.online", "npa_train.loss")
+    script = "import json, sys\nsteps = {}\n" + "".join(
+        f"import {m}\nsteps[{m!r}] = [h for h in {HEAVY!r} if h in sys.modules]\n" for m in lean
+    )
+    out = subprocess.run([sys.executable, "-c", script + "print(json.dumps(steps))"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout  # fmt: skip
+    steps = json.loads(out.strip().splitlines()[-1])
+    assert list(steps) == list(lean)
+    assert all(not heavy for heavy in steps.values()), steps
 
 
 @pytest.mark.parametrize(
