@@ -122,12 +122,19 @@ class Tile:
         """k whose counts the tile holds, ints or region tuples (one k per axis), by
         largest k (arrays named by the tile's params; an array left half-written by an
         interrupted grow is not among them)."""
-        return sorted(set(tile_ks(self.group, self.meta)), key=region_order)
+        return list(self._listing[0])
 
     @property
     def stored_weight_names(self) -> list[str]:
         """Names of the weights arrays materialized in the store."""
-        return sorted(stored_weights(self.group, self.meta))
+        return list(self._listing[1])
+
+    @cached_property
+    def _listing(self) -> tuple[tuple, tuple[str, ...]]:
+        # listed once, as the tile was when opened (like :attr:`meta`): a zarr listing
+        # reads the metadata of every array in the group
+        ks = sorted(set(tile_ks(self.group, self.meta)), key=region_order)
+        return tuple(ks), tuple(sorted(stored_weights(self.group, self.meta)))
 
     @property
     def weight_names(self) -> list[str]:
