@@ -252,19 +252,21 @@ def test_png_label_is_read_whole_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("block, chunk", [(48, 16), (32, 32)])
 def test_blocks_smaller_than_k_max(tmp_path, block, chunk):
-    """Halo (k = 64, 100) larger than the block, k beyond the raster (2k + 1 > 300)."""
+    """Halo (k = 64, 130) larger than the block, k beyond the raster (2k + 1 > 210) with
+    uint32 counts (k > 127)."""
     rng = np.random.default_rng(3)
-    index = np.repeat(np.repeat(rng.integers(0, 6, (30, 42)), 10, 0), 10, 1)  # 300 x 420
+    index = np.repeat(np.repeat(rng.integers(0, 6, (15, 21)), 10, 0), 10, 1)  # 150 x 210
     index[rng.random(index.shape) < 0.01] = 4  # isolated "cars"
     ignore = np.zeros(index.shape, bool)
     ignore[100:103, :] = True
     path = write_isprs_tile(tmp_path / "gts", "area1.tif", index, ignore_mask=ignore)
-    kw = {"ks": (1, 64, 200), "transforms": ("raw", "norm:L=0", "ln:L=0.5"), "chunk": chunk}
+    kw = {"ks": (1, 64, 130), "transforms": ("raw", "norm:L=0", "ln:L=0.5"), "chunk": chunk}
     run_precompute([str(path)], tmp_path / "mem.zarr", **kw)
     opts = DaskOptions(block=block, scheduler="synchronous")
     run_precompute([str(path)], tmp_path / "bw.zarr", dask=opts, **kw)
     assert_same_tile(tmp_path / "mem.zarr", tmp_path / "bw.zarr")
-    assert len(block_grid((300, 420), block)) == -(-300 // block) * -(-420 // block)
+    assert open_tile(open_store(tmp_path / "bw.zarr"), "area1").affinity(130).dtype == np.uint32
+    assert len(block_grid((150, 210), block)) == -(-150 // block) * -(-210 // block)
 
 
 def test_block_must_be_a_multiple_of_chunk(tmp_path):

@@ -1,8 +1,8 @@
 """npa-train fit under torchrun: DDP on the CPU with gloo and 2 processes.
 
-Per-rank crop streams, losses all-reduced across ranks, rank 0 alone writing the run
-folder, and an interrupted DDP run resumed to the same losses and weights, bit for bit,
-as an uninterrupted one.
+Per-rank crop streams, losses all-reduced across ranks, NPALoss gradients under DDP, rank 0
+alone writing the run folder, and an interrupted DDP run resumed to the same losses and
+weights, bit for bit, as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -147,27 +147,74 @@ def test_all_reduce_mean_without_a_process_group():
         all_reduce_mean(torch.tensor([1, 2]))
 
 
-_REDUCE = """
-import sys, torch, torch.distributed as dist
+_COLLECTIVES = """
+import sys
+import torch
+import torch.distributed as dist
 from npa_train.distributed import all_reduce_mean
+from npa_train.loss import NPALoss
+
 dist.init_process_group("gloo")
-r = dist.get_rank()
+r, world = dist.get_rank(), dist.get_world_size()
+# all_reduce_mean of the ranks' losses
 loss = torch.tensor([[0.7310586, 2.4567891], [1.1920929e-07, 3.0]][r], dtype=torch.float32)
 mean = all_reduce_mean(loss.double())
-torch.save({"loss": loss, "mean": mean}, sys.argv[1] + f"/rank{r}.pt")
+# NPALoss under DistributedDataParallel
+torch.manual_seed(0)
+net = torch.nn.Conv2d(3, 6, 3, padding=1)
+ddp = torch.nn.parallel.DistributedDataParallel(net)
+crit = NPALoss(k=4)
+
+
+def data(rank):
+    g = torch.Generator().manual_seed(100 + rank)
+    x = torch.randn(2, 3, 20, 24, generator=g)
+    t = torch.randint(0, 6, (2, 5, 6), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    t[:, :2] = 255
+    return x, t
+
+
+x, t = data(r)
+crit(ddp(x), t).backward()
+# the gradient DDP averaged equals the mean of the ranks' single-process gradients
+ref = torch.nn.Conv2d(3, 6, 3, padding=1)
+ref.load_state_dict(net.state_dict())
+grads = []
+for rank in range(world):
+    ref.zero_grad()
+    xr, tr = data(rank)
+    crit(ref(xr), tr).backward()
+    grads.append(ref.weight.grad.clone())
+want = sum(grads) / world
+torch.save({"loss": loss, "mean": mean, "grad": net.weight.grad, "want": want},
+           sys.argv[1] + f"/rank{r}.pt")
 dist.destroy_process_group()
 """
 
 
-def test_all_reduce_mean_is_the_mean_of_the_ranks_losses(tmp_path):
-    script = tmp_path / "reduce.py"
-    script.write_text(_REDUCE)
-    result = _torchrun(str(script), str(tmp_path))
+@pytest.fixture(scope="module")
+def collectives(tmp_path_factory) -> list[dict]:
+    """One torchrun of 2 gloo ranks for the collective checks below: what each rank saved."""
+    out = tmp_path_factory.mktemp("collectives")
+    script = out / "collectives.py"
+    script.write_text(_COLLECTIVES)
+    result = _torchrun(str(script), str(out))
     assert result.returncode == 0, result.stdout + result.stderr
-    got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def test_all_reduce_mean_is_the_mean_of_the_ranks_losses(collectives):
+    got = collectives
     expected = (got[0]["loss"].double() + got[1]["loss"].double()) / 2  # exact in float64
     assert torch.equal(got[0]["mean"], expected) and torch.equal(got[1]["mean"], expected)
     assert got[0]["mean"].dtype == torch.float64
+
+
+def test_npaloss_under_ddp(collectives):
+    # the gradient DDP averaged equals the mean of the ranks' single-process gradients
+    for r, got in enumerate(collectives):
+        torch.testing.assert_close(got["grad"], got["want"], rtol=1e-5, atol=1e-7, msg=f"rank {r}")
+    assert not torch.equal(collectives[0]["grad"], torch.zeros_like(collectives[0]["grad"]))
 
 
 # ---- torchrun -m npa_train fit -----------------------------------------------------------------

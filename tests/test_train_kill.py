@@ -47,10 +47,15 @@ def _assert_same_run(out: Path, ref: Path) -> None:
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"]), name
 
 
-def _reference(store, tmp_path, *extra) -> Path:
-    ref = tmp_path / "ref"
-    done = subprocess.run([sys.executable, "-m", "npa_train", *_args(store, ref, *extra)],
-                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+@pytest.fixture(scope="module")
+def reference(store, tmp_path_factory) -> Path:
+    """The uninterrupted run, in a process of the same environment. It checkpoints every
+    iteration; the killed runs checkpoint every 1 or 2: how often a run saves changes
+    nothing it computes (best.pt and the last checkpoint.pt are those of the same steps)."""
+    ref = tmp_path_factory.mktemp("kill_ref") / "ref"
+    args = _args(store, ref, "--checkpoint-every", "1")
+    done = subprocess.run([sys.executable, "-m", "npa_train", *args], env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return ref
 
@@ -62,9 +67,8 @@ def _resume(store, out, *extra) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_kill_as_soon_as_the_first_checkpoint_appears(store, tmp_path):
+def test_kill_as_soon_as_the_first_checkpoint_appears(store, reference, tmp_path):
     extra = ("--checkpoint-every", "2")
-    ref = _reference(store, tmp_path, *extra)
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "npa_train", *_args(store, out, *extra)],
                             env=ENV, stdout=subprocess.DEVNULL,
@@ -80,7 +84,7 @@ def test_kill_as_soon_as_the_first_checkpoint_appears(store, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 2
     _resume(store, out, *extra)
-    _assert_same_run(out, ref)
+    _assert_same_run(out, reference)
 
 
 # kills itself (SIGKILL) when the first validation starts: iteration 2, after the checkpoint
@@ -98,9 +102,8 @@ main(sys.argv[1:], prog_name="npa-train")
 """
 
 
-def test_kill_inside_a_validation_loses_no_row(store, tmp_path):
+def test_kill_inside_a_validation_loses_no_row(store, reference, tmp_path):
     extra = ("--checkpoint-every", "1")
-    ref = _reference(store, tmp_path, *extra)
     script = tmp_path / "kill_in_validation.py"
     script.write_text(_KILL_IN_VALIDATION)
     out = tmp_path / "killed"
@@ -110,4 +113,4 @@ def test_kill_inside_a_validation_loses_no_row(store, tmp_path):
     assert not (out / "val.csv").read_text().splitlines()[1:]  # no row yet
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 1
     _resume(store, out, *extra)
-    _assert_same_run(out, ref)
+    _assert_same_run(out, reference)
