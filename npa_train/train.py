@@ -55,6 +55,7 @@ resumed DDP run equals an uninterrupted one bit for bit, too.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -351,6 +352,12 @@ class Trainer(RunFolder):
                 return self.summary(0, 0.0, final_lr)
             return self._train(self.build_loader())
         finally:
+            # DDP's reducer holds the process group: while it lives, destroying the group
+            # leaves gloo's threads running into interpreter shutdown, where a rank can abort
+            # ("terminate called without an active exception", seen once in CI)
+            if self.ddp.world_size > 1:
+                self.model = getattr(self, "net", None)
+                gc.collect()
             self.ddp.close()
 
     def _train(self, loader: DataLoader) -> dict:
