@@ -25,12 +25,12 @@ _LUT_MAX_SPAN = 1 << 24
 _COLUMNS_MIN_BAND_ROWS = 64
 
 
-def _hist_dtype(k: int) -> np.dtype:
-    """Narrowest signed dtype for per-column counts of the columns kernel (at most 2k + 1)."""
-    for dt in (np.int16, np.int32):
-        if 2 * k + 1 <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    return np.dtype(np.int64)
+def _hist_dtype(out_dtype: np.dtype) -> np.dtype:
+    """Signed dtype for the per-column counts (at most 2k + 1) of the columns kernel: the
+    signed twin of the output's dtype, which holds (2k + 1)**2 - 1 and so 2k + 1. Tied to
+    the output so that numba compiles one variant per output dtype, not per pair (each
+    variant of the parallel kernel takes 3-5 s to compile)."""
+    return np.dtype(np.dtype(out_dtype).str.replace("u", "i"))
 
 
 def affinity_dtype(k: int) -> np.dtype:
@@ -219,7 +219,7 @@ def _affinity_2d(dense: np.ndarray, ks: list[int], n_classes: int, method: str, 
             dense, np.asarray(ks, dtype=np.int64), n_classes, _INTEGRAL_BAND_ROWS, out
         )
     else:
-        probe = np.zeros((), dtype=_hist_dtype(max(ks)))
+        probe = np.zeros((), dtype=_hist_dtype(out.dtype))
         # Each band starts with O(W * (2k + 1)) work to fill its column counts: use as few
         # bands as keep every thread busy (two per thread, to even out their costs).
         band_rows = max(_COLUMNS_MIN_BAND_ROWS, -(-h // (2 * numba.get_num_threads())))
