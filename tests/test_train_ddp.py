@@ -71,68 +71,11 @@ def _losses(out: Path) -> list[tuple[str, str, str]]:
     return [(r["iteration"], r["lr"], r["loss"]) for r in _rows(out)]
 
 
-_COLLECTIVES = """
-import sys
-import torch
-import torch.distributed as dist
-from npa_train.distributed import all_reduce_mean
-from npa_train.loss import NPALoss
-
-dist.init_process_group("gloo")
-r, world = dist.get_rank(), dist.get_world_size()
-# all_reduce_mean of the ranks' losses
-loss = torch.tensor([[0.7310586, 2.4567891], [1.1920929e-07, 3.0]][r], dtype=torch.float32)
-mean = all_reduce_mean(loss.double())
-# NPALoss under DistributedDataParallel
-torch.manual_seed(0)
-net = torch.nn.Conv2d(3, 6, 3, padding=1)
-ddp = torch.nn.parallel.DistributedDataParallel(net)
-crit = NPALoss(k=4)
-
-
-def data(rank):
-    g = torch.Generator().manual_seed(100 + rank)
-    x = torch.randn(2, 3, 20, 24, generator=g)
-    t = torch.randint(0, 6, (2, 5, 6), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
-    t[:, :2] = 255
-    return x, t
-
-
-x, t = data(r)
-crit(ddp(x), t).backward()
-# the gradient DDP averaged equals the mean of the ranks' single-process gradients
-ref = torch.nn.Conv2d(3, 6, 3, padding=1)
-ref.load_state_dict(net.state_dict())
-grads = []
-for rank in range(world):
-    ref.zero_grad()
-    xr, tr = data(rank)
-    crit(ref(xr), tr).backward()
-    grads.append(ref.weight.grad.clone())
-want = sum(grads) / world
-torch.save({"loss": loss, "mean": mean, "grad": net.weight.grad, "want": want},
-           sys.argv[1] + f"/rank{r}.pt")
-dist.destroy_process_group()
-"""
-
-# then, with the process group destroyed again, fit as `torchrun -m npa_train fit` runs it
-_THEN_FIT = """
-from npa_train.cli import main
-main(sys.argv[2:], prog_name="npa-train")
-"""
-
-
 @pytest.fixture(scope="module")
 def ddp_run(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """An uninterrupted 4-iteration DDP run (2 ranks, batch 2 each), progress bar on.
-
-    The same torchrun first runs the collective checks (:func:`collectives`: each rank's
-    results next to the run folder) in a process group of their own: a torchrun costs
-    three interpreters importing torch, ~10 s of this machine's CPU."""
+    """An uninterrupted 4-iteration DDP run (2 ranks, batch 2 each), progress bar on."""
     out = tmp_path_factory.mktemp("ddp") / "full"
-    script = out.parent / "collectives_then_fit.py"
-    script.write_text(_COLLECTIVES + _THEN_FIT)
-    result = _torchrun(str(script), str(out.parent), "fit", *_fit_options(store, out))
+    result = _torchrun("-m", "npa_train", "fit", *_fit_options(store, out))
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
 
@@ -204,11 +147,60 @@ def test_all_reduce_mean_without_a_process_group():
         all_reduce_mean(torch.tensor([1, 2]))
 
 
+_COLLECTIVES = """
+import sys
+import torch
+import torch.distributed as dist
+from npa_train.distributed import all_reduce_mean
+from npa_train.loss import NPALoss
+
+dist.init_process_group("gloo")
+r, world = dist.get_rank(), dist.get_world_size()
+# all_reduce_mean of the ranks' losses
+loss = torch.tensor([[0.7310586, 2.4567891], [1.1920929e-07, 3.0]][r], dtype=torch.float32)
+mean = all_reduce_mean(loss.double())
+# NPALoss under DistributedDataParallel
+torch.manual_seed(0)
+net = torch.nn.Conv2d(3, 6, 3, padding=1)
+ddp = torch.nn.parallel.DistributedDataParallel(net)
+crit = NPALoss(k=4)
+
+
+def data(rank):
+    g = torch.Generator().manual_seed(100 + rank)
+    x = torch.randn(2, 3, 20, 24, generator=g)
+    t = torch.randint(0, 6, (2, 5, 6), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    t[:, :2] = 255
+    return x, t
+
+
+x, t = data(r)
+crit(ddp(x), t).backward()
+# the gradient DDP averaged equals the mean of the ranks' single-process gradients
+ref = torch.nn.Conv2d(3, 6, 3, padding=1)
+ref.load_state_dict(net.state_dict())
+grads = []
+for rank in range(world):
+    ref.zero_grad()
+    xr, tr = data(rank)
+    crit(ref(xr), tr).backward()
+    grads.append(ref.weight.grad.clone())
+want = sum(grads) / world
+torch.save({"loss": loss, "mean": mean, "grad": net.weight.grad, "want": want},
+           sys.argv[1] + f"/rank{r}.pt")
+dist.destroy_process_group()
+"""
+
+
 @pytest.fixture(scope="module")
-def collectives(ddp_run) -> list[dict]:
-    """What each rank saved from the collective checks that precede the fit of ``ddp_run``."""
-    out, _ = ddp_run
-    return [torch.load(out.parent / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+def collectives(tmp_path_factory) -> list[dict]:
+    """One torchrun of 2 gloo ranks for the collective checks below: what each rank saved."""
+    out = tmp_path_factory.mktemp("collectives")
+    script = out / "collectives.py"
+    script.write_text(_COLLECTIVES)
+    result = _torchrun(str(script), str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 def test_all_reduce_mean_is_the_mean_of_the_ranks_losses(collectives):
