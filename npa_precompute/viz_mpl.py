@@ -210,7 +210,7 @@ def _mpl_map_row(sub, gs, title: str, panels, data: ShowData, cmap, color_scale)
         shown = np.ma.masked_array(values, mask=mask)
         im = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
         text = f"{title}, {_panel_title(ref)}"
-        if len(text) > 28:  # wider than the panel at 10 pt: the k on a second line
+        if len(text) > 24:  # wider than the panel at 10 pt: the k on a second line
             text = f"{title},\n{_panel_title(ref)}"
         ax.set_title(text, fontsize=10)
         if color_scale == "panel":
@@ -219,6 +219,9 @@ def _mpl_map_row(sub, gs, title: str, panels, data: ShowData, cmap, color_scale)
     if color_scale == "shared":  # one bar for the row: the same colour, the same value
         cb = sub.colorbar(im, ax=row_axes, fraction=0.046 / len(row_axes), pad=0.02)
         cb.ax.tick_params(labelsize=8)
+        kinds = {ref.kind for ref, _ in panels}
+        if kinds <= {"weights", "affinity"}:  # the row's titles name the transformation
+            cb.set_label("count (Eq. 1)" if kinds == {"affinity"} else "weight", fontsize=8)
 
 
 def _mpl_histograms(ax, data: ShowData, panels, ids: list[int]) -> None:

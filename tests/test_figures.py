@@ -120,7 +120,11 @@ def test_show_figure_layout(store, color_scale):
 
 def test_show_arrays_mixed_kinds_layout(store):
     arrays = ["k4_log10_L0.5", "k32_log10_L0.5", "k8_norm_L0.5", "affinity/k16"]
-    check_layout(show_figure(store, "t", arrays=arrays, backend="matplotlib"))
+    fig = show_figure(store, "t", arrays=arrays, backend="matplotlib")
+    check_layout(fig)
+    # each row's shared colour bar says what it measures
+    captions = [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert captions == ["weight", "weight", "count (Eq. 1)"], captions
 
 
 def test_show_legends_beside_the_data(store):
