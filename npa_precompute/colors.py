@@ -201,7 +201,14 @@ ERROR_KEY = (
 )
 
 
-def legend_image(classes, palette: np.ndarray, *, errors: bool = False, font_size: int = 16):
+def legend_image(
+    classes,
+    palette: np.ndarray,
+    *,
+    errors: bool = False,
+    indices: bool = False,
+    font_size: int = 16,
+):
     """A key to the colour-coded label PNGs (``*_color.png``) and error maps (``*_error.png``).
 
     Parameters
@@ -210,6 +217,9 @@ def legend_image(classes, palette: np.ndarray, *, errors: bool = False, font_siz
     palette : (num_classes, 3) uint8 class colours
     errors : bool
         Also explain the error map's colours (:data:`ERROR_KEY`).
+    indices : bool
+        Also say that ``*_label.png`` holds the class indices as grey values (near black in
+        an image viewer), the numbers of the class lines.
     font_size : int, pixels
 
     Returns
@@ -227,6 +237,9 @@ def legend_image(classes, palette: np.ndarray, *, errors: bool = False, font_siz
     if errors:
         rows += [(None, ""), (None, "*_error.png: prediction vs ground truth")]
         rows += [(c, text) for c, text in ERROR_KEY]
+    if indices:
+        rows += [(None, ""), (None, "*_label.png|tif: grey value = class number above"),
+                 (None, "(for further processing; near black in a viewer)")]  # fmt: skip
     line, pad, box = int(font_size * 1.6), 12, font_size
     width = max(int(bold.getlength(t)) + (box + 10) * (c is not None) for c, t in rows)
     img = Image.new("RGB", (width + 2 * pad, line * len(rows) + 2 * pad), "white")

@@ -488,12 +488,12 @@ def write_label_maps(
 
 
 def write_legend(out_dir, classes, palette: np.ndarray, *, errors: bool = False) -> str:
-    """Write ``legend.png``, the key to the colour PNGs (and error maps) in ``out_dir``
-    (:func:`npa_precompute.colors.legend_image`); returns its path."""
+    """Write ``legend.png``, the key to the colour PNGs, the class-index PNGs (and error
+    maps) in ``out_dir`` (:func:`npa_precompute.colors.legend_image`); returns its path."""
     from npa_precompute.colors import legend_image
 
     path = Path(out_dir) / "legend.png"
-    legend_image(classes, palette, errors=errors).save(path)
+    legend_image(classes, palette, errors=errors, indices=True).save(path)
     return str(path)
 
 

@@ -257,3 +257,6 @@ def test_legend_png_names_every_colour(tmp_path):
     for colour in [*preset_palette("isprs", 6), (255, 0, 0)]:  # every class and 'wrong'
         assert (arr == np.asarray(colour, dtype=np.uint8)).all(axis=2).sum() > 100
     assert img.size[0] >= 300 and img.size[1] >= 20 * (len(classes) + 6)
+    # predict/evaluate's key also explains the class-index PNGs: three more lines
+    with_indices = legend_image(classes, preset_palette("isprs", 6), errors=True, indices=True)
+    assert with_indices.size[1] == img.size[1] + 3 * int(16 * 1.6)
