@@ -219,9 +219,10 @@ def _mpl_map_row(sub, gs, title: str, panels, data: ShowData, cmap, color_scale)
     if color_scale == "shared":  # one bar for the row: the same colour, the same value
         cb = sub.colorbar(im, ax=row_axes, fraction=0.046 / len(row_axes), pad=0.02)
         cb.ax.tick_params(labelsize=8)
-        kinds = {ref.kind for ref, _ in panels}
-        if kinds <= {"weights", "affinity"}:  # the row's titles name the transformation
-            cb.set_label("count (Eq. 1)" if kinds == {"affinity"} else "weight", fontsize=8)
+        whats = {_quantity(ref) for ref, _ in panels}
+        if len(whats) == 1:  # the row's titles name the transformation
+            what = whats.pop()
+            cb.set_label(what + (" (Eq. 1)" if what == "count" else ""), fontsize=8)
 
 
 def _mpl_histograms(ax, data: ShowData, panels, ids: list[int]) -> None:

@@ -85,6 +85,9 @@ SERIAL_MODULES = frozenset(
 #: once would both compile the same variant before either had cached it.
 SHARED_COMPILE_GROUPS = {"test_volumes": "volumes", "test_volume_store": "volumes"}
 
+#: module -> the pytest-xdist group its tests run in
+XDIST_GROUPS = {**dict.fromkeys(SERIAL_MODULES, "serial"), **SHARED_COMPILE_GROUPS}
+
 
 # tryfirst: pytest-xdist's own hook turns the mark into the ``@serial`` suffix of the node id
 # that ``--dist loadgroup`` schedules by; marks added after it are ignored
@@ -92,8 +95,6 @@ SHARED_COMPILE_GROUPS = {"test_volumes": "volumes", "test_volume_store": "volume
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = getattr(item, "module", None)  # doctest items have none
-        name = module.__name__.rsplit(".", 1)[-1] if module is not None else None
-        if name in SERIAL_MODULES:
-            item.add_marker(pytest.mark.xdist_group("serial"))
-        elif name in SHARED_COMPILE_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(SHARED_COMPILE_GROUPS[name]))
+        group = XDIST_GROUPS.get(module.__name__.rsplit(".", 1)[-1]) if module else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
